@@ -1,0 +1,1 @@
+"""SWE-Spot Local language server (pygls). Never imports torch."""

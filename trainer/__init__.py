@@ -1,0 +1,1 @@
+"""SWE-Spot Local trainer: model toolkit (conversion, export), experience, LoRA training, daemon."""
