@@ -1,0 +1,357 @@
+"""The llama.cpp runtime: the only module of ``agent/`` and ``lsp_server/`` that imports llama_cpp.
+
+One base GGUF is loaded once; LoRA adapters (GGUF adapters written by ``trainer.lora_export``) are
+loaded with ``llama_adapter_lora_init`` and switched on the context with ``llama_set_adapters_lora``,
+so a freshly trained adapter goes live in milliseconds without reloading the base. After every switch
+the KV cache and llama-cpp-python's prefix cache are reset: cached keys/values were computed with the
+old weights and would silently mix two models.
+
+All access to the context goes through one re-entrant lock, so the language server may call from
+worker threads. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from agent.errors import SwespotError
+
+log = logging.getLogger(__name__)
+
+GGML_TYPE_F32 = 0  # ggml_type enum value; f32 KV cache makes logits comparable to transformers
+
+
+@dataclass
+class Completion:
+    """The result of a non-streaming generation."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
+
+
+@dataclass
+class LoadedAdapter:
+    name: str
+    path: Path
+    handle: int  # llama_adapter_lora pointer (as int)
+    metadata: dict[str, str]
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in 4 MiB chunks (a 253 MB GGUF hashes in about a second)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def _check_gguf_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise SwespotError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise SwespotError(f"{what} is not a file: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise SwespotError(f"{what} is not a GGUF file (bad magic {magic!r}): {path}")
+
+
+class LlamaRuntime:
+    """A loaded base model plus any number of loaded LoRA adapters, of which a weighted set is active."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        f32_kv: bool = False,
+        logits_all: bool = False,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.model_path = Path(model_path).expanduser().resolve()
+        _check_gguf_file(self.model_path, "model file")
+        import llama_cpp  # the one place this package imports llama.cpp
+
+        self._llama_cpp = llama_cpp
+        kwargs: dict = dict(
+            model_path=str(self.model_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads or default_threads(),
+            n_gpu_layers=n_gpu_layers,
+            logits_all=logits_all,
+            seed=seed,
+            verbose=verbose,
+        )
+        if f32_kv:
+            kwargs.update(type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32)
+        try:
+            self._llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise SwespotError(
+                f"llama.cpp could not load {self.model_path}: {exc}. The file may be truncated, of an "
+                "architecture this llama.cpp build does not know, or not a model (an adapter?)."
+            ) from exc
+        self._lock = threading.RLock()
+        self._adapters: dict[str, LoadedAdapter] = {}
+        self._active: list[tuple[str, float]] = []
+        self._sha256: str | None = None
+        self.metadata: dict[str, str] = dict(self._llm.metadata)
+        self.architecture = self.metadata.get("general.architecture", "")
+        self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
+        self.bos_token = self._token_text(self._llm.token_bos())
+        self.eos_token = self._token_text(self._llm.token_eos())
+        self.has_fim = self._fim_tokens_present()
+
+    # ---- identity -------------------------------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        return self._llm.n_ctx()
+
+    @property
+    def n_vocab(self) -> int:
+        return self._llm.n_vocab()
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the base model (file hash), as recorded in adapter manifests."""
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.model_path)
+        return self._sha256
+
+    def _token_text(self, token: int) -> str | None:
+        if token < 0:
+            return None
+        return self._llm._model.token_get_text(token)
+
+    def _fim_tokens_present(self) -> bool:
+        vocab = self._llama_cpp.llama_model_get_vocab(self._llm._model.model)
+        pre = self._llama_cpp.llama_vocab_fim_pre(vocab)
+        suf = self._llama_cpp.llama_vocab_fim_suf(vocab)
+        mid = self._llama_cpp.llama_vocab_fim_mid(vocab)
+        return min(pre, suf, mid) >= 0
+
+    # ---- tokens ---------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]:
+        with self._lock:
+            return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        with self._lock:
+            return self._llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+
+    # ---- adapters -------------------------------------------------------------------------------
+    def load_adapter(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Load a GGUF LoRA adapter (not yet active). Returns its name. Fails with a clear message if
+        the file is not an adapter or was made for another base model."""
+        path = Path(path).expanduser().resolve()
+        _check_gguf_file(path, "adapter file")
+        metadata = self._check_adapter_fits(path)
+        name = name or str(path)
+        with self._lock:
+            if name in self._adapters:
+                return name
+            handle = self._llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(path).encode())
+            if not handle:
+                raise SwespotError(f"llama.cpp could not load the adapter {path} (see the log for details)")
+            self._adapters[name] = LoadedAdapter(name, path, handle, metadata)
+        log.info("loaded adapter %s from %s", name, path)
+        return name
+
+    def _check_adapter_fits(self, path: Path) -> dict[str, str]:
+        """Read the adapter with gguf and compare it with the base before llama.cpp sees it: llama.cpp
+        only logs why it refuses an adapter, and we want to say it to the user."""
+        from gguf import GGUFReader
+
+        from agent.gguf_meta import read_string_fields, tensor_shapes
+
+        try:
+            reader = GGUFReader(path)
+        except Exception as exc:  # gguf raises ValueError/struct.error/IndexError on damaged files
+            raise SwespotError(f"adapter file {path} is damaged or not a GGUF file: {exc}") from exc
+        meta = read_string_fields(reader)
+        if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
+            raise SwespotError(
+                f"{path} is not a LoRA adapter (general.type={meta.get('general.type')!r}, "
+                f"adapter.type={meta.get('adapter.type')!r})"
+            )
+        arch = meta.get("general.architecture")
+        if arch != self.architecture:
+            raise SwespotError(
+                f"adapter {path} was made for a {arch!r} model, but the loaded base model is "
+                f"{self.architecture!r} ({self.model_path.name})"
+            )
+        want_sha = meta.get("swespot.base.sha256")
+        if want_sha and want_sha != self.sha256:
+            raise SwespotError(
+                f"adapter {path} was trained for another base model (sha256 {want_sha[:12]}…), "
+                f"not {self.model_path.name} (sha256 {self.sha256[:12]}…)"
+            )
+        base_shapes = tensor_shapes(GGUFReader(self.model_path))
+        for tname, shape in tensor_shapes(reader).items():
+            target = tname.rsplit(".", 1)[0]
+            if target not in base_shapes:
+                raise SwespotError(f"adapter {path} changes {target!r}, which the base model does not have")
+            out_dim, in_dim = base_shapes[target][0], base_shapes[target][-1]
+            if tname.endswith(".lora_a") and shape[-1] != in_dim or tname.endswith(".lora_b") and shape[0] != out_dim:
+                raise SwespotError(
+                    f"adapter {path} does not fit the base model: {tname} has shape {shape}, "
+                    f"base tensor {target} has {base_shapes[target]}"
+                )
+        return meta
+
+    def set_adapters(self, adapters: dict[str, float] | Sequence[tuple[str, float]] | None) -> None:
+        """Make exactly these adapters active with these scales (empty or None: the bare base)."""
+        pairs = list(adapters.items()) if isinstance(adapters, dict) else list(adapters or [])
+        with self._lock:
+            for name, _ in pairs:
+                if name not in self._adapters:
+                    raise SwespotError(f"adapter {name!r} is not loaded (call load_adapter first)")
+            n = len(pairs)
+            handles = (self._llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(
+                *[ctypes.c_void_p(self._adapters[name].handle) for name, _ in pairs]
+            )
+            scales = (ctypes.c_float * max(n, 1))(*[float(s) for _, s in pairs])
+            rc = self._llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, handles if n else None, n, scales if n else None)
+            if rc != 0:
+                raise SwespotError(f"llama.cpp refused to activate adapters {[p[0] for p in pairs]} (code {rc})")
+            self._active = pairs
+            self.reset_cache()
+
+    @property
+    def active_adapters(self) -> list[tuple[str, float]]:
+        return list(self._active)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if any(active == name for active, _ in self._active):
+                self.set_adapters([p for p in self._active if p[0] != name])
+            adapter = self._adapters.pop(name, None)
+            if adapter is not None:
+                self._llama_cpp.llama_adapter_lora_free(ctypes.c_void_p(adapter.handle))
+
+    def reset_cache(self) -> None:
+        """Forget every cached key/value (and llama-cpp-python's prefix bookkeeping)."""
+        with self._lock:
+            self._llm.reset()
+            self._llm._ctx.kv_cache_clear()
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def logits(self, tokens: Sequence[int]):
+        """Next-token logits at every position of ``tokens`` (numpy array [n, vocab]). Needs
+        ``logits_all=True`` at construction. Always evaluates from an empty cache."""
+        if not self._llm._logits_all:
+            raise SwespotError("logits() needs a runtime created with logits_all=True")
+        with self._lock:
+            self.reset_cache()
+            self._llm.eval(list(tokens))
+            out = self._llm.scores[: len(tokens)].copy()
+            self.reset_cache()
+            return out
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        cancel: threading.Event | None = None,
+        stats: dict | None = None,
+    ) -> Iterator[str]:
+        """Stream the completion of ``prompt`` as text pieces. Stops at end-of-generation tokens, at
+        any ``stop`` string (which is not returned), after ``max_tokens``, or when ``cancel`` is set
+        (checked between tokens, so cancellation really stops the model). ``stats``, if given, is
+        filled with prompt_tokens, completion_tokens and finish_reason."""
+        # add_bos=True means "add the special tokens this vocabulary asks for" (llama.cpp checks add_bos)
+        tokens = self.tokenize(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            tokens = [self._llm.token_bos()] if self._llm.token_bos() >= 0 else []
+        if len(tokens) >= self.n_ctx:
+            raise SwespotError(f"prompt has {len(tokens)} tokens, the context holds {self.n_ctx}")
+        max_tokens = min(max_tokens, self.n_ctx - len(tokens))
+        stats = stats if stats is not None else {}
+        stats.update(prompt_tokens=len(tokens), completion_tokens=0, finish_reason="length")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, emitted = "", 0
+        hold = max((len(s) for s in stop), default=0)
+        with self._lock:
+            gen = self._llm.generate(tokens, temp=temperature, top_k=40 if temperature > 0 else 1, repeat_penalty=1.0)
+            try:
+                for token in gen:
+                    if cancel is not None and cancel.is_set():
+                        stats["finish_reason"] = "cancelled"
+                        break
+                    if self._llama_cpp.llama_token_is_eog(self._llm._model.vocab, token):
+                        stats["finish_reason"] = "stop"
+                        break
+                    stats["completion_tokens"] += 1
+                    text += decoder.decode(self._llm.detokenize([token], special=True))
+                    cut = _first_stop(text, stop)
+                    if cut is not None:
+                        text = text[:cut]
+                        stats["finish_reason"] = "stop"
+                        break
+                    # hold back a tail that could still grow into a stop string
+                    safe = len(text) - hold if hold else len(text)
+                    if safe > emitted:
+                        yield text[emitted:safe]
+                        emitted = safe
+                    if stats["completion_tokens"] >= max_tokens:
+                        break
+            finally:
+                gen.close()
+            if stats["finish_reason"] != "stop" or _first_stop(text, stop) is None:
+                text += decoder.decode(b"", final=True)
+            if len(text) > emitted:
+                yield text[emitted:]
+
+    def complete(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        temperature: float = 0.0,
+        cancel: threading.Event | None = None,
+    ) -> Completion:
+        stats: dict = {}
+        text = "".join(
+            self.generate(prompt, max_tokens=max_tokens, stop=stop, temperature=temperature, cancel=cancel, stats=stats)
+        )
+        return Completion(text, stats["prompt_tokens"], stats["completion_tokens"], stats["finish_reason"])
+
+    def close(self) -> None:
+        with self._lock:
+            for name in list(self._adapters):
+                self.unload_adapter(name)
+            self._llm.close()
+
+    def __enter__(self) -> "LlamaRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
