@@ -300,7 +300,7 @@ class LlamaRuntime:
                     if cancel is not None and cancel.is_set():
                         stats["finish_reason"] = "cancelled"
                         break
-                    if self._llama_cpp.llama_token_is_eog(self._llm._model.vocab, token):
+                    if self._llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token):
                         stats["finish_reason"] = "stop"
                         break
                     stats["completion_tokens"] += 1
