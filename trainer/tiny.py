@@ -140,17 +140,18 @@ def save_tokenizer(tokenizer, out_dir: Path, chat_template: str) -> None:
     hf.save_pretrained(str(out_dir))
 
 
-def _init_weights(model, seed: int) -> None:
+def init_weights(model, seed: int) -> None:
     """Redraw every parameter from a seeded generator, independent of transformers' init code.
 
-    Matrices get N(0, WEIGHT_STD); 1-d norm weights get 1 + N(0, NORM_JITTER)."""
+    Norm weights get 1 + N(0, NORM_JITTER); matrices and biases get N(0, WEIGHT_STD). Also used by tests
+    that build Llama/Qwen2 variants of the tiny model."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, param in sorted(model.named_parameters()):
+        for name, param in sorted(model.named_parameters()):
             noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            if param.ndim == 1:
+            if param.ndim == 1 and "norm" in name:
                 param.copy_(1.0 + NORM_JITTER * noise)
             else:
                 param.copy_(WEIGHT_STD * noise)
@@ -172,7 +173,7 @@ def build_model(out_dir: Path, vocab_size: int, special_ids: dict[str, int], see
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).to(torch.float32)
-    _init_weights(model, seed)
+    init_weights(model, seed)
     model.eval()
     model.generation_config = GenerationConfig(
         bos_token_id=eos,
@@ -242,4 +243,22 @@ def tiny_model_dir(cache_dir: Path | None = None, *, seed: int = 0) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def tiny_gguf(outtype: str = "f32", cache_dir: Path | None = None, *, seed: int = 0) -> Path:
+    """The tiny model converted to GGUF (``outtype`` as in ``trainer.convert``), cached next to it.
+
+    Keyed by the model's own key plus a hash of the converter's source and the gguf/llama.cpp versions,
+    so a change to the converter re-converts while an unchanged one reuses the file."""
+    from importlib.metadata import version
+
+    from trainer import convert
+
+    hf_dir = tiny_model_dir(cache_dir, seed=seed)
+    digest = hashlib.sha256(Path(convert.__file__).read_bytes())
+    digest.update(f"gguf={version('gguf')} llama_cpp={version('llama-cpp-python')}".encode())
+    target = hf_dir.parent / f"{hf_dir.name}-gguf-{digest.hexdigest()[:12]}" / f"tiny-{outtype}.gguf"
+    if not target.is_file():
+        convert.convert_hf_to_gguf(hf_dir, target, outtype=outtype)  # atomic: temp file + rename
     return target

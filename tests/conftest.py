@@ -1,0 +1,46 @@
+"""Shared, session-scoped test artefacts: the tiny Qwen3 model and its GGUF conversions.
+
+Everything is built locally and cached under ``$SWESPOT_TEST_CACHE`` (default
+``~/.cache/swespot-tests``), keyed by a version and a hash of the builder's inputs, so the first run
+builds in seconds and later runs (and other test modules) reuse the same files. The cache is
+write-once: builds go to a temporary name and are renamed into place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def test_cache_dir() -> Path:
+    """The directory that holds cached test models (``$SWESPOT_TEST_CACHE`` or ~/.cache/swespot-tests)."""
+    from trainer.tiny import default_cache_dir
+
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(test_cache_dir: Path) -> Path:
+    """The tiny Qwen3-architecture HF checkpoint (fp32 safetensors + fast tokenizer + chat template).
+    Treat it as read-only: it is shared across tests and test runs."""
+    from trainer.tiny import tiny_model_dir
+
+    return tiny_model_dir(test_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_f32(tiny_hf_dir: Path, test_cache_dir: Path) -> Path:
+    """The tiny model converted to an all-f32 GGUF: logits comparable with transformers to 1e-4."""
+    from trainer.tiny import tiny_gguf
+
+    return tiny_gguf("f32", test_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_q8(tiny_hf_dir: Path, test_cache_dir: Path) -> Path:
+    """The tiny model quantized to q8_0 by llama.cpp."""
+    from trainer.tiny import tiny_gguf
+
+    return tiny_gguf("q8_0", test_cache_dir)
