@@ -43,7 +43,7 @@ class Completion:
 class LoadedAdapter:
     name: str
     path: Path
-    handle: int  # llama_adapter_lora pointer (as int)
+    handle: object  # llama_adapter_lora pointer as returned by llama_cpp (a ctypes pointer)
     metadata: dict[str, str]
 
 
@@ -226,7 +226,7 @@ class LlamaRuntime:
                     raise SwespotError(f"adapter {name!r} is not loaded (call load_adapter first)")
             n = len(pairs)
             handles = (self._llama_cpp.llama_adapter_lora_p_ctypes * max(n, 1))(
-                *[ctypes.c_void_p(self._adapters[name].handle) for name, _ in pairs]
+                *[self._adapters[name].handle for name, _ in pairs]
             )
             scales = (ctypes.c_float * max(n, 1))(*[float(s) for _, s in pairs])
             rc = self._llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, handles if n else None, n, scales if n else None)
@@ -245,7 +245,7 @@ class LlamaRuntime:
                 self.set_adapters([p for p in self._active if p[0] != name])
             adapter = self._adapters.pop(name, None)
             if adapter is not None:
-                self._llama_cpp.llama_adapter_lora_free(ctypes.c_void_p(adapter.handle))
+                self._llama_cpp.llama_adapter_lora_free(adapter.handle)
 
     def reset_cache(self) -> None:
         """Forget every cached key/value (and llama-cpp-python's prefix bookkeeping)."""
