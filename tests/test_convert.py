@@ -208,8 +208,8 @@ VARIANTS = {
         vocab_size=vocab, attention_bias=True,
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    # q/k/v biases, no q/k norms
-    "qwen2": lambda vocab: _qwen2_config(vocab_size=vocab),
+    # q/k/v biases, no q/k norms, and a vocab padded past the tokenizer (as real Qwen checkpoints are)
+    "qwen2-padded-vocab": lambda vocab: _qwen2_config(vocab_size=vocab + 64),
 }
 
 
@@ -223,12 +223,60 @@ def test_other_architectures_convert_to_matching_logits(variant: str, tiny_hf_di
     assert np.abs(llama_cpp_logits(gguf_path, ids) - expected).max() < LOGIT_TOLERANCE
 
 
+def build_llama3_style_tokenizer(out_dir: Path) -> int:
+    """A small Llama-3-style tokenizer: Llama 3's split regex, ignore_merges, no normalizer, and a
+    post-processor that prepends <|begin_of_text|>. Returns its vocabulary size."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.convert import LLAMA3_PATTERN
+    from trainer.tiny import corpus_files
+
+    tokenizer = Tokenizer(models.BPE(ignore_merges=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1021, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([p.read_text(encoding="utf-8") for p in corpus_files()[:15]], trainer=trainer)
+    tokenizer.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    bos = tokenizer.token_to_id("<|begin_of_text|>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", bos)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>").save_pretrained(
+        str(out_dir))
+    return tokenizer.get_vocab_size()
+
+
+def test_llama3_style_tokenizer_converts_to_llama_bpe_and_adds_bos_like_hf(tmp_path: Path):
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = tmp_path / "tok"
+    tokenizer_dir.mkdir()
+    vocab = build_llama3_style_tokenizer(tokenizer_dir)
+    hf_dir = build_variant(tmp_path / "llama3", tokenizer_dir, _llama_config(vocab_size=vocab, num_hidden_layers=1))
+    gguf_path = convert_hf_to_gguf(hf_dir, tmp_path / "llama3.gguf", outtype="f32")
+    meta = read_metadata(gguf_path)
+    assert (meta["tokenizer.ggml.pre"], meta["tokenizer.ggml.add_bos_token"]) == ("llama-bpe", True)
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    try:
+        for text in TOKENIZER_TEXTS.values():
+            text = text.replace("<|im_start|>", "<|eot_id|>")
+            assert llm.tokenize(text.encode("utf-8"), add_bos=True, special=True) == hf_tokenizer(text)["input_ids"]
+    finally:
+        llm.close()
+
+
 # ----------------------------------------------------------------------------------------------------
 # quantized outputs
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("outtype", "file_type"), [("q8_0", 7), ("q4_k_m", 15), ("f16", 1)])
+@pytest.mark.parametrize(("outtype", "file_type"), [("q8_0", 7), ("q4_k_m", 15), ("f16", 1), ("bf16", 32)])
 def test_quantized_models_load_and_generate(outtype: str, file_type: int, tiny_hf_dir, tiny_gguf_f32, tmp_path):
     path = convert_hf_to_gguf(tiny_hf_dir, tmp_path / f"tiny-{outtype}.gguf", outtype=outtype)
     assert read_metadata(path)["general.file_type"] == file_type
