@@ -91,6 +91,7 @@ class LlamaRuntime:
         import llama_cpp  # the one place this package imports llama.cpp
 
         self._llama_cpp = llama_cpp
+        _LOG_BRIDGE.install(llama_cpp)
         kwargs: dict = dict(
             model_path=str(self.model_path),
             n_ctx=n_ctx,
@@ -168,19 +169,22 @@ class LlamaRuntime:
         with self._lock:
             if name in self._adapters:
                 return name
+            _LOG_BRIDGE.errors.clear()
             handle = self._llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(path).encode())
             if not handle:
-                raise SwespotError(f"llama.cpp could not load the adapter {path} (see the log for details)")
+                reason = "; ".join(_LOG_BRIDGE.errors) or "see the log for details"
+                raise SwespotError(f"llama.cpp could not load the adapter {path}: {reason}")
             self._adapters[name] = LoadedAdapter(name, path, handle, metadata)
         log.info("loaded adapter %s from %s", name, path)
         return name
 
     def _check_adapter_fits(self, path: Path) -> dict[str, str]:
-        """Read the adapter with gguf and compare it with the base before llama.cpp sees it: llama.cpp
-        only logs why it refuses an adapter, and we want to say it to the user."""
+        """Check the adapter's metadata before llama.cpp sees it (type, architecture, base identity).
+        Tensor shapes are checked by llama.cpp itself; its reason is quoted from the log bridge.
+        (Reading the base with gguf would parse its whole vocabulary: 10 s for Gemma's 262k tokens.)"""
         from gguf import GGUFReader
 
-        from agent.gguf_meta import read_string_fields, tensor_shapes
+        from agent.gguf_meta import read_string_fields
 
         try:
             reader = GGUFReader(path)
@@ -204,17 +208,6 @@ class LlamaRuntime:
                 f"adapter {path} was trained for another base model (sha256 {want_sha[:12]}…), "
                 f"not {self.model_path.name} (sha256 {self.sha256[:12]}…)"
             )
-        base_shapes = tensor_shapes(GGUFReader(self.model_path))
-        for tname, shape in tensor_shapes(reader).items():
-            target = tname.rsplit(".", 1)[0]
-            if target not in base_shapes:
-                raise SwespotError(f"adapter {path} changes {target!r}, which the base model does not have")
-            out_dim, in_dim = base_shapes[target][0], base_shapes[target][-1]
-            if tname.endswith(".lora_a") and shape[-1] != in_dim or tname.endswith(".lora_b") and shape[0] != out_dim:
-                raise SwespotError(
-                    f"adapter {path} does not fit the base model: {tname} has shape {shape}, "
-                    f"base tensor {target} has {base_shapes[target]}"
-                )
         return meta
 
     def set_adapters(self, adapters: dict[str, float] | Sequence[tuple[str, float]] | None) -> None:
@@ -350,6 +343,41 @@ class LlamaRuntime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _LlamaLogBridge:
+    """Routes llama.cpp's own log lines into Python logging (logger ``swespot.llama_cpp``) instead of
+    stderr, and remembers the latest error lines so a refusal can be explained to the user."""
+
+    # ggml_log_level in this llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
+    LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self._callback = None
+        self._last_level = logging.DEBUG
+        self._log = logging.getLogger("swespot.llama_cpp")
+
+    def install(self, llama_cpp) -> None:
+        if self._callback is not None:
+            return
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, _user_data) -> None:
+            # level 5 continues the previous line at its level
+            pylevel = self._last_level if level == 5 else self.LEVELS.get(level, logging.DEBUG)
+            self._last_level = pylevel
+            line = text.decode("utf-8", errors="replace").rstrip()
+            if pylevel >= logging.ERROR and line:
+                self.errors = (self.errors + [line])[-5:]
+            if line:
+                self._log.log(pylevel, "%s", line)
+
+        self._callback = callback  # keep a reference: llama.cpp holds only the C pointer
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+_LOG_BRIDGE = _LlamaLogBridge()
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:

@@ -201,3 +201,22 @@ def test_cli_exports_and_checks_an_adapter(adapters, tiny_hf_dir, tiny_gguf_f32,
     bad = subprocess.run(cmd[:5] + [str(tmp_path / "missing")] + cmd[6:], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert bad.returncode == 1
     assert "swespot: error:" in bad.stderr and "not a peft adapter folder" in bad.stderr
+
+
+def test_adapter_whose_shapes_do_not_fit_is_refused_with_llama_cpps_reason(tiny_gguf_f32, tmp_path):
+    import gguf
+
+    path = tmp_path / "misfit.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen3")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 100), dtype=np.float32))  # base has 256 inputs
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", np.zeros((256, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=128, n_threads=2) as rt:
+        with pytest.raises(SwespotError, match="incorrect shape"):
+            rt.load_adapter(path)
