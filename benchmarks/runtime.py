@@ -108,14 +108,9 @@ def bench_model(name: str, gguf: Path, hf_dir: Path, repeats: int, threads: int,
 
 def prepare(name: str) -> tuple[Path, Path]:
     if name == "tiny":
-        from trainer.convert import convert_hf_to_gguf
-        from trainer.tiny import tiny_model_dir
+        from trainer.tiny import tiny_gguf, tiny_model_dir
 
-        hf = tiny_model_dir()
-        gguf = hf / "tiny-f32.gguf"
-        if not gguf.exists():
-            convert_hf_to_gguf(hf, gguf, outtype="f32")
-        return gguf, hf
+        return tiny_gguf("f32"), tiny_model_dir()
     if name == "gemma":
         from agent.default_model import ensure_default_gguf
         from trainer.default_model import prepare_default
@@ -140,7 +135,7 @@ def print_table(rows: list[dict]) -> None:
         table.add_column(header, justify="right")
     for row in rows:
         table.add_row(*[str(row.get(key, "")) for key, _ in COLUMNS])
-    Console().print(table)
+    Console(width=160).print(table)
 
 
 def main() -> int:
