@@ -60,18 +60,24 @@ def read_sidecar(hf_dir: Path) -> dict | None:
 
 
 def prepare_default(progress=None) -> Path:
-    """Assemble the default GGUF and make (once) its dequantized fp32 checkpoint. Returns the HF dir.
+    """Assemble the embedded GGUF and make (once) its dequantized fp32 checkpoint. Returns the HF dir."""
+    say = progress or (lambda _msg: None)
+    return prepare_from_gguf(ensure_default_gguf(say), default_hf_dir(), progress=say)
+
+
+def prepare_from_gguf(gguf_path: Path, target: Path | None = None, progress=None) -> Path:
+    """Make (once) the dequantized fp32 checkpoint of any GGUF transformers can read. Returns the HF dir.
 
     The checkpoint is written into a temporary folder and renamed into place, and a sidecar records the
     GGUF's sha256: a damaged, partial or stale cache is rebuilt, never used."""
     say = progress or (lambda _msg: None)
-    gguf_path = ensure_default_gguf(say)
-    target = default_hf_dir()
-    sidecar = read_sidecar(target)
+    gguf_path = Path(gguf_path).resolve()
     gguf_sha = file_sha256(gguf_path)
+    target = target or cache_dir() / "models" / f"{gguf_path.stem}-{gguf_sha[:12]}-hf-f32"
+    sidecar = read_sidecar(target)
     if sidecar and sidecar.get("gguf_sha256") == gguf_sha and sidecar.get("version") == CHECKPOINT_VERSION:
         return target
-    say("dequantizing the default model with transformers (once, ~35 s)")
+    say(f"dequantizing {gguf_path.name} with transformers (once)")
     model, tokenizer = load_gguf_as_hf(gguf_path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -80,15 +86,13 @@ def prepare_default(progress=None) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / SIDECAR).write_text(
-            json.dumps(
-                {"version": CHECKPOINT_VERSION, "gguf": str(gguf_path), "gguf_sha256": gguf_sha, "model_id": DEFAULT_MODEL_ID},
-                indent=2,
-            )
+            json.dumps({"version": CHECKPOINT_VERSION, "gguf": str(gguf_path), "gguf_sha256": gguf_sha}, indent=2)
         )
         shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
     except OSError as exc:
-        raise SwespotError(f"could not write the dequantized default model to {target}: {exc}") from exc
+        raise SwespotError(f"could not write the dequantized checkpoint to {target}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

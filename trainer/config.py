@@ -1,0 +1,116 @@
+"""Training settings: one typed dataclass, with help text, presets per profile, and loud failure on
+unknown keys or conflicting options."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SwespotError
+
+UNITS = ("design", "implementation", "evolution", "runtime", "feedback")
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    # --- what ---
+    base: str = field(default="default", metadata={"help": "'default' (embedded Gemma 3 270M), a local HF folder, or a GGUF transformers can load"})
+    data: str = field(default="", metadata={"help": "experience folder: <unit>/<shard>.jsonl episodes"})
+    out: str = field(default="", metadata={"help": "output folder for the adapter, its GGUF, manifest and report"})
+    # --- how long ---
+    steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
+    epochs: float = field(default=2.0, metadata={"help": "passes over the data when steps is 0"})
+    # --- optimisation (defaults: the LoRA recipe that matched full fine-tuning) ---
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "share of steps spent warming up"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clipping (0: off)"})
+    batch_tokens: int = field(default=8192, metadata={"help": "tokens per micro-batch (padded), length-grouped"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_len: int = field(default=4096, metadata={"help": "longest sequence; longer episodes are split at turn boundaries or dropped"})
+    # --- LoRA ---
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling alpha/sqrt(r)"})
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS), metadata={"help": "modules that get LoRA"})
+    # --- data mix ---
+    unit_weights: dict[str, float] = field(default_factory=lambda: {u: 1.0 for u in UNITS}, metadata={"help": "sampling weight per unit"})
+    init_adapter: str = field(default="", metadata={"help": "continue training from this peft adapter folder"})
+    replay_data: str = field(default="", metadata={"help": "earlier experience mixed in when continuing (against forgetting)"})
+    replay_share: float = field(default=0.25, metadata={"help": "share of each epoch drawn from replay_data"})
+    # --- machinery ---
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), fp32, bf16"})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "trade compute for memory"})
+    checkpoint_every: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data order and dropout"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: all cores)"})
+    export_gguf: bool = field(default=True, metadata={"help": "export adapter.gguf and verify it in llama.cpp"})
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise SwespotError("no training data given (--data EXPERIENCE_DIR)")
+        if not self.out:
+            raise SwespotError("no output folder given (--out DIR)")
+        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
+            raise SwespotError("give a positive --steps or --epochs")
+        if self.max_len < 32:
+            raise SwespotError(f"max_len {self.max_len} is too small to hold one turn")
+        if self.batch_tokens < self.max_len:
+            raise SwespotError(f"batch_tokens ({self.batch_tokens}) must hold at least one sequence of max_len ({self.max_len})")
+        unknown = set(self.unit_weights) - set(UNITS)
+        if unknown:
+            raise SwespotError(f"unknown unit(s) in unit_weights: {sorted(unknown)} (known: {', '.join(UNITS)})")
+        if self.replay_data and not self.init_adapter:
+            raise SwespotError("replay data only makes sense when continuing from an adapter (--init-adapter)")
+        if not 0 <= self.replay_share < 1:
+            raise SwespotError("replay_share must be in [0, 1)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise SwespotError(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+        if self.device not in ("auto", "cpu", "cuda", "mps"):
+            raise SwespotError(f"unknown device {self.device!r} (auto, cpu, cuda, mps)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise SwespotError(f"unknown training setting(s): {sorted(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except ValueError as exc:
+            raise SwespotError(f"{path} is not valid JSON: {exc}") from exc
+
+
+# Presets: "real" is the recipe for 4B-class models on a GPU; "cpu" keeps the embedded 270M model
+# practical on two cores; "tiny" is for the test model.
+PROFILES: dict[str, dict[str, Any]] = {
+    "real": {},
+    "cpu": dict(lora_r=16, lora_alpha=32, max_len=512, batch_tokens=1024, lr=5e-4, checkpoint_every=25),
+    "tiny": dict(lora_r=8, lora_alpha=16, max_len=512, batch_tokens=2048, lr=2e-3, lora_dropout=0.0,
+                 gradient_checkpointing=False, checkpoint_every=10, warmup_ratio=0.0),
+}
+
+
+def config_for(profile: str, **overrides: Any) -> TrainConfig:
+    if profile not in PROFILES:
+        raise SwespotError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
+    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig.from_dict(values).validate()

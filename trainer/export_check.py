@@ -1,0 +1,78 @@
+"""Export a trained adapter to GGUF and prove llama.cpp applies it as transformers+peft does.
+
+On an f32 serving GGUF the logits must agree within 1e-3 (the toolkit's own tests hold 1e-4; the
+margin absorbs long probes). On a quantized serving GGUF, quantized matmuls differ from the fp32
+training model by far more than any adapter effect we could check, so there the adapter must load and
+give finite logits, and the measured agreement is recorded in the manifest for the record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import SwespotError
+
+STRICT_TOL = 1e-3
+SMALL_MODEL_PARAMS = 50_000_000  # below this, serve tests/experiments from an exact f32 GGUF
+
+
+def serving_gguf(base, model_params: int) -> Path:
+    """The GGUF llama.cpp serves for this base: the given one, or a conversion cached by content."""
+    if base.serve_gguf is not None:
+        return Path(base.serve_gguf)
+    from agent.default_model import cache_dir
+    from agent.runtime import file_sha256
+    from trainer.convert import convert_hf_to_gguf
+
+    weights = sorted(Path(base.hf_dir).glob("*.safetensors"))
+    key = file_sha256(weights[0])[:12] if weights else "noweights"
+    outtype = "f32" if model_params < SMALL_MODEL_PARAMS else "f16"
+    target = cache_dir() / "models" / f"{Path(base.hf_dir).name}-{key}-{outtype}.gguf"
+    if not target.exists():
+        convert_hf_to_gguf(base.hf_dir, target, outtype=outtype)
+    return target
+
+
+def gguf_is_f32(path: Path) -> bool:
+    from gguf import GGUFReader
+
+    from agent.gguf_meta import field_value
+
+    # general.file_type 0 = ALL_F32; read only the header fields we need
+    reader = GGUFReader(path)
+    field = reader.fields.get("general.file_type")
+    return field is not None and int(field_value(field)) == 0
+
+
+def export_and_verify(out: Path, base, peft_model, probe_ids: list[int]) -> dict:
+    import torch
+
+    from agent.runtime import LlamaRuntime, file_sha256
+    from trainer.lora_export import export_lora_to_gguf
+
+    n_params = sum(p.numel() for p in peft_model.parameters())
+    gguf_path = serving_gguf(base, n_params)
+    sha = file_sha256(gguf_path)
+    report = export_lora_to_gguf(out, base.hf_dir, out / "adapter.gguf", base_gguf_sha256=sha)
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(input_ids=torch.tensor([probe_ids], device=peft_model.device)).logits[0].float().cpu().numpy()
+    with LlamaRuntime(gguf_path, n_ctx=max(128, len(probe_ids) + 8), f32_kv=True, logits_all=True) as rt:
+        rt.set_adapters({rt.load_adapter(report.out_path): 1.0})
+        served = rt.logits(probe_ids)
+    if not np.isfinite(served).all():
+        raise SwespotError(f"llama.cpp gives non-finite logits with the exported adapter {report.out_path}")
+    max_diff = float(np.abs(served - expected).max())
+    strict = gguf_is_f32(gguf_path)
+    if strict and max_diff > STRICT_TOL:
+        raise SwespotError(
+            f"the exported adapter does not reproduce the trained model in llama.cpp (max logit diff {max_diff:.2e}"
+            f" > {STRICT_TOL}); not publishing it"
+        )
+    return {
+        "adapter_gguf": str(report.out_path), "lora_pairs": report.tensors, "base_gguf": str(gguf_path),
+        "base_sha256": sha, "verified": "exact" if strict else "loads", "max_logit_diff": max_diff,
+        "probe_tokens": len(probe_ids),
+    }

@@ -1,0 +1,293 @@
+"""LoRA fine-tuning on Repository-Centric Experience. Reads top to bottom like a recipe:
+
+    seed → base model → data → LoRA → (resume) → train → save → export GGUF → verify → manifest
+
+Runs the same code on one CPU, one GPU, or several GPUs under ``accelerate launch`` (DDP): accelerate
+owns device placement, mixed precision, gradient accumulation and gradient synchronisation; we shard the
+length-grouped batches by process rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import SwespotError
+from trainer.config import TrainConfig
+from trainer import data as D
+
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+REPORT = "train_report.json"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    report: dict
+    manifest: dict = field(default_factory=dict)
+
+
+def _say(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_renderer(tokenizer):
+    """The agent's renderer for this tokenizer's chat template (its own, or the documented fallback)."""
+    from agent.render import Renderer
+
+    renderer = Renderer.for_template(getattr(tokenizer, "chat_template", None))
+    return renderer.render_with_spans
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warm-up, then cosine from lr down to lr * min_lr_ratio."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def latest_checkpoint(out: Path) -> Path | None:
+    root = out / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / STATE).exists())
+    return done[-1] if done else None
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    """Write into a temporary folder and rename: a kill mid-save leaves the previous checkpoint whole."""
+    import torch
+
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{state['step']:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "trainer_state.pt")
+    (tmp / STATE).write_text(json.dumps(state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+    blob = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    random.setstate(blob["python_rng"])
+    return json.loads((ckpt / STATE).read_text())
+
+
+# ---- the recipe -------------------------------------------------------------------------------
+def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) and write the adapter, its GGUF and the manifest into ``cfg.out``.
+    ``stop_after`` ends the run after that many steps of this call (used to test resumption)."""
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from tqdm import tqdm
+
+    from trainer.model_io import load_model_and_tokenizer, pick_device, pick_precision, resolve_base
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started_at = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+
+    # base model
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    base = resolve_base(cfg.base)
+    model, tokenizer = load_model_and_tokenizer(base.hf_dir)
+    tok_fp = D.tokenizer_fingerprint(tokenizer)
+
+    # data
+    files = D.episode_files(Path(cfg.data))
+    render = make_renderer(tokenizer)
+    sequences, stats = D.encode_all(D.read_episodes(Path(cfg.data)), tokenizer, render, cfg.max_len)
+    if not sequences:
+        raise SwespotError(f"no trainable sequence in {cfg.data}: {stats.to_dict()}")
+    replay: list = []
+    if cfg.replay_data:
+        replay, _ = D.encode_all(D.read_episodes(Path(cfg.replay_data)), tokenizer, render, cfg.max_len)
+    data_fp = D.data_fingerprint(files)
+
+    # LoRA
+    if cfg.init_adapter:
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.rslora,
+            target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+
+    accelerator = Accelerator(
+        cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.grad_accum)
+    per_epoch = len(D.epoch_batches(sequences, replay, cfg, 0))
+    total_steps = D.steps_for(cfg, max(1, per_epoch // accelerator.num_processes))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+
+    # resume
+    state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "trained_tokens": 0, "loss_curve": [], "seconds": 0.0,
+             "base": base.name, "tokenizer": tok_fp, "data": data_fp, "config": cfg.to_dict()}
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        saved = json.loads((ckpt / STATE).read_text())
+        if saved.get("tokenizer") != tok_fp:
+            raise SwespotError(f"the checkpoint in {ckpt} was made with another tokenizer/base model; use a new --out or delete it")
+        if saved.get("data") != data_fp:
+            raise SwespotError(f"the checkpoint in {ckpt} was trained on other data; use a new --out or delete it")
+        state = load_checkpoint(ckpt, model, optimizer, scheduler)
+        _say(f"resuming from {ckpt.name} (step {state['step']}/{total_steps})")
+
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
+               disable=not progress or not accelerator.is_main_process, file=sys.stderr, dynamic_ncols=True)
+    run_started, steps_this_call = time.perf_counter(), 0
+    seconds_before = state["seconds"]
+    epoch, index = state.get("epoch", 0), state.get("index", 0)
+    batches = D.epoch_batches(sequences, replay, cfg, epoch)
+    window_loss, window_tokens = 0.0, 0
+    while state["step"] < total_steps:
+        if index >= len(batches):  # next epoch: a new deterministic shuffle
+            epoch, index = epoch + 1, 0
+            batches = D.epoch_batches(sequences, replay, cfg, epoch)
+            continue
+        batch = batches[index]
+        index += 1
+        if (index - 1) % accelerator.num_processes != accelerator.process_index:
+            continue  # another rank's batch
+        tensors = {k: v.to(accelerator.device) for k, v in D.collate(batch, pad_id).items()}
+        with accelerator.accumulate(model):
+            loss = model(**tensors).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.grad_clip:
+                accelerator.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        n_trained = int((tensors["labels"] != D.IGNORE).sum())
+        window_loss += loss.detach().item() * n_trained
+        window_tokens += n_trained
+        state["tokens"] += int(tensors["attention_mask"].sum())
+        state["trained_tokens"] += n_trained
+        if not accelerator.sync_gradients:
+            continue
+        state["step"] += 1
+        state["epoch"], state["index"] = epoch, index
+        steps_this_call += 1
+        step_loss = window_loss / max(1, window_tokens)
+        window_loss, window_tokens = 0.0, 0
+        state["seconds"] = seconds_before + time.perf_counter() - run_started
+        state["loss_curve"].append([state["step"], round(step_loss, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{state['tokens'] / max(state['seconds'], 1e-9):.0f}")
+        last = state["step"] >= total_steps
+        interrupted = stop_after is not None and steps_this_call >= stop_after and not last
+        if accelerator.is_main_process and (state["step"] % cfg.checkpoint_every == 0 or last or interrupted):
+            save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.keep_checkpoints)
+        if interrupted:
+            bar.close()
+            return TrainResult(out, {"interrupted": True, "step": state["step"], "total_steps": total_steps})
+    bar.close()
+
+    report = {
+        "steps": state["step"], "total_steps": total_steps, "tokens": state["tokens"],
+        "trained_tokens": state["trained_tokens"], "seconds": round(state["seconds"], 2),
+        "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1), "device": device, "precision": precision,
+        "processes": accelerator.num_processes, "loss_curve": state["loss_curve"], "data": stats.to_dict(),
+    }
+    if not accelerator.is_main_process:
+        return TrainResult(out, report)
+
+    # save, export, verify, describe
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(out)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "base": {"name": base.name, "hf_dir": str(base.hf_dir), "gguf": str(base.serve_gguf) if base.serve_gguf else None},
+        "commit": commit,
+        "data": {"dir": str(cfg.data), "fingerprint": data_fp, **stats.to_dict()},
+        "config": cfg.to_dict(),
+        "train": {k: v for k, v in report.items() if k != "loss_curve"},
+        "final_loss": state["loss_curve"][-1][1] if state["loss_curve"] else None,
+        "started_at": started_at, "finished_at": time.time(),
+    }
+    if cfg.export_gguf:
+        from trainer.export_check import export_and_verify
+
+        manifest["export"] = export_and_verify(out, base, unwrapped, sequences[0].input_ids[:64])
+        manifest["base"]["gguf"] = manifest["export"]["base_gguf"]
+        manifest["base"]["sha256"] = manifest["export"]["base_sha256"]
+    (out / REPORT).write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / MANIFEST, manifest)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # finished: the adapter itself is the result
+    return TrainResult(out, report, manifest)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

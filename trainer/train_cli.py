@@ -1,0 +1,68 @@
+"""``swespot train``: LoRA on an experience folder, exported for llama.cpp. Import-light top level."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a LoRA adapter on experience episodes and export it to GGUF",
+        description="Train a LoRA adapter on <data>/<unit>/<shard>.jsonl episodes. Multi-GPU: "
+        "`accelerate launch -m agent.cli train ...` (same options).",
+    )
+    p.add_argument("--data", required=True, type=Path, help="experience folder")
+    p.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")
+    p.add_argument("--out", type=Path, help="output folder (default: ./adapter-<timestamp>)")
+    p.add_argument("--profile", default="cpu", choices=["real", "cpu", "tiny"], help="preset of defaults (real: the GPU recipe for 4B models)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--rslora", action="store_true", default=None)
+    p.add_argument("--max-len", type=int)
+    p.add_argument("--batch-tokens", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--init-adapter", help="continue from this peft adapter folder")
+    p.add_argument("--replay-data", help="earlier experience to mix in when continuing")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--commit", help="git commit the data was made up to (recorded in the manifest)")
+    p.add_argument("--no-export", action="store_true", help="skip the GGUF export and its llama.cpp check")
+    p.add_argument("--config", type=Path, help="JSON file of settings (command-line options win)")
+    p.add_argument("--json", action="store_true", help="print the training report as JSON")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from trainer.config import config_for
+    from trainer.train import train
+
+    file_values = json.loads(args.config.read_text()) if args.config else {}
+    out = args.out or Path(f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
+    cli = dict(
+        data=str(args.data), base=args.base, out=str(out), steps=args.steps, epochs=args.epochs, lr=args.lr,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, rslora=args.rslora, max_len=args.max_len,
+        batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
+        init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed,
+        export_gguf=False if args.no_export else None,
+    )
+    cfg = config_for(args.profile, **{**file_values, **{k: v for k, v in cli.items() if v is not None}})
+    result = train(cfg, commit=args.commit)
+    if args.json:
+        print(json.dumps({"out": str(result.out), "report": result.report, "manifest": result.manifest}, indent=2))
+    else:
+        r = result.report
+        print(f"adapter: {result.out}  steps {r['steps']}  loss {r['loss_curve'][0][1]:.3f} → {r['loss_curve'][-1][1]:.3f}  "
+              f"{r['tokens_per_s']:.0f} tok/s  peak {r['peak_memory_mb']:.0f} MB")
+        if "export" in result.manifest:
+            print(f"gguf: {result.manifest['export']['adapter_gguf']} ({result.manifest['export']['verified']})")
+    return 0
