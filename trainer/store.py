@@ -1,0 +1,244 @@
+"""The adapter store: per-repository state on disk, the one channel between the trainer daemon and the
+language server. Torch-free (the language server reads it).
+
+    <state>/experience/<unit>/<shard>.jsonl   episodes
+    <state>/adapters/<version>/               adapter_model.safetensors, adapter.gguf, manifest.json
+    <state>/adapters/current                  the published version (temp file, fsync, rename)
+    <state>/status.json                       daemon state
+
+``<state>`` lives outside the work tree (platformdirs user data dir, keyed by the repository's path), so
+watching the repository never sees our own writes. Every write is a temp file or folder renamed into
+place: a crash at any point leaves ``current`` naming the last good version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import SwespotError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_FILES = ("adapter.gguf", "manifest.json")
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+def state_root() -> Path:
+    override = os.environ.get("SWESPOT_STATE_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("swespot", appauthor=False))
+
+
+def state_dir(repo: str | os.PathLike) -> Path:
+    """The state folder of one repository: ``<root>/repos/<name>-<hash of its absolute path>``."""
+    path = Path(repo).expanduser().resolve()
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    return state_root() / "repos" / f"{path.name or 'root'}-{key}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SwespotError(f"could not write {path}: {exc}") from exc
+
+
+@dataclass
+class Version:
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def gguf(self) -> Path:
+        return self.path / "adapter.gguf"
+
+    @property
+    def commit(self) -> str | None:
+        return self.manifest.get("commit")
+
+
+def check_version_dir(path: Path) -> tuple[dict | None, str | None]:
+    """(manifest, None) for a whole published version, else (None, why not)."""
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            return None, f"{name} is missing"
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"manifest.json is unreadable: {exc}"
+    if not isinstance(manifest, dict):
+        return None, "manifest.json is not an object"
+    with open(path / "adapter.gguf", "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            return None, "adapter.gguf is not a GGUF file"
+    return manifest, None
+
+
+class AdapterStore:
+    def __init__(self, state: str | os.PathLike) -> None:
+        self.state = Path(state)
+        self.root = self.state / "adapters"
+
+    @classmethod
+    def for_repo(cls, repo: str | os.PathLike) -> "AdapterStore":
+        return cls(state_dir(repo))
+
+    @property
+    def current_file(self) -> Path:
+        return self.root / "current"
+
+    # ---- reading ------------------------------------------------------------------------------
+    def version_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        return sorted(names, key=lambda n: int(_VERSION.match(n)[1]))
+
+    def get(self, name: str) -> Version:
+        if not _VERSION.match(name):
+            raise SwespotError(f"{name!r} is not a version name (like v0003)")
+        path = self.root / name
+        if not path.is_dir():
+            raise SwespotError(f"no version {name} in {self.root}")
+        manifest, why = check_version_dir(path)
+        if manifest is None:
+            raise SwespotError(f"version {name} is damaged: {why}")
+        return Version(name, path, manifest)
+
+    def versions(self) -> list[tuple[str, Version | None, str | None]]:
+        """Every version folder: (name, Version or None, why it is unusable)."""
+        out = []
+        for name in self.version_names():
+            manifest, why = check_version_dir(self.root / name)
+            out.append((name, Version(name, self.root / name, manifest) if manifest else None, why))
+        return out
+
+    def current_name(self) -> str | None:
+        try:
+            name = self.current_file.read_text().strip()
+        except OSError:
+            return None
+        return name if _VERSION.match(name) else None
+
+    def current(self) -> Version | None:
+        """The published version. If ``current`` is damaged (a disk error, a hand edit), fall back to the
+        newest whole version before it and say so in the log; never serve a broken adapter."""
+        name = self.current_name()
+        if name is None:
+            return None
+        manifest, why = check_version_dir(self.root / name)
+        if manifest is not None:
+            return Version(name, self.root / name, manifest)
+        log.warning("current version %s is unusable (%s); falling back", name, why)
+        for older, version, _ in reversed(self.versions()):
+            if version is not None and int(older[1:]) < int(name[1:]):
+                return version
+        return None
+
+    # ---- writing ------------------------------------------------------------------------------
+    def next_name(self) -> str:
+        numbers = [int(_VERSION.match(n)[1]) for n in self.version_names()]
+        return f"v{max(numbers, default=0) + 1:04d}"
+
+    def publish(self, src: str | os.PathLike, *, make_current: bool = True, extra: dict | None = None) -> Version:
+        """Copy a finished adapter folder into the store as a new version and (by default) make it
+        current. The copy is assembled in a hidden folder and renamed; ``current`` is replaced last."""
+        src = Path(src)
+        manifest, why = check_version_dir(src)
+        if manifest is None:
+            raise SwespotError(f"cannot publish {src}: {why}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = self.next_name()
+        incoming = self.root / f".incoming-{name}-{os.getpid()}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        try:
+            incoming.mkdir()
+            for item in src.iterdir():
+                if item.is_file() and not item.name.startswith("."):
+                    shutil.copy2(item, incoming / item.name)
+                    with open(incoming / item.name, "rb") as fh:
+                        os.fsync(fh.fileno())
+            manifest = {**manifest, **(extra or {}), "version": name, "published_at": time.time()}
+            write_atomic(incoming / "manifest.json", json.dumps(manifest, indent=2).encode())
+            os.replace(incoming, self.root / name)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise SwespotError(f"could not publish into {self.root}: {exc}; nothing was published") from exc
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+        if make_current:
+            self.set_current(name)
+        return Version(name, self.root / name, manifest)
+
+    def set_current(self, name: str) -> Version:
+        version = self.get(name)  # refuses damaged or unknown versions
+        write_atomic(self.current_file, (name + "\n").encode())
+        return version
+
+    def rollback(self, name: str) -> Version:
+        return self.set_current(name)
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete the oldest versions beyond ``keep`` (never the current one) and leftovers of crashed
+        publishes. Returns what was removed."""
+        if keep < 1:
+            raise SwespotError("keep at least one version")
+        removed = []
+        for leftover in self.root.glob(".incoming-*") if self.root.is_dir() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover.name)
+        current = self.current_name()
+        names = self.version_names()
+        for name in names[: max(0, len(names) - keep)]:
+            if name != current:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+                removed.append(name)
+        return removed
+
+
+# ---- status.json ----------------------------------------------------------------------------------
+def status_path(state: Path) -> Path:
+    return Path(state) / "status.json"
+
+
+def write_status(state: Path, **fields) -> dict:
+    current = read_status(state)
+    current.update(fields, updated_at=time.time())
+    write_atomic(status_path(state), json.dumps(current, indent=2).encode())
+    return current
+
+
+def read_status(state: Path) -> dict:
+    try:
+        value = json.loads(status_path(state).read_text())
+        return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+        return {}
