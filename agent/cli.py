@@ -19,6 +19,7 @@ from agent.errors import SwespotError
 COMMAND_MODULES = [
     "trainer.model_cli",
     "trainer.train_cli",
+    "trainer.adapters_cli",
     "agent.agent_cli",
 ]
 

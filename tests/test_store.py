@@ -90,3 +90,23 @@ def test_status_is_merged_and_survives_a_corrupt_file(store):
     (store.state / "status.json").write_text("{not json")
     assert read_status(store.state) == {}
     assert write_status(store.state, phase="idle")["phase"] == "idle"
+
+
+def test_adapters_cli_lists_marks_current_and_rolls_back(tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "data"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    store = AdapterStore.for_repo(repo)
+    store.publish(make_adapter_dir(tmp_path / "a1", "c1"))
+    store.publish(make_adapter_dir(tmp_path / "a2", "c2"))
+    assert main(["adapters", "list", "--repo", str(repo), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == "v0002"
+    assert [(v["version"], v["current"]) for v in listed["versions"]] == [("v0001", False), ("v0002", True)]
+    assert listed["versions"][0]["manifest"]["commit"] == "c1"
+    assert main(["adapters", "rollback", "v0001", "--repo", str(repo)]) == 0
+    assert store.current().name == "v0001"
+    assert main(["adapters", "rollback", "v0009", "--repo", str(repo)]) == 1
+    assert "no version v0009" in capsys.readouterr().err

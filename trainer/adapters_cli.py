@@ -1,0 +1,74 @@
+"""``swespot adapters list|rollback|prune --repo PATH``: the adapter store on the command line (torch-free)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapters", help="list, roll back or prune the published adapters of a repository")
+    asub = p.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+
+    q = asub.add_parser("list", help="every version with its manifest; the current one is marked")
+    q.add_argument("--repo", type=Path, default=Path("."))
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_list)
+
+    q = asub.add_parser("rollback", help="serve an earlier version again")
+    q.add_argument("version")
+    q.add_argument("--repo", type=Path, default=Path("."))
+    q.set_defaults(func=cmd_rollback)
+
+    q = asub.add_parser("prune", help="delete old versions (never the current one)")
+    q.add_argument("--repo", type=Path, default=Path("."))
+    q.add_argument("--keep", type=int, default=5)
+    q.set_defaults(func=cmd_prune)
+
+
+def cmd_list(args) -> int:
+    from trainer.store import AdapterStore
+
+    store = AdapterStore.for_repo(args.repo)
+    current = store.current()
+    rows = []
+    for name, version, why in store.versions():
+        rows.append({"version": name, "current": current is not None and current.name == name,
+                     "usable": version is not None, "problem": why,
+                     "manifest": version.manifest if version else None})
+    if args.json:
+        print(json.dumps({"state": str(store.state), "current": current.name if current else None, "versions": rows}, indent=2))
+        return 0
+    if not rows:
+        print(f"no adapters published yet for {args.repo.resolve()} (state: {store.state})")
+        return 0
+    for row in rows:
+        mark = "*" if row["current"] else " "
+        if not row["usable"]:
+            print(f"{mark} {row['version']}  DAMAGED: {row['problem']}")
+            continue
+        m = row["manifest"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.get("published_at", 0)))
+        commit = (m.get("commit") or "?")[:10]
+        scores = m.get("eval") or {}
+        print(f"{mark} {row['version']}  {when}  commit {commit}  base {m.get('base', {}).get('name', '?')}"
+              + (f"  eval {json.dumps(scores)}" if scores else ""))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from trainer.store import AdapterStore
+
+    version = AdapterStore.for_repo(args.repo).rollback(args.version)
+    print(f"current is now {version.name} (commit {(version.commit or '?')[:10]})")
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from trainer.store import AdapterStore
+
+    removed = AdapterStore.for_repo(args.repo).prune(args.keep)
+    print("removed: " + (", ".join(removed) if removed else "nothing"))
+    return 0
