@@ -1,0 +1,1 @@
+"""Repository-Centric Experience: a git repository turned into training episodes (four units)."""
