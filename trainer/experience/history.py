@@ -1,0 +1,160 @@
+"""The repository's history as replayable changes (gitpython).
+
+Each non-merge commit up to the cutoff becomes a ``Change``: its message (the request), its parent (the
+starting state) and the text of every touched file before and after. Merge commits, root commits of
+shallow clones (their parent is missing), commits with binary or huge changes, and empty commits are
+skipped and counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import SwespotError
+from trainer.experience.files import MAX_FILE_BYTES, decode_text, secret_reason, vendored_or_generated
+
+MAX_FILES_PER_CHANGE = 12
+MAX_CHANGED_LINES = 400
+ISSUE_REF = re.compile(r"(?:(?:fix(?:es|ed)?|close[sd]?|resolve[sd]?)\s+)?#(\d+)", re.I)
+
+
+@dataclass
+class FileChange:
+    kind: str  # "A" added, "M" modified, "D" deleted, "R" renamed
+    old_path: str | None
+    new_path: str | None
+    before: str | None
+    after: str | None
+
+    @property
+    def path(self) -> str:
+        return self.new_path or self.old_path or ""
+
+
+@dataclass
+class Change:
+    commit: str
+    parent: str
+    message: str
+    author_time: int
+    files: list[FileChange]
+    issue_refs: list[str] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str:
+        return self.message.strip().splitlines()[0] if self.message.strip() else ""
+
+    @property
+    def changed_lines(self) -> int:
+        import difflib
+
+        total = 0
+        for f in self.files:
+            a = (f.before or "").splitlines()
+            b = (f.after or "").splitlines()
+            total += sum(1 for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+        return total
+
+
+@dataclass
+class HistoryStats:
+    commits: int = 0
+    changes: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"commits": self.commits, "changes": self.changes, "skipped": dict(self.skipped)}
+
+
+def resolve(repo, rev: str):
+    from git.exc import GitCommandError
+    from gitdb.exc import BadName, BadObject
+
+    try:
+        return repo.commit(rev)
+    except (BadName, BadObject, ValueError, GitCommandError) as exc:
+        raise SwespotError(f"{rev!r} is not a commit of {repo.working_tree_dir}: {exc}") from exc
+
+
+def shallow_boundary(repo) -> set[str]:
+    """Commits whose parents a shallow clone does not have (listed in .git/shallow)."""
+    try:
+        return set(Path(repo.git_dir, "shallow").read_text().split())
+    except OSError:
+        return set()
+
+
+def _blob_text(commit, path: str) -> tuple[str | None, str | None]:
+    try:
+        blob = commit.tree / path
+    except KeyError:
+        return None, "missing"
+    if blob.size > MAX_FILE_BYTES:
+        return None, "huge file"
+    return decode_text(blob.data_stream.read())
+
+
+def changes(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None):
+    """Yield replayable changes, oldest first, for commits reachable from ``cutoff``."""
+    stats = stats if stats is not None else HistoryStats()
+    if not repo.head.is_valid():
+        return  # an empty repository has no history to replay
+    end = resolve(repo, cutoff)
+    shallow = shallow_boundary(repo)
+    commits = list(repo.iter_commits(end.hexsha, reverse=True))
+    for commit in commits:
+        stats.commits += 1
+        if limit is not None and stats.changes >= limit:
+            stats.skipped["over limit"] += 1
+            continue
+        if commit.hexsha in shallow:  # its parent object is not in this clone
+            stats.skipped["shallow boundary"] += 1
+            continue
+        if len(commit.parents) > 1:
+            stats.skipped["merge commit"] += 1
+            continue
+        if not commit.parents:
+            stats.skipped["root commit"] += 1
+            continue
+        parent = commit.parents[0]
+        change, why = _change(commit, parent)
+        if change is None:
+            stats.skipped[why] += 1
+            continue
+        stats.changes += 1
+        yield change
+
+
+def _change(commit, parent) -> tuple[Change | None, str | None]:
+    diffs = parent.diff(commit, find_renames=True)  # rename detection like `git diff -M`
+    if not diffs:
+        return None, "empty commit"
+    if len(diffs) > MAX_FILES_PER_CHANGE:
+        return None, "huge commit"
+    files: list[FileChange] = []
+    for d in diffs:
+        if d.a_mode == 0o160000 or d.b_mode == 0o160000:
+            return None, "submodule change"
+        old_path = None if d.new_file else d.a_path
+        new_path = None if d.deleted_file else d.b_path
+        for path in filter(None, (old_path, new_path)):
+            if vendored_or_generated(path, None) or secret_reason(path, None):
+                return None, "touches excluded file"
+        before, why_a = _blob_text(parent, old_path) if old_path else (None, None)
+        after, why_b = _blob_text(commit, new_path) if new_path else (None, None)
+        why = why_a or why_b
+        if why:
+            return None, "binary change" if why in ("binary", "not utf-8") else why
+        for text in filter(None, (before, after)):
+            if secret_reason(new_path or old_path, text):
+                return None, "touches excluded file"
+        kind = "A" if d.new_file else "D" if d.deleted_file else "R" if d.renamed_file else "M"
+        files.append(FileChange(kind, old_path, new_path, before, after))
+    change = Change(commit.hexsha, parent.hexsha, commit.message, commit.authored_date, files,
+                    issue_refs=ISSUE_REF.findall(commit.message))
+    if change.changed_lines > MAX_CHANGED_LINES:
+        return None, "huge commit"
+    return change, None
