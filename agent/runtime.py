@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,15 +183,12 @@ class LlamaRuntime:
         """Check the adapter's metadata before llama.cpp sees it (type, architecture, base identity).
         Tensor shapes are checked by llama.cpp itself; its reason is quoted from the log bridge.
         (Reading the base with gguf would parse its whole vocabulary: 10 s for Gemma's 262k tokens.)"""
-        from gguf import GGUFReader
-
-        from agent.gguf_meta import read_string_fields
+        from agent.gguf_meta import read_header_fields
 
         try:
-            reader = GGUFReader(path)
-        except Exception as exc:  # gguf raises ValueError/struct.error/IndexError on damaged files
+            meta = {k: str(v) for k, v in read_header_fields(path).items()}
+        except (ValueError, OSError, struct.error) as exc:
             raise SwespotError(f"adapter file {path} is damaged or not a GGUF file: {exc}") from exc
-        meta = read_string_fields(reader)
         if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
             raise SwespotError(
                 f"{path} is not a LoRA adapter (general.type={meta.get('general.type')!r}, "

@@ -36,14 +36,9 @@ def serving_gguf(base, model_params: int) -> Path:
 
 
 def gguf_is_f32(path: Path) -> bool:
-    from gguf import GGUFReader
+    from agent.gguf_meta import read_header_fields
 
-    from agent.gguf_meta import field_value
-
-    # general.file_type 0 = ALL_F32; read only the header fields we need
-    reader = GGUFReader(path)
-    field = reader.fields.get("general.file_type")
-    return field is not None and int(field_value(field)) == 0
+    return read_header_fields(path).get("general.file_type") == 0  # 0 = LLAMA_FTYPE_ALL_F32
 
 
 def export_and_verify(out: Path, base, peft_model, probe_ids: list[int]) -> dict:
