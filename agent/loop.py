@@ -1,0 +1,136 @@
+"""The agent loop: query the model, execute its tool calls, repeat until it submits or a budget ends.
+
+Stopping is an exception carrying its reason (``Submitted``, ``LimitsExceeded``), not a flag. Malformed
+output (bad JSON, unknown tool, a call cut off) is shown to the model as an observation and the loop goes
+on. The whole run is recorded as an episode in the format the trainer reads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+
+from agent.episode import new_episode
+from agent.models import Model
+from agent.render import parse
+from agent.tools import SUBMIT, Tool, Workspace, call_tool, make_tools
+
+SYSTEM_PROMPT = (
+    "You are SWE-Spot, a coding agent working inside one software repository. Use the tools to explore "
+    "the code, make changes with small exact edits, and run the tests. Paths are relative to the "
+    "repository root. When you are done, call submit with a short summary."
+)
+
+
+class Submitted(Exception):
+    def __init__(self, summary: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+
+class LimitsExceeded(Exception):
+    pass
+
+
+@dataclass
+class Budget:
+    max_steps: int = 30
+    max_tokens: int = 100_000  # prompt + completion tokens over the whole run
+
+
+@dataclass
+class AgentResult:
+    exit: str  # "submitted" or "limits"
+    summary: str
+    diff: str
+    episode: dict
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    format_errors: int = 0
+
+    def to_dict(self) -> dict:
+        return {"exit": self.exit, "summary": self.summary, "diff": self.diff, "steps": self.steps,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "format_errors": self.format_errors}
+
+
+@dataclass
+class Agent:
+    model: Model
+    workspace: Workspace
+    budget: Budget = field(default_factory=Budget)
+    tools: dict[str, Tool] | None = None
+    system_prompt: str = SYSTEM_PROMPT
+    unit: str = "agent"
+    on_message: object = None  # optional callable(message dict), e.g. to stream progress to an editor
+
+    def __post_init__(self) -> None:
+        self.tools = self.tools or make_tools(self.workspace)
+        self.schemas = [t.schema() for t in self.tools.values()]
+        self.messages: list[dict] = []
+        self.steps = self.prompt_tokens = self.completion_tokens = self.format_errors = 0
+
+    def run(self, task: str) -> AgentResult:
+        self.messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": task}]
+        try:
+            while True:
+                self.step()
+        except Submitted as done:
+            return self._result("submitted", done.summary, task)
+        except LimitsExceeded as limit:
+            return self._result("limits", str(limit), task)
+
+    def step(self) -> None:
+        if self.steps >= self.budget.max_steps:
+            raise LimitsExceeded(f"step limit of {self.budget.max_steps} reached")
+        if self.prompt_tokens + self.completion_tokens >= self.budget.max_tokens:
+            raise LimitsExceeded(f"token budget of {self.budget.max_tokens} spent")
+        self.steps += 1
+        reply = self.model.query(self.messages, self.schemas)
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        if reply.message is not None:
+            message, errors = reply.message, []
+        else:
+            parsed = parse(reply.text, id_prefix=f"call_{self.steps}_", known_tools=set(self.tools))
+            message, errors = parsed.message, parsed.errors
+        self._add(message)
+        if errors:
+            self.format_errors += 1
+            self._add({"role": "user", "content": "Your last reply could not be used: " + "; ".join(errors)
+                       + ". Write each tool call as <tool_call>\n{\"name\": ..., \"arguments\": {...}}\n</tool_call>."})
+            return
+        calls = message.get("tool_calls") or []
+        if not calls:
+            self._add({"role": "user", "content": "Use a tool to continue, or call submit with a summary when you are done."})
+            return
+        for call in calls:
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            output = call_tool(self.tools, name, arguments)
+            self._add({"role": "tool", "tool_call_id": call["id"], "content": output})
+            if name == SUBMIT and not output.startswith("error:"):
+                raise Submitted(output)
+
+    def _add(self, message: dict) -> None:
+        self.messages.append(message)
+        if callable(self.on_message):
+            self.on_message(message)
+
+    def _result(self, exit: str, summary: str, task: str) -> AgentResult:
+        diff = self.workspace.diff()
+        meta = {"task": task, "model": getattr(self.model, "name", "?"), "exit": exit, "steps": self.steps,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "format_errors": self.format_errors, "diff": diff}
+        episode = new_episode(self.unit, repo_commit(self.workspace.root), self.messages, self.schemas, meta=meta)
+        return AgentResult(exit, summary, diff, episode, self.steps, self.prompt_tokens, self.completion_tokens, self.format_errors)
+
+
+def repo_commit(root) -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def summarize(result: AgentResult) -> str:
+    return json.dumps(result.to_dict(), indent=2)

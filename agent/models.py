@@ -1,0 +1,143 @@
+"""Model backends behind one small protocol.
+
+- ``ScriptedModel``: replays given assistant turns (tests, and the trainer's oracle policies). Ships in
+  the package and is selectable by name (``scripted:FILE``).
+- ``LlamaModel``: the llama.cpp runtime (base GGUF + adapters), rendered and parsed by ``agent.render``.
+- ``OpenAIModel``: any OpenAI-compatible chat endpoint the user runs (e.g. a bigger local server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.errors import SwespotError
+
+
+@dataclass
+class Reply:
+    text: str  # what the model wrote, raw (parsed by the agent)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    message: dict | None = None  # set by backends that return structured messages (OpenAI)
+    finish_reason: str = "stop"
+
+
+class Model(Protocol):
+    name: str
+
+    def query(self, messages: list[dict], tools: list[dict]) -> Reply: ...
+
+
+@dataclass
+class ScriptedModel:
+    """Replays assistant turns in order, as text in the renderer's format or as message dicts."""
+
+    turns: list
+    name: str = "scripted"
+    position: int = field(default=0)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "ScriptedModel":
+        try:
+            turns = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SwespotError(f"cannot read scripted turns from {path}: {exc}") from exc
+        if not isinstance(turns, list):
+            raise SwespotError(f"{path} must hold a JSON list of assistant turns")
+        return cls(turns, name=f"scripted:{path}")
+
+    def query(self, messages: list[dict], tools: list[dict]) -> Reply:
+        if self.position >= len(self.turns):
+            raise SwespotError("the scripted model has no more turns")
+        turn = self.turns[self.position]
+        self.position += 1
+        if isinstance(turn, dict):
+            return Reply(text=turn.get("content") or "", message=turn)
+        return Reply(text=str(turn))
+
+
+class LlamaModel:
+    def __init__(self, runtime, *, renderer=None, max_tokens: int = 512, temperature: float = 0.0,
+                 cancel: threading.Event | None = None) -> None:
+        from agent.render import Renderer
+
+        self.runtime = runtime
+        self.renderer = renderer or Renderer.for_template(runtime.chat_template)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.cancel = cancel
+        self.name = f"llama.cpp:{Path(runtime.model_path).name}"
+
+    def query(self, messages: list[dict], tools: list[dict]) -> Reply:
+        prompt = self.renderer.prompt(messages, tools)
+        room = self.runtime.n_ctx - len(self.runtime.tokenize(prompt, add_bos=True)) - 1
+        if room < 16:
+            raise SwespotError(f"the conversation no longer fits the model's context ({self.runtime.n_ctx} tokens)")
+        done = self.runtime.complete(prompt, max_tokens=min(self.max_tokens, room), stop=list(self.renderer.stop),
+                                     temperature=self.temperature, cancel=self.cancel)
+        return Reply(done.text, done.prompt_tokens, done.completion_tokens, finish_reason=done.finish_reason)
+
+
+class OpenAIModel:
+    """POST {url}/chat/completions with the tools in OpenAI's schema; the reply's message is used as is."""
+
+    def __init__(self, url: str, model: str = "default", *, api_key: str | None = None, timeout: float = 300,
+                 max_tokens: int = 1024, temperature: float = 0.0) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.api_key = api_key or os.environ.get("SWESPOT_OPENAI_API_KEY")
+        self.timeout = timeout
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.name = f"openai:{self.url}"
+
+    def query(self, messages: list[dict], tools: list[dict]) -> Reply:
+        body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        if tools:
+            body["tools"] = tools
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(f"{self.url}/chat/completions", data=json.dumps(body).encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                data = json.loads(response.read())
+        except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+            raise SwespotError(f"the model endpoint {self.url} failed: {exc}") from exc
+        try:
+            choice = data["choices"][0]
+            message = dict(choice["message"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise SwespotError(f"unexpected reply from {self.url}: {str(data)[:300]}") from exc
+        message["role"] = "assistant"
+        message = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "reasoning_content")}
+        usage = data.get("usage") or {}
+        return Reply(message.get("content") or "", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                     message=message, finish_reason=choice.get("finish_reason") or "stop")
+
+
+def model_from_spec(spec: str, **kwargs) -> Model:
+    """``scripted:FILE``, ``openai:URL[#model]``, a .gguf path, or ``default`` (the embedded model)."""
+    if spec.startswith("scripted:"):
+        return ScriptedModel.from_file(spec.split(":", 1)[1])
+    if spec.startswith("openai:"):
+        url, _, model = spec.split(":", 1)[1].partition("#")
+        return OpenAIModel(url, model or "default")
+    from agent.runtime import LlamaRuntime
+
+    if spec in ("", "default"):
+        from agent.default_model import ensure_default_gguf
+
+        spec = str(ensure_default_gguf())
+    runtime = LlamaRuntime(spec, n_ctx=kwargs.pop("n_ctx", 8192))
+    adapter = kwargs.pop("adapter", None)
+    if adapter:
+        runtime.set_adapters({runtime.load_adapter(adapter): 1.0})
+    return LlamaModel(runtime, **kwargs)

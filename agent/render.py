@@ -1,0 +1,164 @@
+"""The one renderer/parser: messages → model text, and model text → an assistant message with tool calls.
+
+Training renders episodes with ``render_with_spans`` (the spans are what the loss covers) and inference
+renders prompts with ``render`` and parses completions with ``parse``: the same code both ways.
+
+Templates: a model's own chat template is used when it knows tools (Qwen3's format: tool results as
+``<tool_response>`` blocks in a user turn; ``agent/templates/qwen3.jinja`` is the tiny test model's copy);
+otherwise the documented fallback ``agent/templates/chatml.jinja`` — ChatML turns
+(``<|im_start|>ROLE\\n…<|im_end|>``), tools listed in the system turn inside ``<tools></tools>``, each tool
+result its own ``tool`` turn. Both write calls as ``<tool_call>\\n{"name": …, "arguments": {…}}
+\\n</tool_call>`` after optional ``<think>`` reasoning, so one parser reads both. Models without these
+special tokens (the embedded Gemma base) read and write them as plain text.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import SwespotError
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+FALLBACK_TEMPLATE = TEMPLATES / "chatml.jinja"
+QWEN3_TEMPLATE = TEMPLATES / "qwen3.jinja"
+END_OF_TURN = "<|im_end|>"
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass
+class ParseResult:
+    message: dict  # an assistant message in the episode schema
+    errors: list[str] = field(default_factory=list)  # what a model should be told about its output
+
+
+def _tojson(value, indent=None):
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: str):
+    # Not StrictUndefined: chat templates test optional keys (message.tool_calls) for truthiness.
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = _tojson
+
+    def raise_exception(message):
+        raise SwespotError(f"chat template refused the conversation: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise SwespotError(f"the chat template does not compile: {exc}") from exc
+
+
+class Renderer:
+    def __init__(self, template: str) -> None:
+        self.template_source = template
+        self._template = _compile(template)
+
+    @classmethod
+    def for_template(cls, template: str | None) -> "Renderer":
+        """The model's own template when it renders tools in our call format, else the fallback."""
+        if template and "tools" in template and CALL_OPEN in template:
+            return cls(template)
+        return cls.fallback()
+
+    @classmethod
+    def fallback(cls) -> "Renderer":
+        return cls(FALLBACK_TEMPLATE.read_text(encoding="utf-8"))
+
+    # ---- messages → text ----------------------------------------------------------------------
+    def render(self, messages: list[dict], tools: list[dict] | None = None, *, add_generation_prompt: bool = False) -> str:
+        try:
+            return self._template.render(messages=messages, tools=tools or None, add_generation_prompt=add_generation_prompt)
+        except SwespotError:
+            raise
+        except Exception as exc:  # a template error on these messages: name it
+            raise SwespotError(f"chat template failed on these messages: {type(exc).__name__}: {exc}") from exc
+
+    def render_with_spans(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
+        """The whole conversation and the character spans the assistant wrote (each assistant turn from
+        after its header through its end-of-turn marker): exactly what the loss should cover."""
+        text = self.render(messages, tools)
+        spans = []
+        for i, msg in enumerate(messages):
+            if msg.get("role") != "assistant":
+                continue
+            start = len(self.render(messages[:i], tools, add_generation_prompt=True))
+            upto = self.render(messages[: i + 1], tools)
+            if not text.startswith(upto) or not upto.startswith(text[:start]):
+                raise SwespotError("the chat template is not prefix-stable; episodes cannot be masked turn by turn")
+            spans.append((start, len(upto.rstrip("\n"))))
+        return text, spans
+
+    def prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """What the model continues: the conversation plus the assistant header."""
+        return self.render(messages, tools, add_generation_prompt=True)
+
+    stop = (END_OF_TURN, "<|endoftext|>")
+
+
+# ---- text → message ---------------------------------------------------------------------------------
+def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None = None) -> ParseResult:
+    """Parse one assistant turn as generated (after the assistant header). Never raises: malformed
+    output yields a message holding the raw text plus errors the agent feeds back to the model."""
+    errors: list[str] = []
+    body = text.split(END_OF_TURN, 1)[0]
+    message: dict = {"role": "assistant"}
+    if body.startswith(THINK_OPEN):
+        end = body.find(THINK_CLOSE)
+        if end < 0:
+            errors.append(f"reasoning opened with {THINK_OPEN} but never closed with {THINK_CLOSE}")
+            body = body[len(THINK_OPEN):]
+        else:
+            message["reasoning_content"] = body[len(THINK_OPEN):end].strip("\n")
+            body = body[end + len(THINK_CLOSE):].lstrip("\n")
+    first = body.find(CALL_OPEN)
+    content = body if first < 0 else body[:first]
+    calls = []
+    pos = first
+    while pos >= 0:
+        close = body.find(CALL_CLOSE, pos)
+        if close < 0:
+            errors.append(f"a {CALL_OPEN} was not closed with {CALL_CLOSE} (output cut off?)")
+            break
+        raw = body[pos + len(CALL_OPEN):close].strip()
+        call, why = _parse_call(raw, known_tools)
+        if why:
+            errors.append(why)
+        else:
+            calls.append({"id": f"{id_prefix}{len(calls)}", "type": "function", "function": call})
+        pos = body.find(CALL_OPEN, close)
+    content = content.rstrip("\n") if calls or first >= 0 else content
+    message["content"] = content if content or not calls else None
+    if calls:
+        message["tool_calls"] = calls
+    return ParseResult(message, errors)
+
+
+def _parse_call(raw: str, known_tools: set[str] | None) -> tuple[dict | None, str | None]:
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        return None, f"a tool call is not valid JSON ({exc.msg} at character {exc.pos}): {raw[:200]}"
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None, 'a tool call must be {"name": <tool name>, "arguments": {...}}'
+    args = obj.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None, f"the arguments of {obj['name']} are not a JSON object"
+    if not isinstance(args, dict):
+        return None, f"the arguments of {obj['name']} must be a JSON object"
+    if known_tools is not None and obj["name"] not in known_tools:
+        return None, f"unknown tool {obj['name']!r}; available: {', '.join(sorted(known_tools))}"
+    return {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}, None

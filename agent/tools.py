@@ -1,0 +1,352 @@
+"""Tools over one repository root, as a small model can use them.
+
+Every tool takes JSON arguments and returns text; a failure is returned as text starting with
+``error:`` that says what went wrong and what to do instead — tools never raise into the loop. Paths are
+relative to the root; anything that resolves outside it (``..``, absolute paths, symlinks pointing out)
+is refused.
+
+The workspace remembers the original content of every file it changes, so ``diff`` is the whole change
+as a unified diff whether or not the root is a git repository.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import os
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from agent.errors import SwespotError
+
+MAX_READ_LINES = 400
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_SEARCH_RESULTS = 50
+MAX_LIST_ENTRIES = 200
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    parameters: dict
+    fn: Callable[..., str]
+
+    def schema(self) -> dict:
+        return {"type": "function", "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+def _params(required: list[str], **props: dict) -> dict:
+    return {"type": "object", "properties": props, "required": required}
+
+
+class CommandPolicy:
+    """Decides which commands run without asking. Default: test runners and read-only inspection.
+    Anything else goes to ``approve`` (the editor asks the user); without one, it is refused."""
+
+    ALLOWED = re.compile(
+        r"^(python3? -m (pytest|unittest)|pytest|npm (test|run test)|yarn test|go test|cargo test|make test|tox|nox"
+        r"|ls|cat|head|tail|wc|grep|rg|find|git (status|diff|log|show|blame))\b"
+    )
+
+    def __init__(self, approve: Callable[[str], bool] | None = None) -> None:
+        self.approve = approve
+
+    def allows(self, command: str) -> bool:
+        if self.ALLOWED.match(command.strip()) and not re.search(r"[;&|`$<>]", command):
+            return True
+        return bool(self.approve and self.approve(command))
+
+
+class Workspace:
+    """A repository root plus the change made to it so far."""
+
+    def __init__(self, root: str | os.PathLike, *, policy: CommandPolicy | None = None, test_command: str | None = None,
+                 run_timeout: float = 120, output_budget: int = 8000) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise SwespotError(f"repository not found: {self.root}")
+        self.policy = policy or CommandPolicy()
+        self.test_command = test_command
+        self.run_timeout = run_timeout
+        self.output_budget = output_budget
+        self.originals: dict[str, str | None] = {}  # path -> original text (None: did not exist)
+        self._index = None
+
+    # ---- paths and files --------------------------------------------------------------------------
+    def resolve(self, rel: str) -> Path:
+        if not isinstance(rel, str) or not rel.strip():
+            raise SwespotError("a path is required")
+        path = (self.root / rel).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise SwespotError(f"{rel} is outside the repository; use a path relative to its root")
+        return path
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def read_text(self, rel: str) -> str:
+        path = self.resolve(rel)
+        if not path.exists():
+            raise SwespotError(f"{rel} does not exist")
+        if path.is_dir():
+            raise SwespotError(f"{rel} is a directory; use list_dir")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise SwespotError(f"{rel} is too large to read ({path.stat().st_size // 1024} KiB)")
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            raise SwespotError(f"{rel} is a binary file")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SwespotError(f"{rel} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+    def write_text(self, rel: str, text: str) -> None:
+        path = self.resolve(rel)
+        key = self.rel(path)
+        if key not in self.originals:
+            self.originals[key] = path.read_text(encoding="utf-8") if path.exists() else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        self._index = None
+
+    def files(self) -> list[str]:
+        """Files that are not ignored: git's own view when the root is a repository, else a walk."""
+        if (self.root / ".git").exists():
+            done = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
+            if done.returncode == 0:
+                return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p and (self.root / p).is_file()})
+        import pathspec
+
+        spec = pathspec.GitIgnoreSpec.from_lines((self.root / ".gitignore").read_text().splitlines()) if (self.root / ".gitignore").exists() else None
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = [d for d in dirnames if d not in (".git", "node_modules", ".venv", "__pycache__")]
+            for name in filenames:
+                rel = Path(dirpath, name).relative_to(self.root).as_posix()
+                if spec is None or not spec.match_file(rel):
+                    out.append(rel)
+        return sorted(out)
+
+    def index(self):
+        if self._index is None:
+            from agent.index import RepoIndex
+
+            self._index = RepoIndex.from_directory(self.root, self.files())
+        return self._index
+
+    def diff(self) -> str:
+        chunks = []
+        for rel in sorted(self.originals):
+            before = self.originals[rel]
+            path = self.root / rel
+            after = path.read_text(encoding="utf-8") if path.exists() else None
+            if before == after:
+                continue
+            chunks.extend(difflib.unified_diff(
+                (before or "").splitlines(keepends=True), (after or "").splitlines(keepends=True),
+                fromfile=f"a/{rel}" if before is not None else "/dev/null", tofile=f"b/{rel}" if after is not None else "/dev/null"))
+        return "".join(c if c.endswith("\n") else c + "\n\\ No newline at end of file\n" for c in chunks)
+
+    # ---- the tools ----------------------------------------------------------------------------------
+    def read_file(self, path: str, start_line: int = 1, end_line: int | None = None) -> str:
+        lines = self.read_text(path).splitlines()
+        start = max(1, int(start_line))
+        end = min(len(lines), int(end_line) if end_line else start + MAX_READ_LINES - 1)
+        if start > max(1, len(lines)):
+            raise SwespotError(f"{path} has only {len(lines)} lines")
+        out = [f"{n}: {lines[n - 1]}" for n in range(start, end + 1)]
+        if end < len(lines) and not end_line:  # paged by us, not a range the caller chose
+            out.append(f"... ({len(lines) - end} more lines; read with start_line={end + 1})")
+        return "\n".join(out) if out else f"{path} is empty"
+
+    def list_dir(self, path: str = ".") -> str:
+        target = self.resolve(path)
+        if not target.is_dir():
+            raise SwespotError(f"{path} is not a directory")
+        prefix = "" if target == self.root else self.rel(target) + "/"
+        children = {}
+        for rel in self.files():
+            if rel.startswith(prefix):
+                head, sep, _ = rel[len(prefix):].partition("/")
+                children[head + ("/" if sep else "")] = True
+        names = sorted(children)
+        shown = names[:MAX_LIST_ENTRIES]
+        more = f"\n... and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+        return ("\n".join(shown) + more) if shown else f"{path} has no files"
+
+    def find_files(self, pattern: str) -> str:
+        hits = [p for p in self.files() if fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(Path(p).name, pattern)]
+        if not hits:
+            return f"no files match {pattern!r}"
+        return "\n".join(hits[:MAX_LIST_ENTRIES]) + (f"\n... and {len(hits) - MAX_LIST_ENTRIES} more" if len(hits) > MAX_LIST_ENTRIES else "")
+
+    def search(self, pattern: str, regex: bool = False, path: str = ".") -> str:
+        try:
+            rx = re.compile(pattern if regex else re.escape(pattern))
+        except re.error as exc:
+            raise SwespotError(f"bad regular expression: {exc}") from exc
+        base = self.resolve(path)
+        prefix = "" if base == self.root else self.rel(base)
+        results, files_hit = [], 0
+        for rel in self.files():
+            if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
+                continue
+            try:
+                text = self.read_text(rel)
+            except SwespotError:
+                continue  # binaries and unreadable files are not searched
+            hit = False
+            for n, line in enumerate(text.splitlines(), 1):
+                if rx.search(line):
+                    hit = True
+                    if len(results) < MAX_SEARCH_RESULTS:
+                        results.append(f"{rel}:{n}: {line.strip()[:200]}")
+            files_hit += hit
+        if not results:
+            return f"no matches for {pattern!r}"
+        total = f"\n(first {MAX_SEARCH_RESULTS} matches shown)" if len(results) == MAX_SEARCH_RESULTS else ""
+        return "\n".join(results) + total
+
+    def repo_map(self, budget: int = 1024, path: str | None = None) -> str:
+        index = self.index()
+        paths = None
+        if path:
+            base = self.rel(self.resolve(path)) if path != "." else ""
+            paths = [p for p in index.files if not base or p == base or p.startswith(base + "/")]
+        text = index.repo_map(budget_tokens=int(budget), paths=paths)
+        return text or "no source files with definitions found"
+
+    def find_definition(self, symbol: str) -> str:
+        defs = self.index().definitions(symbol)
+        if not defs:
+            return f"no definition of {symbol!r} found"
+        lines = []
+        for d in defs[:10]:
+            lines.append(f"{d.path}:{d.start_line}-{d.end_line} {d.kind} {d.qualname}: {d.signature}")
+            if d.doc:
+                lines.append(f"    {d.doc.splitlines()[0][:160]}")
+        return "\n".join(lines)
+
+    def find_references(self, symbol: str) -> str:
+        index = self.index()
+        refs = index.references(symbol)
+        if not refs:
+            return f"no references to {symbol!r} found"
+        out = []
+        for r in refs[:MAX_SEARCH_RESULTS]:
+            where = index.files[r.path].enclosing(r.line)
+            out.append(f"{r.path}:{r.line}" + (f" in {where.qualname}" if where else ""))
+        return "\n".join(out)
+
+    def edit(self, path: str, old: str, new: str) -> str:
+        text = self.read_text(path)
+        count = text.count(old) if old else 0
+        if count == 1:
+            self.write_text(path, text.replace(old, new, 1))
+            return f"edited {path}"
+        if not old:
+            raise SwespotError("old must be the exact text to replace (use create_file for a new file)")
+        if count == 0:
+            lines = text.splitlines()
+            first = old.strip().splitlines()[0] if old.strip() else old
+            close = difflib.get_close_matches(first.strip(), [l.strip() for l in lines], n=3, cutoff=0.6)
+            where = [f"line {i + 1}: {lines[i].strip()}" for i, l in enumerate(lines) if l.strip() in close][:3]
+            hint = ("; closest lines: " + " | ".join(where)) if where else "; read the file again and copy the text exactly"
+            raise SwespotError(f"old text not found in {path}{hint}")
+        starts = [m.start() for m in re.finditer(re.escape(old), text)]
+        lines_at = [text.count("\n", 0, s) + 1 for s in starts]
+        raise SwespotError(f"old text occurs {count} times in {path} (lines {', '.join(map(str, lines_at))}); include more surrounding lines to make it unique")
+
+    def create_file(self, path: str, content: str) -> str:
+        target = self.resolve(path)
+        if target.exists():
+            raise SwespotError(f"{path} already exists; use edit to change it")
+        self.write_text(path, content)
+        return f"created {path} ({len(content.splitlines())} lines)"
+
+    def run(self, command: str, timeout: float | None = None) -> str:
+        from agent.sandbox import run_limited
+
+        command = (command or "").strip() or (self.test_command or "")
+        if not command:
+            raise SwespotError("no command given and no test command configured")
+        if not self.policy.allows(command):
+            raise SwespotError(f"running {command!r} needs the user's approval, which was not given; run tests or read-only commands")
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            raise SwespotError(f"cannot parse the command: {exc}") from exc
+        result = run_limited(argv, self.root, timeout_s=min(float(timeout or self.run_timeout), self.run_timeout),
+                             output_limit=self.output_budget)
+        status = "timed out" if result.timed_out else f"exit code {result.returncode}"
+        return f"$ {command}\n[{status}, {result.seconds:.1f}s]\n{result.output}".rstrip()
+
+    def show_diff(self) -> str:
+        return self.diff() or "no changes yet"
+
+
+SUBMIT = "submit"
+
+
+def make_tools(ws: Workspace, *, read_only: bool = False) -> dict[str, Tool]:
+    """The agent's tools over ``ws`` (read-only: no edits, no commands)."""
+    s, i, b = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+    tools = [
+        Tool("read_file", "Read a file with line numbers (optionally a line range).",
+             _params(["path"], path=s, start_line=i, end_line=i), ws.read_file),
+        Tool("list_dir", "List the files and folders in a directory of the repository.", _params([], path=s), ws.list_dir),
+        Tool("find_files", "Find files whose path or name matches a glob pattern, e.g. '*.py' or 'tests/test_*'.",
+             _params(["pattern"], pattern=s), ws.find_files),
+        Tool("search", "Search the text of the repository's files (plain text, or a regex with regex=true).",
+             _params(["pattern"], pattern=s, regex=b, path=s), ws.search),
+        Tool("repo_map", "Outline of the repository: definitions and signatures per file, most used first.",
+             _params([], budget=i, path=s), ws.repo_map),
+        Tool("find_definition", "Where a function, class or method (Class.method) is defined.",
+             _params(["symbol"], symbol=s), ws.find_definition),
+        Tool("find_references", "Where a symbol is used (calls), with the enclosing function.",
+             _params(["symbol"], symbol=s), ws.find_references),
+    ]
+    if not read_only:
+        tools += [
+            Tool("edit", "Replace an exact, unique piece of text in a file with new text.",
+                 _params(["path", "old", "new"], path=s, old=s, new=s), ws.edit),
+            Tool("create_file", "Create a new file with the given content.", _params(["path", "content"], path=s, content=s), ws.create_file),
+            Tool("run", "Run a command in the repository (tests by default), with a time limit and no network.",
+                 _params([], command=s, timeout=i), ws.run),
+            Tool("diff", "Show the whole change made so far as a unified diff.", _params([]), ws.show_diff),
+        ]
+    tools.append(Tool(SUBMIT, "Finish: give a short summary of what you found or changed.", _params(["summary"], summary=s),
+                      lambda summary: summary))
+    return {t.name: t for t in tools}
+
+
+def call_tool(tools: dict[str, Tool], name: str, arguments: str | dict) -> str:
+    """Run one tool call; every failure becomes an ``error:`` text the model can read."""
+    tool = tools.get(name)
+    if tool is None:
+        return f"error: unknown tool {name!r}; available: {', '.join(sorted(tools))}"
+    try:
+        args = json.loads(arguments) if isinstance(arguments, str) else dict(arguments)
+    except ValueError as exc:
+        return f"error: arguments are not JSON: {exc}"
+    if not isinstance(args, dict):
+        return "error: arguments must be a JSON object"
+    allowed = set(tool.parameters.get("properties", {}))
+    unknown = set(args) - allowed
+    if unknown:
+        return f"error: {name} has no parameter(s) {', '.join(sorted(unknown))}; it takes {', '.join(sorted(allowed)) or 'none'}"
+    missing = [k for k in tool.parameters.get("required", []) if k not in args]
+    if missing:
+        return f"error: {name} needs {', '.join(missing)}"
+    try:
+        return tool.fn(**args)
+    except SwespotError as exc:
+        return f"error: {exc}"
+    except (OSError, ValueError, TypeError) as exc:
+        return f"error: {name} failed: {type(exc).__name__}: {exc}"
