@@ -58,9 +58,12 @@ class ScriptedModel:
             raise SwespotError("the scripted model has no more turns")
         turn = self.turns[self.position]
         self.position += 1
+        # token counts are estimates (~4 characters a token) so that budgets apply to scripts too
+        prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 1
         if isinstance(turn, dict):
-            return Reply(text=turn.get("content") or "", message=turn)
-        return Reply(text=str(turn))
+            return Reply(text=turn.get("content") or "", message=turn, prompt_tokens=prompt,
+                         completion_tokens=len(json.dumps(turn)) // 4 + 1)
+        return Reply(text=str(turn), prompt_tokens=prompt, completion_tokens=len(str(turn)) // 4 + 1)
 
 
 class LlamaModel:

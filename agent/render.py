@@ -126,7 +126,7 @@ def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None =
     calls = []
     pos = first
     while pos >= 0:
-        close = body.find(CALL_CLOSE, pos)
+        close = _closing(body, pos)
         if close < 0:
             errors.append(f"a {CALL_OPEN} was not closed with {CALL_CLOSE} (output cut off?)")
             break
@@ -142,6 +142,20 @@ def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None =
     if calls:
         message["tool_calls"] = calls
     return ParseResult(message, errors)
+
+
+def _closing(body: str, pos: int) -> int:
+    """Where the call opened at ``pos`` ends: the first ``</tool_call>`` after which the enclosed text is
+    valid JSON (arguments may themselves contain the marker, e.g. a file that mentions it), else the
+    first one at all (so the JSON error can be reported), else -1."""
+    first = close = body.find(CALL_CLOSE, pos)
+    while close >= 0:
+        try:
+            json.loads(body[pos + len(CALL_OPEN):close])
+            return close
+        except ValueError:
+            close = body.find(CALL_CLOSE, close + 1)
+    return first
 
 
 def _parse_call(raw: str, known_tools: set[str] | None) -> tuple[dict | None, str | None]:

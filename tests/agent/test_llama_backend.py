@@ -1,0 +1,25 @@
+"""The loop with the real tiny model in llama.cpp: it solves nothing, but it must run, parse or report
+its output, and stop within budget."""
+
+from __future__ import annotations
+
+from agent.episode import validate_episode
+from agent.loop import Agent, Budget
+from agent.models import LlamaModel
+from agent.runtime import LlamaRuntime
+from agent.tools import Workspace
+
+
+def test_tiny_model_runs_the_loop_and_stops_within_budget(tiny_gguf_f32, repo):
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=4096, n_threads=2) as runtime:
+        model = LlamaModel(runtime, max_tokens=48)
+        assert model.renderer.template_source.startswith("{#- Qwen3-format")  # its own template knows tools
+        result = Agent(model, Workspace(repo), Budget(max_steps=3)).run("Fix add() in calc/ops.py")
+    assert result.exit in ("limits", "submitted")
+    assert result.steps <= 3
+    assert result.prompt_tokens > 0 and 0 < result.completion_tokens <= 3 * 48
+    validate_episode(result.episode)
+    replies = [m for m in result.episode["messages"] if m["role"] == "assistant"]
+    assert len(replies) == result.steps
+    # every reply was either used (tool results follow) or answered with feedback: nothing is dropped
+    assert len(result.episode["messages"]) >= 2 + 2 * result.steps

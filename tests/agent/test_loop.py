@@ -1,0 +1,129 @@
+"""The loop end to end: scripted turns make a real diff; malformed output is fed back; budgets stop it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from agent.episode import load_episodes, validate_episode
+from agent.loop import Agent, Budget
+from agent.models import OpenAIModel, ScriptedModel
+from agent.tools import CommandPolicy, Workspace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def call(name: str, **args) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
+
+
+FIX_TURNS = [
+    "I will look at the failing function.\n" + call("find_definition", symbol="add"),
+    call("read_file", path="calc/ops.py", start_line=4, end_line=6),
+    call("edit", path="calc/ops.py", old="return a - b", new="return a + b"),
+    call("run", command=f"{sys.executable} -m pytest -q tests"),
+    call("submit", summary="add() subtracted; it adds now and the test passes"),
+]
+
+
+def workspace(repo) -> Workspace:
+    return Workspace(repo, policy=CommandPolicy(approve=lambda cmd: cmd.startswith(sys.executable)))
+
+
+def test_scripted_run_produces_the_real_diff_and_a_valid_episode(repo):
+    result = Agent(ScriptedModel(FIX_TURNS), workspace(repo)).run("Fix add()")
+    assert result.exit == "submitted" and result.steps == 5
+    assert "-    return a - b\n+    return a + b" in result.diff
+    assert "return a + b" in (repo / "calc/ops.py").read_text()
+    validate_episode(result.episode)
+    tool_outputs = [m["content"] for m in result.episode["messages"] if m["role"] == "tool"]
+    assert tool_outputs[0].startswith("calc/ops.py:4-6 function add")
+    assert "1 passed" in tool_outputs[3] and "[exit code 0" in tool_outputs[3]
+    assert result.episode["meta"]["diff"] == result.diff
+    assert result.episode["repo_commit"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+
+def test_malformed_output_is_shown_to_the_model_and_the_loop_goes_on(repo):
+    turns = ['<tool_call>\n{"name": "read_file", "arguments": {"path": \n</tool_call>',
+             call("teleport", to="mars"),
+             "I think I am done.",
+             call("submit", summary="gave up politely")]
+    result = Agent(ScriptedModel(turns), workspace(repo)).run("Explore")
+    assert result.exit == "submitted" and result.format_errors == 2
+    feedback = [m["content"] for m in result.episode["messages"] if m["role"] == "user"][1:]
+    assert "not valid JSON" in feedback[0] and "unknown tool 'teleport'" in feedback[1]
+    assert "call submit" in feedback[2]
+
+
+def test_step_and_token_budgets_stop_the_run(repo):
+    looping = [call("list_dir", path=".")] * 10
+    by_steps = Agent(ScriptedModel(looping), workspace(repo), Budget(max_steps=3)).run("Loop")
+    assert (by_steps.exit, by_steps.steps) == ("limits", 3) and "step limit" in by_steps.summary
+    by_tokens = Agent(ScriptedModel(looping), workspace(repo), Budget(max_steps=10, max_tokens=150)).run("Loop")
+    assert by_tokens.exit == "limits" and "token budget" in by_tokens.summary and by_tokens.steps < 10
+
+
+def test_cli_prints_json_and_saves_the_episode(repo, tmp_path):
+    turns = tmp_path / "turns.json"
+    turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
+    episode = tmp_path / "ep.jsonl"
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
+                           "--json", "--episode-out", str(episode), "Fix add()"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["exit"] == "submitted" and "+    return a + b" in result["diff"] and result["steps"] == 2
+    assert load_episodes(episode)[0]["meta"]["exit"] == "submitted"
+
+
+class _FakeEndpoint(BaseHTTPRequestHandler):
+    """A local OpenAI-compatible endpoint (127.0.0.1 only) that answers with structured tool calls."""
+
+    replies: list = []
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        reply = type(self).replies.pop(0)
+        data = json.dumps({"choices": [{"message": reply, "finish_reason": "tool_calls"}],
+                           "usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_compatible_backend_runs_the_loop(repo):
+    _FakeEndpoint.replies = [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "x1", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "x2", "type": "function", "function": {"name": "submit", "arguments": "{\"summary\": \"seen\"}"}}]},
+    ]
+    server = HTTPServer(("127.0.0.1", 0), _FakeEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        model = OpenAIModel(f"http://127.0.0.1:{server.server_port}/v1")
+        result = Agent(model, workspace(repo), Budget(max_steps=4)).run("Look around")
+    finally:
+        server.shutdown()
+    assert result.exit == "submitted" and result.summary == "seen"
+    assert (result.prompt_tokens, result.completion_tokens) == (22, 14)
+    assert {t["function"]["name"] for t in _FakeEndpoint.requests[0]["tools"]} >= {"read_file", "submit"}
+    assert "calc/" in [m for m in result.episode["messages"] if m["role"] == "tool"][0]["content"]
+
+
+def test_an_unreachable_endpoint_is_a_clear_error(repo):
+    from agent.errors import SwespotError
+
+    with pytest.raises(SwespotError, match="failed"):
+        Agent(OpenAIModel("http://127.0.0.1:9/v1", timeout=5), workspace(repo)).run("x")

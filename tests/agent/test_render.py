@@ -1,0 +1,117 @@
+"""One renderer/parser: render then parse gives back the same messages, for every tool and both templates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.episode import tool_call
+from agent.render import QWEN3_TEMPLATE, Renderer, parse
+from agent.tools import Workspace, make_tools
+
+TEMPLATES = {"qwen3": lambda: Renderer(QWEN3_TEMPLATE.read_text()), "chatml-fallback": Renderer.fallback}
+
+EXAMPLE_ARGS = {
+    "read_file": {"path": "calc/ops.py", "start_line": 3, "end_line": 9},
+    "list_dir": {"path": "calc"},
+    "find_files": {"pattern": "test_*.py"},
+    "search": {"pattern": "def \\w+\\(", "regex": True, "path": "."},
+    "repo_map": {"budget": 512},
+    "find_definition": {"symbol": "Cart.add"},
+    "find_references": {"symbol": "add"},
+    "edit": {"path": "a.py", "old": "x = \"1\"\n\ty = {'k': [1, 2]}", "new": "x = 2  # ünïcode ✓"},
+    "create_file": {"path": "new.py", "content": "<tool_call>not a call</tool_call>\n"},
+    "run": {"command": "python -m pytest -q", "timeout": 60},
+    "diff": {},
+    "submit": {"summary": "Done: fixed add()."},
+}
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    return [t.schema() for t in make_tools(Workspace(tmp_path_factory.mktemp("ws"))).values()]
+
+
+def conversation(tool_names: list[str]) -> list[dict]:
+    messages = [{"role": "system", "content": "You are a coding agent."}, {"role": "user", "content": "Please fix the bug."}]
+    for step, name in enumerate(tool_names):
+        call = tool_call(name, EXAMPLE_ARGS[name], f"call_{step}_0")
+        assistant = {"role": "assistant", "content": f"Step {step}: using {name}.", "tool_calls": [call]}
+        if step % 3 == 1:
+            assistant = {"role": "assistant", "content": None, "reasoning_content": "I should look closer.", "tool_calls": [call]}
+        messages += [assistant, {"role": "tool", "tool_call_id": call["id"], "content": f"result of {name}\nline 2"}]
+    messages.append({"role": "assistant", "content": "All done."})
+    return messages
+
+
+def test_every_tool_is_exercised():
+    assert set(EXAMPLE_ARGS) == {t for t in make_tools(Workspace(".")).keys()}
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_render_then_parse_returns_every_assistant_message(template, tools):
+    renderer = TEMPLATES[template]()
+    messages = conversation(list(EXAMPLE_ARGS))
+    text, spans = renderer.render_with_spans(messages, tools)
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    assert len(spans) == len(assistants)
+    for step, ((start, end), original) in enumerate(zip(spans, assistants)):
+        parsed = parse(text[start:end], id_prefix=f"call_{step}_")
+        assert parsed.errors == []
+        assert parsed.message == original
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_assistant_spans_cover_only_what_the_assistant_wrote(template, tools):
+    renderer = TEMPLATES[template]()
+    messages = conversation(["read_file", "edit"])
+    text, spans = renderer.render_with_spans(messages, tools)
+    covered = "".join(text[a:b] for a, b in spans)
+    assert "Please fix the bug." not in covered and "result of read_file" not in covered and "You are a coding agent" not in covered
+    assert all(text[a:b].endswith("<|im_end|>") for a, b in spans)
+    assert all(not text[a:b].startswith("<|im_start|>") for a, b in spans)
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_the_prompt_ends_where_the_assistant_begins(template, tools):
+    renderer = TEMPLATES[template]()
+    messages = conversation(["search"])
+    text, spans = renderer.render_with_spans(messages, tools)
+    assert renderer.prompt(messages[:2], tools) == text[: spans[0][0]]
+
+
+def test_templates_differ_in_how_tool_results_are_shown(tools):
+    messages = conversation(["read_file"])
+    assert "<tool_response>" in Renderer(QWEN3_TEMPLATE.read_text()).render(messages, tools)
+    assert "<|im_start|>tool\n" in Renderer.fallback().render(messages, tools)
+
+
+def test_a_model_template_without_tools_falls_back():
+    gemma_like = "{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}"
+    assert Renderer.for_template(gemma_like).template_source == Renderer.fallback().template_source
+    assert Renderer.for_template(None).template_source == Renderer.fallback().template_source
+    qwen = QWEN3_TEMPLATE.read_text()
+    assert Renderer.for_template(qwen).template_source == qwen
+
+
+@pytest.mark.parametrize("text, error", [
+    ('<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py"\n</tool_call>', "not valid JSON"),
+    ('<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>', "unknown tool 'teleport'"),
+    ('<tool_call>\n{"name": "read_file", "arguments": {"path": "a', "was not closed"),
+    ('<tool_call>\n["read_file"]\n</tool_call>', 'must be {"name"'),
+    ('<think>\nhmm, and then', "never closed"),
+])
+def test_malformed_output_becomes_errors_not_exceptions(text, error):
+    parsed = parse(text, known_tools={"read_file", "submit"})
+    assert any(error in e for e in parsed.errors), parsed.errors
+    assert parsed.message["role"] == "assistant"
+
+
+def test_arguments_given_as_a_json_string_are_normalised():
+    parsed = parse('<tool_call>\n{"name": "read_file", "arguments": "{\\"path\\": \\"a.py\\"}"}\n</tool_call>')
+    assert json.loads(parsed.message["tool_calls"][0]["function"]["arguments"]) == {"path": "a.py"}
+
+
+def test_text_after_the_end_of_turn_is_ignored():
+    assert parse("Answer.<|im_end|>\n<|im_start|>user\nmore").message == {"role": "assistant", "content": "Answer."}
