@@ -104,7 +104,7 @@ class TrainConfig:
 PROFILES: dict[str, dict[str, Any]] = {
     "real": {},
     "cpu": dict(lora_r=16, lora_alpha=32, max_len=512, batch_tokens=1024, lr=5e-4, checkpoint_every=25),
-    "tiny": dict(lora_r=8, lora_alpha=16, max_len=512, batch_tokens=2048, lr=2e-3, lora_dropout=0.0,
+    "tiny": dict(lora_r=8, lora_alpha=16, max_len=2048, batch_tokens=4096, lr=2e-3, lora_dropout=0.0,
                  gradient_checkpointing=False, checkpoint_every=10, warmup_ratio=0.0),
 }
 

@@ -1,0 +1,216 @@
+"""LoRA training on real agent episodes with the tiny model: the label mask, a real loss decrease, an
+export that llama.cpp applies exactly, resumption after a kill, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.episode import save_episodes
+from agent.errors import SwespotError
+from agent.loop import Agent, Budget
+from agent.models import ScriptedModel
+from agent.tools import Workspace, make_tools
+from trainer import data as D
+from trainer.config import config_for
+from trainer.train import make_renderer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = '''"""Inventory of a small shop."""
+
+
+def price_of(sku):
+    """Unit price of ``sku`` in cents."""
+    return PRICES[sku]
+
+
+def restock(sku, count):
+    STOCK[sku] = STOCK.get(sku, 0) + count
+    return STOCK[sku]
+'''
+
+
+def call(name: str, **args) -> str:
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args})}\n</tool_call>"
+
+
+@pytest.fixture(scope="module")
+def experience(tmp_path_factory) -> Path:
+    """Episodes made by driving the real agent tools on a fixture repository (observations are real)."""
+    root = tmp_path_factory.mktemp("shop")
+    (root / "shop").mkdir()
+    (root / "shop" / "inventory.py").write_text(MODULE)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    episodes = []
+    for symbol, answer in [("price_of", "price_of in shop/inventory.py returns the unit price of a sku in cents."),
+                           ("restock", "restock in shop/inventory.py adds count to the stock of a sku and returns it.")]:
+        for question in (f"What does {symbol} do?", f"Where is {symbol} defined?", f"Explain {symbol}."):
+            turns = [call("find_definition", symbol=symbol), call("read_file", path="shop/inventory.py"),
+                     call("submit", summary=answer)]
+            ws = Workspace(root)
+            result = Agent(ScriptedModel(turns), ws, Budget(max_steps=5), tools=make_tools(ws, read_only=True), unit="design").run(question)
+            episodes.append(result.episode)
+    data = tmp_path_factory.mktemp("experience")
+    save_episodes(data / "design" / "shard-0.jsonl", episodes)
+    return data
+
+
+def tiny_config(data: Path, out: Path, base: Path, **over):
+    return config_for("tiny", data=str(data), out=str(out), base=str(base), **over)
+
+
+def test_the_loss_mask_covers_only_what_the_assistant_wrote(experience, tiny_hf_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    episode = D.read_episodes(experience)[0]
+    seq, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 2048)[0]
+    trained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l != D.IGNORE])
+    untrained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l == D.IGNORE])
+    assert '"name": "find_definition"' in trained and "returns the unit price" in trained
+    assert trained.count("<|im_end|>") == 3  # each assistant turn's end is learned
+    for observation in ("shop/inventory.py:4-6 function price_of", "What does price_of do?", "You are SWE-Spot"):
+        assert observation in untrained and observation not in trained
+    assert "<|im_start|>assistant" not in trained
+
+
+def test_long_episodes_are_split_at_turn_boundaries_or_dropped(experience, tiny_hf_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    episodes = D.read_episodes(experience)
+    full = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), 4096)[0][0]
+    limit = len(full.input_ids) - 5
+    seqs, stats = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), limit)
+    assert stats.split == 1 and len(seqs[0].input_ids) <= limit
+    assert tokenizer.decode(seqs[0].input_ids).rstrip().endswith("</tool_call><|im_end|>")  # never a cut call
+    _, stats = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), 64)
+    assert stats.dropped_too_long == 1
+
+
+def mean_loss(hf_dir: Path, adapter: Path | None, sequences) -> float:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for seq in sequences:
+            batch = D.collate([seq], 0)
+            losses.append(float(model(**batch).loss))
+    return float(np.mean(losses))
+
+
+@pytest.fixture(scope="module")
+def trained(experience, tiny_hf_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter")
+    result = train(tiny_config(experience, out, tiny_hf_dir, steps=20), commit="c0ffee", progress=False)
+    return out, result
+
+
+def test_a_few_dozen_steps_lower_the_loss_on_the_episodes(trained, experience, tiny_hf_dir):
+    from transformers import AutoTokenizer
+
+    out, result = trained
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    before, after = mean_loss(tiny_hf_dir, None, seqs), mean_loss(tiny_hf_dir, out, seqs)
+    assert after < 0.5 * before, (before, after)
+    curve = [loss for _, loss in result.report["loss_curve"]]
+    assert len(curve) == 20 and curve[-1] < curve[0]
+
+
+def test_output_holds_adapter_gguf_manifest_and_report(trained):
+    out, result = trained
+    for name in ("adapter_model.safetensors", "adapter_config.json", "adapter.gguf", "manifest.json", "train_report.json"):
+        assert (out / name).exists(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["commit"] == "c0ffee"
+    assert manifest["data"]["sequences"] == {"design": 6}
+    assert manifest["export"]["verified"] == "exact" and manifest["export"]["max_logit_diff"] < 1e-3
+    assert len(manifest["base"]["sha256"]) == 64
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["steps"] == 20 and report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
+    assert not (out / "checkpoints").exists()
+
+
+def test_exported_adapter_logits_in_llama_cpp_match_peft(trained, experience, tiny_hf_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.runtime import LlamaRuntime
+
+    out, result = trained
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    ids = D.encode_all(D.read_episodes(experience)[:1], tokenizer, make_renderer(tokenizer), 2048)[0][0].input_ids[:120]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32), out).eval()
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    with LlamaRuntime(result.manifest["export"]["base_gguf"], n_ctx=256, f32_kv=True, logits_all=True, n_threads=2) as rt:
+        rt.set_adapters({rt.load_adapter(out / "adapter.gguf"): 1.0})
+        got = rt.logits(ids)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_resume_after_a_kill_continues_from_the_checkpoint(experience, tiny_hf_dir, tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"checkpoint_every": 2}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--data", str(experience), "--base", str(tiny_hf_dir),
+           "--out", str(out), "--steps", "10", "--config", str(settings), "--no-export", "--json"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # kill -9 as soon as the second checkpoint is on disk (watching the folder, not sleeping blindly)
+    import time
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
+        if len([p for p in done if (p / "state.json").exists()]) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from step-" in resumed.stderr
+    report = json.loads(resumed.stdout)["report"]
+    assert report["steps"] == 10
+    straight = train(tiny_config(experience, tmp_path / "straight", tiny_hf_dir, steps=10, export_gguf=False), progress=False)
+    assert report["loss_curve"] == straight.report["loss_curve"]  # the same run, as if never killed
+
+
+def test_bad_inputs_fail_with_clear_messages(experience, tiny_hf_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SwespotError, match="no episodes in"):
+        train(tiny_config(empty, tmp_path / "o1", tiny_hf_dir, steps=1), progress=False)
+    with pytest.raises(SwespotError, match="base model not found"):
+        train(tiny_config(experience, tmp_path / "o2", tmp_path / "no-such-model", steps=1), progress=False)
+    with pytest.raises(SwespotError, match="unknown unit"):
+        tiny_config(experience, tmp_path / "o3", tiny_hf_dir, steps=1, unit_weights={"gossip": 1.0})
+    # a checkpoint made with one tokenizer must not be resumed with another
+    out = tmp_path / "o4"
+    train(tiny_config(experience, out, tiny_hf_dir, steps=4, export_gguf=False), progress=False, stop_after=2)
+    other = tmp_path / "other-base"
+    shutil.copytree(tiny_hf_dir, other)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<|brand_new|>"])
+    tok.save_pretrained(other)
+    with pytest.raises(SwespotError, match="another tokenizer"):
+        train(tiny_config(experience, out, other, steps=4, export_gguf=False), progress=False)
