@@ -270,6 +270,17 @@ class Workspace:
         self.write_text(path, content)
         return f"created {path} ({len(content.splitlines())} lines)"
 
+    def delete_file(self, path: str) -> str:
+        target = self.resolve(path)
+        if not target.is_file():
+            raise SwespotError(f"{path} is not a file")
+        key = self.rel(target)
+        if key not in self.originals:
+            self.originals[key] = self.read_text(path)
+        target.unlink()
+        self._index = None
+        return f"deleted {path}"
+
     def run(self, command: str, timeout: float | None = None) -> str:
         from agent.sandbox import run_limited
 
@@ -317,6 +328,7 @@ def make_tools(ws: Workspace, *, read_only: bool = False) -> dict[str, Tool]:
             Tool("edit", "Replace an exact, unique piece of text in a file with new text.",
                  _params(["path", "old", "new"], path=s, old=s, new=s), ws.edit),
             Tool("create_file", "Create a new file with the given content.", _params(["path", "content"], path=s, content=s), ws.create_file),
+            Tool("delete_file", "Delete a file of the repository.", _params(["path"], path=s), ws.delete_file),
             Tool("run", "Run a command in the repository (tests by default), with a time limit and no network.",
                  _params([], command=s, timeout=i), ws.run),
             Tool("diff", "Show the whole change made so far as a unified diff.", _params([]), ws.show_diff),

@@ -22,6 +22,7 @@ EXAMPLE_ARGS = {
     "find_references": {"symbol": "add"},
     "edit": {"path": "a.py", "old": "x = \"1\"\n\ty = {'k': [1, 2]}", "new": "x = 2  # ünïcode ✓"},
     "create_file": {"path": "new.py", "content": "<tool_call>not a call</tool_call>\n"},
+    "delete_file": {"path": "old/legacy.py"},
     "run": {"command": "python -m pytest -q", "timeout": 60},
     "diff": {},
     "submit": {"summary": "Done: fixed add()."},

@@ -78,7 +78,9 @@ def test_diff_covers_edits_and_new_files(tools):
     run(tools, "edit", path="calc/ops.py", old="return a - b", new="return a + b")
     assert run(tools, "create_file", path="calc/extra.py", content="X = 1\n") == "created calc/extra.py (1 lines)"
     assert run(tools, "create_file", path="calc/extra.py", content="again").startswith("error: calc/extra.py already exists")
+    assert run(tools, "delete_file", path="calc/report.py") == "deleted calc/report.py"
     diff = run(tools, "diff")
+    assert "--- a/calc/report.py\n+++ /dev/null" in diff
     assert "--- a/calc/ops.py\n+++ b/calc/ops.py" in diff and "-    return a - b\n+    return a + b" in diff
     assert "--- /dev/null\n+++ b/calc/extra.py\n@@ -0,0 +1 @@\n+X = 1" in diff
 
@@ -105,4 +107,4 @@ def test_bad_calls_are_errors_not_crashes(tools):
 
 def test_read_only_tools_cannot_change_anything(repo):
     names = set(make_tools(Workspace(repo), read_only=True))
-    assert names.isdisjoint({"edit", "create_file", "run"}) and "submit" in names
+    assert names.isdisjoint({"edit", "create_file", "delete_file", "run"}) and "submit" in names
