@@ -18,6 +18,7 @@ from agent.errors import SwespotError
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
     "trainer.model_cli",
+    "trainer.experience_cli",
     "trainer.train_cli",
     "trainer.adapters_cli",
     "agent.agent_cli",

@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -67,6 +68,8 @@ def _limits(memory_mb: int | None, cpu_s: int | None):
 def clean_env(extra: dict[str, str] | None = None, home: str | None = None) -> dict[str, str]:
     """A minimal environment: PATH and locale from ours, proxies to nowhere, no credentials."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TERM", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")}
+    # `python` means the interpreter SWE-Spot runs in (its venv has pytest), not whatever PATH finds first
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
         env[key] = DEAD_PROXY
     env.update(NO_PROXY="", PYTHONDONTWRITEBYTECODE="1", PIP_NO_INDEX="1", HF_HUB_OFFLINE="1", GIT_TERMINAL_PROMPT="0")

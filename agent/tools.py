@@ -67,7 +67,7 @@ class Workspace:
     """A repository root plus the change made to it so far."""
 
     def __init__(self, root: str | os.PathLike, *, policy: CommandPolicy | None = None, test_command: str | None = None,
-                 run_timeout: float = 120, output_budget: int = 8000) -> None:
+                 run_timeout: float = 120, output_budget: int = 8000, parse_cache=None) -> None:
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             raise SwespotError(f"repository not found: {self.root}")
@@ -77,6 +77,9 @@ class Workspace:
         self.output_budget = output_budget
         self.originals: dict[str, str | None] = {}  # path -> original text (None: did not exist)
         self._index = None
+        self._files: list[str] | None = None
+        self._dirty: set[str] = set()  # paths changed since the index was built
+        self.parse_cache = parse_cache
 
     # ---- paths and files --------------------------------------------------------------------------
     def resolve(self, rel: str) -> Path:
@@ -112,11 +115,32 @@ class Workspace:
         if key not in self.originals:
             self.originals[key] = path.read_text(encoding="utf-8") if path.exists() else None
         path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
         path.write_text(text, encoding="utf-8")
-        self._index = None
+        self.invalidate([key], listing=not existed)
+
+    def invalidate(self, paths: list[str] | None = None, *, listing: bool = True) -> None:
+        """Files changed behind the tools' back (or by them): refresh the listing and re-index these paths
+        (all of them when ``paths`` is None)."""
+        if paths is None:
+            self._index, self._files, self._dirty = None, None, set()
+            return
+        self._dirty.update(paths)
+        if listing:
+            self._files = None
+
+    def forget_changes(self) -> None:
+        """Start a new change (the caller restored the files): diff and originals begin empty."""
+        self.invalidate(list(self.originals))
+        self.originals = {}
 
     def files(self) -> list[str]:
         """Files that are not ignored: git's own view when the root is a repository, else a walk."""
+        if self._files is None:
+            self._files = self._list_files()
+        return self._files
+
+    def _list_files(self) -> list[str]:
         if (self.root / ".git").exists():
             done = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
             if done.returncode == 0:
@@ -134,10 +158,25 @@ class Workspace:
         return sorted(out)
 
     def index(self):
-        if self._index is None:
-            from agent.index import RepoIndex
+        """The repository index, re-parsing only the files changed since it was built."""
+        from agent.index import ParseCache, RepoIndex
 
-            self._index = RepoIndex.from_directory(self.root, self.files())
+        self.parse_cache = self.parse_cache or ParseCache()
+        if self._index is None:
+            self._index = RepoIndex.from_directory(self.root, self.files(), self.parse_cache)
+        elif self._dirty:
+            files = dict(self._index.files)
+            for rel in self._dirty:
+                files.pop(rel, None)
+                try:
+                    text = (self.root / rel).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue  # deleted or unreadable: no longer indexed
+                fi = self.parse_cache.get_or_parse(rel, text)
+                if fi is not None:
+                    files[rel] = fi
+            self._index = RepoIndex(files)
+        self._dirty = set()
         return self._index
 
     def diff(self) -> str:
@@ -278,7 +317,7 @@ class Workspace:
         if key not in self.originals:
             self.originals[key] = self.read_text(path)
         target.unlink()
-        self._index = None
+        self.invalidate([key])
         return f"deleted {path}"
 
     def run(self, command: str, timeout: float | None = None) -> str:

@@ -73,7 +73,7 @@ def worker(args) -> dict:
     cfg = config_for("cpu", data=str(tmp / "data"), base=hf, out=str(tmp / "out"), steps=args.steps + 1,
                      max_len=args.length, batch_tokens=per_batch * args.length, export_gguf=False,
                      checkpoint_every=10_000, lora_r=16, lora_alpha=32, warmup_ratio=0.0)
-    if args.which == "ours":
+    if args.worker == "ours":
         from trainer.train import train
 
         result = train(cfg, progress=False)

@@ -1,0 +1,219 @@
+"""``swespot experience build``: a git repository → episodes in ``<out>/<unit>/<shard>.jsonl``.
+
+Incremental and content-addressed: every shard's name is a hash of exactly what it was made from (the
+generator version, the file's blob and the index facts it cites; or the replayed commit), so a rebuild
+after one new commit regenerates only the shards whose inputs changed and deletes the ones no longer
+wanted. Everything is made from the snapshot at the cutoff and the history up to it: nothing after the
+cutoff can leak into the episodes. Deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.episode import save_episodes
+from agent.errors import SwespotError
+from agent.index import ParseCache, RepoIndex, is_test_file
+from agent.tools import CommandPolicy, Workspace
+from trainer.experience import history as H
+from trainer.experience import units as U
+from trainer.experience.files import ignored_paths, select_files
+from trainer.experience.snapshot import Snapshot
+
+UNITS = ("design", "implementation", "evolution", "runtime")
+STATIC_UNITS = ("design", "implementation", "evolution")
+MANIFEST = "experience.json"
+
+
+@dataclass
+class BuildOptions:
+    cutoff: str = "HEAD"
+    units: tuple[str, ...] = STATIC_UNITS
+    seed: int = 0
+    per_file: int = 12  # design episodes per file
+    implementations_per_file: int = 6
+    max_commits: int | None = None
+    run_tests: bool = False  # execute tests inside episodes (sandboxed; slower)
+    progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    cutoff: str
+    stats: dict
+    shards_made: int = 0
+    shards_reused: int = 0
+    shards_removed: int = 0
+    seconds: float = 0.0
+    excluded: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "cutoff": self.cutoff, "units": self.stats, "excluded_files": self.excluded,
+                "shards": {"made": self.shards_made, "reused": self.shards_reused, "removed": self.shards_removed},
+                "seconds": round(self.seconds, 2)}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_facts(index: RepoIndex, path: str) -> list:
+    """The cross-file facts a file's design episodes cite: who calls its symbols, where they are tested,
+    and which classes extend them. A change elsewhere that alters these regenerates the shard."""
+    facts = []
+    for sym in index.files[path].symbols:
+        callers = sorted((c.path, c.qualname, c.start_line) for c in index.callers(sym))
+        facts.append([sym.qualname, sym.start_line, sym.end_line, callers[:20], index.tests_for(sym)])
+    return facts
+
+
+def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
+    """Remove, from a snapshot just moved to another commit, any changed file that may not be learned
+    from (secrets, binaries, vendored...): tools must not show it, even in a search result."""
+    from trainer.experience.files import decode_text, secret_reason, vendored_or_generated
+
+    for rel in paths or []:
+        path = tree / rel
+        if not path.is_file():
+            continue
+        text, _why = decode_text(path.read_bytes())
+        if rel in ignored or text is None or vendored_or_generated(rel, text) or secret_reason(rel, text):
+            path.unlink()
+
+
+def _open_repo(repo_path: Path):
+    import git
+
+    try:
+        return git.Repo(repo_path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise SwespotError(f"{repo_path} is not a git repository") from exc
+
+
+def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptions | None = None) -> BuildResult:
+    from tqdm import tqdm
+
+    opts = options or BuildOptions()
+    unknown = set(opts.units) - set(UNITS)
+    if unknown:
+        raise SwespotError(f"unknown unit(s) {sorted(unknown)}; choose from {', '.join(UNITS)}")
+    started = time.perf_counter()
+    repo_path, out = Path(repo_path).resolve(), Path(out)
+    repo = _open_repo(repo_path)
+    if not repo.head.is_valid():
+        raise SwespotError(f"{repo_path} has no commits yet: commit some code first")
+    cutoff = H.resolve(repo, opts.cutoff).hexsha
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {u: U.UnitStats() for u in opts.units}
+    wanted: dict[str, set[str]] = {u: set() for u in opts.units}
+    result = BuildResult(out, cutoff, {})
+
+    # the files that may be learned from, at the cutoff
+    all_paths = [i.path for i in repo.commit(cutoff).tree.traverse() if i.type == "blob"]
+    ignored = ignored_paths(repo, all_paths)
+    selection = select_files(repo, cutoff, ignored=ignored)
+    result.excluded = dict(selection.excluded)
+    allowed = {f.path for f in selection.files}
+    blobs = {f.path: f.blob for f in selection.files}
+
+    cache = ParseCache(out / ".cache")
+    with Snapshot(repo_path) as snap:
+        snap.checkout(cutoff)
+        ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), parse_cache=cache, run_timeout=120)
+        # the tools see exactly the files that may be learned from: hide the excluded ones
+        for f in set(all_paths) - allowed:
+            (snap.tree / f).unlink(missing_ok=True)
+        ws.invalidate()
+        index = ws.index()
+        runner = U.pytest_runner(ws) if opts.run_tests else None
+        work = []
+        for path in sorted(index.files):
+            if path not in allowed:
+                continue
+            if "design" in opts.units:
+                work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path], _file_facts(index, path))))
+            if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
+                tests = sorted({t for s in index.files[path].symbols for t in index.tests_for(s)})
+                work.append(("implementation", path, _digest(U.GENERATOR_VERSION, "impl", opts.seed, opts.implementations_per_file,
+                                                              path, blobs[path], [blobs.get(t) for t in tests], opts.run_tests)))
+        bar = tqdm(work, desc="experience: design/implementation", unit="file", disable=not opts.progress, file=sys.stderr)
+        for unit, path, key in bar:
+            wanted[unit].add(key)
+            shard = out / unit / f"{key}.jsonl"
+            if shard.exists():
+                result.shards_reused += 1
+                continue
+            rng = random.Random(f"{opts.seed}:{unit}:{path}")
+            if unit == "design":
+                episodes = U.design_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.per_file)
+            else:
+                episodes = U.implementation_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.implementations_per_file,
+                                                     test_runner=runner)
+            save_episodes(shard, episodes)
+            result.shards_made += 1
+
+        if "evolution" in opts.units:
+            hstats = H.HistoryStats()
+            changes = list(H.changes(repo, cutoff, limit=opts.max_commits, stats=hstats))
+            # bug re-introduction works on today's (cutoff) code, before the snapshot moves back in time
+            for change in changes:
+                key = _digest(U.GENERATOR_VERSION, "bug", change.commit, [blobs.get(fc.path) for fc in change.files])
+                if not U._FIX.search(change.subject) or not all(fc.path in allowed for fc in change.files if fc.kind == "M"):
+                    continue
+                wanted["evolution"].add(key)
+                shard = out / "evolution" / f"{key}.jsonl"
+                if shard.exists():
+                    result.shards_reused += 1
+                    continue
+                episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner)
+                save_episodes(shard, [episode] if episode else [])
+                result.shards_made += 1
+            for change in tqdm(changes, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
+                key = _digest(U.GENERATOR_VERSION, "replay", change.commit, opts.run_tests)
+                wanted["evolution"].add(key)
+                shard = out / "evolution" / f"{key}.jsonl"
+                if shard.exists():
+                    result.shards_reused += 1
+                    continue
+                moved = snap.checkout(change.parent)
+                _scrub(snap.tree, moved, ignored)
+                ws.invalidate(moved)
+                ws.forget_changes()
+                episode = U.replay_episode(ws, change, stats["evolution"], test_runner=runner)
+                snap.restore(sorted({p for fc in change.files for p in (fc.old_path, fc.new_path) if p}))
+                ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
+                ws.forget_changes()
+                save_episodes(shard, [episode] if episode else [])
+                result.shards_made += 1
+            for reason, n in hstats.skipped.items():
+                stats["evolution"].rejected[f"commit skipped: {reason}"] += n
+
+        if "runtime" in opts.units:
+            from trainer.experience import runtime as R
+
+            snap.checkout(cutoff)
+            ws.invalidate()
+            made, reused = R.runtime_shards(ws, ws.index(), cutoff, out, wanted["runtime"], stats["runtime"], blobs, opts)
+            result.shards_made += made
+            result.shards_reused += reused
+
+    # drop shards that no longer correspond to anything wanted
+    for unit in opts.units:
+        for shard in (out / unit).glob("*.jsonl") if (out / unit).exists() else []:
+            if shard.stem not in wanted[unit]:
+                shard.unlink()
+                result.shards_removed += 1
+    result.stats = {u: s.to_dict() for u, s in stats.items()}
+    for u in opts.units:
+        result.stats[u]["episodes_on_disk"] = sum(1 for shard in (out / u).glob("*.jsonl") for _ in open(shard)) if (out / u).exists() else 0
+    result.seconds = time.perf_counter() - started
+    (out / MANIFEST).write_text(json.dumps({"repo": str(repo_path), **result.to_dict(), "seed": opts.seed,
+                                            "generator_version": U.GENERATOR_VERSION}, indent=2))
+    return result

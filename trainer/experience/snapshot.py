@@ -1,0 +1,74 @@
+"""A scratch work tree that can be moved from commit to commit cheaply.
+
+Episodes drive the real tools against the repository as it was at the episode's commit. Extracting a
+whole tree per commit would cost seconds on a large repository, so a ``Snapshot`` keeps one scratch
+folder and moves it with git's own machinery (``read-tree --reset -u`` against a private index file):
+only the files that differ between two commits are written or removed. The user's work tree, index and
+HEAD are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from agent.errors import SwespotError
+
+
+class Snapshot:
+    def __init__(self, repo_dir: str | os.PathLike, *, prefix: str = "swespot-snapshot-") -> None:
+        self.repo_dir = Path(repo_dir).resolve()
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.tree = self.root / "tree"
+        self.tree.mkdir()
+        self.index_file = self.root / "index"
+        self.commit: str | None = None
+
+    def _git(self, *args: str) -> str:
+        env = dict(os.environ, GIT_INDEX_FILE=str(self.index_file), GIT_WORK_TREE=str(self.tree))
+        done = subprocess.run(["git", "--git-dir", self._git_dir(), *args], cwd=self.tree, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SwespotError(f"git {' '.join(args)} failed in the scratch copy: {done.stderr.strip()}")
+        return done.stdout
+
+    def _git_dir(self) -> str:
+        done = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.repo_dir, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SwespotError(f"{self.repo_dir} is not a git repository")
+        return done.stdout.strip()
+
+    def checkout(self, commit: str) -> list[str] | None:
+        """Make the scratch tree equal to ``commit``'s tree (tracked files only). Returns the paths that
+        changed (None after the first, full checkout) so callers can refresh what they derived."""
+        if self.commit == commit:
+            return []
+        if self.commit is None:
+            self._git("read-tree", commit)
+            self._git("checkout-index", "-a", "-f")
+            changed = None
+        else:
+            changed = [p for p in self._git("diff-tree", "-r", "--name-only", "-z", self.commit, commit).split("\0") if p]
+            self._git("read-tree", "--reset", "-u", commit)
+        self.commit = commit
+        return changed
+
+    def restore(self, paths: list[str]) -> None:
+        """Undo an episode's changes to these paths (rewrite from the index; delete files it created)."""
+        tracked = set(self._git("ls-files", "-z", "--", *paths).split("\0")) if paths else set()
+        for rel in paths:
+            if rel not in tracked:
+                (self.tree / rel).unlink(missing_ok=True)
+        if tracked - {""}:
+            self._git("checkout-index", "-f", "--", *sorted(tracked - {""}))
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
