@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import json
 import os
+import posixpath
 import re
 import shlex
 import subprocess
@@ -79,6 +80,7 @@ class Workspace:
         self._index = None
         self._files: list[str] | None = None
         self._dirty: set[str] = set()  # paths changed since the index was built
+        self._texts: dict[str, str] = {}  # canonical path -> text, for files read since they last changed
         self.parse_cache = parse_cache
 
     # ---- paths and files --------------------------------------------------------------------------
@@ -94,6 +96,15 @@ class Workspace:
         return path.relative_to(self.root).as_posix()
 
     def read_text(self, rel: str) -> str:
+        key = posixpath.normpath(rel) if isinstance(rel, str) and rel and not rel.startswith("/") else None
+        if key in self._texts:
+            return self._texts[key]
+        text = self._read_text(rel)
+        if key is not None and not key.startswith(".."):
+            self._texts[key] = text
+        return text
+
+    def _read_text(self, rel: str) -> str:
         path = self.resolve(rel)
         if not path.exists():
             raise SwespotError(f"{rel} does not exist")
@@ -123,9 +134,11 @@ class Workspace:
         """Files changed behind the tools' back (or by them): refresh the listing and re-index these paths
         (all of them when ``paths`` is None)."""
         if paths is None:
-            self._index, self._files, self._dirty = None, None, set()
+            self._index, self._files, self._dirty, self._texts = None, None, set(), {}
             return
         self._dirty.update(paths)
+        for rel in paths:
+            self._texts.pop(posixpath.normpath(rel), None)
         if listing:
             self._files = None
 
@@ -175,7 +188,10 @@ class Workspace:
                 fi = self.parse_cache.get_or_parse(rel, text)
                 if fi is not None:
                     files[rel] = fi
-            self._index = RepoIndex(files)
+            # rebuild the cross-file maps only if some file's index really changed (an edit undone
+            # returns the very same cached object)
+            if files.keys() != self._index.files.keys() or any(files[k] is not self._index.files[k] for k in files):
+                self._index = RepoIndex(files)
         self._dirty = set()
         return self._index
 
@@ -240,6 +256,8 @@ class Workspace:
                 text = self.read_text(rel)
             except SwespotError:
                 continue  # binaries and unreadable files are not searched
+            if not rx.search(text):
+                continue  # most files do not match: skip the line loop
             hit = False
             for n, line in enumerate(text.splitlines(), 1):
                 if rx.search(line):

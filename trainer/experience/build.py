@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,27 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
             path.unlink()
 
 
+def _undo(tree: Path, change) -> None:
+    """Put the parent's versions of a change's files back (a replay that failed half-way)."""
+    for fc in change.files:
+        if fc.new_path:
+            (tree / fc.new_path).unlink(missing_ok=True)
+        if fc.old_path and fc.before is not None:
+            (tree / fc.old_path).parent.mkdir(parents=True, exist_ok=True)
+            (tree / fc.old_path).write_text(fc.before, encoding="utf-8")
+
+
+def _touched_paths(repo_path: Path, cutoff: str) -> dict[str, list[str]]:
+    """Paths each commit touched, for the whole history in one ``git log`` (no per-commit diffs)."""
+    done = subprocess.run(["git", "log", "--no-renames", "--name-only", "-z", "--format=%x01%H", cutoff],
+                          cwd=repo_path, capture_output=True, text=True, errors="replace")
+    out: dict[str, list[str]] = {}
+    for record in done.stdout.split("\x01")[1:]:
+        sha, _, rest = record.partition("\n")
+        out[sha.strip("\0\n ")] = [p.strip("\n") for p in rest.split("\0") if p.strip("\n")]
+    return out
+
+
 def _open_repo(repo_path: Path):
     import git
 
@@ -161,39 +183,54 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
 
         if "evolution" in opts.units:
             hstats = H.HistoryStats()
-            changes = list(H.changes(repo, cutoff, limit=opts.max_commits, stats=hstats))
+            candidates = list(H.candidate_commits(repo, cutoff, limit=opts.max_commits, stats=hstats))
+            touched = _touched_paths(repo_path, cutoff)
             # bug re-introduction works on today's (cutoff) code, before the snapshot moves back in time
-            for change in changes:
-                key = _digest(U.GENERATOR_VERSION, "bug", change.commit, [blobs.get(fc.path) for fc in change.files])
-                if not U._FIX.search(change.subject) or not all(fc.path in allowed for fc in change.files if fc.kind == "M"):
+            for commit, parent in candidates:
+                paths = touched.get(commit.hexsha, [])
+                if not U._FIX.search(commit.summary) or not paths or not all(p in allowed for p in paths if p in blobs):
                     continue
+                key = _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [blobs.get(p) for p in paths])
                 wanted["evolution"].add(key)
                 shard = out / "evolution" / f"{key}.jsonl"
                 if shard.exists():
                     result.shards_reused += 1
                     continue
-                episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner)
+                change = H.change_of(commit, parent)
+                episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
                 save_episodes(shard, [episode] if episode else [])
                 result.shards_made += 1
-            for change in tqdm(changes, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
-                key = _digest(U.GENERATOR_VERSION, "replay", change.commit, opts.run_tests)
+            todo = []
+            for commit, parent in candidates:
+                key = _digest(U.GENERATOR_VERSION, "replay", commit.hexsha, opts.run_tests)
                 wanted["evolution"].add(key)
-                shard = out / "evolution" / f"{key}.jsonl"
-                if shard.exists():
+                if (out / "evolution" / f"{key}.jsonl").exists():
                     result.shards_reused += 1
-                    continue
-                moved = snap.checkout(change.parent)
-                _scrub(snap.tree, moved, ignored)
-                ws.invalidate(moved)
-                ws.forget_changes()
-                episode = U.replay_episode(ws, change, stats["evolution"], test_runner=runner)
-                snap.restore(sorted({p for fc in change.files for p in (fc.old_path, fc.new_path) if p}))
-                ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
-                ws.forget_changes()
-                save_episodes(shard, [episode] if episode else [])
+                else:
+                    todo.append((commit, parent, key))
+            for commit, parent, key in tqdm(todo, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
+                change = H.change_of(commit, parent, hstats)
+                episode = None
+                if change is not None:
+                    # linear history: the tree is usually at the parent already (the last replay reached it)
+                    moved = snap.checkout(change.parent)
+                    _scrub(snap.tree, moved, ignored)
+                    ws.invalidate(moved)
+                    ws.forget_changes()
+                    episode = U.replay_episode(ws, change, stats["evolution"], test_runner=runner)
+                    touched_now = sorted({p for fc in change.files for p in (fc.old_path, fc.new_path) if p})
+                    if episode is not None:
+                        snap.advance(change.commit)  # the tree now is the child commit's (verified)
+                    else:
+                        _undo(snap.tree, change)
+                    ws.invalidate(touched_now)
+                    ws.forget_changes()
+                save_episodes(out / "evolution" / f"{key}.jsonl", [episode] if episode else [])
                 result.shards_made += 1
             for reason, n in hstats.skipped.items():
                 stats["evolution"].rejected[f"commit skipped: {reason}"] += n
+            if snap.commit != cutoff:
+                ws.invalidate(snap.checkout(cutoff))
 
         if "runtime" in opts.units:
             from trainer.experience import runtime as R

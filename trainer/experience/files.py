@@ -46,6 +46,9 @@ SECRET_ASSIGNMENT = re.compile(
 )
 
 
+_SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
+
+
 def shannon_entropy(text: str) -> float:
     counts = Counter(text)
     n = len(text)
@@ -61,6 +64,9 @@ def secret_reason(path: str, text: str | None) -> str | None:
     for name, pattern in SECRET_PATTERNS:
         if pattern.search(text):
             return name
+    lowered = text.lower()
+    if not any(word in lowered for word in _SECRET_WORDS):  # cheap pre-check before the costly regex
+        return None
     for match in SECRET_ASSIGNMENT.finditer(text):
         value = match.group(2)
         # placeholders and references (os.environ[...], "${TOKEN}", "changeme") are low-entropy or shaped

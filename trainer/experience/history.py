@@ -8,6 +8,8 @@ skipped and counted, never silently dropped.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +23,23 @@ MAX_CHANGED_LINES = 400
 ISSUE_REF = re.compile(r"(?:(?:fix(?:es|ed)?|close[sd]?|resolve[sd]?)\s+)?#(\d+)", re.I)
 
 
+def line_opcodes(a: list[str], b: list[str]) -> list:
+    """difflib opcodes for two line lists, matching only the part between their common prefix and
+    suffix (most commits touch a few lines of a long file: this makes diffs ~100x cheaper)."""
+    pre = 0
+    while pre < len(a) and pre < len(b) and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < len(a) - pre and suf < len(b) - pre and a[-1 - suf] == b[-1 - suf]:
+        suf += 1
+    middle = difflib.SequenceMatcher(None, a[pre:len(a) - suf], b[pre:len(b) - suf], autojunk=False).get_opcodes()
+    ops = [("equal", 0, pre, 0, pre)] if pre else []
+    ops += [(tag, i1 + pre, i2 + pre, j1 + pre, j2 + pre) for tag, i1, i2, j1, j2 in middle]
+    if suf:
+        ops.append(("equal", len(a) - suf, len(a), len(b) - suf, len(b)))
+    return [op for op in ops if op[2] > op[1] or op[4] > op[3]]
+
+
 @dataclass
 class FileChange:
     kind: str  # "A" added, "M" modified, "D" deleted, "R" renamed
@@ -32,6 +51,15 @@ class FileChange:
     @property
     def path(self) -> str:
         return self.new_path or self.old_path or ""
+
+    @functools.cached_property
+    def opcodes(self) -> list:
+        """Line-level difference before → after, computed once (every consumer needs it)."""
+        return line_opcodes((self.before or "").splitlines(keepends=True), (self.after or "").splitlines(keepends=True))
+
+    @property
+    def changed_lines(self) -> int:
+        return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in self.opcodes if tag != "equal")
 
 
 @dataclass
@@ -49,14 +77,7 @@ class Change:
 
     @property
     def changed_lines(self) -> int:
-        import difflib
-
-        total = 0
-        for f in self.files:
-            a = (f.before or "").splitlines()
-            b = (f.after or "").splitlines()
-            total += sum(1 for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---"))
-        return total
+        return sum(f.changed_lines for f in self.files)
 
 
 @dataclass
@@ -95,6 +116,42 @@ def _blob_text(commit, path: str) -> tuple[str | None, str | None]:
     if blob.size > MAX_FILE_BYTES:
         return None, "huge file"
     return decode_text(blob.data_stream.read())
+
+
+def candidate_commits(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None):
+    """Yield (commit, parent) for the commits that may become changes, oldest first, without computing
+    any diff (cheap: an incremental build checks its cache before paying for ``change_of``). Merges,
+    roots and shallow boundaries are counted in ``stats`` and skipped."""
+    stats = stats if stats is not None else HistoryStats()
+    if not repo.head.is_valid():
+        return
+    end = resolve(repo, cutoff)
+    shallow = shallow_boundary(repo)
+    taken = 0
+    for commit in repo.iter_commits(end.hexsha, reverse=True):
+        stats.commits += 1
+        if commit.hexsha in shallow:
+            stats.skipped["shallow boundary"] += 1
+        elif len(commit.parents) > 1:
+            stats.skipped["merge commit"] += 1
+        elif not commit.parents:
+            stats.skipped["root commit"] += 1
+        elif limit is not None and taken >= limit:
+            stats.skipped["over limit"] += 1
+        else:
+            taken += 1
+            yield commit, commit.parents[0]
+
+
+def change_of(commit, parent, stats: HistoryStats | None = None):
+    """The replayable change of one commit, or None (the reason counted in ``stats``)."""
+    change, why = _change(commit, parent)
+    if stats is not None:
+        if change is None:
+            stats.skipped[why] += 1
+        else:
+            stats.changes += 1
+    return change
 
 
 def changes(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None):

@@ -26,19 +26,19 @@ class Snapshot:
         self.tree.mkdir()
         self.index_file = self.root / "index"
         self.commit: str | None = None
+        self._index_stale = False
+        done = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.repo_dir, capture_output=True, text=True)
+        if done.returncode != 0:
+            self.close()
+            raise SwespotError(f"{self.repo_dir} is not a git repository")
+        self.git_dir = done.stdout.strip()
 
     def _git(self, *args: str) -> str:
         env = dict(os.environ, GIT_INDEX_FILE=str(self.index_file), GIT_WORK_TREE=str(self.tree))
-        done = subprocess.run(["git", "--git-dir", self._git_dir(), *args], cwd=self.tree, env=env, capture_output=True, text=True)
+        done = subprocess.run(["git", "--git-dir", self.git_dir, *args], cwd=self.tree, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SwespotError(f"git {' '.join(args)} failed in the scratch copy: {done.stderr.strip()}")
         return done.stdout
-
-    def _git_dir(self) -> str:
-        done = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.repo_dir, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SwespotError(f"{self.repo_dir} is not a git repository")
-        return done.stdout.strip()
 
     def checkout(self, commit: str) -> list[str] | None:
         """Make the scratch tree equal to ``commit``'s tree (tracked files only). Returns the paths that
@@ -51,18 +51,18 @@ class Snapshot:
             changed = None
         else:
             changed = [p for p in self._git("diff-tree", "-r", "--name-only", "-z", self.commit, commit).split("\0") if p]
+            if self._index_stale:
+                self._git("read-tree", self.commit)
+                self._index_stale = False
             self._git("read-tree", "--reset", "-u", commit)
         self.commit = commit
         return changed
 
-    def restore(self, paths: list[str]) -> None:
-        """Undo an episode's changes to these paths (rewrite from the index; delete files it created)."""
-        tracked = set(self._git("ls-files", "-z", "--", *paths).split("\0")) if paths else set()
-        for rel in paths:
-            if rel not in tracked:
-                (self.tree / rel).unlink(missing_ok=True)
-        if tracked - {""}:
-            self._git("checkout-index", "-f", "--", *sorted(tracked - {""}))
+    def advance(self, commit: str) -> None:
+        """Record that the tree was brought to ``commit`` by other means (a replayed change reached its
+        child exactly). The private index catches up lazily, at the next real checkout."""
+        self.commit = commit
+        self._index_stale = True
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

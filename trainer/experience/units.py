@@ -7,7 +7,6 @@ episode's commit. An episode whose tools fail or whose result does not verify is
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import re
@@ -18,6 +17,7 @@ from pathlib import PurePosixPath
 from agent.errors import SwespotError
 from agent.index import RepoIndex, Symbol, is_test_file
 from agent.tools import Workspace
+from trainer.experience.history import line_opcodes
 from trainer.experience.oracle import OracleSession
 
 GENERATOR_VERSION = 1
@@ -203,12 +203,13 @@ def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: 
 
 
 # ---- unit 3: evolutionary replay ----------------------------------------------------------------
-def edit_script(before: str, after: str) -> list[tuple[str, str]] | None:
+def edit_script(before: str, after: str, opcodes: list | None = None) -> list[tuple[str, str]] | None:
     """(old, new) replacements that turn ``before`` into ``after``, each ``old`` unique in the text it is
     applied to. Hunks are applied bottom-up (earlier line numbers stay valid) and widened with unchanged
     context lines until unique. None when some hunk cannot be made unique."""
     a, b = before.splitlines(keepends=True), after.splitlines(keepends=True)
-    ops = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
+    opcodes = opcodes if opcodes is not None else line_opcodes(a, b)
+    ops = [op for op in opcodes if op[0] != "equal"]
     cur = list(a)
     edits = []
     for k in range(len(ops) - 1, -1, -1):
@@ -245,14 +246,14 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
             s.act([("find_files", {"pattern": PurePosixPath(fc.old_path).name})])
             s.act([("create_file", {"path": fc.new_path, "content": fc.after}), ("delete_file", {"path": fc.old_path})])
             continue
-        script = edit_script(fc.before, fc.after)
+        script = edit_script(fc.before, fc.after, fc.opcodes)
         if script is None:
             stats.rejected["no unique edit script"] += 1
             return None
-        anchor = _anchor_line(fc.before, fc.after)
+        anchor = _anchor_line(fc.before, fc.opcodes)
         if anchor:
             s.act([("search", {"pattern": anchor})])
-        first_line = _first_changed_line(fc.before, fc.after)
+        first_line = _first_changed_line(fc.opcodes)
         s.act([("read_file", {"path": fc.old_path, "start_line": max(1, first_line - 10), "end_line": first_line + 20})])
         s.act([("edit", {"path": fc.old_path, "old": old, "new": new}) for old, new in script])
     reached = all(_content(ws, fc.new_path) == fc.after for fc in change.files if fc.new_path) and all(
@@ -292,10 +293,11 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
     ws.write_text(fc.path, buggy)
     try:
         s = OracleSession(ws, f"Bug report: {change.subject}. Find the cause and fix it.")
-        anchor = _anchor_line(fc.after, fc.before)
+        reverse = line_opcodes(current.splitlines(keepends=True), buggy.splitlines(keepends=True))
+        anchor = _anchor_line(buggy, [(t, j1, j2, i1, i2) for t, i1, i2, j1, j2 in reverse])
         if anchor:
             s.act([("search", {"pattern": anchor})])
-        line = _first_changed_line(current, buggy)
+        line = _first_changed_line(reverse)
         s.act([("read_file", {"path": fc.path, "start_line": max(1, line - 10), "end_line": line + 20})])
         s.act([("edit", {"path": fc.path, "old": bug_text, "new": fixed_text}) for fixed_text, bug_text in script])
         fixed = ws.read_text(fc.path) == current
@@ -319,18 +321,14 @@ def _content(ws: Workspace, rel: str) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def _first_changed_line(before: str, after: str) -> int:
-    for n, (x, y) in enumerate(zip(before.splitlines(), after.splitlines()), 1):
-        if x != y:
-            return n
-    return min(len(before.splitlines()), len(after.splitlines())) + 1
+def _first_changed_line(opcodes: list) -> int:
+    return next((i1 + 1 for tag, i1, _, _, _ in opcodes if tag != "equal"), 1)
 
 
-def _anchor_line(before: str, after: str) -> str | None:
-    """A distinctive line near the change (removed or context), to search for."""
+def _anchor_line(before: str, opcodes: list) -> str | None:
+    """A distinctive line of ``before`` near the first change (removed or context), to search for."""
     a = before.splitlines()
-    ops = difflib.SequenceMatcher(None, a, after.splitlines(), autojunk=False).get_opcodes()
-    for tag, i1, i2, _, _ in ops:
+    for tag, i1, i2, _, _ in opcodes:
         if tag != "equal":
             near = [line.strip() for line in a[max(0, i1 - 3): i2 + 1] if len(line.strip()) >= 12]
             unique = [line for line in near if before.count(line) == 1]
