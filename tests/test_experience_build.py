@@ -52,6 +52,12 @@ def render(invoice):
     """Text of an invoice for printing."""
     return f"due: {invoice.amount()}"
 '''
+TOTAL_TEST = '''from shop.ops import total
+
+
+def test_total_counts_the_last_item():
+    assert total([5]) == 5
+'''
 TESTS = '''from shop.ops import add, total
 
 
@@ -88,7 +94,7 @@ def shop(tmp_path) -> tuple[Path, dict]:
     revs = {}
     revs["init"] = commit(root, "Start the shop", {"shop/__init__.py": "", "shop/ops.py": OPS_V1, "README.md": "# Shop\n"})
     revs["billing"] = commit(root, "Add invoices", {"shop/billing.py": BILLING, "tests/test_ops.py": TESTS})
-    revs["fix"] = commit(root, "Fix off-by-one in total (fixes #7)", {"shop/ops.py": OPS_V2})
+    revs["fix"] = commit(root, "Fix off-by-one in total (fixes #7)", {"shop/ops.py": OPS_V2, "tests/test_total.py": TOTAL_TEST})
     revs["secret"] = commit(root, "Add deployment settings", {"deploy/settings.py": f"KEY = '{SECRET}'\n",
                                                                   "docs/latin.txt": "caf\xe9\n".encode("latin-1")})
     revs["cutoff"] = commit(root, "Render invoices with a currency", {"shop/billing.py": BILLING.replace('f"due: {invoice.amount()}"', 'f"due: {invoice.amount()} EUR"')})
@@ -179,7 +185,13 @@ def test_runtime_unit_predicts_observed_outputs_and_writes_passing_tests(shop, t
     result = build_experience(root, tmp_path / "exp", BuildOptions(cutoff=revs["cutoff"], units=("runtime",), progress=False))
     episodes = all_episodes(tmp_path / "exp")["runtime"]
     forms = {e["meta"]["form"] for e in episodes}
-    assert forms == {"predict output", "write a passing test"}
+    assert forms == {"predict output", "write a passing test", "which tests fail", "fail-to-pass reproduction"}
+    repro = next(e for e in episodes if e["meta"]["form"] == "fail-to-pass reproduction")
+    assert repro["meta"]["fix_commit"] == revs["fix"] and repro["repo_commit"] == revs["billing"]
+    assert "[exit code 1" in json.dumps(repro["messages"]) and repro["verified"]["passes_after"]
+    mutation = next(e for e in episodes if e["meta"]["form"] == "which tests fail")
+    assert mutation["verified"]["executed"] and mutation["verified"]["failing"]
+    assert "tests/test_ops.py::test_" in mutation["messages"][-1]["content"]
     predicted = " ".join(e["messages"][-1]["content"] for e in episodes if e["meta"]["form"] == "predict output")
     assert "`add(2, 3)` returns `5`" in predicted or "`total([1, 2, 3])` returns `6`" in predicted
     written = next(e for e in episodes if e["meta"]["form"] == "write a passing test")

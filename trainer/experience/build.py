@@ -41,6 +41,7 @@ class BuildOptions:
     implementations_per_file: int = 6
     max_commits: int | None = None
     run_tests: bool = False  # execute tests inside episodes (sandboxed; slower)
+    max_mutations: int = 20  # runtime unit: functions mutated to see which tests fail (2 test runs each)
     progress: bool = True
 
 
@@ -87,16 +88,6 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
         text, _why = decode_text(path.read_bytes())
         if rel in ignored or text is None or vendored_or_generated(rel, text) or secret_reason(rel, text):
             path.unlink()
-
-
-def _undo(tree: Path, change) -> None:
-    """Put the parent's versions of a change's files back (a replay that failed half-way)."""
-    for fc in change.files:
-        if fc.new_path:
-            (tree / fc.new_path).unlink(missing_ok=True)
-        if fc.old_path and fc.before is not None:
-            (tree / fc.old_path).parent.mkdir(parents=True, exist_ok=True)
-            (tree / fc.old_path).write_text(fc.before, encoding="utf-8")
 
 
 def _touched_paths(repo_path: Path, cutoff: str) -> dict[str, list[str]]:
@@ -222,7 +213,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                     if episode is not None:
                         snap.advance(change.commit)  # the tree now is the child commit's (verified)
                     else:
-                        _undo(snap.tree, change)
+                        U._undo_files(snap.tree, change)
                     ws.invalidate(touched_now)
                     ws.forget_changes()
                 save_episodes(out / "evolution" / f"{key}.jsonl", [episode] if episode else [])
@@ -238,6 +229,10 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
             snap.checkout(cutoff)
             ws.invalidate()
             made, reused = R.runtime_shards(ws, ws.index(), cutoff, out, wanted["runtime"], stats["runtime"], blobs, opts)
+            result.shards_made += made
+            result.shards_reused += reused
+            made, reused = R.repro_shards(ws, snap, repo, cutoff, out, wanted["runtime"], stats["runtime"], allowed, opts,
+                                          lambda tree, moved: _scrub(tree, moved, ignored))
             result.shards_made += made
             result.shards_reused += reused
 

@@ -3,7 +3,8 @@
 The repository's own tests run once in the scratch snapshot (sandboxed: time and memory limits, no
 network) with a small profiler plugin that records, for functions of the repository, literal arguments
 and literal return values it saw. Episodes then (a) predict a call's output, answered with the observed
-value, and (b) write a test that pins that behaviour, which is executed and must pass. The trace is cached
+value, (b) write a test that pins that behaviour, which is executed and must pass, and (c) say which tests
+fail when a function's result is dropped (a mutation, executed against a passing baseline). The trace is cached
 by the content of every learnable file, so it re-runs only when the code changed.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -184,4 +186,134 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
         rng = random.Random(f"{opts.seed}:runtime:{path}")
         save_episodes(shard, runtime_episodes(ws, index, path, examples, commit, rng, stats))
         made += 1
+    # mutations: which tests break when a function's result is dropped (executed, not guessed)
+    targets = [sym for path in sorted(index.files) if path in blobs and path.endswith(".py") and not is_test_file(path)
+               for sym in index.files[path].symbols if sym.kind == "function" and sym.body_start_line and index.tests_for(sym)]
+    random.Random(f"{opts.seed}:mutation").shuffle(targets)
+    for sym in targets[: opts.max_mutations]:
+        tests = index.tests_for(sym)
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, "mutation", sym.path, blobs[sym.path], [blobs.get(t) for t in tests]]).encode()).hexdigest()[:20]
+        wanted.add(key)
+        shard = out / "runtime" / f"{key}.jsonl"
+        if shard.exists():
+            reused += 1
+            continue
+        episode = mutation_episode(ws, sym, tests, commit, stats)
+        save_episodes(shard, [episode] if episode else [])
+        made += 1
     return made, reused
+
+
+_RETURN = re.compile(r"^([ \t]*)return\b.*$", re.M)
+_FAILED = re.compile(r"^FAILED (\S+?::\S+)", re.M)
+
+
+def _failing_tests(root: Path, tests: list[str]) -> tuple[list[str] | None, str]:
+    env = clean_env({"PYTHONPATH": str(root)})
+    result = run_limited(["python", "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests], root, timeout_s=120, env=env)
+    if result.timed_out or result.returncode not in (0, 1):
+        return None, result.output
+    return sorted(set(_FAILED.findall(result.output))), result.output
+
+
+def mutation_episode(ws, sym, tests: list[str], commit: str, stats: U.UnitStats) -> dict | None:
+    """Replace the function's first ``return ...`` with ``return None``, run its tests, and teach which
+    of them fail. The baseline must pass first, so every failure is the mutation's doing."""
+    original = ws.read_text(sym.path)
+    lines = original.splitlines(keepends=True)
+    body = "".join(lines[sym.body_start_line - 1 : sym.end_line])
+    match = _RETURN.search(body)
+    if match is None or match.group(0).strip() == "return None":
+        return None
+    baseline, _ = _failing_tests(ws.root, tests)
+    if baseline is None or baseline:
+        stats.rejected["tests do not pass before the mutation"] += 1
+        return None
+    mutated_body = body[: match.start()] + f"{match.group(1)}return None" + body[match.end():]
+    mutated = "".join(lines[: sym.body_start_line - 1]) + mutated_body + "".join(lines[sym.end_line:])
+    (ws.root / sym.path).write_text(mutated, encoding="utf-8")
+    try:
+        failing, _ = _failing_tests(ws.root, tests)
+    finally:
+        (ws.root / sym.path).write_text(original, encoding="utf-8")
+        ws.invalidate([sym.path])
+    if failing is None:
+        stats.rejected["mutation run failed"] += 1
+        return None
+    changed = match.group(0).strip()
+    s = OracleSession(ws, f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?", read_only=True)
+    s.act([("find_references", {"symbol": sym.name})])
+    s.act([("read_file", {"path": tests[0], "start_line": 1, "end_line": 80})])
+    answer = ("These tests would fail: " + ", ".join(failing) + ".") if failing else "None of its tests would fail: they do not check that result."
+    return U._finish(s, answer, "runtime", commit, stats, {"form": "which tests fail", "symbol": sym.qualname},
+                     {"ok": True, "executed": True, "failing": failing})
+
+
+def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.UnitStats, allowed: set, opts, scrub) -> tuple[int, int]:
+    """The seed paper's core runtime form: for each historical fix that came with tests, a reproduction
+    test that fails on the pre-fix code and passes on the fixed code — both executed."""
+    from trainer.experience import history as H
+
+    made = reused = 0
+    for commit, parent in H.candidate_commits(repo, cutoff, limit=opts.max_commits):
+        if not U._FIX.search(commit.summary):
+            continue
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, "repro", commit.hexsha]).encode()).hexdigest()[:20]
+        wanted.add(key)
+        shard = out / "runtime" / f"{key}.jsonl"
+        if shard.exists():
+            reused += 1
+            continue
+        change = H.change_of(commit, parent)
+        episode = None
+        if change is not None and all(fc.path in allowed for fc in change.files if fc.new_path):
+            episode = repro_episode(ws, snap, change, stats, scrub)
+        save_episodes(shard, [episode] if episode else [])
+        made += 1
+    if snap.commit != cutoff:
+        moved = snap.checkout(cutoff)
+        scrub(snap.tree, moved)
+        ws.invalidate(moved)
+    return made, reused
+
+
+def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
+    tests = [fc for fc in change.files if fc.new_path and is_test_file(fc.new_path) and fc.new_path.endswith(".py") and fc.after]
+    code = [fc for fc in change.files if not is_test_file(fc.path) and fc.kind == "M"]
+    if not tests or not code:
+        return None
+    moved = snap.checkout(change.parent)
+    scrub(snap.tree, moved)
+    ws.invalidate(moved)
+    ws.forget_changes()
+    test_paths = [fc.new_path for fc in tests]
+    try:
+        s = OracleSession(ws, f"Write a test that reproduces this bug, failing on the current code: {change.subject}")
+        target = code[0]
+        line = U._first_changed_line(target.opcodes)
+        s.act([("read_file", {"path": target.path, "start_line": max(1, line - 10), "end_line": line + 15})])
+        for fc in tests:
+            if fc.before is None or not (ws.root / fc.new_path).exists():
+                s.act([("create_file", {"path": fc.new_path, "content": fc.after})])
+            else:
+                script = U.edit_script(fc.before, fc.after, fc.opcodes)
+                if script is None:
+                    return None
+                s.act([("edit", {"path": fc.new_path, "old": old, "new": new}) for old, new in script])
+        before = s.act([("run", {"command": "python -m pytest -q -p no:cacheprovider " + " ".join(test_paths), "timeout": 120})])[0]
+        fails_before = "[exit code 1" in before
+        for fc in code:  # the fix itself, outside the episode: does the test pass on the fixed code?
+            (ws.root / fc.path).write_text(fc.after, encoding="utf-8")
+        env = clean_env({"PYTHONPATH": str(ws.root)})
+        after = run_limited(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *test_paths], ws.root, timeout_s=120, env=env)
+        passes_after = after.returncode == 0
+        if not (fails_before and passes_after):
+            stats.rejected["reproduction does not fail before and pass after"] += 1
+            return None
+        return U._finish(s, f"{', '.join(test_paths)} reproduces it: it fails on the current code and passes once fixed.",
+                         "runtime", change.parent, stats, {"form": "fail-to-pass reproduction", "fix_commit": change.commit},
+                         {"ok": True, "fails_before": True, "passes_after": True})
+    finally:
+        U._undo_files(ws.root, change)
+        ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
+        ws.forget_changes()

@@ -316,6 +316,16 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
         ws.forget_changes()
 
 
+def _undo_files(tree, change) -> None:
+    """Put the parent's versions of a change's files back (after a replay or reproduction)."""
+    for fc in change.files:
+        if fc.new_path:
+            (tree / fc.new_path).unlink(missing_ok=True)
+        if fc.old_path and fc.before is not None:
+            (tree / fc.old_path).parent.mkdir(parents=True, exist_ok=True)
+            (tree / fc.old_path).write_text(fc.before, encoding="utf-8")
+
+
 def _content(ws: Workspace, rel: str) -> str | None:
     path = ws.root / rel
     return path.read_text(encoding="utf-8") if path.exists() else None
