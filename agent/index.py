@@ -28,6 +28,7 @@ LANGUAGES = {
     ".py": "python", ".pyi": "python", ".js": "javascript", ".jsx": "javascript", ".mjs": "javascript",
     ".cjs": "javascript", ".ts": "typescript", ".tsx": "tsx", ".go": "go", ".rs": "rust", ".java": "java",
 }
+_QUERY_FOR = {"tsx": "typescript"}  # TSX's grammar extends TypeScript's: one query file serves both
 _TEST_PATH = re.compile(r"(^|/)(tests?|__tests__|spec)/|(^|/)test_[^/]+\.py$|_test\.(py|go)$|\.(test|spec)\.[jt]sx?$|Test\.java$")
 _BODY_FIELDS = ("body", "block")
 
@@ -101,7 +102,7 @@ def _parser_and_query(language: str):
     import tree_sitter
     import tree_sitter_language_pack as pack
 
-    query_file = QUERIES / f"{language}.scm"
+    query_file = QUERIES / f"{_QUERY_FOR.get(language, language)}.scm"
     return pack.get_parser(language), tree_sitter.Query(pack.get_language(language), query_file.read_text())
 
 
