@@ -32,7 +32,7 @@ def cmd_agent(args) -> int:
 
     policy = CommandPolicy(approve=(lambda _cmd: True) if args.allow_commands else None)
     workspace = Workspace(args.repo, policy=policy)
-    model = model_from_spec(args.model, adapter=args.adapter) if args.adapter else model_from_spec(args.model)
+    model = model_from_spec(args.model, adapter=args.adapter)
     agent = Agent(model, workspace, Budget(args.max_steps, args.max_tokens), tools=make_tools(workspace, read_only=args.read_only))
     result = agent.run(args.task)
     if args.episode_out:

@@ -13,6 +13,7 @@ versioned folder on disk): an index rebuilt after one commit re-parses only the 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -88,12 +89,13 @@ class FileIndex:
         )
 
     def enclosing(self, line: int) -> Symbol | None:
-        """The innermost symbol whose span holds ``line``."""
-        best = None
-        for sym in self.symbols:
-            if sym.start_line <= line <= sym.end_line and (best is None or sym.start_line >= best.start_line):
-                best = sym
-        return best
+        """The innermost symbol whose span holds ``line`` (symbols are sorted by start line: the latest
+        start at or before ``line`` whose span reaches it is the innermost)."""
+        starts = [s.start_line for s in self.symbols]
+        for j in range(bisect.bisect_right(starts, line) - 1, -1, -1):
+            if self.symbols[j].end_line >= line:
+                return self.symbols[j]
+        return None
 
 
 # ---- parsing ------------------------------------------------------------------------------------
@@ -206,7 +208,7 @@ class ParseCache:
     def key(path: str, text: str) -> str:
         return hashlib.sha256(f"{INDEX_VERSION}\0{path}\0{text}".encode()).hexdigest()
 
-    def get_or_parse(self, path: str, text: str) -> FileIndex | None:
+    def get_or_parse(self, path: str, text: str, *, persist: bool = True) -> FileIndex | None:
         key = self.key(path, text)
         if key in self.memory:
             self.hits += 1
@@ -224,7 +226,7 @@ class ParseCache:
         self.misses += 1
         result = parse_file(path, text)
         self.memory[key] = result
-        if disk is not None:
+        if disk is not None and persist:
             disk.parent.mkdir(parents=True, exist_ok=True)
             tmp = disk.with_suffix(".tmp")
             tmp.write_text(json.dumps(result.to_json() if result else None))
@@ -239,6 +241,21 @@ class RepoIndex:
         self._defs: dict[str, list[Symbol]] = defaultdict(list)
         self._refs: dict[str, list[Reference]] = defaultdict(list)
         for fi in files.values():
+            for sym in fi.symbols:
+                self._defs[sym.name].append(sym)
+            for ref in fi.references:
+                self._refs[ref.name].append(ref)
+
+    def update_file(self, path: str, fi: FileIndex | None) -> None:
+        """Replace one file's entries (None: the file is gone) without rebuilding the whole index."""
+        old = self.files.pop(path, None)
+        if old is not None:
+            for name in {s.name for s in old.symbols}:
+                self._defs[name] = [s for s in self._defs[name] if s.path != path]
+            for name in {r.name for r in old.references}:
+                self._refs[name] = [r for r in self._refs[name] if r.path != path]
+        if fi is not None:
+            self.files[path] = fi
             for sym in fi.symbols:
                 self._defs[sym.name].append(sym)
             for ref in fi.references:

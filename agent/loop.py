@@ -1,8 +1,8 @@
 """The agent loop: query the model, execute its tool calls, repeat until it submits or a budget ends.
 
 Stopping is an exception carrying its reason (``Submitted``, ``LimitsExceeded``), not a flag. Malformed
-output (bad JSON, unknown tool, a call cut off) is shown to the model as an observation and the loop goes
-on. The whole run is recorded as an episode in the format the trainer reads.
+output (bad JSON, unknown tool, a call cut off) raises ``FormatError``, whose feedback message is shown to
+the model, and the loop goes on. The whole run is recorded as an episode in the format the trainer reads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from agent.episode import new_episode
-from agent.models import Model
+from agent.models import ContextFull, Model, OutOfTurns
 from agent.render import parse
 from agent.tools import SUBMIT, Tool, Workspace, call_tool, make_tools
 
@@ -24,13 +24,28 @@ SYSTEM_PROMPT = (
 
 
 class Submitted(Exception):
+    """Ends the run: the model called submit."""
+
     def __init__(self, summary: str) -> None:
         super().__init__(summary)
         self.summary = summary
 
 
 class LimitsExceeded(Exception):
-    pass
+    """Ends the run: a step or token budget is spent, or the conversation outgrew the model's context."""
+
+
+class FormatError(Exception):
+    """Does not end the run: the model's reply could not be used. Carries the feedback message that is
+    shown to the model, so it can write its next reply correctly."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+    def feedback(self) -> dict:
+        return {"role": "user", "content": "Your last reply could not be used: " + "; ".join(self.errors)
+                + '. Write each tool call as <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>.'}
 
 
 @dataclass
@@ -76,32 +91,37 @@ class Agent:
         self.messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": task}]
         try:
             while True:
-                self.step()
+                try:
+                    self.step()
+                except FormatError as bad:
+                    self.format_errors += 1
+                    self._add(bad.feedback())
         except Submitted as done:
             return self._result("submitted", done.summary, task)
         except LimitsExceeded as limit:
             return self._result("limits", str(limit), task)
 
     def step(self) -> None:
+        """Query the model once and execute its tool calls."""
         if self.steps >= self.budget.max_steps:
             raise LimitsExceeded(f"step limit of {self.budget.max_steps} reached")
         if self.prompt_tokens + self.completion_tokens >= self.budget.max_tokens:
             raise LimitsExceeded(f"token budget of {self.budget.max_tokens} spent")
         self.steps += 1
-        reply = self.model.query(self.messages, self.schemas)
+        try:
+            reply = self.model.query(self.messages, self.schemas)
+        except (ContextFull, OutOfTurns) as exc:
+            raise LimitsExceeded(str(exc)) from exc
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
-        if reply.message is not None:
+        if reply.message is not None:  # structured (OpenAI): call_tool answers unknown tools with an error
             message, errors = reply.message, []
         else:
             parsed = parse(reply.text, id_prefix=f"call_{self.steps}_", known_tools=set(self.tools))
             message, errors = parsed.message, parsed.errors
         self._add(message)
         if errors:
-            self.format_errors += 1
-            self._add({"role": "user", "content": "Your last reply could not be used: " + "; ".join(errors)
-                       + ". Write each tool call as <tool_call>\n{\"name\": ..., \"arguments\": {...}}\n</tool_call>."})
-            return
+            raise FormatError(errors)
         calls = message.get("tool_calls") or []
         if not calls:
             self._add({"role": "user", "content": "Use a tool to continue, or call submit with a summary when you are done."})
@@ -120,9 +140,10 @@ class Agent:
 
     def _result(self, exit: str, summary: str, task: str) -> AgentResult:
         diff = self.workspace.diff()
-        meta = {"task": task, "model": getattr(self.model, "name", "?"), "exit": exit, "steps": self.steps,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "format_errors": self.format_errors, "diff": diff}
+        usage = {"turns": self.steps, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        meta = {"task": task, "model": getattr(self.model, "name", "?"), "exit": exit, "summary": summary,
+                "steps": self.steps, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "usage": usage, "format_errors": self.format_errors, "diff": diff}
         episode = new_episode(self.unit, repo_commit(self.workspace.root), self.messages, self.schemas, meta=meta)
         return AgentResult(exit, summary, diff, episode, self.steps, self.prompt_tokens, self.completion_tokens, self.format_errors)
 

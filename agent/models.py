@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from agent.errors import SwespotError
 
@@ -30,9 +30,20 @@ class Reply:
 
 
 class Model(Protocol):
+    """What the loop needs of a model: one assistant turn for a conversation and the tools' schemas.
+    A backend returns raw text (parsed by ``agent.render.parse``) or a structured message."""
+
     name: str
 
     def query(self, messages: list[dict], tools: list[dict]) -> Reply: ...
+
+
+class OutOfTurns(SwespotError):
+    """A scripted model has replayed all its turns (the loop ends the run as over its limits)."""
+
+
+class ContextFull(SwespotError):
+    """The conversation no longer fits the model's context (the loop ends the run as over its limits)."""
 
 
 @dataclass
@@ -45,47 +56,87 @@ class ScriptedModel:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ScriptedModel":
+        """A JSON list of turns (strings in the model's text format, or assistant message dicts), or an
+        episode file (``.jsonl``): its first episode's assistant messages are replayed, which re-runs a
+        recorded episode against the tools."""
+        if str(path).endswith(".jsonl"):
+            from agent.episode import load_episodes
+
+            episodes = load_episodes(path)
+            if not episodes:
+                raise SwespotError(f"{path} holds no episode to replay")
+            turns = [m for m in episodes[0]["messages"] if m["role"] == "assistant"]
+            return cls(turns, name=f"scripted:{path}")
         try:
-            turns = json.loads(Path(path).read_text())
+            turns = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SwespotError(f"cannot read scripted turns from {path}: {exc}") from exc
-        if not isinstance(turns, list):
-            raise SwespotError(f"{path} must hold a JSON list of assistant turns")
+        if not isinstance(turns, list) or not all(isinstance(t, (str, dict)) for t in turns):
+            raise SwespotError(f"{path} must hold a JSON list of assistant turns (strings or message objects)")
         return cls(turns, name=f"scripted:{path}")
 
     def query(self, messages: list[dict], tools: list[dict]) -> Reply:
         if self.position >= len(self.turns):
-            raise SwespotError("the scripted model has no more turns")
+            raise OutOfTurns(f"the scripted model has no more turns (it had {len(self.turns)})")
         turn = self.turns[self.position]
         self.position += 1
         # token counts are estimates (~4 characters a token) so that budgets apply to scripts too
         prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 1
         if isinstance(turn, dict):
+            turn = _as_assistant_message(turn, id_prefix=f"call_{self.position}_")
             return Reply(text=turn.get("content") or "", message=turn, prompt_tokens=prompt,
                          completion_tokens=len(json.dumps(turn)) // 4 + 1)
         return Reply(text=str(turn), prompt_tokens=prompt, completion_tokens=len(str(turn)) // 4 + 1)
 
 
+def _as_assistant_message(turn: dict, id_prefix: str) -> dict:
+    """A scripted message turn in the episode schema: role assistant, call arguments as canonical JSON
+    text (scripts may write them as objects), ids filled in where missing."""
+    from agent.episode import canonical_arguments
+
+    message = {**turn, "role": "assistant"}
+    calls = []
+    for n, call in enumerate(turn.get("tool_calls") or []):
+        fn = call.get("function") or {}
+        calls.append({"id": call.get("id") or f"{id_prefix}{n}", "type": "function",
+                      "function": {"name": fn.get("name"), "arguments": canonical_arguments(fn.get("arguments", {}))}})
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
 class LlamaModel:
+    """The llama.cpp runtime (``agent.runtime.LlamaRuntime``: base GGUF plus adapters), prompted with the
+    one renderer. ``on_text`` receives the reply as it streams (an editor shows it while it is written);
+    ``cancel`` stops generation between tokens."""
+
     def __init__(self, runtime, *, renderer=None, max_tokens: int = 512, temperature: float = 0.0,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, on_text: Callable[[str], None] | None = None) -> None:
         from agent.render import Renderer
 
         self.runtime = runtime
-        self.renderer = renderer or Renderer.for_template(runtime.chat_template)
+        self.renderer = renderer or Renderer.for_template(
+            runtime.chat_template, bos_token=getattr(runtime, "bos_token", None), eos_token=getattr(runtime, "eos_token", None))
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.cancel = cancel
+        self.on_text = on_text
         self.name = f"llama.cpp:{Path(runtime.model_path).name}"
 
     def query(self, messages: list[dict], tools: list[dict]) -> Reply:
         prompt = self.renderer.prompt(messages, tools)
         room = self.runtime.n_ctx - len(self.runtime.tokenize(prompt, add_bos=True)) - 1
         if room < 16:
-            raise SwespotError(f"the conversation no longer fits the model's context ({self.runtime.n_ctx} tokens)")
-        done = self.runtime.complete(prompt, max_tokens=min(self.max_tokens, room), stop=list(self.renderer.stop),
-                                     temperature=self.temperature, cancel=self.cancel)
-        return Reply(done.text, done.prompt_tokens, done.completion_tokens, finish_reason=done.finish_reason)
+            raise ContextFull(f"the conversation no longer fits the model's context ({self.runtime.n_ctx} tokens)")
+        stats: dict = {}
+        pieces = []
+        for piece in self.runtime.generate(prompt, max_tokens=min(self.max_tokens, room), stop=list(self.renderer.stop),
+                                           temperature=self.temperature, cancel=self.cancel, stats=stats):
+            pieces.append(piece)
+            if self.on_text is not None:
+                self.on_text(piece)
+        return Reply("".join(pieces), stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0),
+                     finish_reason=stats.get("finish_reason", "stop"))
 
 
 class OpenAIModel:
@@ -139,6 +190,8 @@ def model_from_spec(spec: str, **kwargs) -> Model:
         from agent.default_model import ensure_default_gguf
 
         spec = str(ensure_default_gguf())
+    elif not Path(spec).is_file():
+        raise SwespotError(f"unknown model {spec!r}: give 'default', a .gguf file, scripted:FILE or openai:URL[#model]")
     runtime = LlamaRuntime(spec, n_ctx=kwargs.pop("n_ctx", 8192))
     adapter = kwargs.pop("adapter", None)
     if adapter:

@@ -35,13 +35,23 @@ class ParseResult:
     errors: list[str] = field(default_factory=list)  # what a model should be told about its output
 
 
-def _tojson(value, indent=None):
-    return json.dumps(value, ensure_ascii=False, indent=indent)
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """transformers' ``tojson`` (same keywords and defaults), so model templates render as HF renders them."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    """transformers provides this global (Llama 3 templates print today's date)."""
+    import datetime
+
+    return datetime.datetime.now().strftime(fmt)
 
 
 @functools.lru_cache(maxsize=16)
 def _compile(source: str):
-    # Not StrictUndefined: chat templates test optional keys (message.tool_calls) for truthiness.
+    # Not StrictUndefined: chat templates test optional keys (message.tool_calls) for truthiness. Unknown
+    # features still fail loudly: an unknown filter or test does not compile, and calling an unknown
+    # function (an undefined global) raises when rendering; both become a SwespotError naming the cause.
     from jinja2 import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -53,6 +63,7 @@ def _compile(source: str):
         raise SwespotError(f"chat template refused the conversation: {message}")
 
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(source)
     except TemplateError as exc:
@@ -60,15 +71,20 @@ def _compile(source: str):
 
 
 class Renderer:
-    def __init__(self, template: str) -> None:
+    """One chat template, rendered the way transformers renders it (sandboxed jinja2, ``tojson``,
+    ``raise_exception``, ``strftime_now``, and the ``bos_token``/``eos_token`` variables)."""
+
+    def __init__(self, template: str, *, bos_token: str | None = None, eos_token: str | None = None) -> None:
         self.template_source = template
+        self.special = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
         self._template = _compile(template)
 
     @classmethod
-    def for_template(cls, template: str | None) -> "Renderer":
-        """The model's own template when it renders tools in our call format, else the fallback."""
+    def for_template(cls, template: str | None, **special: str | None) -> "Renderer":
+        """The model's own template when it renders tools in our call format (Qwen2.5/Qwen3 style), else
+        the fallback: a template that knows tools in another call format would need its own parser."""
         if template and "tools" in template and CALL_OPEN in template:
-            return cls(template)
+            return cls(template, **special)
         return cls.fallback()
 
     @classmethod
@@ -78,7 +94,8 @@ class Renderer:
     # ---- messages → text ----------------------------------------------------------------------
     def render(self, messages: list[dict], tools: list[dict] | None = None, *, add_generation_prompt: bool = False) -> str:
         try:
-            return self._template.render(messages=messages, tools=tools or None, add_generation_prompt=add_generation_prompt)
+            return self._template.render(messages=messages, tools=tools or None, add_generation_prompt=add_generation_prompt,
+                                         **self.special)
         except SwespotError:
             raise
         except Exception as exc:  # a template error on these messages: name it

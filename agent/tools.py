@@ -185,13 +185,14 @@ class Workspace:
                     text = (self.root / rel).read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError):
                     continue  # deleted or unreadable: no longer indexed
-                fi = self.parse_cache.get_or_parse(rel, text)
+                fi = self.parse_cache.get_or_parse(rel, text, persist=False)  # edits are transient
                 if fi is not None:
                     files[rel] = fi
             # rebuild the cross-file maps only if some file's index really changed (an edit undone
             # returns the very same cached object)
-            if files.keys() != self._index.files.keys() or any(files[k] is not self._index.files[k] for k in files):
-                self._index = RepoIndex(files)
+            for rel in self._dirty:
+                if files.get(rel) is not self._index.files.get(rel):
+                    self._index.update_file(rel, files.get(rel))
         self._dirty = set()
         return self._index
 
@@ -256,11 +257,12 @@ class Workspace:
                 text = self.read_text(rel)
             except SwespotError:
                 continue  # binaries and unreadable files are not searched
-            if not rx.search(text):
-                continue  # most files do not match: skip the line loop
+            # most files do not match: a plain substring test (C speed) or one regex pass skips them
+            if (pattern not in text) if not regex else not rx.search(text):
+                continue
             hit = False
             for n, line in enumerate(text.splitlines(), 1):
-                if rx.search(line):
+                if (pattern in line) if not regex else rx.search(line):
                     hit = True
                     if len(results) < MAX_SEARCH_RESULTS:
                         results.append(f"{rel}:{n}: {line.strip()[:200]}")

@@ -110,7 +110,8 @@ def measure(name: str, repo: Path, out: Path) -> dict:
     full = build_experience(repo, out, BuildOptions(progress=False))
     add_commit(repo) if name == "synthetic" else None
     incremental = build_experience(repo, out, BuildOptions(progress=False))
-    lines = sum(len(p.read_text(errors="replace").splitlines()) for p in repo.rglob("*.py") if ".git" not in p.parts)
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=repo, capture_output=True, text=True).stdout.split()
+    lines = sum(len((repo / p).read_text(errors="replace").splitlines()) for p in tracked)
     commits = int(subprocess.run(["git", "rev-list", "--count", "HEAD"], cwd=repo, capture_output=True, text=True).stdout)
     row = {"repo": name, "python_lines": lines, "commits": commits, "full_s": round(full.seconds, 1),
            "incremental_s": round(incremental.seconds, 2), "incremental_shards_made": incremental.shards_made}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,17 +89,6 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
             path.unlink()
 
 
-def _touched_paths(repo_path: Path, cutoff: str) -> dict[str, list[str]]:
-    """Paths each commit touched, for the whole history in one ``git log`` (no per-commit diffs)."""
-    done = subprocess.run(["git", "log", "--no-renames", "--name-only", "-z", "--format=%x01%H", cutoff],
-                          cwd=repo_path, capture_output=True, text=True, errors="replace")
-    out: dict[str, list[str]] = {}
-    for record in done.stdout.split("\x01")[1:]:
-        sha, _, rest = record.partition("\n")
-        out[sha.strip("\0\n ")] = [p.strip("\n") for p in rest.split("\0") if p.strip("\n")]
-    return out
-
-
 def _open_repo(repo_path: Path):
     import git
 
@@ -175,7 +163,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         if "evolution" in opts.units:
             hstats = H.HistoryStats()
             candidates = list(H.candidate_commits(repo, cutoff, limit=opts.max_commits, stats=hstats))
-            touched = _touched_paths(repo_path, cutoff)
+            raw = H.raw_history(repo_path, cutoff)
+            touched = {sha: sorted({p for e in entries for p in (e.old_path, e.new_path) if p}) for sha, entries in raw.items()}
             # bug re-introduction works on today's (cutoff) code, before the snapshot moves back in time
             for commit, parent in candidates:
                 paths = touched.get(commit.hexsha, [])
@@ -187,7 +176,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 if shard.exists():
                     result.shards_reused += 1
                     continue
-                change = H.change_of(commit, parent)
+                change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []))
                 episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
                 save_episodes(shard, [episode] if episode else [])
                 result.shards_made += 1
@@ -200,7 +189,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 else:
                     todo.append((commit, parent, key))
             for commit, parent, key in tqdm(todo, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
-                change = H.change_of(commit, parent, hstats)
+                change = H.change_of(commit, parent, hstats, raw=raw.get(commit.hexsha, []))
                 episode = None
                 if change is not None:
                     # linear history: the tree is usually at the parent already (the last replay reached it)

@@ -46,7 +46,7 @@ SECRET_ASSIGNMENT = re.compile(
 )
 
 
-_SECRET_WORDS = ("pass", "secret", "token", "key", "auth", "credential")
+_SECRET_WORDS = re.compile(r"pass|secret|token|key|auth|credential", re.I)
 
 
 def shannon_entropy(text: str) -> float:
@@ -64,14 +64,21 @@ def secret_reason(path: str, text: str | None) -> str | None:
     for name, pattern in SECRET_PATTERNS:
         if pattern.search(text):
             return name
-    lowered = text.lower()
-    if not any(word in lowered for word in _SECRET_WORDS):  # cheap pre-check before the costly regex
-        return None
-    for match in SECRET_ASSIGNMENT.finditer(text):
-        value = match.group(2)
-        # placeholders and references (os.environ[...], "${TOKEN}", "changeme") are low-entropy or shaped
-        if shannon_entropy(value) >= 3.5 and not value.startswith(("$", "{", "<")):
-            return "high-entropy secret assignment"
+    # the assignment regex is slow on long texts: run it only on the lines where a secret-ish word occurs
+    # (found by one case-insensitive scan of the whole text)
+    seen_line = -1
+    for hit in _SECRET_WORDS.finditer(text):
+        start = text.rfind("\n", 0, hit.start()) + 1
+        if start == seen_line:
+            continue
+        seen_line = start
+        end = text.find("\n", hit.end())
+        line = text[start: end if end >= 0 else len(text)]
+        for match in SECRET_ASSIGNMENT.finditer(line):
+            value = match.group(2)
+            # placeholders and references (os.environ[...], "${TOKEN}", "changeme") are low-entropy or shaped
+            if shannon_entropy(value) >= 3.5 and not value.startswith(("$", "{", "<")):
+                return "high-entropy secret assignment"
     return None
 
 

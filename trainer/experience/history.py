@@ -143,9 +143,54 @@ def candidate_commits(repo, cutoff: str = "HEAD", *, limit: int | None = None, s
             yield commit, commit.parents[0]
 
 
-def change_of(commit, parent, stats: HistoryStats | None = None):
-    """The replayable change of one commit, or None (the reason counted in ``stats``)."""
-    change, why = _change(commit, parent)
+@dataclass
+class RawEntry:
+    """One file of ``git log --raw`` output: what a commit did to it, with blob ids."""
+
+    status: str
+    old_mode: int
+    new_mode: int
+    old_blob: str
+    new_blob: str
+    old_path: str | None
+    new_path: str | None
+
+
+def raw_history(repo_path, cutoff: str) -> dict[str, list[RawEntry]]:
+    """Every commit's file changes (renames detected) from ONE ``git log --raw`` process, instead of a
+    diff process per commit: replaying thousands of commits is dominated by that otherwise."""
+    import subprocess
+
+    done = subprocess.run(["git", "log", "--raw", "-z", "-M", "--no-abbrev", "--format=%x01%H", cutoff],
+                          cwd=repo_path, capture_output=True)
+    if done.returncode != 0:
+        raise SwespotError(f"git log failed: {done.stderr.decode(errors='replace').strip()}")
+    out: dict[str, list[RawEntry]] = {}
+    for record in done.stdout.decode("utf-8", errors="replace").split("\x01")[1:]:
+        tokens = record.split("\0")
+        sha, entries, i = tokens[0].strip(), [], 1
+        while i < len(tokens):
+            meta = tokens[i].strip("\n")
+            if not meta.startswith(":"):
+                i += 1
+                continue
+            old_mode, new_mode, old_blob, new_blob, status = meta[1:].split(" ")
+            if status[0] in "RC":
+                old_path, new_path, i = tokens[i + 1], tokens[i + 2], i + 3
+            else:
+                old_path = new_path = tokens[i + 1]
+                i += 2
+            kind = status[0]
+            entries.append(RawEntry(kind, int(old_mode, 8), int(new_mode, 8), old_blob, new_blob,
+                                    None if kind == "A" else old_path, None if kind == "D" else new_path))
+        out[sha] = entries
+    return out
+
+
+def change_of(commit, parent, stats: HistoryStats | None = None, raw: list[RawEntry] | None = None):
+    """The replayable change of one commit, or None (the reason counted in ``stats``). With ``raw``
+    (from ``raw_history``) no diff process is started."""
+    change, why = _change_from_raw(commit, parent, raw) if raw is not None else _change(commit, parent)
     if stats is not None:
         if change is None:
             stats.skipped[why] += 1
@@ -183,6 +228,46 @@ def changes(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: Hist
             continue
         stats.changes += 1
         yield change
+
+
+def _blob_by_id(repo, hexsha: str) -> tuple[str | None, str | None]:
+    binsha = bytes.fromhex(hexsha)
+    if repo.odb.info(binsha).size > MAX_FILE_BYTES:
+        return None, "huge file"
+    return decode_text(repo.odb.stream(binsha).read())
+
+
+def _change_from_raw(commit, parent, raw: list[RawEntry]) -> tuple[Change | None, str | None]:
+    if not raw:
+        return None, "empty commit"
+    if len(raw) > MAX_FILES_PER_CHANGE:
+        return None, "huge commit"
+    repo = commit.repo
+    files: list[FileChange] = []
+    for e in raw:
+        if e.status not in "AMDR":
+            return None, f"unsupported change {e.status}"
+        if 0o160000 in (e.old_mode, e.new_mode):
+            return None, "submodule change"
+        if 0o120000 in (e.old_mode, e.new_mode):
+            return None, "symlink change"
+        for path in filter(None, (e.old_path, e.new_path)):
+            if vendored_or_generated(path, None) or secret_reason(path, None):
+                return None, "touches excluded file"
+        before, why_a = _blob_by_id(repo, e.old_blob) if e.old_path else (None, None)
+        after, why_b = _blob_by_id(repo, e.new_blob) if e.new_path else (None, None)
+        why = why_a or why_b
+        if why:
+            return None, "binary change" if why in ("binary", "not utf-8") else why
+        for text in filter(None, (before, after)):
+            if secret_reason(e.new_path or e.old_path, text):
+                return None, "touches excluded file"
+        files.append(FileChange(e.status, e.old_path, e.new_path, before, after))
+    change = Change(commit.hexsha, parent.hexsha, commit.message, commit.authored_date, files,
+                    issue_refs=ISSUE_REF.findall(commit.message))
+    if change.changed_lines > MAX_CHANGED_LINES:
+        return None, "huge commit"
+    return change, None
 
 
 def _change(commit, parent) -> tuple[Change | None, str | None]:
