@@ -64,6 +64,10 @@ def validate_episode(ep: Any, where: str = "episode") -> None:
         _fail(where, "messages must be a non-empty list")
     if not isinstance(ep["tools"], list):
         _fail(where, "tools must be a list")
+    for i, tool in enumerate(ep["tools"]):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or tool.get("type") != "function" or not isinstance(fn.get("name"), str):
+            _fail(f"{where}, tool {i}", 'tools are OpenAI function schemas: {"type": "function", "function": {"name", "description", "parameters"}}')
     for key in ("verified", "meta"):
         if not isinstance(ep[key], dict):
             _fail(where, f"{key} must be an object")
@@ -76,15 +80,21 @@ def validate_episode(ep: Any, where: str = "episode") -> None:
         if content is not None and not isinstance(content, str):
             _fail(at, "content must be a string or null")
         if msg["role"] == "assistant":
-            for call in msg.get("tool_calls") or []:
+            calls = msg.get("tool_calls") or []
+            if not isinstance(calls, list):
+                _fail(at, "tool_calls must be a list")
+            for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+                if (not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str)
+                        or call.get("type") != "function" or not isinstance(call.get("id"), str)):
                     _fail(at, "tool_calls need {id, type: function, function: {name, arguments (JSON string)}}")
                 try:
                     json.loads(fn["arguments"])
                 except ValueError:
                     _fail(at, f"arguments of {fn['name']} are not JSON")
-                open_calls.add(call.get("id", ""))
+                if call["id"] in open_calls:
+                    _fail(at, f"tool call id {call['id']!r} is used twice")
+                open_calls.add(call["id"])
         elif msg["role"] == "tool":
             if not isinstance(content, str):
                 _fail(at, "a tool message needs string content")
