@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import logging
 import os
 import posixpath
 import re
@@ -29,6 +30,8 @@ MAX_READ_LINES = 400
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_SEARCH_RESULTS = 50
 MAX_LIST_ENTRIES = 200
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,12 +57,20 @@ class CommandPolicy:
         r"^(python3? -m (pytest|unittest)|pytest|npm (test|run test)|yarn test|go test|cargo test|make test|tox|nox"
         r"|ls|cat|head|tail|wc|grep|rg|find|git (status|diff|log|show|blame))\b"
     )
+    INSPECTION = re.compile(r"^(ls|cat|head|tail|wc|grep|rg|find|git)\b")
+
+    # options that make an otherwise read-only command write files or run programs
+    UNSAFE_OPTIONS = re.compile(r"(^|\s)(-delete|-exec|-execdir|-ok|-okdir|-fprint\S*|-fls|--pre(=|\s|$)|--output\b|-o\s)")
 
     def __init__(self, approve: Callable[[str], bool] | None = None) -> None:
         self.approve = approve
 
     def allows(self, command: str) -> bool:
-        if self.ALLOWED.match(command.strip()) and not re.search(r"[;&|`$<>]", command):
+        """Allowed without asking: a known test runner or inspection command, with no shell syntax (the
+        command is not run by a shell, so ``;`` or ``|`` would only mislead) and no writing options."""
+        command = command.strip()
+        if (self.ALLOWED.match(command) and not re.search(r"[;&|`$<>]", command)
+                and not (self.INSPECTION.match(command) and self.UNSAFE_OPTIONS.search(command))):
             return True
         return bool(self.approve and self.approve(command))
 
@@ -111,7 +122,8 @@ class Workspace:
         if path.is_dir():
             raise SwespotError(f"{rel} is a directory; use list_dir")
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise SwespotError(f"{rel} is too large to read ({path.stat().st_size // 1024} KiB)")
+            raise SwespotError(f"{rel} is too large to read ({path.stat().st_size // 1024} KiB, the limit is "
+                               f"{MAX_FILE_BYTES // 1024} KiB); search the repository for what you need instead")
         data = path.read_bytes()
         if b"\0" in data[:8192]:
             raise SwespotError(f"{rel} is a binary file")
@@ -158,17 +170,7 @@ class Workspace:
             done = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
             if done.returncode == 0:
                 return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p and (self.root / p).is_file()})
-        import pathspec
-
-        spec = pathspec.GitIgnoreSpec.from_lines((self.root / ".gitignore").read_text().splitlines()) if (self.root / ".gitignore").exists() else None
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if d not in (".git", "node_modules", ".venv", "__pycache__")]
-            for name in filenames:
-                rel = Path(dirpath, name).relative_to(self.root).as_posix()
-                if spec is None or not spec.match_file(rel):
-                    out.append(rel)
-        return sorted(out)
+        return walk_not_ignored(self.root)
 
     def index(self):
         """The repository index, re-parsing only the files changed since it was built."""
@@ -343,9 +345,9 @@ class Workspace:
     def run(self, command: str, timeout: float | None = None) -> str:
         from agent.sandbox import run_limited
 
-        command = (command or "").strip() or (self.test_command or "")
+        command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""
         if not command:
-            raise SwespotError("no command given and no test command configured")
+            raise SwespotError("no command given and no test command found for this repository; give one")
         if not self.policy.allows(command):
             raise SwespotError(f"running {command!r} needs the user's approval, which was not given; run tests or read-only commands")
         try:
@@ -359,6 +361,60 @@ class Workspace:
 
     def show_diff(self) -> str:
         return self.diff() or "no changes yet"
+
+
+SKIPPED_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".tox"}
+
+
+def walk_not_ignored(root: Path) -> list[str]:
+    """Files under ``root`` that git would not ignore, for folders that are not git repositories: every
+    ``.gitignore`` applies below its own folder (pathspec implements git's pattern rules), ignored folders
+    are not entered, and symlinked folders are not followed."""
+    import pathspec
+
+    out: list[str] = []
+    specs: list[tuple[str, pathspec.PathSpec]] = []  # (folder prefix, its .gitignore), outermost first
+
+    def ignored(rel: str, is_dir: bool) -> bool:
+        # as in git, the last matching pattern decides, and deeper .gitignore files come later
+        probe, verdict = (rel + "/" if is_dir else rel), False
+        for prefix, spec in specs:
+            include = spec.check_file(probe[len(prefix):]).include
+            verdict = verdict if include is None else include
+        return verdict
+
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else rel_dir + "/"
+        specs[:] = [(p, sp) for p, sp in specs if prefix.startswith(p)]  # leave folders we walked out of
+        if ".gitignore" in filenames:
+            lines = _text_or_empty(Path(dirpath, ".gitignore")).splitlines()
+            specs.append((prefix, pathspec.GitIgnoreSpec.from_lines(lines)))
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not ignored(prefix + d, True))
+        out.extend(prefix + f for f in filenames if not ignored(prefix + f, False))
+    return sorted(out)
+
+
+def detect_test_command(root: Path) -> str | None:
+    """The repository's test command when it is evident from its files (what ``run`` does with no
+    command); None when nothing says how its tests run."""
+    if (root / "pytest.ini").exists() or (root / "conftest.py").exists() or (root / "tests").is_dir() \
+            or "[tool.pytest" in _text_or_empty(root / "pyproject.toml") or "[tool:pytest]" in _text_or_empty(root / "setup.cfg"):
+        return "python -m pytest -q"
+    if (root / "package.json").exists() and '"test"' in _text_or_empty(root / "package.json"):
+        return "npm test"
+    if (root / "go.mod").exists():
+        return "go test ./..."
+    if (root / "Cargo.toml").exists():
+        return "cargo test"
+    return None
+
+
+def _text_or_empty(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 SUBMIT = "submit"
@@ -421,3 +477,6 @@ def call_tool(tools: dict[str, Tool], name: str, arguments: str | dict) -> str:
         return f"error: {exc}"
     except (OSError, ValueError, TypeError) as exc:
         return f"error: {name} failed: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the one boundary where tools never raise into the loop
+        log.exception("tool %s failed on %s", name, arguments)
+        return f"error: {name} failed unexpectedly ({type(exc).__name__}: {exc}); try another way"
