@@ -214,3 +214,20 @@ def test_bad_inputs_fail_with_clear_messages(experience, tiny_hf_dir, tmp_path):
     tok.save_pretrained(other)
     with pytest.raises(SwespotError, match="another tokenizer"):
         train(tiny_config(experience, out, other, steps=4, export_gguf=False), progress=False)
+
+
+def test_continuing_from_an_adapter_mixes_in_replay_data(trained, experience, tiny_hf_dir, tmp_path):
+    import random
+
+    out, _ = trained
+    cfg = tiny_config(experience, tmp_path / "continued", tiny_hf_dir, steps=3, export_gguf=False,
+                      init_adapter=str(out), replay_data=str(experience), replay_share=0.5)
+    result = train(cfg, progress=False)
+    assert result.report["steps"] == 3
+    # the continued run starts from the trained adapter: its first loss is already low
+    assert result.report["loss_curve"][0][1] < trained[1].report["loss_curve"][0][1] / 2
+    # an epoch holds the unit's sequences plus as many replayed ones (share 0.5)
+    seqs = [D.Sequence([1, 2], [1, 2], "design", str(i)) for i in range(6)]
+    epoch = D.mix(seqs, {"design": 1.0}, seqs[:2], 0.5, random.Random(0))
+    assert len(epoch) == 12
+    assert len(D.mix(seqs, {"design": 0.5}, [], 0.0, random.Random(0))) == 3
