@@ -342,7 +342,7 @@ class Workspace:
         self.invalidate([key])
         return f"deleted {path}"
 
-    def run(self, command: str, timeout: float | None = None) -> str:
+    def run(self, command: str = "", timeout: float | None = None) -> str:
         from agent.sandbox import run_limited
 
         command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""

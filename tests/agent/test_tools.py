@@ -108,3 +108,80 @@ def test_bad_calls_are_errors_not_crashes(tools):
 def test_read_only_tools_cannot_change_anything(repo):
     names = set(make_tools(Workspace(repo), read_only=True))
     assert names.isdisjoint({"edit", "create_file", "delete_file", "run"}) and "submit" in names
+
+
+def test_huge_files_are_refused_with_the_limit_and_an_alternative(tools, repo):
+    (repo / "dump.sql").write_text("x" * (3 * 1024 * 1024))
+    out = run(tools, "read_file", path="dump.sql")
+    assert out.startswith("error: dump.sql is too large to read (3072 KiB, the limit is 2048 KiB)") and "search" in out
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("edit", {"path": "escape.txt", "old": "not yours", "new": "mine"}),
+    ("create_file", {"path": "../planted.py", "content": "x = 1\n"}),
+    ("delete_file", {"path": "escape.txt"}),
+    ("list_dir", {"path": ".."}),
+])
+def test_writes_and_listings_outside_the_root_are_refused(tools, repo, tool, args):
+    assert "outside the repository" in run(tools, tool, **args)
+    assert (repo.parent / "outside.txt").read_text() == "not yours\n" and not (repo.parent / "planted.py").exists()
+
+
+@pytest.mark.parametrize("command", [
+    "find . -delete", "find . -name x -exec rm {} +", "rg --pre ./evil x", "git diff --output=owned.txt", "ls > x",
+])
+def test_policy_refuses_inspection_commands_that_write_or_execute(command):
+    assert not CommandPolicy().allows(command)
+
+
+@pytest.mark.parametrize("command", ["python -m pytest -q tests", "grep -rn add calc", "git log --oneline", "find . -name '*.py'"])
+def test_policy_allows_tests_and_read_only_inspection(command):
+    assert CommandPolicy().allows(command)
+
+
+def test_run_without_a_command_runs_the_detected_tests(repo):
+    out = call_tool(make_tools(Workspace(repo)), "run", {})
+    assert out.startswith("$ python -m pytest -q\n[exit code 1") and "test_add" in out  # add() is the planted bug
+
+
+def test_a_bug_inside_a_tool_is_an_error_text_not_a_crash(repo):
+    from agent.tools import Tool
+
+    def broken() -> str:
+        raise RuntimeError("boom")
+
+    tools = {"broken": Tool("broken", "always fails", {"type": "object", "properties": {}, "required": []}, broken)}
+    assert call_tool(tools, "broken", "{}") == "error: broken failed unexpectedly (RuntimeError: boom); try another way"
+
+
+GITIGNORE_TREE = {
+    ".gitignore": "build/\n*.log\n",
+    "a/.gitignore": "!keep.log\nlocal.txt\n",
+    "a/x.py": "", "a/x.log": "", "a/keep.log": "", "a/local.txt": "", "a/build/o.py": "",
+    "b/local.txt": "", "b/y.log": "", "build/z.py": "", "c/deep/q.py": "",
+}
+
+
+def test_folders_outside_git_are_listed_as_git_would_list_them(tmp_path):
+    import subprocess
+
+    from agent.tools import walk_not_ignored
+
+    for rel, text in GITIGNORE_TREE.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    ours = walk_not_ignored(tmp_path)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    git = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    assert ours == sorted(git) and "a/keep.log" in ours and "a/build/o.py" not in ours
+
+
+def test_a_plain_folder_gets_the_same_tools_and_a_diff_from_snapshots(tmp_path):
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    (tmp_path / ".gitignore").write_text("out/\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "m.py").write_text("generated\n")
+    tools = make_tools(Workspace(tmp_path))
+    assert call_tool(tools, "find_files", {"pattern": "*.py"}) == "m.py"
+    assert call_tool(tools, "edit", {"path": "m.py", "old": "return 1", "new": "return 2"}) == "edited m.py"
+    assert "--- a/m.py\n+++ b/m.py" in call_tool(tools, "diff", {}) and "+    return 2" in call_tool(tools, "diff", {})
