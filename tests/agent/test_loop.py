@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -127,3 +128,56 @@ def test_an_unreachable_endpoint_is_a_clear_error(repo):
 
     with pytest.raises(SwespotError, match="failed"):
         Agent(OpenAIModel("http://127.0.0.1:9/v1", timeout=5), workspace(repo)).run("x")
+
+
+def test_the_episode_records_usage(repo):
+    result = Agent(ScriptedModel(FIX_TURNS), workspace(repo)).run("Fix add()")
+    usage = result.episode["meta"]["usage"]
+    assert usage == {"turns": 5, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens}
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+
+
+def test_a_script_that_runs_out_ends_the_run_as_over_its_limits(repo):
+    result = Agent(ScriptedModel(FIX_TURNS[:2]), workspace(repo)).run("Fix add()")
+    assert result.exit == "limits" and "no more turns" in result.summary and result.steps == 3
+    validate_episode(result.episode)
+
+
+def test_a_recorded_episode_replays_to_the_same_observations(repo, tmp_path):
+    from agent.episode import save_episodes
+
+    first = Agent(ScriptedModel(FIX_TURNS), workspace(repo)).run("Fix add()")
+    save_episodes(tmp_path / "ep.jsonl", [first.episode])
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)
+    again = Agent(ScriptedModel.from_file(tmp_path / "ep.jsonl"), workspace(repo)).run("Fix add()")
+    assert again.diff == first.diff and again.exit == "submitted"
+    # the test run's output carries timings; every other observation is reproduced exactly
+    def observations(result):
+        return [m["content"] for m in result.episode["messages"] if m["role"] == "tool" and not m["content"].startswith("$ ")]
+    assert observations(again) == observations(first)
+
+
+def test_structured_replies_naming_unknown_tools_get_an_error_result(repo):
+    turns = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "teleport", "arguments": {"to": "mars"}}}]},
+             {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "submit", "arguments": {"summary": "ok"}}}]}]
+    result = Agent(ScriptedModel(turns), workspace(repo)).run("Explore")
+    results = [m for m in result.episode["messages"] if m["role"] == "tool"]
+    assert results[0]["content"].startswith("error: unknown tool 'teleport'") and result.exit == "submitted"
+    validate_episode(result.episode)
+
+
+def test_cli_prints_the_diff_and_a_summary_of_turns_and_tokens(repo, tmp_path):
+    turns = tmp_path / "turns.json"
+    turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
+                           "Fix add()"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("--- a/calc/ops.py\n+++ b/calc/ops.py") and "+    return a + b" in done.stdout
+    assert "submitted: add() subtracted" in done.stderr
+    assert re.search(r"^2 turns, \d+ prompt \+ \d+ completion tokens$", done.stderr, re.M), done.stderr
+
+
+def test_cli_names_an_unknown_model_clearly(repo):
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", "no-such-model", "x"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 1 and "unknown model 'no-such-model'" in done.stderr and "Traceback" not in done.stderr

@@ -116,3 +116,20 @@ def test_arguments_given_as_a_json_string_are_normalised():
 
 def test_text_after_the_end_of_turn_is_ignored():
     assert parse("Answer.<|im_end|>\n<|im_start|>user\nmore").message == {"role": "assistant", "content": "Answer."}
+
+
+def test_unknown_template_features_fail_loudly():
+    from agent.errors import SwespotError
+
+    with pytest.raises(SwespotError, match="does not compile"):
+        Renderer("{{ messages | no_such_filter }}")
+    with pytest.raises(SwespotError, match="failed on these messages"):
+        Renderer("{{ no_such_function() }}").render([{"role": "user", "content": "hi"}])
+    with pytest.raises(SwespotError, match="refused the conversation: roles must alternate"):
+        Renderer("{{ raise_exception('roles must alternate') }}").render([{"role": "user", "content": "hi"}])
+
+
+def test_templates_get_what_transformers_gives_them():
+    source = "{{ bos_token }}{{ messages[0] | tojson(indent=1) }}{{ eos_token }}"
+    text = Renderer(source, bos_token="<s>", eos_token="</s>").render([{"role": "user", "content": "é"}])
+    assert text == '<s>{\n "role": "user",\n "content": "é"\n}</s>'
