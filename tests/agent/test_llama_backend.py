@@ -23,3 +23,16 @@ def test_tiny_model_runs_the_loop_and_stops_within_budget(tiny_gguf_f32, repo):
     assert len(replies) == result.steps
     # every reply was either used (tool results follow) or answered with feedback: nothing is dropped
     assert len(result.episode["messages"]) >= 2 + 2 * result.steps
+
+
+def test_replies_stream_as_they_are_written_and_the_context_limit_ends_the_run(tiny_gguf_f32, repo):
+    pieces: list[str] = []
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=4096, n_threads=2) as runtime:
+        model = LlamaModel(runtime, max_tokens=24, on_text=pieces.append)
+        result = Agent(model, Workspace(repo), Budget(max_steps=1)).run("Say hello")
+    assert pieces and 0 < result.completion_tokens <= 24
+    assert result.episode["messages"][2]["role"] == "assistant"  # whatever it wrote was recorded and judged
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=512, n_threads=2) as small:
+        # the tools' schemas alone overflow 512 tokens: the run ends as over its limits, not with a crash
+        cramped = Agent(LlamaModel(small, max_tokens=8), Workspace(repo), Budget(max_steps=3)).run("Say hello")
+    assert cramped.exit == "limits" and "context" in cramped.summary
