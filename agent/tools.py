@@ -343,6 +343,14 @@ class Workspace:
         return f"deleted {path}"
 
     def run(self, command: str = "", timeout: float | None = None) -> str:
+        """Run one command (no shell) in the repository; with no command, its test command.
+
+        Guaranteed: the policy decides before anything starts; the process runs in its own session and a
+        timeout kills the whole process group; output is cut to ``output_budget`` characters (head and
+        tail kept); memory and CPU time are capped; the environment has no credentials and its proxies
+        point at a dead port. Best effort: no network at all, through a network namespace without
+        interfaces (``unshare -rn``) where the kernel allows unprivileged user namespaces; where it does
+        not, a program that ignores proxy variables can still reach the network."""
         from agent.sandbox import run_limited
 
         command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""
@@ -354,9 +362,9 @@ class Workspace:
             argv = shlex.split(command)
         except ValueError as exc:
             raise SwespotError(f"cannot parse the command: {exc}") from exc
-        result = run_limited(argv, self.root, timeout_s=min(float(timeout or self.run_timeout), self.run_timeout),
-                             output_limit=self.output_budget)
-        status = "timed out" if result.timed_out else f"exit code {result.returncode}"
+        limit = min(float(timeout or self.run_timeout), self.run_timeout)
+        result = run_limited(argv, self.root, timeout_s=limit, output_limit=self.output_budget)
+        status = f"timed out after {limit:g}s" if result.timed_out else f"exit code {result.returncode}"
         return f"$ {command}\n[{status}, {result.seconds:.1f}s]\n{result.output}".rstrip()
 
     def show_diff(self) -> str:

@@ -95,7 +95,13 @@ def test_run_reports_exit_code_and_output_and_the_policy_gates_commands(tools):
 def test_run_times_out_with_a_message(repo):
     ws = Workspace(repo, policy=CommandPolicy(approve=lambda cmd: True), run_timeout=1)
     out = call_tool(make_tools(ws), "run", {"command": f"{sys.executable} -c 'import time; time.sleep(30)'"})
-    assert "[timed out" in out
+    assert "[timed out after 1s" in out
+
+
+def test_run_output_is_cut_to_the_budget_keeping_head_and_tail(repo):
+    ws = Workspace(repo, policy=CommandPolicy(approve=lambda cmd: True), output_budget=1000)
+    out = call_tool(make_tools(ws), "run", {"command": f"{sys.executable} -c \"print('HEAD' + 'x' * 100000 + 'TAIL')\""})
+    assert len(out) < 1200 and "HEADxx" in out and out.endswith("xxTAIL") and "characters cut" in out
 
 
 def test_bad_calls_are_errors_not_crashes(tools):
