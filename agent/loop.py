@@ -1,6 +1,6 @@
 """The agent loop: query the model, execute its tool calls, repeat until it submits or a budget ends.
 
-Stopping is an exception carrying its reason (``Submitted``, ``LimitsExceeded``), not a flag. Malformed
+Stopping is an exception carrying its reason (``Submitted``, ``LimitsExceeded``, ``Cancelled``), not a flag. Malformed
 output (bad JSON, unknown tool, a call cut off) raises ``FormatError``, whose feedback message is shown to
 the model, and the loop goes on. The whole run is recorded as an episode in the format the trainer reads.
 """
@@ -35,6 +35,10 @@ class LimitsExceeded(Exception):
     """Ends the run: a step or token budget is spent, or the conversation outgrew the model's context."""
 
 
+class Cancelled(Exception):
+    """Ends the run: the user cancelled it (the model backend stopped generating)."""
+
+
 class FormatError(Exception):
     """Does not end the run: the model's reply could not be used. Carries the feedback message that is
     shown to the model, so it can write its next reply correctly."""
@@ -56,7 +60,7 @@ class Budget:
 
 @dataclass
 class AgentResult:
-    exit: str  # "submitted" or "limits"
+    exit: str  # "submitted", "limits" or "cancelled"
     summary: str
     diff: str
     episode: dict
@@ -100,6 +104,8 @@ class Agent:
             return self._result("submitted", done.summary, task)
         except LimitsExceeded as limit:
             return self._result("limits", str(limit), task)
+        except Cancelled as cancelled:
+            return self._result("cancelled", str(cancelled), task)
 
     def step(self) -> None:
         """Query the model once and execute its tool calls."""
@@ -114,13 +120,20 @@ class Agent:
             raise LimitsExceeded(str(exc)) from exc
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
+        if reply.finish_reason == "cancelled":
+            raise Cancelled("cancelled while the model was writing")
         if reply.message is not None:  # structured (OpenAI): call_tool answers unknown tools with an error
-            message, errors = reply.message, []
+            message, errors = reply.message, reply.errors
         else:
             parsed = parse(reply.text, id_prefix=f"call_{self.steps}_", known_tools=set(self.tools))
             message, errors = parsed.message, parsed.errors
         self._add(message)
         if errors:
+            # well-formed calls of a partly malformed reply are answered, not run: every call gets its
+            # result (OpenAI endpoints require that), and the model resends the calls it meant
+            for call in message.get("tool_calls") or []:
+                self._add({"role": "tool", "tool_call_id": call["id"],
+                           "content": "error: not run, because the same reply held a malformed call"})
             raise FormatError(errors)
         calls = message.get("tool_calls") or []
         if not calls:

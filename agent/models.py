@@ -26,7 +26,8 @@ class Reply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     message: dict | None = None  # set by backends that return structured messages (OpenAI)
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "stop", "length", or "cancelled"
+    errors: list[str] = field(default_factory=list)  # what was wrong with a structured message
 
 
 class Model(Protocol):
@@ -83,26 +84,42 @@ class ScriptedModel:
         # token counts are estimates (~4 characters a token) so that budgets apply to scripts too
         prompt = sum(len(m.get("content") or "") for m in messages) // 4 + 1
         if isinstance(turn, dict):
-            turn = _as_assistant_message(turn, id_prefix=f"call_{self.position}_")
-            return Reply(text=turn.get("content") or "", message=turn, prompt_tokens=prompt,
-                         completion_tokens=len(json.dumps(turn)) // 4 + 1)
+            message, errors = structured_message(turn, id_prefix=f"call_{self.position}_")
+            return Reply(text=message.get("content") or "", message=message, prompt_tokens=prompt,
+                         completion_tokens=len(json.dumps(turn)) // 4 + 1, errors=errors)
         return Reply(text=str(turn), prompt_tokens=prompt, completion_tokens=len(str(turn)) // 4 + 1)
 
 
-def _as_assistant_message(turn: dict, id_prefix: str) -> dict:
-    """A scripted message turn in the episode schema: role assistant, call arguments as canonical JSON
-    text (scripts may write them as objects), ids filled in where missing."""
+def structured_message(raw: dict, id_prefix: str) -> tuple[dict, list[str]]:
+    """A structured assistant message (scripted, or from an OpenAI endpoint) in the episode schema: role
+    assistant, known keys only, call arguments as canonical JSON text (scripts may write objects), ids
+    filled in where missing. A call whose arguments are not a JSON object is dropped and reported, as the
+    text parser reports it, so the model is told instead of the run crashing."""
     from agent.episode import canonical_arguments
 
-    message = {**turn, "role": "assistant"}
-    calls = []
-    for n, call in enumerate(turn.get("tool_calls") or []):
-        fn = call.get("function") or {}
+    message = {k: v for k, v in raw.items() if k in ("content", "tool_calls", "reasoning_content")}
+    message = {"role": "assistant", **message, "content": raw.get("content")}
+    calls, errors = [], []
+    for n, call in enumerate(raw.get("tool_calls") or []):
+        fn = call.get("function") if isinstance(call, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str):
+            errors.append('a tool call must name a function: {"function": {"name": ..., "arguments": {...}}}')
+            continue
+        try:
+            arguments = canonical_arguments(fn.get("arguments") or {})
+        except SwespotError:
+            errors.append(f"the arguments of {name} are not a JSON object")
+            continue
+        if not arguments.startswith("{"):
+            errors.append(f"the arguments of {name} must be a JSON object")
+            continue
         calls.append({"id": call.get("id") or f"{id_prefix}{n}", "type": "function",
-                      "function": {"name": fn.get("name"), "arguments": canonical_arguments(fn.get("arguments", {}))}})
+                      "function": {"name": name, "arguments": arguments}})
+    message.pop("tool_calls", None)
     if calls:
         message["tool_calls"] = calls
-    return message
+    return message, errors
 
 
 class LlamaModel:
@@ -151,6 +168,7 @@ class OpenAIModel:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.name = f"openai:{self.url}"
+        self.replies = 0
 
     def query(self, messages: list[dict], tools: list[dict]) -> Reply:
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
@@ -170,11 +188,11 @@ class OpenAIModel:
             message = dict(choice["message"])
         except (KeyError, IndexError, TypeError) as exc:
             raise SwespotError(f"unexpected reply from {self.url}: {str(data)[:300]}") from exc
-        message["role"] = "assistant"
-        message = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "reasoning_content")}
+        self.replies += 1
+        message, errors = structured_message(message, id_prefix=f"call_{self.replies}_")
         usage = data.get("usage") or {}
         return Reply(message.get("content") or "", usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                     message=message, finish_reason=choice.get("finish_reason") or "stop")
+                     message=message, finish_reason=choice.get("finish_reason") or "stop", errors=errors)
 
 
 def model_from_spec(spec: str, **kwargs) -> Model:

@@ -181,3 +181,18 @@ def test_cli_names_an_unknown_model_clearly(repo):
     done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", "no-such-model", "x"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "unknown model 'no-such-model'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_structured_calls_with_bad_arguments_are_reported_and_nothing_of_that_reply_runs(repo):
+    bad = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "edit", "arguments": '{"path": "calc/ops.py", "old": "return a - b", "new": "return a + b"}'}},
+        {"id": "b", "type": "function", "function": {"name": "read_file", "arguments": "{oops"}}]}
+    done = {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
+                                                                   "function": {"name": "submit", "arguments": '{"summary": "stopped"}'}}]}
+    result = Agent(ScriptedModel([bad, done]), workspace(repo)).run("Fix add()")
+    assert result.format_errors == 1 and result.diff == "" and result.exit == "submitted"
+    messages = result.episode["messages"]
+    assert [m["role"] for m in messages[2:5]] == ["assistant", "tool", "user"]
+    assert messages[3]["tool_call_id"] == "a" and messages[3]["content"].startswith("error: not run")
+    assert "arguments of read_file are not a JSON object" in messages[4]["content"]
+    validate_episode(result.episode)
