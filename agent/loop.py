@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass, field
+from typing import Callable
 
 from agent.episode import new_episode
 from agent.models import ContextFull, Model, OutOfTurns
@@ -83,7 +84,7 @@ class Agent:
     tools: dict[str, Tool] | None = None
     system_prompt: str = SYSTEM_PROMPT
     unit: str = "agent"
-    on_message: object = None  # optional callable(message dict), e.g. to stream progress to an editor
+    on_message: Callable[[dict], None] | None = None  # sees each message as it is added (progress in an editor)
 
     def __post_init__(self) -> None:
         self.tools = self.tools or make_tools(self.workspace)
@@ -148,7 +149,7 @@ class Agent:
 
     def _add(self, message: dict) -> None:
         self.messages.append(message)
-        if callable(self.on_message):
+        if self.on_message is not None:
             self.on_message(message)
 
     def _result(self, exit: str, summary: str, task: str) -> AgentResult:

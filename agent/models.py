@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 from agent.errors import SwespotError
 
@@ -37,6 +37,22 @@ class Model(Protocol):
     name: str
 
     def query(self, messages: list[dict], tools: list[dict]) -> Reply: ...
+
+
+class Runtime(Protocol):
+    """What ``LlamaModel`` needs of a local runtime; ``agent.runtime.LlamaRuntime`` is the one we ship
+    (and the only module that imports llama_cpp)."""
+
+    model_path: str | os.PathLike
+    n_ctx: int
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = True) -> list[int]: ...
+
+    def generate(self, prompt: str, *, max_tokens: int = 256, stop: Sequence[str] = (), temperature: float = 0.0,
+                 cancel: threading.Event | None = None, stats: dict | None = None) -> Iterator[str]: ...
 
 
 class OutOfTurns(SwespotError):
@@ -127,7 +143,7 @@ class LlamaModel:
     one renderer. ``on_text`` receives the reply as it streams (an editor shows it while it is written);
     ``cancel`` stops generation between tokens."""
 
-    def __init__(self, runtime, *, renderer=None, max_tokens: int = 512, temperature: float = 0.0,
+    def __init__(self, runtime: Runtime, *, renderer=None, max_tokens: int = 512, temperature: float = 0.0,
                  cancel: threading.Event | None = None, on_text: Callable[[str], None] | None = None) -> None:
         from agent.render import Renderer
 

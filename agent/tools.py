@@ -214,13 +214,17 @@ class Workspace:
     # ---- the tools ----------------------------------------------------------------------------------
     def read_file(self, path: str, start_line: int = 1, end_line: int | None = None) -> str:
         lines = self.read_text(path).splitlines()
-        start = max(1, int(start_line))
-        end = min(len(lines), int(end_line) if end_line else start + MAX_READ_LINES - 1)
+        start = max(1, int(start_line or 1))
         if start > max(1, len(lines)):
             raise SwespotError(f"{path} has only {len(lines)} lines")
+        if end_line and int(end_line) < start:
+            raise SwespotError(f"end_line ({end_line}) is before start_line ({start})")
+        # at most MAX_READ_LINES per call, even for a range the caller chose: the rest is one more call away
+        end = min(len(lines), int(end_line) if end_line else len(lines), start + MAX_READ_LINES - 1)
         out = [f"{n}: {lines[n - 1]}" for n in range(start, end + 1)]
-        if end < len(lines) and not end_line:  # paged by us, not a range the caller chose
-            out.append(f"... ({len(lines) - end} more lines; read with start_line={end + 1})")
+        wanted = min(len(lines), int(end_line)) if end_line else len(lines)
+        if end < wanted:
+            out.append(f"... ({wanted - end} more lines; read with start_line={end + 1})")
         return "\n".join(out) if out else f"{path} is empty"
 
     def list_dir(self, path: str = ".") -> str:

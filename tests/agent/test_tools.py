@@ -191,3 +191,10 @@ def test_a_plain_folder_gets_the_same_tools_and_a_diff_from_snapshots(tmp_path):
     assert call_tool(tools, "find_files", {"pattern": "*.py"}) == "m.py"
     assert call_tool(tools, "edit", {"path": "m.py", "old": "return 1", "new": "return 2"}) == "edited m.py"
     assert "--- a/m.py\n+++ b/m.py" in call_tool(tools, "diff", {}) and "+    return 2" in call_tool(tools, "diff", {})
+
+
+def test_long_ranges_are_paged_and_backwards_ranges_are_refused(tools):
+    out = run(tools, "read_file", path="big.log.txt", start_line=10, end_line=4000).splitlines()
+    assert out[0] == "10: line 9" and out[-2] == "409: line 408"
+    assert out[-1] == "... (3591 more lines; read with start_line=410)"
+    assert run(tools, "read_file", path="calc/ops.py", start_line=6, end_line=2) == "error: end_line (2) is before start_line (6)"
