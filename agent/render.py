@@ -126,7 +126,8 @@ class Renderer:
 # ---- text → message ---------------------------------------------------------------------------------
 def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None = None) -> ParseResult:
     """Parse one assistant turn as generated (after the assistant header). Never raises: malformed
-    output yields a message holding the raw text plus errors the agent feeds back to the model."""
+    output yields a message holding the raw text (and no calls) plus errors the agent feeds back to the
+    model."""
     errors: list[str] = []
     body = text.split(END_OF_TURN, 1)[0]
     message: dict = {"role": "assistant"}
@@ -154,6 +155,11 @@ def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None =
         else:
             calls.append({"id": f"{id_prefix}{len(calls)}", "type": "function", "function": call})
         pos = body.find(CALL_OPEN, close)
+    if errors and first >= 0:
+        # a reply with a broken call is kept as the text the model wrote (no calls are run): rendering the
+        # episode shows what it really wrote, followed by the feedback it got
+        message["content"] = body
+        return ParseResult(message, errors)
     content = content.rstrip("\n") if calls or first >= 0 else content
     message["content"] = content if content or not calls else None
     if calls:

@@ -133,3 +133,24 @@ def test_templates_get_what_transformers_gives_them():
     source = "{{ bos_token }}{{ messages[0] | tojson(indent=1) }}{{ eos_token }}"
     text = Renderer(source, bos_token="<s>", eos_token="</s>").render([{"role": "user", "content": "é"}])
     assert text == '<s>{\n "role": "user",\n "content": "é"\n}</s>'
+
+
+def test_a_reply_with_a_broken_call_keeps_what_the_model_wrote_and_runs_nothing():
+    text = 'Reading.\n<tool_call>\n{"name": "read_file", "arguments": {"path": "a.py"}}\n</tool_call>\n<tool_call>\n{"name": oops}\n</tool_call>'
+    parsed = parse(text + "<|im_end|>", known_tools={"read_file"})
+    assert parsed.message == {"role": "assistant", "content": text} and len(parsed.errors) == 1
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_an_agent_episode_with_malformed_replies_renders_and_parses_back(template, repo):
+    from agent.loop import Agent
+    from agent.models import ScriptedModel
+
+    turns = ['<tool_call>\n{"name": "list_dir", "arguments": {"path": \n</tool_call>',
+             '<think>\nLook first.\n</think>\n\n<tool_call>\n{"name": "list_dir", "arguments": {"path": "calc"}}\n</tool_call>',
+             '<tool_call>\n{"name": "submit", "arguments": {"summary": "seen"}}\n</tool_call>']
+    episode = Agent(ScriptedModel(turns), Workspace(repo)).run("Look").episode
+    renderer = TEMPLATES[template]()
+    text, spans = renderer.render_with_spans(episode["messages"], episode["tools"])
+    for (start, end), turn in zip(spans, turns):
+        assert text[start:end] == turn + "<|im_end|>"  # exactly what the model wrote is what it learns
