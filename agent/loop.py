@@ -8,6 +8,7 @@ the model, and the loop goes on. The whole run is recorded as an episode in the 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,6 +17,8 @@ from agent.episode import new_episode
 from agent.models import ContextFull, Model, OutOfTurns
 from agent.render import parse
 from agent.tools import SUBMIT, Tool, Workspace, call_tool, make_tools
+
+log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You are SWE-Spot, a coding agent working inside one software repository. Use the tools to explore "
@@ -149,6 +152,9 @@ class Agent:
 
     def _add(self, message: dict) -> None:
         self.messages.append(message)
+        if log.isEnabledFor(logging.DEBUG):  # `swespot -v agent ...` traces the run on stderr
+            calls = ", ".join(f"{c['function']['name']}({c['function']['arguments']})" for c in message.get("tool_calls") or [])
+            log.debug("step %d %s: %s", self.steps, message["role"], (calls or message.get("content") or "")[:500])
         if self.on_message is not None:
             self.on_message(message)
 
