@@ -197,6 +197,9 @@ class OpenAIModel:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # the server's own explanation is in the body
+            detail = exc.read().decode("utf-8", errors="replace")[:500]
+            raise SwespotError(f"the model endpoint {self.url} failed: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, ValueError) as exc:
             raise SwespotError(f"the model endpoint {self.url} failed: {exc}") from exc
         try:

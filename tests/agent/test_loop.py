@@ -82,6 +82,18 @@ def test_cli_prints_json_and_saves_the_episode(repo, tmp_path):
     assert load_episodes(episode)[0]["meta"]["exit"] == "submitted"
 
 
+def _unanswered_call(messages: list[dict]) -> str | None:
+    waiting: set[str] = set()
+    for m in messages:
+        if m["role"] == "tool":
+            waiting.discard(m["tool_call_id"])
+        elif waiting:
+            return f"tool calls {sorted(waiting)} have no tool message"
+        if m["role"] == "assistant":
+            waiting = {c["id"] for c in m.get("tool_calls") or []}
+    return None
+
+
 class _FakeEndpoint(BaseHTTPRequestHandler):
     """A local OpenAI-compatible endpoint (127.0.0.1 only) that answers with structured tool calls."""
 
@@ -91,10 +103,14 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
-        reply = type(self).replies.pop(0)
-        data = json.dumps({"choices": [{"message": reply, "finish_reason": "tool_calls"}],
-                           "usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode()
-        self.send_response(200)
+        problem = _unanswered_call(body["messages"])
+        if problem:  # as OpenAI and llama-server do: every tool call needs its result before the next turn
+            data, status = json.dumps({"error": {"message": problem}}).encode(), 400
+        else:
+            reply = type(self).replies.pop(0)
+            data, status = json.dumps({"choices": [{"message": reply, "finish_reason": "tool_calls"}],
+                                       "usage": {"prompt_tokens": 11, "completion_tokens": 7}}).encode(), 200
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -104,19 +120,45 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_compatible_backend_runs_the_loop(repo):
+@pytest.fixture
+def endpoint():
+    """The fake endpoint on 127.0.0.1 (an ephemeral port), for the length of one test."""
+    _FakeEndpoint.requests = []
+    server = HTTPServer(("127.0.0.1", 0), _FakeEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_malformed_structured_reply_keeps_the_conversation_valid_for_the_endpoint(repo, endpoint):
+    _FakeEndpoint.replies = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "x1", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}},
+            {"id": "x2", "type": "function", "function": {"name": "read_file", "arguments": "{\"path\": "}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "x3", "type": "function", "function": {"name": "submit", "arguments": "{\"summary\": \"ok\"}"}}]},
+    ]
+    result = Agent(OpenAIModel(endpoint), workspace(repo), Budget(max_steps=4)).run("Look around")
+    assert result.exit == "submitted" and result.format_errors == 1
+    assert len(_FakeEndpoint.requests) == 2  # the second request was accepted: no call left unanswered
+
+
+def test_an_endpoint_refusal_quotes_the_servers_reason(repo, endpoint):
+    from agent.errors import SwespotError
+
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "q", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]}, {"role": "user", "content": "y"}]
+    with pytest.raises(SwespotError, match=r"HTTP 400: .*have no tool message"):
+        OpenAIModel(endpoint).query(messages, [])
+
+
+def test_openai_compatible_backend_runs_the_loop(repo, endpoint):
     _FakeEndpoint.replies = [
         {"role": "assistant", "content": None, "tool_calls": [{"id": "x1", "type": "function", "function": {"name": "list_dir", "arguments": "{}"}}]},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "x2", "type": "function", "function": {"name": "submit", "arguments": "{\"summary\": \"seen\"}"}}]},
     ]
-    server = HTTPServer(("127.0.0.1", 0), _FakeEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        model = OpenAIModel(f"http://127.0.0.1:{server.server_port}/v1")
-        result = Agent(model, workspace(repo), Budget(max_steps=4)).run("Look around")
-    finally:
-        server.shutdown()
+    result = Agent(OpenAIModel(endpoint), workspace(repo), Budget(max_steps=4)).run("Look around")
     assert result.exit == "submitted" and result.summary == "seen"
     assert (result.prompt_tokens, result.completion_tokens) == (22, 14)
     assert {t["function"]["name"] for t in _FakeEndpoint.requests[0]["tools"]} >= {"read_file", "submit"}
