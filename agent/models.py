@@ -82,7 +82,7 @@ class ScriptedModel:
             episodes = load_episodes(path)
             if not episodes:
                 raise SwespotError(f"{path} holds no episode to replay")
-            turns = [m for m in episodes[0]["messages"] if m["role"] == "assistant"]
+            turns = [_replay_turn(m) for m in episodes[0]["messages"] if m["role"] == "assistant"]
             return cls(turns, name=f"scripted:{path}")
         try:
             turns = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -104,6 +104,17 @@ class ScriptedModel:
             return Reply(text=message.get("content") or "", message=message, prompt_tokens=prompt,
                          completion_tokens=len(json.dumps(turn)) // 4 + 1, errors=errors)
         return Reply(text=str(turn), prompt_tokens=prompt, completion_tokens=len(str(turn)) // 4 + 1)
+
+
+def _replay_turn(message: dict) -> dict | str:
+    """A recorded assistant message as a scripted turn. Replies without calls go back through the text
+    parser (a malformed reply is recorded as its text), so replaying gives the same feedback again."""
+    if message.get("tool_calls"):
+        return message
+    from agent.render import THINK_CLOSE, THINK_OPEN
+
+    thought = message.get("reasoning_content")
+    return (f"{THINK_OPEN}\n{thought}\n{THINK_CLOSE}\n\n" if thought else "") + (message.get("content") or "")
 
 
 def structured_message(raw: dict, id_prefix: str) -> tuple[dict, list[str]]:

@@ -188,11 +188,13 @@ def test_a_script_that_runs_out_ends_the_run_as_over_its_limits(repo):
 def test_a_recorded_episode_replays_to_the_same_observations(repo, tmp_path):
     from agent.episode import save_episodes
 
-    first = Agent(ScriptedModel(FIX_TURNS), workspace(repo)).run("Fix add()")
+    turns = ["<think>\nStart with the code.\n</think>\n\nLooking.", call("teleport", to="mars"), *FIX_TURNS]
+    first = Agent(ScriptedModel(turns), workspace(repo)).run("Fix add()")
     save_episodes(tmp_path / "ep.jsonl", [first.episode])
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)
     again = Agent(ScriptedModel.from_file(tmp_path / "ep.jsonl"), workspace(repo)).run("Fix add()")
-    assert again.diff == first.diff and again.exit == "submitted"
+    assert again.diff == first.diff and again.exit == "submitted" and again.format_errors == first.format_errors == 1
+    assert [m for m in again.episode["messages"] if m["role"] != "tool"] == [m for m in first.episode["messages"] if m["role"] != "tool"]
     # the test run's output carries timings; every other observation is reproduced exactly
     def observations(result):
         return [m["content"] for m in result.episode["messages"] if m["role"] == "tool" and not m["content"].startswith("$ ")]
