@@ -243,7 +243,9 @@ class Workspace:
         return ("\n".join(shown) + more) if shown else f"{path} has no files"
 
     def find_files(self, pattern: str) -> str:
-        hits = [p for p in self.files() if fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(Path(p).name, pattern)]
+        # fnmatch's * also crosses "/", so "src/*.py" finds nested files too; "**/" may match no folder
+        patterns = {pattern, pattern.removeprefix("**/")}
+        hits = [p for p in self.files() if any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(Path(p).name, pat) for pat in patterns)]
         if not hits:
             return f"no files match {pattern!r}"
         return "\n".join(hits[:MAX_LIST_ENTRIES]) + (f"\n... and {len(hits) - MAX_LIST_ENTRIES} more" if len(hits) > MAX_LIST_ENTRIES else "")

@@ -47,6 +47,8 @@ def test_listing_and_globbing_respect_gitignore(tools):
     assert run(tools, "list_dir", path="calc").splitlines() == ["__init__.py", "ops.py", "report.py"]
     assert run(tools, "find_files", pattern="test_*.py") == "tests/test_ops.py"
     assert "no files match" in run(tools, "find_files", pattern="*.rs")
+    assert run(tools, "find_files", pattern="**/*.py").splitlines() == [
+        "calc/__init__.py", "calc/ops.py", "calc/report.py", "tests/test_ops.py"]
 
 
 def test_search_finds_text_and_regex_and_skips_ignored_and_binary(tools):
