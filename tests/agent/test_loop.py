@@ -240,3 +240,19 @@ def test_structured_calls_with_bad_arguments_are_reported_and_nothing_of_that_re
     assert messages[3]["tool_call_id"] == "a" and messages[3]["content"].startswith("error: not run")
     assert "arguments of read_file are not a JSON object" in messages[4]["content"]
     validate_episode(result.episode)
+
+
+def test_the_agent_runs_without_llama_cpp_or_torch_loaded(repo, tmp_path):
+    """Scripted and OpenAI backends must work where llama_cpp (or torch) is missing: nothing on the
+    agent's path imports them."""
+    turns = tmp_path / "turns.json"
+    turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
+    script = (
+        "import sys\n"
+        "from agent.cli import main\n"
+        f"code = main(['agent', '--repo', {str(repo)!r}, '--model', 'scripted:{turns}', '--json', 'Fix add()'])\n"
+        "loaded = [m for m in ('llama_cpp', 'torch', 'transformers') if m in sys.modules]\n"
+        "assert code == 0 and not loaded, (code, loaded)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
