@@ -15,8 +15,11 @@ import difflib
 import fnmatch
 import json
 import logging
+import contextlib
 import os
 import posixpath
+import shutil
+import tempfile
 import re
 import shlex
 import subprocess
@@ -79,8 +82,11 @@ class Workspace:
     """A repository root plus the change made to it so far."""
 
     def __init__(self, root: str | os.PathLike, *, policy: CommandPolicy | None = None, test_command: str | None = None,
-                 run_timeout: float = 120, output_budget: int = 8000, parse_cache=None) -> None:
+                 run_timeout: float = 120, output_budget: int = 8000, parse_cache=None, scratch_runs: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
+        # commands run in a scratch copy of the files (rule: never in the user's tree); a root that is
+        # itself a scratch snapshot (the experience builder's) may run in place
+        self.scratch_runs = scratch_runs
         if not self.root.is_dir():
             raise SwespotError(f"repository not found: {self.root}")
         self.policy = policy or CommandPolicy()
@@ -369,9 +375,31 @@ class Workspace:
         except ValueError as exc:
             raise SwespotError(f"cannot parse the command: {exc}") from exc
         limit = min(float(timeout or self.run_timeout), self.run_timeout)
-        result = run_limited(argv, self.root, timeout_s=limit, output_limit=self.output_budget)
+        if self.scratch_runs:
+            # the repository's code never runs in the user's tree: a throw-away copy of its current
+            # (edited) files, so what the command writes or deletes is lost with the copy
+            with self.scratch_copy() as where:
+                result = run_limited(argv, where, timeout_s=limit, output_limit=self.output_budget)
+        else:
+            result = run_limited(argv, self.root, timeout_s=limit, output_limit=self.output_budget)
         status = f"timed out after {limit:g}s" if result.timed_out else f"exit code {result.returncode}"
         return f"$ {command}\n[{status}, {result.seconds:.1f}s]\n{result.output}".rstrip()
+
+    @contextlib.contextmanager
+    def scratch_copy(self):
+        """A temporary copy of the files the tools see (not ignored), as they are now."""
+        tmp = Path(tempfile.mkdtemp(prefix="swespot-run-"))
+        try:
+            for rel in self.files():
+                src = self.root / rel
+                if src.is_symlink() or not src.is_file():
+                    continue  # links may point outside the repository: not copied
+                dst = tmp / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def show_diff(self) -> str:
         return self.diff() or "no changes yet"

@@ -200,3 +200,14 @@ def test_long_ranges_are_paged_and_backwards_ranges_are_refused(tools):
     assert out[0] == "10: line 9" and out[-2] == "409: line 408"
     assert out[-1] == "... (3591 more lines; read with start_line=410)"
     assert run(tools, "read_file", path="calc/ops.py", start_line=6, end_line=2) == "error: end_line (2) is before start_line (6)"
+
+
+def test_commands_run_in_a_scratch_copy_never_in_the_users_tree(repo):
+    ws = Workspace(repo, policy=CommandPolicy(approve=lambda cmd: True))
+    tools = make_tools(ws)
+    call_tool(tools, "edit", {"path": "calc/ops.py", "old": "return a - b", "new": "return a + b"})
+    script = "import pathlib, os; print(pathlib.Path('calc/ops.py').read_text().count('return a + b')); pathlib.Path('calc/ops.py').write_text('clobbered'); print(os.getcwd())"
+    out = call_tool(tools, "run", {"command": f"{sys.executable} -c \"{script}\""})
+    assert "[exit code 0" in out and "\n1\n" in out  # the command saw the agent's current edit
+    assert str(repo) not in out.split("\n", 3)[-1]  # ... from another folder
+    assert "return a + b" in (repo / "calc/ops.py").read_text()  # and its writes did not reach the tree

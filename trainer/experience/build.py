@@ -127,7 +127,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
     cache = ParseCache(out / ".cache")
     with Snapshot(repo_path) as snap:
         snap.checkout(cutoff)
-        ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), parse_cache=cache, run_timeout=120)
+        ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), parse_cache=cache, run_timeout=120,
+                       scratch_runs=False)  # the snapshot is already a scratch copy
         # the tools see exactly the files that may be learned from: hide the excluded ones
         for f in set(all_paths) - allowed:
             (snap.tree / f).unlink(missing_ok=True)
