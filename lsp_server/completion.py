@@ -1,0 +1,182 @@
+"""Inline completion: what to show the model, whether to ask it at all, and how to trim its answer.
+
+The prompt is ordered from the most stable part to the least stable one (repository snippets, the code
+after the cursor, then the code before it), so that as the user types only the end of the prompt
+changes and llama.cpp reuses the cached keys and values of everything before it.
+
+Models with fill-in-the-middle tokens get the FIM layout. Models without them (the embedded Gemma base)
+complete left to right: the code after the cursor is shown as a commented block before the prefix, and
+the completion is cut where it starts repeating that code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PREFIX_CHARS = 3000
+SUFFIX_LINES = 12
+SNIPPET_LINES = 12
+SNIPPET_CHARS = 1500
+MAX_SNIPPETS = 3
+MAX_COMPLETION_LINES = 8
+
+# (prefix, suffix, middle) token texts of the FIM families we know; used only when the model has them
+FIM_TOKENS = [
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, Qwen3-Coder
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder
+    ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"),  # DeepSeek-Coder
+    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
+]
+
+LINE_COMMENT = {
+    "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
+    "makefile": "#", "dockerfile": "#", "lua": "--", "sql": "--", "haskell": "--",
+}
+_SUFFIX_TO_LANGUAGE = {".py": "python", ".sh": "shellscript", ".rb": "ruby", ".lua": "lua", ".sql": "sql",
+                       ".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".hs": "haskell"}
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    path: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CompletionContext:
+    rel: str  # repository-relative path of the document
+    language: str
+    prefix: str
+    suffix: str
+
+    @property
+    def line_after_cursor(self) -> str:
+        return self.suffix.split("\n", 1)[0]
+
+
+def comment_marker(language: str, rel: str) -> str:
+    language = language or _SUFFIX_TO_LANGUAGE.get(Path(rel).suffix, "")
+    return LINE_COMMENT.get(language, "//")
+
+
+def worth_completing(ctx: CompletionContext) -> str | None:
+    """Why not to ask the model here, or None when it is worth it. Cheap rules only: inside a word or
+    before code on the same line, a completion would have to rewrite what follows."""
+    if not ctx.prefix.strip():
+        return "the document is empty before the cursor"
+    after = ctx.line_after_cursor.strip()
+    if after and not re.fullmatch(r"[\)\]\}\"'`;:,]*", after):
+        return "the cursor is before code on the same line"
+    if ctx.prefix[-1:].isalnum() and ctx.line_after_cursor[:1].isalnum():
+        return "the cursor is inside a word"
+    return None
+
+
+def build_prompt(ctx: CompletionContext, snippets: list[Snippet], fim: tuple[str, str, str] | None) -> str:
+    prefix = ctx.prefix[-PREFIX_CHARS:]
+    suffix = "\n".join(ctx.suffix.split("\n")[:SUFFIX_LINES])
+    mark = comment_marker(ctx.language, ctx.rel)
+    context = "".join(f"{mark} Related code from {s.path}:\n{s.text.rstrip()}\n\n" for s in snippets)
+    if fim is not None:
+        pre, suf, mid = fim
+        return f"{pre}{context}{mark} File: {ctx.rel}\n{prefix}{suf}{suffix}{mid}"
+    after = ""
+    if suffix.strip():
+        commented = "\n".join(f"{mark} | {line}" for line in suffix.split("\n"))
+        after = f"{mark} The code that follows the cursor:\n{commented}\n"
+    return f"{context}{after}{mark} File: {ctx.rel}\n{prefix}"
+
+
+def trim_completion(text: str, ctx: CompletionContext) -> str:
+    """Cut the model's text where it stops being an insertion: at the first line that repeats the code
+    after the cursor, after a blank-line gap, or after MAX_COMPLETION_LINES lines."""
+    following = [line.strip() for line in ctx.suffix.split("\n") if line.strip()][:1]
+    lines = text.split("\n")
+    kept: list[str] = []
+    for n, line in enumerate(lines):
+        if n > 0 and following and line.strip() == following[0]:
+            break
+        if n > 0 and not line.strip() and kept and not kept[-1].strip():
+            kept.pop()
+            break
+        kept.append(line)
+        if len(kept) >= MAX_COMPLETION_LINES:
+            break
+    out = "\n".join(kept)
+    return out.rstrip() if "\n" in out else out.rstrip("\n")
+
+
+def stop_strings(fim: tuple[str, str, str] | None) -> list[str]:
+    stops = ["\n\n\n"]
+    if fim is not None:
+        stops += list(fim)
+    return stops
+
+
+class SnippetIndex:
+    """Definitions from the repository for the names near the cursor, from the agent's tree-sitter index.
+
+    The index is built once on a background thread (a big repository takes seconds); until it is ready,
+    completions simply have no snippets. ``workspace`` is an ``agent.tools.Workspace`` over the repo."""
+
+    def __init__(self, workspace) -> None:
+        self.workspace = workspace
+        self._index = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    def build_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self._build, name="swespot-index", daemon=True)
+        thread.start()
+        return thread
+
+    def _build(self) -> None:
+        try:
+            index = self.workspace.index()
+        except Exception as exc:  # noqa: BLE001 - snippets are optional; completions go on without them
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("repository index unavailable, completions get no snippets: %s", self.error)
+            return
+        with self._lock:
+            self._index = index
+        log.info("repository index ready: %d files", len(index.files))
+
+    @property
+    def ready(self) -> bool:
+        return self._index is not None
+
+    def snippets(self, ctx: CompletionContext, read_text, excluded) -> list[Snippet]:
+        """Up to MAX_SNIPPETS definitions of names used in the last lines before the cursor, from other
+        files, most recently used name first. ``read_text(rel)`` reads the editor's view of a file;
+        ``excluded(rel)`` hides the user's excluded paths."""
+        with self._lock:
+            index = self._index
+        if index is None:
+            return []
+        names = list(dict.fromkeys(reversed(_WORD.findall("\n".join(ctx.prefix.split("\n")[-12:])))))
+        out: list[Snippet] = []
+        budget = SNIPPET_CHARS
+        for name in names:
+            for symbol in index.definitions(name)[:1]:
+                if symbol.path == ctx.rel or excluded(symbol.path):
+                    continue
+                try:
+                    lines = read_text(symbol.path).split("\n")
+                except Exception:  # noqa: BLE001 - a file that vanished or is unreadable gives no snippet
+                    continue
+                end = min(symbol.end_line, symbol.start_line + SNIPPET_LINES - 1)
+                text = "\n".join(lines[symbol.start_line - 1:end])[:budget]
+                if text.strip():
+                    out.append(Snippet(symbol.path, text))
+                    budget -= len(text)
+            if len(out) >= MAX_SNIPPETS or budget <= 0:
+                break
+        # a stable order keeps the prompt's start (and so the KV cache) the same while the user types
+        return sorted(out, key=lambda s: (s.path, s.text))

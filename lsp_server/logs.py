@@ -1,0 +1,43 @@
+"""Logging for the language server. stdout belongs to the protocol, so logs go to a file in the state
+dir (level from ``SWESPOT_LOG_LEVEL``, default INFO), and every line says which request it belongs to.
+
+The request tag lives in a context variable: pygls runs each request handler in its own context, and
+model jobs set the tag themselves when they start on a worker thread (executors do not copy contexts).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+from pathlib import Path
+
+REQUEST_TAG: contextvars.ContextVar[str] = contextvars.ContextVar("swespot_request", default="-")
+FORMAT = "%(asctime)s %(levelname)s [%(request)s] %(name)s: %(message)s"
+
+
+class _RequestTagFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request = REQUEST_TAG.get()
+        return True
+
+
+def log_level() -> int | str:
+    return os.environ.get("SWESPOT_LOG_LEVEL", "INFO").upper()
+
+
+def log_to(path: Path) -> Path:
+    """Send every log record of this process to ``path`` (replacing an earlier file we logged to)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)  # our earlier file, or a stderr handler: nothing else may write
+        handler.close()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.addFilter(_RequestTagFilter())
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(log_level())
+    # pygls logs every message body at INFO: only worth it when debugging the protocol itself
+    logging.getLogger("pygls").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
+    return path

@@ -1,0 +1,49 @@
+"""``swespot serve``: the language server on stdio (or TCP for debugging). Import-light top level."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agent.errors import SwespotError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the language server the editor extension talks to (stdio)")
+    p.add_argument("--model", help="base model GGUF (default: the model setting, else the embedded Gemma)")
+    p.add_argument("--repo", type=Path, help="repository root (default: the editor's workspace root)")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (debugging)")
+    p.set_defaults(func=cmd_serve)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SwespotError(f"--tcp needs HOST:PORT, e.g. 127.0.0.1:2087, not {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def cmd_serve(args) -> int:
+    import logging
+    import sys
+
+    from lsp_server.logs import log_to
+    from trainer.store import state_root
+
+    # stdout is the protocol's: until the repository is known, log into the state root
+    log_to(state_root() / "logs" / "serve.log")
+    logging.getLogger("swespot.lsp").info("swespot serve starting; the log moves to the repository state dir once it is known")
+    from lsp_server.server import Utf8TolerantStdin, create_server
+
+    if args.model and not Path(args.model).is_file():
+        raise SwespotError(f"model file not found: {args.model}")
+    server = create_server(model=args.model, repo=args.repo)
+    try:
+        if args.tcp:
+            host, port = parse_host_port(args.tcp)
+            server.start_tcp(host, port)
+        else:
+            server.start_io(stdin=Utf8TolerantStdin(sys.stdin.buffer), stdout=sys.stdout.buffer)
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,94 @@
+"""The server's life cycle and its two model features on the tiny model: chat and inline completion."""
+
+from __future__ import annotations
+
+import pytest
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcRequestCancelled
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_initialize_announces_features_and_status_and_shutdown_exits_cleanly(start_server, state):
+    session = await start_server()
+    caps = session.client.protocol.server_capabilities if hasattr(session.client.protocol, "server_capabilities") else None
+    status = await session.status(lambda s: s["state"] == "ready")
+    assert status["model"] == "tiny-q8_0.gguf" and status["adapter"] is None if "adapter" in status else True
+    assert status["daemon"] == {"enabled": False, "running": False, "available": True}
+    got = await session.request("swespot/getStatus", {})
+    assert got["state"] == "ready" and got["model"] == "tiny-q8_0.gguf"
+    await session.client.shutdown_session()
+    assert session.client._server.returncode == 0
+    log = (state / "serve.log").read_text()
+    assert "[swespot/getStatus#" in log  # every request is tagged with its id in the log
+    assert session.torch_modules_seen() == []
+    del caps
+
+
+async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_server):
+    session = await start_server({"chatMaxTokens": 24, "chatMaxSteps": 1})
+    result = await session.request("swespot/chat", {"chatId": "c1", "prompt": "What does add do?"})
+    assert result["chatId"] == "c1" and result["exit"] in ("answered", "limits")
+    assert 0 < result["usage"]["completionTokens"] <= 24 and result["usage"]["turns"] == 1
+    streamed = "".join(d["text"] for d in session.notes["swespot/chatDelta"] if d["chatId"] == "c1" and d["kind"] == "text")
+    assert streamed.strip() and streamed.strip()[:10] in streamed  # the reply came as deltas before the result
+    assert await session.status(lambda s: s["state"] == "generating")
+
+
+async def test_cancelling_a_chat_stops_its_generation(start_server):
+    session = await start_server({"chatMaxTokens": 3000, "chatMaxSteps": 1})
+    chat = session.start("swespot/chat", {"chatId": "long", "prompt": "Tell me everything."}, msg_id="chat-long")
+    await session.wait_for("swespot/chatDelta", lambda d: d["chatId"] == "long")
+    session.cancel("chat-long")
+    with pytest.raises(JsonRpcRequestCancelled):
+        await chat
+    # the model thread runs one job at a time: once this answers, the cancelled chat has really ended
+    uri = session.open("calc/report.py")
+    await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    deltas = [d for d in session.notes["swespot/chatDelta"] if d["chatId"] == "long"]
+    assert len(deltas) < 1000, "the chat went on generating after it was cancelled"
+
+
+async def test_inline_completion_returns_an_item_at_the_cursor_by_both_methods(start_server):
+    session = await start_server({"completionMaxTokens": 16})
+    uri = session.open("calc/report.py")
+    standard = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    assert isinstance(standard, lsp.InlineCompletionList) and len(standard.items) == 1
+    item = standard.items[0]
+    assert item.insert_text and item.range == lsp.Range(lsp.Position(3, 14), lsp.Position(3, 14))
+    assert item.command.command == "swespot.completionAccepted"
+    custom = await session.request("swespot/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 14}})
+    # greedy decoding of the same prompt: the second request (which reuses the KV cache) says the same
+    assert custom["items"][0]["insertText"] == item.insert_text
+
+
+async def test_no_completion_is_asked_for_in_the_middle_of_code(start_server):
+    session = await start_server()
+    uri = session.open("calc/report.py")
+    inside_word = await session.client.text_document_inline_completion_async(_inline(uri, 3, 6))  # "def to|tal(xs):"
+    assert not inside_word.items
+
+
+async def test_completions_queued_behind_a_chat_are_cancelled_or_superseded_without_generating(start_server):
+    session = await start_server({"chatMaxTokens": 3000, "chatMaxSteps": 1, "completionMaxTokens": 8})
+    uri = session.open("calc/report.py")
+    chat = session.start("swespot/chat", {"chatId": "busy", "prompt": "Go on and on."}, msg_id="busy")
+    await session.wait_for("swespot/chatDelta", lambda d: d["chatId"] == "busy")
+    params = {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 14}}
+    cancelled = session.start("swespot/inlineCompletion", params, msg_id="c-cancelled")
+    session.cancel("c-cancelled")
+    with pytest.raises(JsonRpcRequestCancelled):
+        await cancelled
+    older = session.start("swespot/inlineCompletion", params, msg_id="c-older")
+    newer = session.start("swespot/inlineCompletion", params, msg_id="c-newer")
+    session.cancel("busy")
+    with pytest.raises(JsonRpcRequestCancelled):
+        await chat
+    assert (await older)["items"] == []  # superseded by the newer request for the same document
+    assert (await newer)["items"][0]["insertText"]
+
+
+def _inline(uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
+    return lsp.InlineCompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri), position=lsp.Position(line, character),
+        context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic))
