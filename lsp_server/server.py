@@ -16,6 +16,7 @@ Never imports torch (``tests/lsp`` checks it in the running server).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -280,21 +281,22 @@ class SwespotServer(LanguageServer):
             pass
 
     async def run_model_job(self, fn: Callable[[threading.Event], Any], cancel: threading.Event | None = None) -> Any:
-        """Run ``fn(cancel)`` on the model thread. If the request is cancelled ($/cancelRequest, shutdown),
-        set ``cancel`` so the model stops between tokens, and wait for it to stop before answering, so the
-        next request finds the model free."""
+        """Run ``fn(cancel)`` on the model thread. If the request is cancelled ($/cancelRequest, shutdown)
+        while it waits in the queue, it never runs; while it runs, ``cancel`` is set so the model stops
+        between tokens, and the answer waits for it to stop, so the next request finds the model free."""
         cancel = cancel or threading.Event()
         self._cancels.add(cancel)
-        future = asyncio.get_running_loop().run_in_executor(self.model_pool, self._model_job, REQUEST_TAG.get(), fn, cancel)
+        job = self.model_pool.submit(self._model_job, REQUEST_TAG.get(), fn, cancel)
         try:
-            return await asyncio.shield(future)
+            return await asyncio.shield(asyncio.wrap_future(job))
         except asyncio.CancelledError:
             cancel.set()
+            if job.cancel():
+                log.info("cancelled while queued: it never ran")
+                raise
             log.info("cancelling: the model stops at its next token")
-            try:
-                await future
-            except Exception:  # noqa: BLE001 - the request is cancelled; how the job ended does not matter
-                pass
+            with contextlib.suppress(Exception):  # the request is cancelled: how the job ended does not matter
+                await asyncio.wrap_future(job)
             raise
         finally:
             self._cancels.discard(cancel)
@@ -428,22 +430,19 @@ class SwespotServer(LanguageServer):
         max_steps = params.max_steps or self.settings.chat_max_steps
         max_tokens = params.max_tokens or self.settings.chat_max_tokens
 
-        def delta(text: str, kind: str = "text") -> None:
-            if text:
-                self.notify_soon(P.CHAT_DELTA, P.ChatDelta(params.chat_id, text, kind))
-
-        def job(cancel: threading.Event) -> P.ChatResult:
-            model = self.agent_model(cancel, delta, max_tokens)
+        def job(cancel: threading.Event) -> P.ChatResult | None:
+            stream = DeltaStream(lambda text, kind: self.notify_soon(P.CHAT_DELTA, P.ChatDelta(params.chat_id, text, kind)))
+            model = self.agent_model(cancel, stream.push, max_tokens)
             streams = self.settings.agent_model == ""
-
             seen: list[dict] = []
 
             def on_message(message: dict) -> None:
                 seen.append(message)
                 if message["role"] == "tool":
-                    delta(tool_note(seen, message) or "", "tool")
+                    stream.push(tool_note(seen, message) or "", "tool")
                 elif message["role"] == "assistant" and not streams:
-                    delta(message.get("content") or "")  # backends that do not stream: the whole turn
+                    stream.push(message.get("content") or "")  # backends that do not stream: the whole turn
+                stream.flush()
                 self.heartbeat.beat()
 
             self.set_state("generating")
@@ -451,6 +450,7 @@ class SwespotServer(LanguageServer):
                 result = run_chat(model, self.editor_workspace(self.open_documents()), question, history=history,
                                   max_steps=max_steps, on_message=on_message)
             finally:
+                stream.flush()
                 self.set_state("ready")
             if result.exit == "cancelled":
                 return None
@@ -623,12 +623,12 @@ class SwespotServer(LanguageServer):
                 return
             raw = self.protocol._converter.unstructure(data)
             if data.action == "explain":
-                actions.append(lsp.CodeAction(title=title, kind=kind, command=lsp.Command(title, P.CMD_EXPLAIN, [raw])))
+                actions.append(lsp.CodeAction(title=title, kind=kind, command=lsp.Command(title=title, command=P.CMD_EXPLAIN, arguments=[raw])))
             elif resolve:
                 actions.append(lsp.CodeAction(title=title, kind=kind, diagnostics=diagnostics, data=raw))
             else:
                 actions.append(lsp.CodeAction(title=title, kind=kind, diagnostics=diagnostics,
-                                              command=lsp.Command(title, P.CMD_CODE_ACTION, [raw])))
+                                              command=lsp.Command(title=title, command=P.CMD_CODE_ACTION, arguments=[raw])))
 
         offer("SWE-Spot: Explain this", "refactor.swespot.explain",
               P.CodeActionData("explain", uri, params.range, doc.version))
@@ -744,6 +744,34 @@ class SwespotServer(LanguageServer):
             self.daemon.stop()
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
+
+
+class DeltaStream:
+    """Coalesces streamed pieces (one per token) into a notification at most every ``interval`` seconds:
+    a client drawing a chat gains nothing from 1000 messages a second, and would fall behind."""
+
+    def __init__(self, send: Callable[[str, str], None], interval: float = 0.03) -> None:
+        self.send = send
+        self.interval = interval
+        self.text = ""
+        self.kind = "text"
+        self.last = time.perf_counter()
+
+    def push(self, text: str, kind: str = "text") -> None:
+        if not text:
+            return
+        if kind != self.kind:
+            self.flush()
+            self.kind = kind
+        self.text += text
+        if time.perf_counter() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.text:
+            self.send(self.text, self.kind)
+            self.text = ""
+        self.last = time.perf_counter()
 
 
 def _unquote(uri: str) -> str:

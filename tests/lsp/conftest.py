@@ -105,9 +105,10 @@ class Session:
     async def request(self, method: str, params: Any, msg_id: str | None = None) -> Any:
         return await self.client.protocol.send_request_async(method, params, msg_id=msg_id)
 
-    def start(self, method: str, params: Any, msg_id: str) -> asyncio.Task:
-        """Send a request now and return the task that will hold its answer."""
-        return asyncio.ensure_future(self.request(method, params, msg_id))
+    def start(self, method: str, params: Any, msg_id: str) -> asyncio.Future:
+        """Send a request now (before this returns, so a cancel sent next comes after it) and return the
+        future that will hold its answer."""
+        return asyncio.wrap_future(self.client.protocol.send_request(method, params, msg_id=msg_id))
 
     def cancel(self, msg_id: str) -> None:
         self.client.protocol.notify(lsp.CANCEL_REQUEST, lsp.CancelParams(id=msg_id))
@@ -195,3 +196,39 @@ def apply_text_edits(text: str, edits: list[dict]) -> str:
     for start, end, new in spans:
         text = text[:start] + new + text[end:]
     return text
+
+
+class Gate:
+    """A test in the fixture repository that blocks on a FIFO until ``open()`` is called: an agent task
+    that runs it keeps the server's model thread busy for exactly as long as a test needs (no sleeps)."""
+
+    def __init__(self, repo: Path, fifo: Path) -> None:
+        os.mkfifo(fifo)
+        self.fifo = fifo
+        (repo / "tests" / "test_gate.py").write_text(f"def test_gate():\n    with open({str(fifo)!r}) as fh:\n        fh.read()\n")
+        subprocess.run(["git", "add", "."], cwd=repo, check=True)
+        self.command = "python -m pytest -q tests/test_gate.py"
+
+    async def open(self) -> None:
+        """Let the blocked test finish (waits until it is blocked, i.e. until the FIFO has its reader)."""
+
+        def release() -> None:
+            with open(self.fifo, "w") as fh:  # blocks until the test opened its end
+                fh.write("go")
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(release), WAIT_S)
+        except TimeoutError:
+            os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))  # free our own blocked writer thread
+            raise
+
+
+@pytest.fixture
+def gate(repo: Path, tmp_path: Path) -> Gate:
+    return Gate(repo, tmp_path / "gate.fifo")
+
+
+def call(name: str, **arguments) -> dict:
+    """A scripted assistant turn that makes one tool call."""
+    return {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}

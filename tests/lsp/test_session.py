@@ -36,17 +36,19 @@ async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_s
 
 
 async def test_cancelling_a_chat_stops_its_generation(start_server):
-    session = await start_server({"chatMaxTokens": 3000, "chatMaxSteps": 1})
-    chat = session.start("swespot/chat", {"chatId": "long", "prompt": "Tell me everything."}, msg_id="chat-long")
-    await session.wait_for("swespot/chatDelta", lambda d: d["chatId"] == "long")
-    session.cancel("chat-long")
+    session = await start_server({"chatMaxTokens": 15000, "contextSize": 16384, "chatMaxSteps": 1})
+    question = {"prompt": "Tell me everything."}
+    whole = await session.request("swespot/chat", {"chatId": "whole", **question})  # greedy: the same reply each time
+    chat = session.start("swespot/chat", {"chatId": "cut", **question}, msg_id="chat-cut")
+    await session.wait_for("swespot/chatDelta", lambda d: d["chatId"] == "cut")
+    session.cancel("chat-cut")
     with pytest.raises(JsonRpcRequestCancelled):
         await chat
     # the model thread runs one job at a time: once this answers, the cancelled chat has really ended
     uri = session.open("calc/report.py")
     await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
-    deltas = [d for d in session.notes["swespot/chatDelta"] if d["chatId"] == "long"]
-    assert len(deltas) < 1000, "the chat went on generating after it was cancelled"
+    streamed = "".join(d["text"] for d in session.notes["swespot/chatDelta"] if d["chatId"] == "cut")
+    assert 0 < len(streamed) < len(whole["text"]) / 2, "the chat went on generating after it was cancelled"
 
 
 async def test_inline_completion_returns_an_item_at_the_cursor_by_both_methods(start_server):
@@ -67,25 +69,6 @@ async def test_no_completion_is_asked_for_in_the_middle_of_code(start_server):
     uri = session.open("calc/report.py")
     inside_word = await session.client.text_document_inline_completion_async(_inline(uri, 3, 6))  # "def to|tal(xs):"
     assert not inside_word.items
-
-
-async def test_completions_queued_behind_a_chat_are_cancelled_or_superseded_without_generating(start_server):
-    session = await start_server({"chatMaxTokens": 3000, "chatMaxSteps": 1, "completionMaxTokens": 8})
-    uri = session.open("calc/report.py")
-    chat = session.start("swespot/chat", {"chatId": "busy", "prompt": "Go on and on."}, msg_id="busy")
-    await session.wait_for("swespot/chatDelta", lambda d: d["chatId"] == "busy")
-    params = {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 14}}
-    cancelled = session.start("swespot/inlineCompletion", params, msg_id="c-cancelled")
-    session.cancel("c-cancelled")
-    with pytest.raises(JsonRpcRequestCancelled):
-        await cancelled
-    older = session.start("swespot/inlineCompletion", params, msg_id="c-older")
-    newer = session.start("swespot/inlineCompletion", params, msg_id="c-newer")
-    session.cancel("busy")
-    with pytest.raises(JsonRpcRequestCancelled):
-        await chat
-    assert (await older)["items"] == []  # superseded by the newer request for the same document
-    assert (await newer)["items"][0]["insertText"]
 
 
 def _inline(uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
