@@ -5,6 +5,7 @@ tests can wait for them instead of sleeping."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -109,6 +110,16 @@ class Session:
         """Send a request now (before this returns, so a cancel sent next comes after it) and return the
         future that will hold its answer."""
         return asyncio.wrap_future(self.client.protocol.send_request(method, params, msg_id=msg_id))
+
+    def send_raw(self, body: bytes, msg_id: str | None = None) -> asyncio.Future | None:
+        """Write a message body exactly as given (bytes the client library would never produce); with
+        ``msg_id``, return the future of the answer to that id."""
+        future = None
+        if msg_id is not None:
+            future = concurrent.futures.Future()
+            self.client.protocol._request_futures[msg_id] = future
+        self.client._server.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return asyncio.wrap_future(future) if future is not None else None
 
     def cancel(self, msg_id: str) -> None:
         self.client.protocol.notify(lsp.CANCEL_REQUEST, lsp.CancelParams(id=msg_id))

@@ -1,0 +1,124 @@
+"""Adapters, settings, feedback, the daemon, and what a misbehaving client sends: every bad request gets
+an error, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
+
+from test_session import _inline
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter_dir(tiny_hf_dir, tiny_gguf_q8, tmp_path_factory):
+    """A real LoRA adapter for the tiny model: one training step with peft, exported to GGUF, in the
+    folder layout the adapter store publishes (adapter.gguf + manifest.json)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.runtime import file_sha256
+    from trainer.lora_export import export_lora_to_gguf
+
+    out = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    ids = AutoTokenizer.from_pretrained(tiny_hf_dir)("def total(xs):\n    return sum(xs)\n", return_tensors="pt").input_ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
+    model.save_pretrained(out / "peft")
+    export_lora_to_gguf(out / "peft", tiny_hf_dir, out / "adapter.gguf", base_gguf_sha256=file_sha256(tiny_gguf_q8))
+    (out / "manifest.json").write_text(json.dumps({"commit": "0123456789abcdef", "base": "tiny"}))
+    return out
+
+
+async def test_a_newly_published_adapter_is_hot_swapped_and_announced(start_server, state, tiny_adapter_dir):
+    from trainer.store import AdapterStore, write_status
+
+    session = await start_server()
+    uri = session.open("calc/report.py")
+    before = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    AdapterStore(state).publish(tiny_adapter_dir)
+    swapped = await session.status(lambda s: (s.get("adapter") or {}).get("version") == "v0001")
+    assert swapped["adapter"]["commit"] == "0123456789abcdef"
+    assert swapped["message"].startswith("switched to adapter v0001 (commit 0123456789ab)") and swapped["swapMs"] >= 0
+    after = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    assert before.items and after.items  # the adapter serves (its output may or may not differ)
+    write_status(state, phase="training", progress=0.5)
+    daemon = await session.status(lambda s: s["daemon"].get("phase") == "training")
+    assert daemon["daemon"]["progress"] == 0.5
+
+
+async def test_background_training_without_a_daemon_command_is_reported_not_fatal(start_server):
+    session = await start_server({"backgroundTraining": True})
+    status = await session.status(lambda s: s["daemon"]["enabled"])
+    assert status["daemon"]["running"] is False and status["daemon"]["available"] is False
+    assert "swespot daemon" in status["daemon"]["error"]
+    assert (await session.request("swespot/getStatus", {}))["state"] == "ready"
+
+
+async def test_unknown_settings_are_reported_and_the_defaults_kept(start_server):
+    session = await start_server({"contextSise": 2048})
+    status = await session.status(lambda s: s.get("error"))
+    assert "unknown setting(s) contextSise" in status["error"]
+
+
+async def test_feedback_goes_to_a_journal_in_the_state_dir_and_can_be_turned_off(start_server, state):
+    session = await start_server()
+    uri = session.open("calc/report.py")
+    item = (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items[0]
+    completion_id = item.command.arguments[0]
+    session.client.protocol.notify("swespot/feedback", {"id": completion_id, "kind": "inlineCompletion", "action": "accepted", "uri": uri})
+    await session.request("swespot/getStatus", {})  # handled after the notification: it is recorded by now
+    entries = [json.loads(line) for line in (state / "feedback.jsonl").read_text().splitlines()]
+    assert entries[-1]["id"] == completion_id and entries[-1]["action"] == "accepted"
+    assert entries[-1]["served"]["text"] == item.insert_text  # what was shown, for the trainer
+    session.client.workspace_did_change_configuration(lsp.DidChangeConfigurationParams(settings={"swespot": {"feedbackLogging": False}}))
+    session.client.protocol.notify("swespot/feedback", {"id": completion_id, "kind": "inlineCompletion", "action": "rejected"})
+    await session.request("swespot/getStatus", {})
+    assert len((state / "feedback.jsonl").read_text().splitlines()) == len(entries)
+
+
+async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_server, repo):
+    session = await start_server({"excludedPaths": ["secrets"]})
+    uri = session.open("calc/report.py")
+    position = {"line": 3, "character": 14}
+
+    async def refused(method: str, params, error=JsonRpcException) -> str:
+        with pytest.raises(error) as info:
+            await session.request(method, params)
+        return info.value.message
+
+    assert "required field missing @ $.prompt" in await refused("swespot/chat", {"chatId": "x"}, JsonRpcInvalidParams)
+    assert "expected an object" in await refused("swespot/task", ["not", "an", "object"], JsonRpcInvalidParams)
+    # a standard method whose params pygls cannot parse is answered too (pygls alone would drop it)
+    no_position = json.dumps({"jsonrpc": "2.0", "id": "bad-1", "method": "textDocument/inlineCompletion",
+                              "params": {"textDocument": {"uri": uri}}}).encode()
+    with pytest.raises(JsonRpcInvalidParams, match="invalid parameters for textDocument/inlineCompletion"):
+        await session.send_raw(no_position, "bad-1")
+    await refused("swespot/noSuchMethod", {}, JsonRpcMethodNotFound)
+    unknown = (repo / "calc" / "nope.py").as_uri()
+    assert "is not open" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": unknown}, "position": position})
+    session.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+        lsp.TextDocumentItem(uri="untitled:1", language_id="python", version=1, text="def f():\n")))
+    assert "not a file URI" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": "untitled:1"}, "position": position})
+    secret = session.open("secrets/keys.py")
+    assert "excluded" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": secret}, "position": {"line": 0, "character": 3}})
+    huge = session.open("calc/huge.py", "x = 1\n" * 400_000)
+    assert "too large" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": huge}, "position": position})
+    surrogate = session.open("calc/bad.py", "x = '\udcff'\n")
+    assert "not valid UTF-8" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": surrogate}, "position": position})
+    raw_uri = (repo / "calc" / "raw.py").as_uri()
+    body = (b'{"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {"uri": "'
+            + raw_uri.encode() + b'", "languageId": "python", "version": 1, "text": "x = \'\xff\xfe\'\\n"}}}')
+    session.send_raw(body)  # a document whose text holds bytes that are not UTF-8
+    assert "not valid UTF-8" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": raw_uri}, "position": position})
+    # and after all that, it still serves
+    served = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    assert served.items
