@@ -153,14 +153,16 @@ class SnippetIndex:
         return self._index is not None
 
     def snippets(self, ctx: CompletionContext, read_text, excluded) -> list[Snippet]:
-        """Up to MAX_SNIPPETS definitions of names used in the last lines before the cursor, from other
+        """Up to MAX_SNIPPETS definitions of names used in the lines above the cursor, from other
         files, most recently used name first. ``read_text(rel)`` reads the editor's view of a file;
         ``excluded(rel)`` hides the user's excluded paths."""
         with self._lock:
             index = self._index
         if index is None:
             return []
-        names = list(dict.fromkeys(reversed(_WORD.findall("\n".join(ctx.prefix.split("\n")[-12:])))))
+        # names from the lines above the cursor's line: typing on the line does not change the choice, so
+        # the prompt's start (and the KV cache behind it) stays put
+        names = list(dict.fromkeys(reversed(_WORD.findall("\n".join(ctx.prefix.split("\n")[-13:-1])))))
         out: list[Snippet] = []
         budget = SNIPPET_CHARS
         for name in names:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcRequestCancelled
@@ -25,7 +27,7 @@ async def test_initialize_announces_features_and_status_and_shutdown_exits_clean
     del caps
 
 
-async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_server):
+async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_server, state):
     session = await start_server({"chatMaxTokens": 24, "chatMaxSteps": 1})
     result = await session.request("swespot/chat", {"chatId": "c1", "prompt": "What does add do?"})
     assert result["chatId"] == "c1" and result["exit"] in ("answered", "limits")
@@ -33,6 +35,8 @@ async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_s
     streamed = "".join(d["text"] for d in session.notes["swespot/chatDelta"] if d["chatId"] == "c1" and d["kind"] == "text")
     assert streamed.strip() and streamed.strip()[:10] in streamed  # the reply came as deltas before the result
     assert await session.status(lambda s: s["state"] == "generating")
+    heartbeat = json.loads((state / "heartbeat.json").read_text())  # the daemon's sign that the editor waits
+    assert heartbeat["generating"] is False and heartbeat["updated_at"] > 0
 
 
 async def test_cancelling_a_chat_stops_its_generation(start_server):
