@@ -18,6 +18,14 @@ Requests (client -> server)
     ``swespot/inlineCompletion``  InlineCompletionParams -> InlineCompletionResult, for clients without
                                   LSP 3.18's ``textDocument/inlineCompletion`` (which is served too).
     ``swespot/getStatus``         no params -> StatusParams (the same object as the notification).
+    ``swespot/adapters``          no params -> AdaptersResult: the adapter store's versions, for a rollback.
+    ``swespot/rollback``          RollbackParams -> AdapterInfo: make a published version current (the
+                                  store's ``rollback``); the server then hot-swaps to it and says so in
+                                  ``swespot/status``. Unknown or damaged versions: RequestFailed.
+    ``swespot/retrain``           no params -> RetrainResult: ask the trainer daemon to train now,
+                                  whatever its schedule, by writing ``retrain.request`` (JSON, atomic) in
+                                  the state dir for the daemon to consume. RequestFailed when background
+                                  training is off or this installation has no daemon.
 
 Notifications
     ``swespot/chatDelta``  (server -> client) ChatDelta
@@ -52,6 +60,9 @@ INLINE_COMPLETION = "swespot/inlineCompletion"
 GET_STATUS = "swespot/getStatus"
 STATUS = "swespot/status"
 FEEDBACK = "swespot/feedback"
+ADAPTERS = "swespot/adapters"
+ROLLBACK = "swespot/rollback"
+RETRAIN = "swespot/retrain"
 
 CMD_EXPLAIN = "swespot.explain"
 CMD_CODE_ACTION = "swespot.codeAction"
@@ -220,6 +231,38 @@ class CodeActionData:
     symbol: Optional[str] = None
 
 
+# ---- the adapter store ----------------------------------------------------------------------------
+@attrs.define
+class AdapterVersionInfo:
+    """One version folder of the store; ``problem`` says why an unusable one cannot be served."""
+
+    version: str
+    usable: bool
+    commit: Optional[str] = None
+    published_at: Optional[float] = None
+    problem: Optional[str] = None
+
+
+@attrs.define
+class AdaptersResult:
+    """``current``: what the store publishes; ``serving``: what the runtime serves now (they differ
+    for a moment after a rollback, until the swap)."""
+
+    versions: list[AdapterVersionInfo] = attrs.field(factory=list)
+    current: Optional[str] = None
+    serving: Optional[str] = None
+
+
+@attrs.define
+class RollbackParams:
+    version: str
+
+
+@attrs.define
+class RetrainResult:
+    message: str
+
+
 # ---- wire format -----------------------------------------------------------------------------------
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -227,7 +270,8 @@ def _camel(name: str) -> str:
 
 
 PROTOCOL_TYPES = [ChatMessage, ChatParams, ChatDelta, Usage, ChatResult, TaskParams, TaskResult, InlineCompletionParams,
-                  InlineCompletionResult, AdapterInfo, DaemonInfo, StatusParams, FeedbackParams, CodeActionData]
+                  InlineCompletionResult, AdapterInfo, DaemonInfo, StatusParams, FeedbackParams, CodeActionData,
+                  AdapterVersionInfo, AdaptersResult, RollbackParams, RetrainResult]
 
 
 def register_hooks(converter) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import json
 import logging
 import threading
 import time
@@ -365,6 +366,38 @@ class SwespotServer(LanguageServer):
             self._loop.call_soon_threadsafe(self.protocol.notify, method, params)
         except RuntimeError:  # the loop is closed: the server is exiting
             pass
+
+    # ---- the adapter store and training ------------------------------------------------------------
+    def adapters(self) -> P.AdaptersResult:
+        assert self.tracker is not None
+        versions = [P.AdapterVersionInfo(name, version is not None, version.commit if version else None,
+                                         version.manifest.get("published_at") if version else None, why)
+                    for name, version, why in self.tracker.store.versions()]
+        return P.AdaptersResult(versions, self.tracker.store.current_name(), self._adapter_name())
+
+    def rollback(self, params: P.RollbackParams) -> P.AdapterInfo:
+        """Publish an older version as current; the swap itself happens on the model thread."""
+        assert self.tracker is not None
+        version = self.tracker.store.rollback(params.version)  # refuses unknown or damaged versions
+        self.tracker.failed.pop(version.name, None)  # the user asked for it: try it again
+        log.info("rolled back to %s", version.name)
+        if self.runtime is not None and not self._swap_pending.is_set():
+            self._swap_pending.set()
+            self.model_pool.submit(self._maintenance_job, "rollback")
+        return P.AdapterInfo(version.name, version.commit)
+
+    def retrain(self) -> P.RetrainResult:
+        from trainer.store import write_atomic
+
+        assert self.tracker is not None and self.daemon is not None
+        if not self.settings.background_training:
+            raise SwespotError("background training is paused; resume it (swespot.backgroundTraining) to retrain")
+        if not self.daemon.running:
+            raise SwespotError(self.daemon.error or "the trainer daemon is not running; see daemon.log in the state dir")
+        request = self.tracker.store.state / "retrain.request"
+        write_atomic(request, json.dumps({"requested_at": time.time(), "by": "swespot serve"}).encode())
+        log.info("asked the trainer daemon to retrain (%s)", request)
+        return P.RetrainResult("asked the trainer daemon to retrain now")
 
     # ---- documents --------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -835,6 +868,18 @@ def create_server(*, model: str | None = None, repo: str | Path | None = None) -
     @server.feature(P.GET_STATUS)
     async def on_get_status(ls: SwespotServer, _params: Any) -> P.StatusParams:
         return await ls.serve(P.GET_STATUS, ls.status)
+
+    @server.feature(P.ADAPTERS)
+    async def on_adapters(ls: SwespotServer, _params: Any) -> P.AdaptersResult:
+        return await ls.serve(P.ADAPTERS, ls.adapters)
+
+    @server.feature(P.ROLLBACK)
+    async def on_rollback(ls: SwespotServer, params: Any) -> P.AdapterInfo:
+        return await ls.serve(P.ROLLBACK, lambda: ls.rollback(ls.parse(params, P.RollbackParams, P.ROLLBACK)))
+
+    @server.feature(P.RETRAIN)
+    async def on_retrain(ls: SwespotServer, _params: Any) -> P.RetrainResult:
+        return await ls.serve(P.RETRAIN, ls.retrain)
 
     @server.feature(lsp.TEXT_DOCUMENT_CODE_ACTION, lsp.CodeActionOptions(
         code_action_kinds=[lsp.CodeActionKind.QuickFix, "refactor.swespot"], resolve_provider=True))
