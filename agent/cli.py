@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "trainer.experience_cli",
     "trainer.train_cli",
     "trainer.adapters_cli",
+    "trainer.daemon_cli",
+    "trainer.eval_cli",
     "agent.agent_cli",
     "lsp_server.serve_cli",
 ]

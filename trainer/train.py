@@ -31,6 +31,11 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 
+class Interrupted(Exception):
+    """Raised by a training ``control`` (e.g. on SIGTERM) between steps: a checkpoint is saved first, so
+    a later run with the same ``out`` resumes exactly where this one stopped."""
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -125,9 +130,12 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
 
 
 # ---- the recipe -------------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True, stop_after: int | None = None,
+          control=None) -> TrainResult:
     """Train (or resume) and write the adapter, its GGUF and the manifest into ``cfg.out``.
-    ``stop_after`` ends the run after that many steps of this call (used to test resumption)."""
+    ``stop_after`` ends the run after that many steps of this call (used to test resumption).
+    ``control.between_steps(step, total)``, when given, runs after every optimizer step: it may block
+    (pause training while the editor generates) or raise ``Interrupted`` (a checkpoint is saved first)."""
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -247,6 +255,14 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         if interrupted:
             bar.close()
             return TrainResult(out, {"interrupted": True, "step": state["step"], "total_steps": total_steps})
+        if control is not None:
+            try:
+                control.between_steps(state["step"], total_steps)
+            except Interrupted:
+                if accelerator.is_main_process and not (state["step"] % cfg.checkpoint_every == 0 or last):
+                    save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.keep_checkpoints)
+                bar.close()
+                raise
     bar.close()
 
     report = {
