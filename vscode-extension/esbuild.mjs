@@ -1,0 +1,10 @@
+// Bundles the extension into dist/extension.js (vscode is provided by the editor) and, with --tests,
+// the in-editor test suite into out/test/suite/ (mocha bundled in, so the packaged extension needs no
+// node_modules).
+import * as esbuild from 'esbuild';
+
+const common = { bundle: true, platform: 'node', format: 'cjs', target: 'node20', external: ['vscode'], sourcemap: true, logLevel: 'warning' };
+await esbuild.build({ ...common, entryPoints: ['src/extension.ts'], outfile: 'dist/extension.js', minify: process.argv.includes('--minify') });
+if (process.argv.includes('--tests')) {
+  await esbuild.build({ ...common, entryPoints: ['test/suite/index.ts'], outfile: 'out/test/suite/index.js' });
+}
