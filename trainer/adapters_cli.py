@@ -28,18 +28,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_prune)
 
 
+def serving_explained(store, repo: Path) -> dict:
+    """Why ``current`` names what it names, and which version branch-aware serving picks for HEAD now."""
+    from agent.errors import SwespotError
+
+    selection = store.read_selection()
+    try:
+        choice = store.choose_for_head(repo)
+    except SwespotError as exc:
+        return {"selection": selection or None, "head": None, "branch": None, "for_head": None,
+                "for_head_reason": str(exc), "versions": {}}
+    return {"selection": selection or None, "head": choice.head, "branch": choice.branch,
+            "for_head": choice.version.name if choice.version else None, "for_head_reason": choice.reason,
+            "versions": {name: {"fits_head": fits, "why": why} for name, fits, why in choice.explained}}
+
+
 def cmd_list(args) -> int:
     from trainer.store import AdapterStore
 
     store = AdapterStore.for_repo(args.repo)
     current = store.current()
+    serving = serving_explained(store, args.repo)
     rows = []
     for name, version, why in store.versions():
         rows.append({"version": name, "current": current is not None and current.name == name,
                      "usable": version is not None, "problem": why,
+                     "fits_head": serving["versions"].get(name, {}).get("fits_head"),
+                     "why": serving["versions"].get(name, {}).get("why"),
                      "manifest": version.manifest if version else None})
+    selection = serving["selection"] or {}
+    why_current = selection.get("reason") if current is not None and selection.get("version") == current.name else None
     if args.json:
-        print(json.dumps({"state": str(store.state), "current": current.name if current else None, "versions": rows}, indent=2))
+        print(json.dumps({"state": str(store.state), "current": current.name if current else None, "why_current": why_current,
+                          "head": serving["head"], "branch": serving["branch"], "for_head": serving["for_head"],
+                          "for_head_reason": serving["for_head_reason"], "versions": rows}, indent=2))
         return 0
     if not rows:
         print(f"no adapters published yet for {args.repo.resolve()} (state: {store.state})")
@@ -54,7 +76,13 @@ def cmd_list(args) -> int:
         commit = (m.get("commit") or "?")[:10]
         scores = m.get("eval") or {}
         print(f"{mark} {row['version']}  {when}  commit {commit}  base {m.get('base', {}).get('name', '?')}"
-              + (f"  eval {json.dumps(scores)}" if scores else ""))
+              + (f"  eval {json.dumps(scores)}" if scores else "") + (f"  [{row['why']}]" if row["why"] else ""))
+    print()
+    print(f"serving: {current.name if current else 'the base model (no adapter)'}"
+          + (f" ({why_current})" if why_current else ""))
+    if serving["head"] is not None:
+        where = f"HEAD {serving['head'][:10]}" + (f" on {serving['branch']}" if serving["branch"] else "")
+        print(f"for {where}: {serving['for_head'] or 'no adapter'} ({serving['for_head_reason']})")
     return 0
 
 

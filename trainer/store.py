@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SwespotError
@@ -28,6 +28,7 @@ from agent.errors import SwespotError
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("adapter.gguf", "manifest.json")
+SELECTION = "selection.json"  # why ``current`` names what it names (branch-aware serving, rollback)
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -100,6 +101,46 @@ def check_version_dir(path: Path) -> tuple[dict | None, str | None]:
         if fh.read(4) != b"GGUF":
             return None, "adapter.gguf is not a GGUF file"
     return manifest, None
+
+
+@dataclass
+class Choice:
+    """Which version to serve for a HEAD, and why; ``explained``: (version, why it fits or not), newest first."""
+
+    version: Version | None
+    reason: str
+    head: str
+    branch: str | None
+    explained: list = field(default_factory=list)
+    pinned: bool = False
+
+
+def git_ancestry(repo: str | os.PathLike):
+    """(HEAD sha, branch name or None, is_ancestor) for a repository; ``is_ancestor(commit)`` answers
+    (fits, why) for a version's commit. gitpython reads the repository; nothing is written."""
+    import git
+
+    try:
+        r = git.Repo(Path(repo).expanduser().resolve())
+        head = r.head.commit.hexsha
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as exc:
+        raise SwespotError(f"{repo} is not a git repository with commits") from exc
+    branch = None if r.head.is_detached else r.active_branch.name
+
+    def is_ancestor(commit: str | None) -> tuple[bool, str]:
+        if not commit:
+            return False, "its manifest names no commit"
+        try:
+            r.commit(commit)
+        except (ValueError, git.BadName, git.GitCommandError):
+            return False, f"commit {commit[:10]} is not in the repository (rewritten by a rebase or amend?)"
+        if commit == head:
+            return True, f"trained on {commit[:10]}, HEAD itself"
+        if r.is_ancestor(commit, head):
+            return True, f"trained on {commit[:10]}, an ancestor of HEAD"
+        return False, f"commit {commit[:10]} is not an ancestor of HEAD (another branch, or rewritten)"
+
+    return head, branch, is_ancestor
 
 
 class AdapterStore:
@@ -196,6 +237,11 @@ class AdapterStore:
             shutil.rmtree(incoming, ignore_errors=True)
         if make_current:
             self.set_current(name)
+            try:  # only an explanation: a failure to write it must not undo a publish
+                self.write_selection({"version": name, "pinned": False, "head": None, "branch": None,
+                                      "reason": f"newly published, trained on {(manifest.get('commit') or '?')[:10]}"})
+            except SwespotError as exc:
+                log.warning("%s", exc)
         return Version(name, self.root / name, manifest)
 
     def set_current(self, name: str) -> Version:
@@ -203,8 +249,69 @@ class AdapterStore:
         write_atomic(self.current_file, (name + "\n").encode())
         return version
 
+    def clear_current(self) -> None:
+        """Serve the bare base model: no version fits (e.g. a branch none was trained on)."""
+        try:
+            self.current_file.unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.root)
+
     def rollback(self, name: str) -> Version:
-        return self.set_current(name)
+        """Serve an earlier version again, pinned: branch-aware serving keeps it while it is trained on an
+        ancestor of HEAD (a new publish replaces it)."""
+        version = self.set_current(name)
+        self.write_selection({"version": name, "pinned": True, "reason": f"rolled back to {name} by the user",
+                              "head": None, "branch": None})
+        return version
+
+    # ---- branch-aware serving -----------------------------------------------------------------
+    @property
+    def selection_file(self) -> Path:
+        return self.root / SELECTION
+
+    def read_selection(self) -> dict:
+        try:
+            value = json.loads(self.selection_file.read_text())
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_selection(self, record: dict) -> None:
+        write_atomic(self.selection_file, json.dumps({**record, "at": time.time()}, indent=2).encode())
+
+    def choose_for_head(self, repo: str | os.PathLike) -> "Choice":
+        """The version to serve for the repository's HEAD: the newest whole version trained on HEAD or an
+        ancestor of it (a version trained on another branch, or on commits a rebase or amend replaced,
+        would teach code that is not there). A version the user rolled back to stays while it fits."""
+        head, branch, is_ancestor = git_ancestry(repo)
+        explained = []  # (name, fits, why), newest first
+        for name, version, why in reversed(self.versions()):
+            explained.append((name, False, f"damaged: {why}") if version is None else (name, *is_ancestor(version.commit)))
+        fitting = [name for name, fits, _ in explained if fits]
+        where = f"HEAD {head[:10]}" + (f" ({branch})" if branch else " (detached)")
+        pin = self.read_selection()
+        if pin.get("pinned") and pin.get("version") in fitting and pin["version"] == self.current_name():
+            return Choice(self.get(pin["version"]), f"{pin.get('reason', 'pinned')}; trained on an ancestor of {where}",
+                          head, branch, explained, pinned=True)
+        if not fitting:
+            reason = (f"no published version is trained on an ancestor of {where}: serving the base model"
+                      if explained else "no version published yet")
+            return Choice(None, reason, head, branch, explained)
+        return Choice(self.get(fitting[0]), f"newest version trained on an ancestor of {where}", head, branch, explained)
+
+    def serve_for_head(self, repo: str | os.PathLike) -> "Choice":
+        """Point ``current`` at ``choose_for_head``'s version (or at nothing) and record why."""
+        choice = self.choose_for_head(repo)
+        if choice.version is None:
+            if self.current_name() is not None and self.versions():
+                self.clear_current()
+        elif self.current_name() != choice.version.name:
+            self.set_current(choice.version.name)
+        if choice.version is not None or self.versions():
+            self.write_selection({"version": choice.version.name if choice.version else None, "pinned": choice.pinned,
+                                  "reason": choice.reason, "head": choice.head, "branch": choice.branch})
+        return choice
 
     def prune(self, keep: int) -> list[str]:
         """Delete the oldest versions beyond ``keep`` (never the current one) and leftovers of crashed

@@ -1,0 +1,350 @@
+"""The trainer daemon without training: watching git, branch-aware serving, the lock, pausing for the
+editor, status.json, the repository going away, failures reported, and feedback episodes. Real git, real
+daemon processes, the language server's own heartbeat and feedback writers."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from daemon_support import (GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, start_daemon,
+                            stop_daemon, wait_for)
+from agent.errors import SwespotError
+from trainer.daemon import (Control, Daemon, DaemonLock, DaemonOptions, GitState, GitWatcher, describe_change,
+                            describe_error, editor_generating, read_git_state)
+from trainer.store import AdapterStore, state_dir
+
+
+def fake_version(store: AdapterStore, tmp: Path, commit_sha: str):
+    """A whole version naming ``commit_sha`` (the store checks files, not weights)."""
+    src = tmp / f"adapter-{commit_sha[:8]}-{len(store.version_names())}"
+    src.mkdir()
+    (src / "adapter.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    (src / "manifest.json").write_text(json.dumps({"commit": commit_sha}))
+    return store.publish(src)
+
+
+def cli(*args: str, state_root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SWESPOT_STATE_DIR": str(state_root), **GIT_ENV}
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+# ---- git ---------------------------------------------------------------------------------------------
+def test_the_watcher_reports_ref_changes_and_names_commits_switches_and_rewrites(tmp_path):
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    seen: list[str] = []
+    got = threading.Event()
+
+    def on_change(path: str) -> None:
+        seen.append(path)
+        got.set()
+
+    watcher = GitWatcher(repo, on_change)
+    watcher.start()
+    try:
+        before = read_git_state(repo)
+        (repo / "ledger" / "money.py").write_text("# an unsaved thought\n")  # a file save: not watched
+        git(repo, "checkout", "-q", "--", "ledger/money.py")
+        c2 = commit(repo, *NEXT_COMMITS[0])
+        assert got.wait(30), "no event for a commit"
+        assert seen and all(Path(p).name in ("HEAD", "main", "packed-refs") or "/refs/" in p for p in seen), seen
+        after = read_git_state(repo)
+        assert (after.head, after.branch) == (c2, "main")
+        assert describe_change(repo, before, after) == "1 new commit(s)"
+
+        got.clear()
+        git(repo, "checkout", "-q", "-b", "feature", c1)
+        assert got.wait(30), "no event for a checkout"
+        switched = read_git_state(repo)
+        assert describe_change(repo, after, switched) == "switch to feature"
+
+        c3 = commit(repo, *NEXT_COMMITS[1])
+        git(repo, "commit", "-q", "--amend", "-m", "Reworded")
+        amended = read_git_state(repo)
+        assert amended.head != c3
+        assert describe_change(repo, GitState(c3, "feature", None), amended) == "history rewritten (amend or rebase)"
+        git(repo, "reset", "-q", "--hard", c1)
+        assert describe_change(repo, amended, read_git_state(repo)) == "reset to an earlier commit"
+    finally:
+        watcher.stop()
+
+
+def test_a_rebase_in_progress_is_seen_as_busy(tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    git(repo, "checkout", "-q", "-b", "feature")
+    (repo / "ledger" / "money.py").write_text("CONFLICT = 1\n")
+    git(repo, "commit", "-qam", "feature side")
+    git(repo, "checkout", "-q", "main")
+    (repo / "ledger" / "money.py").write_text("CONFLICT = 2\n")
+    git(repo, "commit", "-qam", "main side")
+    git(repo, "checkout", "-q", "feature")
+    env = {**os.environ, **GIT_ENV}
+    assert subprocess.run(["git", "rebase", "main"], cwd=repo, capture_output=True, env=env).returncode != 0
+    assert read_git_state(repo).busy in ("rebase-merge", "rebase-apply")
+    git(repo, "rebase", "--abort")
+    assert read_git_state(repo).busy is None
+
+
+# ---- branch-aware serving -------------------------------------------------------------------------------
+def test_after_a_checkout_the_newest_version_on_an_ancestor_is_served_and_list_says_why(tmp_path, monkeypatch):
+    repo, state_root = tmp_path / "repo", tmp_path / "data"
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
+    if True:
+        store = AdapterStore.for_repo(repo)
+        c1 = make_repo(repo)
+        v1 = fake_version(store, tmp_path, c1)
+        c2 = commit(repo, *NEXT_COMMITS[0])
+        v2 = fake_version(store, tmp_path, c2)
+        git(repo, "checkout", "-q", "-b", "feature", c1)
+        f1 = commit(repo, *NEXT_COMMITS[1])
+        v3 = fake_version(store, tmp_path, f1)
+        assert store.current_name() == v3.name
+
+        git(repo, "checkout", "-q", "main")
+        choice = store.serve_for_head(repo)
+        assert choice.version.name == v2.name and store.current_name() == v2.name
+        assert "newest version trained on an ancestor of HEAD" in choice.reason and "(main)" in choice.reason
+        listed = cli("adapters", "list", "--json", "--repo", str(repo), state_root=state_root)
+        assert listed.returncode == 0, listed.stderr
+        data = json.loads(listed.stdout)
+        assert data["current"] == v2.name and data["branch"] == "main" and data["for_head"] == v2.name
+        assert "newest version trained on an ancestor" in data["why_current"]
+        rows = {r["version"]: r for r in data["versions"]}
+        assert rows[v3.name]["fits_head"] is False and "not an ancestor of HEAD" in rows[v3.name]["why"]
+        assert rows[v1.name]["fits_head"] is True and rows[v2.name]["why"].endswith("HEAD itself")
+        human = cli("adapters", "list", "--repo", str(repo), state_root=state_root).stdout
+        assert f"serving: {v2.name}" in human and "on main" in human
+
+        # amend the commit v2 was trained on: v2 no longer describes this history, v1 does
+        git(repo, "commit", "-q", "--amend", "-m", "Reworded")
+        assert store.serve_for_head(repo).version.name == v1.name
+        # an orphan branch shares nothing: the base model is served
+        git(repo, "checkout", "-q", "--orphan", "fresh")
+        git(repo, "commit", "-q", "-m", "unrelated start")
+        choice = store.serve_for_head(repo)
+        assert choice.version is None and store.current() is None and "serving the base model" in choice.reason
+
+
+def test_a_rollback_is_kept_while_it_fits_until_a_new_version_is_published(tmp_path):
+    repo, state_root = tmp_path / "repo", tmp_path / "data"
+    c1 = make_repo(repo)
+    store = AdapterStore(state_root)
+    v1 = fake_version(store, tmp_path, c1)
+    c2 = commit(repo, *NEXT_COMMITS[0])
+    v2 = fake_version(store, tmp_path, c2)
+    store.rollback(v1.name)
+    choice = store.serve_for_head(repo)
+    assert choice.version.name == v1.name and choice.pinned and "rolled back" in choice.reason
+    assert store.current_name() == v1.name
+    v3 = fake_version(store, tmp_path, commit(repo, *NEXT_COMMITS[1]))
+    assert store.serve_for_head(repo).version.name == v3.name  # a publish ends the pin
+    assert v2.name != v3.name
+
+
+# ---- the lock ----------------------------------------------------------------------------------------
+def test_a_held_lock_refuses_and_a_dead_holders_lock_is_recovered(tmp_path):
+    first = DaemonLock(tmp_path)
+    first.acquire(tmp_path / "repo")
+    with pytest.raises(SwespotError, match=rf"already running .*pid {os.getpid()}"):
+        DaemonLock(tmp_path).acquire(tmp_path / "repo")
+    first.release()
+    again = DaemonLock(tmp_path)
+    again.acquire(tmp_path / "repo")
+    assert again.recovered is None  # a clean release leaves nothing to recover
+    again.release()
+    # a holder killed with -9 never releases: the kernel drops its flock, its record stays
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from trainer.daemon import DaemonLock; "
+        "DaemonLock(Path(sys.argv[2])).acquire(Path('r')); print('locked', flush=True); time.sleep(600)"), str(ROOT), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(SwespotError, match=f"pid {holder.pid}"):
+        DaemonLock(tmp_path).acquire(tmp_path / "repo")
+    holder.kill()
+    holder.wait()
+    recovered = DaemonLock(tmp_path)
+    recovered.acquire(tmp_path / "repo")
+    assert recovered.recovered["pid"] == holder.pid
+    recovered.release()
+
+
+# ---- a real daemon process, no training ------------------------------------------------------------------
+def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_and_stops_on_sigterm(tmp_path, monkeypatch):
+    repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")  # no commit yet: nothing to train, the daemon waits
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
+    state = state_dir(repo)
+    status = state / "status.json"
+    # --quiet 3600: a commit is noticed and queued, never trained in this test
+    proc = start_daemon(repo, state_root, log, "--quiet", "3600", "--when", "always")
+    try:
+        wait_for(lambda: read_json(status).get("pid") == proc.pid and read_json(status).get("phase") == "waiting", "waiting",
+                 60, proc, log)
+        assert "no commit yet" in read_json(status)["message"]
+
+        second = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "daemon", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True,
+            env={**os.environ, "SWESPOT_STATE_DIR": str(state_root)}, timeout=120)
+        assert second.returncode == 1
+        assert f"a trainer daemon is already running for {repo} (pid {proc.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+
+        c1 = make_repo_commit(repo)
+        s = wait_for(lambda: (lambda st: st if st.get("head") == c1 else None)(read_json(status)), "the commit noticed", 60, proc, log)
+        assert s["branch"] == "main" and "quiet" in s["message"]
+
+        moved = tmp_path / "moved"
+        shutil.move(repo, moved)
+        wait_for(lambda: "is gone" in (read_json(status).get("error") or ""), "the repository reported gone", 60, proc, log)
+        assert proc.poll() is None
+        shutil.move(moved, repo)
+        wait_for(lambda: read_json(status).get("error") is None and read_json(status).get("phase") == "waiting",
+                 "the repository back", 60, proc, log)
+
+        assert stop_daemon(proc, signal.SIGTERM) == 0
+        final = read_json(status)
+        assert final["phase"] == "stopped" and final["pid"] is None
+        assert (state / "daemon.lock").read_text() == ""  # released cleanly
+    finally:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)
+    assert not (state / "adapters").exists()  # nothing was ever published
+
+
+def make_repo_commit(repo: Path) -> str:
+    from daemon_support import FILES
+
+    return commit(repo, "Start the ledger", FILES)
+
+
+def test_a_failed_refresh_is_reported_and_the_daemon_keeps_serving(tmp_path, monkeypatch):
+    repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
+    c1 = make_repo(repo)
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
+    state = state_dir(repo)
+    status = state / "status.json"
+    proc = start_daemon(repo, state_root, log, "--quiet", "0", "--when", "always", "--base", str(tmp_path / "no-such-model"),
+                        "--profile", "tiny")
+    try:
+        s = wait_for(lambda: (lambda st: st if st.get("last_error") else None)(read_json(status)), "the failure", 300, proc, log)
+        assert "base model not found" in s["last_error"] and "nothing was published" in s["last_error"]
+        assert s["last_result"]["commit"] == c1 and s["last_result"]["published"] is False
+        assert s["phase"] == "idle" and proc.poll() is None
+        assert AdapterStore(state).current() is None
+        assert stop_daemon(proc) == 0
+    finally:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)
+
+
+# ---- pausing for the editor, progress --------------------------------------------------------------------
+def test_training_pauses_while_the_editor_generates_and_stops_on_request(tmp_path):
+    from lsp_server.state_files import Heartbeat
+    from trainer.pipeline import Interrupted
+
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    daemon = Daemon(DaemonOptions(repo=repo, quiet_s=0), state=tmp_path / "state")
+    control = Control(daemon)
+    heartbeat = Heartbeat(daemon.state)
+    control.between_steps(1, 10)  # nobody is generating: returns at once
+    heartbeat.start()
+    assert editor_generating(daemon.state, 10.0)
+    returned = threading.Event()
+    worker = threading.Thread(target=lambda: (control.between_steps(2, 10), returned.set()))
+    worker.start()
+    wait_for(lambda: read_json(daemon.state / "status.json").get("phase") == "paused", "paused", 30)
+    assert not returned.is_set()
+    heartbeat.stop()
+    worker.join(30)
+    assert returned.is_set() and read_json(daemon.state / "status.json")["phase"] == "train"
+    # a heartbeat from a process that is gone does not hold training back
+    (daemon.state / "heartbeat.json").write_text(json.dumps({"pid": 2**22 + 7, "generating": True, "updated_at": 9e12}))
+    assert not editor_generating(daemon.state, 10.0)
+    daemon.stop.set()
+    with pytest.raises(Interrupted):
+        control.between_steps(3, 10)
+
+
+def test_status_reports_phase_progress_and_an_eta(tmp_path):
+    from trainer.daemon import _Run
+
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    daemon = Daemon(DaemonOptions(repo=repo), state=tmp_path / "state")
+    daemon.run = _Run(c1, 0.0)
+    seen = []
+    for phase, fraction, detail in [("experience", 0.0, {}), ("experience", 1.0, {}), ("train", 0.0, {}),
+                                    ("train", 0.5, {"step": 3, "total": 6}), ("train", 1.0, {"step": 6, "total": 6}),
+                                    ("export", 0.0, {}), ("gate", 0.0, {}), ("publish", 0.0, {})]:
+        daemon._written.clear()
+        daemon._last_write = 0.0
+        daemon.on_phase(phase, fraction, detail)
+        seen.append(read_json(daemon.state / "status.json"))
+    progress = [s["progress"] for s in seen]
+    assert progress == sorted(progress) and 0 <= progress[0] < progress[-1] <= 1
+    assert all(s["eta_s"] >= 0 for s in seen) and seen[3]["message"] == f"train (3/6) for {c1[:10]}"
+    assert seen[-1]["phase"] == "publish"
+
+
+def test_disk_full_is_named_and_nothing_is_published():
+    message = describe_error(OSError(errno.ENOSPC, "No space left on device"), "train")
+    assert message.startswith("disk full during train") and message.endswith("nothing was published")
+    assert "nothing was published" in describe_error(SwespotError("could not publish: nothing was published"), "publish")
+
+
+# ---- feedback episodes ---------------------------------------------------------------------------------
+def test_feedback_accepted_become_episodes_and_rejected_are_kept_apart_as_contrast(tmp_path):
+    from lsp_server.state_files import FeedbackLog
+    from trainer import data as D
+    from trainer.experience.feedback import CONTRAST, build_feedback
+
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    state = tmp_path / "state"
+    journal = FeedbackLog(state)
+    uri = (repo / "ledger" / "money.py").as_uri()
+    served = {"kind": "inlineCompletion", "uri": uri, "prefix_tail": "def cents(amount):\n    ", "text": "return int(amount * 100)\n"}
+    journal.record({"id": "c1", "kind": "inlineCompletion", "action": "accepted", "uri": uri, "served": served})
+    journal.record({"id": "c2", "kind": "inlineCompletion", "action": "rejected", "uri": uri,
+                    "served": {**served, "text": "return amount\n"}})
+    journal.record({"id": "c3", "kind": "inlineCompletion", "action": "accepted", "uri": uri, "served": {**served, "text": "x = 1\n"}})
+    journal.record({"id": "c3", "kind": "inlineCompletion", "action": "editedAfterAccept", "uri": uri, "final_text": "x = 2\n",
+                    "served": {**served, "text": "x = 1\n"}})
+    journal.record({"id": "t1", "kind": "task", "action": "accepted",
+                    "served": {"kind": "task", "request": "add a fee", "diff": "--- a/f.py\n+++ b/f.py\n@@\n+FEE = 1\n"}})
+    journal.record({"id": "h1", "kind": "chat", "action": "accepted", "served": {}})
+    journal.record({"id": "o1", "kind": "inlineCompletion", "action": "accepted", "uri": "file:///etc/passwd",
+                    "served": {**served, "uri": "file:///etc/passwd"}})
+    with open(journal.path, "a") as fh:
+        fh.write('{"id": "cut short by a cra')
+
+    out = tmp_path / "experience"
+    result = build_feedback(journal.path, repo, out, c1)
+    assert (result.positives, result.contrast) == (3, 1)
+    assert result.skipped == {"chat feedback carries no text to learn": 1, "file outside the repository": 1,
+                              "unreadable journal line": 1}
+    episodes = D.read_episodes(out)  # what training reads: positives only
+    assert {e["meta"]["feedback_id"] for e in episodes} == {"c1", "c3", "t1"}
+    edited = next(e for e in episodes if e["meta"]["feedback_id"] == "c3")
+    assert edited["messages"][-1]["content"] == "x = 2\n" and edited["unit"] == "feedback"
+    assert "ledger/money.py" in episodes[0]["messages"][0]["content"]
+    contrast = [json.loads(line) for shard in (out / CONTRAST).glob("*.jsonl") for line in shard.read_text().splitlines()]
+    assert [e["meta"]["feedback_id"] for e in contrast] == ["c2"]
+    shard = result.shard
+    assert build_feedback(journal.path, repo, out, c1).shard == shard  # same decisions: same shard, kept
+    journal.record({"id": "c1", "kind": "inlineCompletion", "action": "rejected", "uri": uri, "served": served})
+    again = build_feedback(journal.path, repo, out, c1)
+    assert (again.positives, again.contrast) == (2, 2) and not shard.exists()
