@@ -22,7 +22,6 @@ COMMAND_MODULES = [
     "trainer.train_cli",
     "trainer.adapters_cli",
     "trainer.daemon_cli",
-    "trainer.daemon_cli",
     "trainer.eval_cli",
     "agent.agent_cli",
     "lsp_server.serve_cli",
