@@ -7,7 +7,7 @@
 The daemon is its own process (the language server starts it with ``python -m agent.cli daemon --repo
 REPO`` and stops it with SIGTERM to its process group, lsp_server/daemon.py). It talks to the language
 server only through the state folder: the adapter store (``current``), ``status.json`` it writes, and the
-``heartbeat.json`` and ``feedback.jsonl`` the server writes.
+``heartbeat.json``, ``feedback.jsonl`` and ``retrain.request`` the server writes.
 
 - **Watching**: watchdog on the repository's git HEAD, refs and packed-refs (not on every file save);
   gitpython reads what changed. While a rebase, merge, cherry-pick or bisect is in progress nothing is
@@ -21,6 +21,8 @@ server only through the state folder: the adapter store (``current``), ``status.
   a run is queued (shown in status.json) and the next run trains on the newest HEAD, which includes it.
   A candidate the gate refused, or a run that failed, is not retried for the same commit until something
   changes (or ``retry_s`` passes, for failures).
+- **Asked to**: the language server's ``swespot/retrain`` writes ``retrain.request`` in the state folder;
+  the daemon consumes it and refreshes at once, whatever the schedule.
 - **Safety**: one daemon per repository (an flock, which the kernel releases on kill -9, so a stale lock
   never blocks); SIGTERM stops a run at the next training step with a checkpoint (earlier phases are
   restartable and are interrupted at once), and the next start resumes. Training runs at low CPU priority
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = "daemon.lock"
 HEARTBEAT_FILE = "heartbeat.json"  # written by lsp_server/state_files.py
-FEEDBACK_FILE = "feedback.jsonl"
+RETRAIN_REQUEST = "retrain.request"  # written by the language server (swespot/retrain): train now
 PHASES = ("experience", "train", "export", "gate", "publish")
 # share of a run's time per phase before a run has been measured (then the last run's times are used)
 DEFAULT_PHASE_SECONDS = {"experience": 10.0, "train": 60.0, "export": 10.0, "gate": 10.0, "publish": 1.0}
@@ -202,17 +204,20 @@ class GitWatcher:
     writes ``x.lock`` and renames it to ``x``, so the rename's destination is what counts). Object
     writes, the index and logs are ignored, and so are edits in the work tree."""
 
-    def __init__(self, repo: Path, on_change) -> None:
+    def __init__(self, repo: Path, on_change, also: tuple[Path, ...] = ()) -> None:
         import git
 
         r = git.Repo(repo)
         self.git_dir = Path(r.git_dir).resolve()
         self.common_dir = Path(r.common_dir).resolve()
+        self.also = tuple(Path(p).resolve() for p in also)  # other files whose changes count (outside git)
         self.on_change = on_change
         self.observer = None
 
     def relevant(self, path: str) -> bool:
         p = Path(path)
+        if p in self.also:
+            return True
         if p.name.endswith(".lock"):
             return False
         for root in {self.git_dir, self.common_dir}:
@@ -246,6 +251,8 @@ class GitWatcher:
             self.observer.schedule(handler, str(self.common_dir), recursive=False)
         if (self.common_dir / "refs").is_dir():
             self.observer.schedule(handler, str(self.common_dir / "refs"), recursive=True)
+        for folder in {p.parent for p in self.also if p.parent.is_dir()}:
+            self.observer.schedule(handler, str(folder), recursive=False)
         self.observer.daemon = True
         self.observer.start()
 
@@ -315,6 +322,7 @@ def describe_error(exc: BaseException, phase: str | None) -> str:
 class Pending:
     head: str
     reason: str
+    forced: bool = False  # asked for by the editor (retrain.request): no quiet period, no idle wait
 
 
 @dataclass
@@ -437,7 +445,10 @@ class Daemon:
     def on_git_event(self, path: str) -> None:
         """From the watcher thread: remember when, wake the main loop; during a run, show the new HEAD as
         queued."""
-        log.debug("git event: %s", path)
+        log.debug("event: %s", path)
+        if Path(path).name == RETRAIN_REQUEST:
+            self.wake.set()
+            return
         self.last_event = time.monotonic()
         self.wake.set()
         run = self.run
@@ -453,7 +464,8 @@ class Daemon:
             self.status(queued=list(self.queued))
 
     def start_watcher(self) -> None:
-        self.watcher = GitWatcher(self.repo, self.on_git_event)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.watcher = GitWatcher(self.repo, self.on_git_event, also=(self.state / RETRAIN_REQUEST,))
         self.watcher.start()
 
     def repo_present(self) -> bool:
@@ -490,7 +502,7 @@ class Daemon:
             return
         if self.git != now or force:
             change = describe_change(self.repo, self.git, now)
-            if self.git is not None:
+            if self.git is not None and change != "no change":
                 log.info("git: %s (HEAD %s%s)", change, now.head[:10], f" on {now.branch}" if now.branch else "")
             self.git = now
             choice = self.store.serve_for_head(self.repo)
@@ -501,6 +513,8 @@ class Daemon:
     def decide(self, now: GitState) -> Pending | None:
         head = now.head
         assert head is not None
+        if (self.state / RETRAIN_REQUEST).exists():
+            return Pending(head, "retraining asked for by the editor", forced=True)
         for _, version, _ in self.store.versions():
             if version is not None and version.commit == head:
                 self.set_idle(f"up to date: {version.name} is trained on HEAD {head[:10]}")
@@ -531,8 +545,10 @@ class Daemon:
         self.status(phase="waiting", message=message, progress=None, eta_s=None, eta_at=None, paused=False)
 
     # ---- policy -------------------------------------------------------------------------------------
-    def not_now(self) -> tuple[str | None, float]:
+    def not_now(self, pending: Pending) -> tuple[str | None, float]:
         """(why a pending run must wait, how long until it is worth asking again)."""
+        if pending.forced:
+            return None, 0.0
         quiet_left = self.opts.quiet_s - (time.monotonic() - self.last_event)
         if quiet_left > 0:
             return f"waiting for git to be quiet for {self.opts.quiet_s:.0f} s", quiet_left
@@ -566,6 +582,8 @@ class Daemon:
         from trainer.pipeline import Interrupted, RefreshOptions, refresh
 
         self.lower_priority()
+        if pending.forced:
+            (self.state / RETRAIN_REQUEST).unlink(missing_ok=True)  # consumed: one request, one run
         self.run = _Run(pending.head, time.monotonic())
         self.queued = [q for q in self.queued if q != pending.head]
         self.pending = None
@@ -686,7 +704,7 @@ class Daemon:
             self.observe()
             if self.pending is None:
                 continue
-            why, retry_in = self.not_now()
+            why, retry_in = self.not_now(self.pending)
             if why:
                 self.set_waiting(f"{why} before training {self.pending.head[:10]}")
                 timeout = min(self.opts.poll_s, max(0.05, retry_in))

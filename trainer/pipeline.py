@@ -204,9 +204,14 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     phases.enter("experience", commit=commit)
     built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress)
     exp_summary = {u: s.get("episodes_on_disk", 0) for u, s in built.stats.items()}
-    if (experience / "feedback").is_dir():
-        exp_summary["feedback"] = sum(1 for shard in (experience / "feedback").glob("*.jsonl") for _ in open(shard))
-    exp_info = {"episodes": exp_summary, "shards_made": built.shards_made, "shards_reused": built.shards_reused}
+    # what the user accepted in the editor (the language server's feedback.jsonl) becomes episodes too;
+    # rejected completions are kept apart as contrast, never trained on
+    from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
+
+    feedback = build_feedback(state / FEEDBACK_FILE, repo, experience, commit)
+    exp_summary["feedback"] = feedback.positives
+    exp_info = {"episodes": exp_summary, "shards_made": built.shards_made, "shards_reused": built.shards_reused,
+                "feedback": feedback.to_dict()}
     phases.report(None, **exp_info)
 
     # ---- train

@@ -33,6 +33,7 @@ from trainer.experience.files import secret_reason
 log = logging.getLogger(__name__)
 
 UNIT = "feedback"
+FEEDBACK_FILE = "feedback.jsonl"  # written by lsp_server/state_files.py
 CONTRAST = ".feedback-contrast"
 GENERATOR_VERSION = 1
 MAX_ENTRIES = 5000  # the newest decisions considered; older ones have been trained on already
