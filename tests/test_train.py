@@ -82,6 +82,28 @@ def test_the_loss_mask_covers_only_what_the_assistant_wrote(experience, tiny_hf_
     assert "<|im_start|>assistant" not in trained
 
 
+def test_the_sparse_loss_equals_the_models_own_loss_on_real_batches(experience, tiny_hf_dir):
+    """trained_token_loss projects onto the vocabulary only where a trained token is predicted; it must
+    give the model's own loss (and gradient) on padded, masked batches of real episodes."""
+    import torch
+
+    from trainer.model_io import load_model_and_tokenizer
+    from trainer.train import trained_token_loss
+
+    model, tokenizer = load_model_and_tokenizer(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    batch = D.collate(seqs[:3], tokenizer.pad_token_id or 0)
+    full = model(**batch).loss
+    full.backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    sparse = trained_token_loss(model, batch)
+    sparse.backward()
+    got = [p.grad for p in model.parameters() if p.grad is not None]
+    assert float(sparse) == pytest.approx(float(full), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, got))
+
+
 def test_long_episodes_are_split_at_turn_boundaries_or_dropped(experience, tiny_hf_dir):
     from transformers import AutoTokenizer
 

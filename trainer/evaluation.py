@@ -109,7 +109,7 @@ def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
             lines = fc.after.splitlines(keepends=True)
             taken = 0
             for tag, _i1, _i2, j1, j2 in fc.opcodes:
-                if tag == "delete" or taken >= per_file:
+                if tag not in ("insert", "replace") or taken >= per_file:
                     continue
                 for j in range(j1, min(j2, len(lines))):
                     if len(lines[j].strip()) >= MIN_LINE_CHARS and j > 0:
@@ -128,7 +128,7 @@ def body_tasks(changes, limit: int) -> list[Task]:
         for fc in change.files:
             if fc.after is None or not fc.path.endswith(".py") or not _usable(fc.path, fc.after) or is_test_file(fc.path):
                 continue
-            changed = {j + 1 for tag, _i1, _i2, j1, j2 in fc.opcodes if tag != "delete" for j in range(j1, j2)}
+            changed = {j + 1 for tag, _i1, _i2, j1, j2 in fc.opcodes if tag in ("insert", "replace") for j in range(j1, j2)}
             index = RepoIndex.build([(fc.path, fc.after)])
             lines = fc.after.splitlines(keepends=True)
             for sym in index.files[fc.path].symbols if fc.path in index.files else []:
@@ -157,24 +157,56 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
     if not files:
         return []
     index = RepoIndex.build([(f.path, f.text) for f in selection.files if PurePosixPath(f.path).suffix in CODE_SUFFIXES])
-    tasks = []
-    for path, _text in files:
+    known = _symbols_before(changes, files)
+    fresh = []  # symbols defined or changed after the cutoff
+    for path, text in files:
+        lines = text.splitlines()
         for sym in index.files[path].symbols if path in index.files else []:
-            if len(index.definitions(sym.name)) != 1 or sym.name.startswith("_"):
-                continue  # an ambiguous or private name has no single grounded answer
-            kind = "class" if sym.kind == "class" else "function"
-            tasks.append(Task(_task_id("where", path, sym.qualname), "design", "", path,
-                              f"In which file of this repository is the {kind} `{sym.qualname}` defined?",
-                              f"`{sym.qualname}` is defined in `{path}`.", {"question": "where", "answer": path}))
-            callers = [c for c in index.callers(sym) if c.path != path or c.name != sym.name]
+            if (path, sym.qualname, "\n".join(lines[sym.start_line - 1: sym.end_line])) not in known:
+                fresh.append(sym)
+    unique = lambda sym: len(index.definitions(sym.name)) == 1 and not sym.name.startswith("_")  # noqa: E731
+    tasks, asked = [], set()
+    for sym in fresh:
+        if not unique(sym):
+            continue  # an ambiguous or private name has no single grounded answer
+        kind = "class" if sym.kind == "class" else "function"
+        tasks.append(Task(_task_id("where", sym.path, sym.qualname), "design", "", sym.path,
+                          f"In which file of this repository is the {kind} `{sym.qualname}` defined?",
+                          f"`{sym.qualname}` is defined in `{sym.path}`.", {"question": "where", "answer": sym.path}))
+    # who calls what, where the call is new: a fresh caller of any (possibly older) symbol
+    for sym in fresh:
+        for callee in index.callees(sym):
+            if not unique(callee) or callee.qualname in asked or callee.name == sym.name:
+                continue
+            asked.add(callee.qualname)
+            callers = sorted({c.name for c in index.callers(callee) if c in fresh and c.name != callee.name})
             if callers:
-                caller = sorted(callers, key=lambda c: (c.path, c.start_line))[0]
-                tasks.append(Task(_task_id("caller", path, sym.qualname), "design", "", path,
-                                  f"Name a function of this repository that calls `{sym.qualname}`.",
-                                  f"`{caller.qualname}` in `{caller.path}` calls `{sym.qualname}`.",
-                                  {"question": "caller", "answer": caller.name,
-                                   "accept": sorted({c.name for c in callers})}))
+                tasks.append(Task(_task_id("caller", callee.path, callee.qualname), "design", "", callee.path,
+                                  f"Name a function of this repository that calls `{callee.qualname}`.",
+                                  f"`{sym.qualname}` in `{sym.path}` calls `{callee.qualname}`.",
+                                  {"question": "caller", "answer": sym.name, "accept": callers}))
     return _spread(tasks, limit)
+
+
+def _symbols_before(changes, files) -> set[tuple[str, str, str]]:
+    """(path, qualname, source) of every symbol the touched files held at the cutoff (the state before
+    the first post-cutoff change of each file)."""
+    from agent.index import RepoIndex
+
+    before: dict[str, str] = {}
+    for change in changes:
+        for fc in change.files:
+            if fc.path not in before and fc.new_path:
+                before[fc.new_path] = fc.before or ""
+    out = set()
+    for path, _ in files:
+        text = before.get(path)
+        if not text:
+            continue
+        index, lines = RepoIndex.build([(path, text)]), text.splitlines()
+        for sym in index.files[path].symbols if path in index.files else []:
+            out.add((path, sym.qualname, "\n".join(lines[sym.start_line - 1: sym.end_line])))
+    return out
 
 
 def replay_tasks(changes, limit: int) -> list[Task]:

@@ -1,0 +1,242 @@
+"""The evaluation under a knowledge cutoff, the refresh pipeline and `swespot specialize`, on a real git
+repository made in the test and the tiny model (trained for real, served by llama.cpp)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.errors import SwespotError
+
+ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
+       "PATH": "/usr/bin:/bin"}
+SECRET = "AKIAIOSFODNN7EXAMPLE"
+
+SHAPES = '''"""Plane shapes and their areas."""
+
+
+class Square:
+    """A square with a side length."""
+
+    def __init__(self, side):
+        self.side = side
+
+    def area(self):
+        """The area of the square."""
+        return self.side * self.side
+
+
+def total_area(shapes):
+    """The sum of the areas of shapes."""
+    return sum(s.area() for s in shapes)
+'''
+CIRCLE = '''
+
+class Circle:
+    """A circle with a radius."""
+
+    def __init__(self, radius):
+        self.radius = radius
+
+    def area(self):
+        """The area of the circle."""
+        return 3.14159 * self.radius * self.radius
+
+
+def largest_shape(shapes):
+    """The shape with the largest area."""
+    return max(shapes, key=lambda s: s.area())
+'''
+REPORT = '''"""Text reports about shapes."""
+from geometry.shapes import total_area
+
+
+def describe(shapes):
+    """One line naming the total area."""
+    return f"total area: {total_area(shapes):.2f}"
+'''
+CIRCLE_TEST = '''from geometry.shapes import Circle, largest_shape
+
+
+def test_largest_shape_picks_the_circle():
+    assert isinstance(largest_shape([Circle(2)]), Circle)
+'''
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=ENV).stdout.strip()
+
+
+def commit(root: Path, message: str, files: dict[str, str]) -> str:
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+        git(root, "add", rel)
+    git(root, "commit", "-qm", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def geometry(tmp_path) -> tuple[Path, dict]:
+    """Three commits up to the cutoff, then two after it (a new class with a function and its test,
+    and a report module). A secret lands after the cutoff too: it must never become a task."""
+    root = tmp_path / "geometry"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    revs = {"init": commit(root, "Add squares", {"geometry/__init__.py": "", "geometry/shapes.py": SHAPES})}
+    revs["tests"] = commit(root, "Test the square", {"tests/test_shapes.py": "from geometry.shapes import Square\n\n\ndef test_area():\n    assert Square(3).area() == 9\n"})
+    revs["cutoff"] = commit(root, "Document the package", {"README.md": "# Geometry\n\nAreas of plane shapes.\n"})
+    revs["circle"] = commit(root, "Add circles and the largest shape", {"geometry/shapes.py": SHAPES + CIRCLE, "tests/test_circle.py": CIRCLE_TEST})
+    revs["report"] = commit(root, "Describe shapes in text reports", {"geometry/report.py": REPORT})
+    revs["secret"] = commit(root, "Add deployment keys", {"deploy/keys.py": f"AWS_KEY = '{SECRET}'\n"})
+    return root, revs
+
+
+def test_tasks_come_only_from_commits_after_the_cutoff(geometry):
+    from trainer.evaluation import make_tasks
+
+    root, revs = geometry
+    tasks = make_tasks(root, revs["cutoff"], profile="quick")
+    families = {t.family for t in tasks}
+    assert families == {"line", "body", "design", "replay"}
+    after = {revs["circle"], revs["report"], revs["secret"]}
+    for task in tasks:
+        assert SECRET not in task.prompt + task.target and task.path != "deploy/keys.py"
+        if task.family != "design":
+            assert task.commit in after
+    # the body of a function written after the cutoff, completed from the code above it
+    bodies = {t.meta["symbol"]: t for t in tasks if t.family == "body"}
+    assert "largest_shape" in bodies and "max(shapes" in bodies["largest_shape"].target
+    assert bodies["largest_shape"].prompt.rstrip().endswith('"""The shape with the largest area."""')
+    # design answers are grounded in the newest index: where the new symbols live, who calls them
+    design = [t for t in tasks if t.family == "design"]
+    assert any(t.meta["answer"] == "geometry/report.py" and "describe" in t.prompt for t in design)
+    assert any(t.meta["question"] == "caller" and "total_area" in t.prompt and "describe" in t.meta["accept"] for t in design)
+    assert not any("Square" in t.prompt for t in design if t.meta["question"] == "where")  # defined before the cutoff
+    # replay tasks: the commit's message is the request; its test is the grader
+    replay = {t.commit: t for t in tasks if t.family == "replay"}
+    assert replay[revs["circle"]].prompt == "Add circles and the largest shape"
+    assert replay[revs["circle"]].meta["tests"] == ["tests/test_circle.py"]
+
+
+def test_a_cutoff_that_is_not_an_ancestor_is_refused(geometry):
+    from trainer.evaluation import make_tasks
+
+    root, revs = geometry
+    git(root, "checkout", "-q", "-b", "side", revs["init"])
+    side = commit(root, "Side work", {"geometry/other.py": "X = 1\n"})
+    with pytest.raises(SwespotError, match="not an ancestor"):
+        make_tasks(root, side, until="main")
+    assert make_tasks(root, "HEAD") == []  # nothing after HEAD
+
+
+def test_evaluation_scores_models_through_llama_cpp_and_writes_the_report(geometry, tiny_gguf_f32, tmp_path):
+    from trainer.evaluation import ModelSpec, evaluate
+
+    root, revs = geometry
+    out = tmp_path / "report"
+    report = evaluate(root, revs["cutoff"], tiny_gguf_f32, [ModelSpec("base", None)], families=("line", "body", "design"),
+                      profile="tiny", progress=False, out=out)
+    fams = report["models"]["base"]["families"]
+    assert set(fams) == {"line", "body", "design"}
+    for entry in fams.values():
+        assert 0 < entry["loss"] < 20 and 0 <= entry["similarity"] <= 1 and 0 <= entry["exact"] <= 1
+    rows = [r for r in report["rows"] if r["family"] == "line"]
+    assert rows and all(r["completion_tokens"] <= 48 and "\n" not in r["completion"] for r in rows)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["cutoff"] == revs["cutoff"] and saved["tasks"]["line"] == len(rows)
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "line: loss" in page
+
+
+def test_loss_is_the_mean_negative_log_likelihood_of_the_target(tiny_gguf_f32):
+    import numpy as np
+
+    from agent.runtime import LlamaRuntime
+    from trainer.evaluation import target_loss
+
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=256, logits_all=True) as rt:
+        prefix = rt.tokenize("def area(self):\n", add_bos=True)
+        target = rt.tokenize("    return 1\n", add_bos=False)
+        logits = rt.logits(prefix + target)
+        expected = []
+        for i, tok in enumerate(target):
+            row = logits[len(prefix) - 1 + i].astype(np.float64)
+            expected.append(np.log(np.exp(row - row.max()).sum()) + row.max() - row[tok])
+        assert target_loss(rt, prefix, target) == pytest.approx(float(np.mean(expected)), rel=1e-6)
+
+
+def test_compare_publishes_only_a_candidate_that_is_not_worse():
+    from trainer.evaluation import compare
+
+    def report(base_loss, adapter_loss):
+        fam = lambda loss: {"line": {"loss": loss, "tasks": 4}, "body": {"loss": loss, "tasks": 2}}  # noqa: E731
+        return {"models": {"base": {"families": fam(base_loss)}, "adapter": {"families": fam(adapter_loss)}}}
+
+    assert compare(report(2.0, 1.5), "adapter", "base")["ok"]
+    worse = compare(report(2.0, 2.5), "adapter", "base")
+    assert not worse["ok"] and "worse" in worse["why"]
+    assert compare({"models": {}}, "adapter", "base")["ok"]  # nothing held out: nothing to compare
+
+
+def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geometry, tiny_hf_dir, tmp_path, monkeypatch):
+    from trainer.pipeline import Interrupted, RefreshOptions, refresh
+    from trainer.store import AdapterStore
+
+    root, _ = geometry
+    state = tmp_path / "state"
+    seen = []
+
+    class StopAtStep2:
+        def between_steps(self, step, total):
+            seen.append(step)
+            if step == 2:
+                raise Interrupted("stop")
+
+    opts = RefreshOptions(repo=root, base=str(tiny_hf_dir), profile="tiny", steps=4, gate="none", state=state, progress=False)
+    with pytest.raises(Interrupted):
+        refresh(opts, control=StopAtStep2())
+    store = AdapterStore(state)
+    assert store.current() is None and store.version_names() == []
+    runs = list((state / "work").glob("run-*/adapter/checkpoints/*"))
+    assert runs, "the interrupted run left a checkpoint to resume from"
+
+    phases = []
+    result = refresh(opts, on_phase=lambda phase, fraction, detail: phases.append((phase, fraction, detail)))
+    assert result.published and store.current().name == result.version
+    steps = [d["step"] for p, f, d in phases if p == "train" and "step" in d]
+    assert steps == [3, 4]  # resumed after step 2, did not start over
+    assert [p for p, f, _ in phases if f == 0.0] == ["experience", "train", "export", "gate", "publish"]
+    manifest = store.current().manifest
+    assert manifest["commit"] == git(root, "rev-parse", "HEAD") and manifest["experience"]["episodes"]["design"] > 0
+    assert not (state / "work").exists() or not list((state / "work").glob("run-*"))
+
+
+@pytest.mark.slow
+def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_path, monkeypatch, capsys):
+    from agent.cli import main
+    from agent.runtime import LlamaRuntime
+    from trainer.store import AdapterStore, state_dir
+
+    root, revs = geometry
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "state"))
+    assert main(["specialize", str(root), "--model", str(tiny_hf_dir), "--profile", "tiny", "--holdout", "3", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "published v0001" in out and "report: " in out
+    version = AdapterStore.for_repo(root).current()
+    manifest = version.manifest
+    assert manifest["commit"] == revs["cutoff"]  # trained up to the cutoff; the held-out commits stayed unseen
+    assert manifest["gate"]["kind"] == "eval" and set(manifest["gate"]["scores"]) == {"base", "adapter"}
+    report_html = Path(out.split("report: ")[1].split()[0])
+    assert report_html.is_file() and report_html.parent.parent == state_dir(root) / "reports"
+    report = json.loads((report_html.parent / "report.json").read_text())
+    assert report["cutoff"] == revs["cutoff"] and report["tasks"]["replay"] >= 1
+    replay = [r for r in report["rows"] if r["family"] == "replay"]
+    assert {r["model"] for r in replay} == {"base", "adapter"} and all(r["turns"] >= 1 for r in replay)
+    # the published adapter is one llama.cpp serves
+    with LlamaRuntime(manifest["export"]["base_gguf"], n_ctx=128) as rt:
+        rt.set_adapters({rt.load_adapter(version.gguf): 1.0})
+        assert rt.complete("def ", max_tokens=4).completion_tokens >= 1
