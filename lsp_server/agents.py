@@ -12,12 +12,14 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from agent.errors import SwespotError
-from agent.loop import Agent, AgentResult, Budget, Submitted
+from agent.loop import Agent, AgentResult, Budget, Cancelled, Submitted
+from agent.models import Model, Reply
 from agent.tools import MAX_FILE_BYTES, Workspace, make_tools
 
 from lsp_server.documents import DocumentSnapshot, FileChange, is_excluded
@@ -72,6 +74,37 @@ class ChatAgent(Agent):
             raise Submitted(reply.get("content") or "")
 
 
+class CancellableModel:
+    """Any agent model, stopped by a cancelled request before it is asked for another turn.
+
+    ``LlamaModel`` checks ``cancel`` between tokens, but only once its prompt is evaluated; a scripted
+    or OpenAI-compatible model never checks it. Asking first means a cancelled chat or task spends no
+    more time in the model, whatever the backend (the loop ends the run as ``cancelled``)."""
+
+    def __init__(self, model: Model, cancel: threading.Event) -> None:
+        self.model = model
+        self.cancel = cancel
+        self.name = getattr(model, "name", "?")
+
+    def query(self, messages: list[dict], tools: list[dict]) -> Reply:
+        if self.cancel.is_set():
+            return Reply("", finish_reason="cancelled")
+        return self.model.query(messages, tools)
+
+
+def stop_when_cancelled(cancel: threading.Event, on_message: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """An ``on_message`` hook that ends the run (``Cancelled``) at the next message once ``cancel`` is
+    set: the tool calls left in the model's last reply are not run."""
+
+    def hook(message: dict) -> None:
+        if on_message is not None:
+            on_message(message)
+        if cancel.is_set():
+            raise Cancelled("cancelled by the editor")
+
+    return hook
+
+
 def tool_note(messages: list[dict], message: dict) -> str | None:
     """A one-line note for a tool result ("read_file: 12: def add(a, b):"), for the chat stream."""
     if message.get("role") != "tool":
@@ -86,10 +119,11 @@ def tool_note(messages: list[dict], message: dict) -> str | None:
     return f"{name}: {first}"
 
 
-def run_chat(model, workspace: Workspace, question: str, *, history: list[dict], max_steps: int,
+def run_chat(model, workspace: Workspace, question: str, *, history: list[dict], max_steps: int, cancel: threading.Event,
              on_message: Callable[[dict], None] | None = None) -> AgentResult:
-    agent = ChatAgent(model, workspace, Budget(max_steps=max_steps), tools=make_tools(workspace, read_only=True),
-                      system_prompt=CHAT_SYSTEM_PROMPT, unit="chat", history=history, on_message=on_message)
+    agent = ChatAgent(CancellableModel(model, cancel), workspace, Budget(max_steps=max_steps),
+                      tools=make_tools(workspace, read_only=True), system_prompt=CHAT_SYSTEM_PROMPT, unit="chat",
+                      history=history, on_message=stop_when_cancelled(cancel, on_message))
     return agent.run(question)
 
 
@@ -144,10 +178,10 @@ def changes_of(workspace: Workspace) -> list[FileChange]:
     return out
 
 
-def run_task(model, scratch: Path, request: str, *, max_steps: int,
+def run_task(model, scratch: Path, request: str, *, max_steps: int, cancel: threading.Event,
              on_message: Callable[[dict], None] | None = None) -> TaskRun:
     workspace = Workspace(scratch)
-    agent = Agent(model, workspace, Budget(max_steps=max_steps), tools=make_tools(workspace), unit="editor-task",
-                  on_message=on_message)
+    agent = Agent(CancellableModel(model, cancel), workspace, Budget(max_steps=max_steps), tools=make_tools(workspace),
+                  unit="editor-task", on_message=stop_when_cancelled(cancel, on_message))
     result = agent.run(request)
     return TaskRun(result, changes_of(workspace))

@@ -481,7 +481,7 @@ class SwespotServer(LanguageServer):
             self.set_state("generating")
             try:
                 result = run_chat(model, self.editor_workspace(self.open_documents()), question, history=history,
-                                  max_steps=max_steps, on_message=on_message)
+                                  max_steps=max_steps, cancel=cancel, on_message=on_message)
             finally:
                 stream.flush()
                 self.set_state("ready")
@@ -525,7 +525,7 @@ class SwespotServer(LanguageServer):
             self.set_state("generating")
             try:
                 with scratch_snapshot(source, snapshots) as scratch:
-                    return run_task(model, scratch, params.request, max_steps=max_steps,
+                    return run_task(model, scratch, params.request, max_steps=max_steps, cancel=cancel,
                                     on_message=lambda _m: self.heartbeat.beat())
             finally:
                 self.set_state("ready")

@@ -213,30 +213,43 @@ class Gate:
     """A test in the fixture repository that blocks on a FIFO until ``open()`` is called: an agent task
     that runs it keeps the server's model thread busy for exactly as long as a test needs (no sleeps)."""
 
-    def __init__(self, repo: Path, fifo: Path) -> None:
+    def __init__(self, repo: Path, fifo: Path, name: str = "gate") -> None:
         os.mkfifo(fifo)
         self.fifo = fifo
-        (repo / "tests" / "test_gate.py").write_text(f"def test_gate():\n    with open({str(fifo)!r}) as fh:\n        fh.read()\n")
+        self._writer = None
+        (repo / "tests" / f"test_{name}.py").write_text(f"def test_{name}():\n    with open({str(fifo)!r}) as fh:\n        fh.read()\n")
         subprocess.run(["git", "add", "."], cwd=repo, check=True)
-        self.command = "python -m pytest -q tests/test_gate.py"
+        self.command = f"python -m pytest -q tests/test_{name}.py"
 
-    async def open(self) -> None:
-        """Let the blocked test finish (waits until it is blocked, i.e. until the FIFO has its reader)."""
+    async def reached(self) -> None:
+        """Wait until the agent's test is blocked at the gate (the FIFO has its reader)."""
 
-        def release() -> None:
-            with open(self.fifo, "w") as fh:  # blocks until the test opened its end
-                fh.write("go")
+        def open_writer():
+            return open(self.fifo, "w")  # blocks until the test opened its end
 
         try:
-            await asyncio.wait_for(asyncio.to_thread(release), WAIT_S)
+            self._writer = await asyncio.wait_for(asyncio.to_thread(open_writer), WAIT_S)
         except TimeoutError:
             os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))  # free our own blocked writer thread
             raise
+
+    async def open(self) -> None:
+        """Let the blocked test finish (waits until it is blocked, i.e. until the FIFO has its reader)."""
+        if self._writer is None:
+            await self.reached()
+        with self._writer as fh:
+            fh.write("go")
+        self._writer = None
 
 
 @pytest.fixture
 def gate(repo: Path, tmp_path: Path) -> Gate:
     return Gate(repo, tmp_path / "gate.fifo")
+
+
+@pytest.fixture
+def second_gate(repo: Path, tmp_path: Path) -> Gate:
+    return Gate(repo, tmp_path / "gate2.fifo", name="gate2")
 
 
 def call(name: str, **arguments) -> dict:

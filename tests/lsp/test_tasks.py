@@ -4,11 +4,13 @@ is the real loop with real tools; its model is the scripted one the agent packag
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 
-from conftest import OPS, apply_text_edits, call, write_script
+from conftest import OPS, WAIT_S, apply_text_edits, call, write_script
 
 pytestmark = pytest.mark.asyncio
 
@@ -69,6 +71,22 @@ async def test_an_edit_to_a_document_that_changed_while_the_agent_worked_is_refu
         await task
     assert refused.value.code == -32803
     assert "changed while the agent worked on it (version 1 -> 2)" in refused.value.message
+
+
+async def test_cancelling_a_task_stops_the_agent_before_its_next_step(start_server, gate, second_gate, tmp_path):
+    script = write_script(tmp_path / "two-gates.json", [
+        call("run", command=gate.command),  # cancelled while the agent waits here
+        call("run", command=second_gate.command),  # would block until its timeout: it must never run
+        call("submit", summary="should not get here"),
+    ])
+    session = await start_server({"agentModel": script})
+    task = session.start("swespot/task", {"request": "Wait at two gates"}, "two-gates")
+    await gate.reached()  # the agent is running its first command
+    session.cancel("two-gates")
+    await gate.open()
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(task, WAIT_S)
+    assert (await session.request("swespot/getStatus", {}))["state"] == "ready"
 
 
 async def test_completions_queued_behind_a_task_are_cancelled_or_superseded_and_the_newest_is_served(start_server, gate, tmp_path):
