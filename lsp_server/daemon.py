@@ -1,6 +1,10 @@
 """The trainer daemon as a child of the language server: started when background training is enabled,
 stopped on shutdown. The daemon is its own process (training never blocks the editor) and talks to us
-only through the adapter store and status.json."""
+only through the adapter store and status.json.
+
+Starting and stopping happen on a thread of their own (``enable``): a daemon asked to stop finishes its
+training step and saves a checkpoint first, which takes seconds, and the server's event loop must keep
+answering the editor meanwhile."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +37,33 @@ def daemon_command_available() -> bool:
 class DaemonProcess:
     """``python -m agent.cli daemon --repo REPO``, its output appended to ``daemon.log`` in the state dir."""
 
-    def __init__(self, repo: Path, state: Path) -> None:
+    def __init__(self, repo: Path, state: Path, on_change: Callable[[], None] | None = None) -> None:
         self.repo = repo
         self.state = state
+        self.on_change = on_change  # called (on the daemon thread) after a start or stop
         self.proc: subprocess.Popen | None = None
         self.error: str | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swespot-daemon")
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def enable(self, on: bool) -> Future:
+        """Start or stop the daemon without waiting for it (requests are handled in order)."""
+
+        def change() -> None:
+            before = (self.running, self.error)
+            self.start() if on else self.stop()
+            if self.on_change is not None and (self.running, self.error) != before:
+                self.on_change()
+
+        return self._worker.submit(change)
+
+    def close(self) -> None:
+        """Shutdown: let a pending start or stop finish, then stop the daemon and wait for it."""
+        self._worker.shutdown(wait=True)
+        self.stop()
 
     def start(self) -> bool:
         """Start the daemon unless it runs; False (with ``error`` set) when it cannot be started."""
@@ -67,7 +91,8 @@ class DaemonProcess:
         return True
 
     def stop(self) -> None:
-        """SIGTERM the daemon's process group (it checkpoints and exits), SIGKILL it after a timeout."""
+        """SIGTERM the daemon's process group (it checkpoints and exits), SIGKILL it after a timeout.
+        Blocks until it is gone: call it through ``enable(False)`` from the event loop."""
         if not self.running:
             self.proc = None
             return

@@ -122,6 +122,7 @@ class SwespotServer(LanguageServer):
         self.settings_error: str | None = None
         self.runtime = None  # agent.runtime.LlamaRuntime, loaded on the model thread
         self.runtime_key: tuple | None = None
+        self._failed_key: tuple | None = None  # model settings that failed to load (not retried)
         self.runtime_error: str | None = None
         self.tracker: AdapterTracker | None = None
         self.daemon: DaemonProcess | None = None
@@ -157,7 +158,7 @@ class SwespotServer(LanguageServer):
         log_to(state / "serve.log")
         log.info("serving %s (state %s)", self.repo, state)
         self.tracker = AdapterTracker(AdapterStore(state))
-        self.daemon = DaemonProcess(self.repo, state)
+        self.daemon = DaemonProcess(self.repo, state, on_change=self.publish_status)
         self.heartbeat = Heartbeat(state)
         self.feedback = FeedbackLog(state)
         self.update_settings(params.initialization_options, where="initializationOptions")
@@ -183,10 +184,7 @@ class SwespotServer(LanguageServer):
         self.settings = settings
         assert self.feedback is not None and self.daemon is not None
         self.feedback.enabled = settings.feedback_logging
-        if settings.background_training:
-            self.daemon.start()
-        else:
-            self.daemon.stop()
+        self.daemon.enable(settings.background_training)  # off the event loop: stopping takes seconds
         if self.runtime is not None and settings.model_key != self.runtime_key:
             self.model_pool.submit(self._maintenance_job, "reload")
         self.publish_status()
@@ -209,7 +207,7 @@ class SwespotServer(LanguageServer):
         """Before any model work: (re)load the runtime if its settings changed, and hot-swap to the
         store's current adapter if it moved. Runs on the model thread only."""
         self._swap_pending.clear()
-        if self.runtime is None or self.runtime_key != self.settings.model_key:
+        if self.runtime is None or self.settings.model_key not in (self.runtime_key, self._failed_key):
             self._load_runtime()
         assert self.tracker is not None
         if self.tracker.needs_swap():
@@ -229,27 +227,36 @@ class SwespotServer(LanguageServer):
                                                 + f" in {self._swap_ms:.0f} ms")
 
     def _load_runtime(self) -> None:
+        """Load the model the settings name. If it cannot be loaded while another one is serving, the
+        old one keeps serving (the status says why) until the settings name another model."""
         from agent.runtime import LlamaRuntime
 
-        if self.runtime is not None:
-            self.runtime.close()
-            self.runtime = None
         settings = self.settings
+        old = self.runtime
         self.set_state("loading")
         try:
             path = settings.model or self.cli_model or self._default_model()
-            self.runtime = LlamaRuntime(path, n_ctx=settings.context_size, n_threads=settings.threads or None,
-                                        n_gpu_layers=settings.gpu_layers)
+            runtime = LlamaRuntime(path, n_ctx=settings.context_size, n_threads=settings.threads or None,
+                                   n_gpu_layers=settings.gpu_layers)
         except SwespotError as exc:
             self.runtime_error = str(exc)
+            if old is not None:
+                self._failed_key = settings.model_key
+                log.error("kept %s: %s", old.model_path.name, exc)
+                self.set_state("ready", message=f"kept serving {old.model_path.name}: the new model settings failed")
+                return
             self.runtime_key = None
             self.set_state("error", error=str(exc))
             raise
+        if old is not None:
+            old.close()
+        self.runtime = runtime
         self.runtime_key = settings.model_key
+        self._failed_key = None
         self.runtime_error = None
         assert self.tracker is not None
         self.tracker.reset()
-        log.info("loaded %s (fim=%s)", path, self.runtime.has_fim)
+        log.info("loaded %s (fim=%s)", path, runtime.has_fim)
         self.set_state("ready", message=f"loaded {Path(path).name}")
 
     @staticmethod
@@ -494,6 +501,8 @@ class SwespotServer(LanguageServer):
         result = await self.run_model_job(job)
         if result is None:
             raise asyncio.CancelledError()
+        self._remember(params.chat_id, {"kind": "chat", "prompt": params.prompt, "text": result.text,
+                                        "adapter": result.adapter})
         return result
 
     def _document_context(self, doc: DocumentSnapshot, rng: lsp.Range | None) -> str:
@@ -774,21 +783,22 @@ class SwespotServer(LanguageServer):
         for cancel in list(self._cancels) + list(self._completion_cancel.values()):
             cancel.set()
         if self.daemon is not None:
-            self.daemon.stop()
+            self.daemon.close()
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
 
 
 class DeltaStream:
     """Coalesces streamed pieces (one per token) into a notification at most every ``interval`` seconds:
-    a client drawing a chat gains nothing from 1000 messages a second, and would fall behind."""
+    a client drawing a chat gains nothing from 1000 messages a second, and would fall behind. The first
+    piece goes out at once: the time to the first token is what the user feels."""
 
     def __init__(self, send: Callable[[str, str], None], interval: float = 0.03) -> None:
         self.send = send
         self.interval = interval
         self.text = ""
         self.kind = "text"
-        self.last = time.perf_counter()
+        self.last = float("-inf")
 
     def push(self, text: str, kind: str = "text") -> None:
         if not text:

@@ -90,12 +90,17 @@ class Session:
         self.notes.setdefault(method, []).append(params)
         self._arrived.set()
 
-    async def wait_for(self, method: str, match: Callable[[Any], bool] = lambda _p: True) -> Any:
-        """The first notification of ``method`` (ever received) that ``match``es; waits for it."""
+    def mark(self, method: str = "swespot/status") -> int:
+        """How many ``method`` notifications came so far (for ``since``)."""
+        return len(self.notes.get(method, []))
+
+    async def wait_for(self, method: str, match: Callable[[Any], bool] = lambda _p: True, since: int = 0) -> Any:
+        """The first notification of ``method`` (ever received, or after the first ``since``) that
+        ``match``es; waits for it."""
 
         async def seek():
             while True:
-                for params in self.notes.get(method, []):
+                for params in self.notes.get(method, [])[since:]:
                     if match(params):
                         return params
                 self._arrived.clear()
@@ -139,8 +144,8 @@ class Session:
             lsp.VersionedTextDocumentIdentifier(version=version, uri=uri),
             [lsp.TextDocumentContentChangeWholeDocument(text=text)]))
 
-    async def status(self, match: Callable[[dict], bool]) -> dict:
-        return await self.wait_for("swespot/status", match)
+    async def status(self, match: Callable[[dict], bool], since: int = 0) -> dict:
+        return await self.wait_for("swespot/status", match, since)
 
     def torch_modules_seen(self) -> list[str]:
         return eval(self.probe.read_text())  # written by PROBE at exit: a list literal

@@ -55,18 +55,39 @@ async def test_a_newly_published_adapter_is_hot_swapped_and_announced(start_serv
     assert daemon["daemon"]["progress"] == 0.5
 
 
-async def test_background_training_without_a_daemon_command_is_reported_not_fatal(start_server):
+async def test_background_training_starts_the_daemon_and_turning_it_off_stops_it(start_server, state):
+    from trainer.daemon import lock_holder
+
     session = await start_server({"backgroundTraining": True})
-    status = await session.status(lambda s: s["daemon"]["enabled"])
-    assert status["daemon"]["running"] is False and status["daemon"]["available"] is False
-    assert "swespot daemon" in status["daemon"]["error"]
-    assert (await session.request("swespot/getStatus", {}))["state"] == "ready"
+    status = await session.status(lambda s: s["daemon"]["running"])
+    assert status["daemon"]["enabled"] and status["daemon"]["available"]
+    await session.status(lambda s: s["state"] == "ready")
+    mark = session.mark()
+    session.client.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"swespot": {"backgroundTraining": False}}))
+    await session.status(lambda s: not s["daemon"]["enabled"] and not s["daemon"]["running"], since=mark)
+    assert lock_holder(state) is None  # the daemon process is gone (the kernel released its lock)
+    await session.client.shutdown_session()
+    assert session.torch_modules_seen() == []  # finding the daemon command imported no torch either
 
 
 async def test_unknown_settings_are_reported_and_the_defaults_kept(start_server):
     session = await start_server({"contextSise": 2048})
     status = await session.status(lambda s: s.get("error"))
     assert "unknown setting(s) contextSise" in status["error"]
+
+
+async def test_a_model_setting_that_cannot_be_loaded_is_reported_and_the_loaded_model_keeps_serving(start_server, tmp_path):
+    session = await start_server()
+    uri = session.open("calc/report.py")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))  # a damaged download
+    session.client.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"swespot": {"model": str(broken)}}))
+    status = await session.status(lambda s: "broken.gguf" in (s.get("error") or ""))
+    assert status["model"] == "tiny-q8_0.gguf" and status["state"] == "ready"
+    assert (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items
+    assert (await session.request("swespot/getStatus", {}))["model"] == "tiny-q8_0.gguf"
 
 
 async def test_feedback_goes_to_a_journal_in_the_state_dir_and_can_be_turned_off(start_server, state):

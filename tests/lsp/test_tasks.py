@@ -5,6 +5,7 @@ is the real loop with real tools; its model is the scripted one the agent packag
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from lsprotocol import types as lsp
@@ -128,7 +129,7 @@ async def test_code_actions_are_offered_cheaply_and_a_fix_resolves_to_an_edit(st
     assert "return a + b" in apply_text_edits(BUFFER, edits)
 
 
-async def test_explain_runs_the_chat_agent_and_returns_its_answer(start_server, tmp_path):
+async def test_explain_runs_the_chat_agent_and_returns_its_answer_which_feedback_can_rate(start_server, state, tmp_path):
     script = write_script(tmp_path / "explain.json", ["add returns a - b, which is a bug."])
     session = await start_server({"agentModel": script})
     uri = session.open("calc/ops.py")
@@ -136,3 +137,7 @@ async def test_explain_runs_the_chat_agent_and_returns_its_answer(start_server, 
     answer = await session.client.workspace_execute_command_async(
         lsp.ExecuteCommandParams(command="swespot.explain", arguments=[data]))
     assert answer["text"] == "add returns a - b, which is a bug." and answer["exit"] == "answered"
+    session.client.protocol.notify("swespot/feedback", {"id": answer["chatId"], "kind": "chat", "action": "rejected"})
+    await session.request("swespot/getStatus", {})  # handled after the notification: it is recorded by now
+    entry = json.loads((state / "feedback.jsonl").read_text().splitlines()[-1])
+    assert entry["action"] == "rejected" and entry["served"]["text"] == answer["text"]  # what the user rated
