@@ -348,3 +348,33 @@ def test_feedback_accepted_become_episodes_and_rejected_are_kept_apart_as_contra
     journal.record({"id": "c1", "kind": "inlineCompletion", "action": "rejected", "uri": uri, "served": served})
     again = build_feedback(journal.path, repo, out, c1)
     assert (again.positives, again.contrast) == (2, 2) and not shard.exists()
+
+
+def test_a_retrain_request_from_the_editor_wakes_the_daemon_and_skips_the_schedule(tmp_path):
+    from trainer.store import write_atomic
+
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    daemon = Daemon(DaemonOptions(repo=repo, quiet_s=3600), state=tmp_path / "state")
+    fake_version(daemon.store, tmp_path, c1)
+    daemon.observe()
+    assert daemon.pending is None and read_json(daemon.state / "status.json")["message"].startswith("up to date: v0001")
+    daemon.start_watcher()
+    try:
+        daemon.wake.clear()
+        # what the language server's swespot/retrain writes
+        write_atomic(daemon.state / "retrain.request", json.dumps({"by": "swespot serve"}).encode())
+        assert daemon.wake.wait(30), "the request did not wake the daemon"
+    finally:
+        daemon.watcher.stop()
+    daemon.observe()
+    assert daemon.pending.forced and daemon.pending.head == c1
+    assert daemon.not_now(daemon.pending) == (None, 0.0)
+    # a commit, by contrast, waits for the quiet period
+    (daemon.state / "retrain.request").unlink()
+    c2 = commit(repo, *NEXT_COMMITS[0])
+    daemon.on_git_event(str(repo / ".git" / "refs" / "heads" / "main"))
+    daemon.observe()
+    assert daemon.pending.head == c2 and not daemon.pending.forced
+    why, retry_in = daemon.not_now(daemon.pending)
+    assert "quiet" in why and 0 < retry_in <= 3600

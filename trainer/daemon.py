@@ -489,11 +489,21 @@ class Daemon:
     def observe(self, force: bool = False) -> None:
         """Read HEAD; when it moved (or ``force``): serve the right version for it. Then decide whether to
         train."""
+        import git
+
         try:
-            now = read_git_state(self.repo)
-        except SwespotError as exc:
-            self.status(phase="error", error=str(exc), message=str(exc))
-            return
+            self._observe(force)
+        except (SwespotError, OSError, git.GitError) as exc:  # a damaged repository, a full disk: say so, keep going
+            self.pending = None
+            message = f"cannot read the repository: {exc}"
+            if message != read_status(self.state).get("error"):
+                log.error("%s", message)
+            self.status(phase="error", error=message, message=message)
+
+    def _observe(self, force: bool) -> None:
+        now = read_git_state(self.repo)
+        if not self._repo_gone:
+            self.status(error=None)
         if now.busy:
             self.set_waiting(f"a git operation is in progress ({now.busy}); waiting for it to finish")
             return
