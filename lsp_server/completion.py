@@ -20,6 +20,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PREFIX_CHARS = 3000
+PREFIX_STEP = 1000  # the prefix window's start moves in steps this big (at line starts), not per keystroke
 SUFFIX_LINES = 12
 SNIPPET_LINES = 12
 SNIPPET_CHARS = 1500
@@ -79,8 +80,23 @@ def worth_completing(ctx: CompletionContext) -> str | None:
     return None
 
 
+def prefix_window(prefix: str) -> str:
+    """The end of ``prefix`` the model sees: at most PREFIX_CHARS characters, starting at a line start.
+
+    The start is chosen on a grid of PREFIX_STEP characters from the document's start, so it stays put
+    while the user types (the prompt then only grows at its end, and llama.cpp reuses the cached keys
+    and values of all of it); a window that slid by one character per keystroke would change the
+    prompt's very first tokens every time and force the whole prompt to be evaluated again."""
+    excess = len(prefix) - PREFIX_CHARS
+    if excess <= 0:
+        return prefix
+    anchor = -(-excess // PREFIX_STEP) * PREFIX_STEP  # excess rounded up to the grid
+    line_start = prefix.find("\n", anchor - 1) + 1  # the first line that starts at or after the anchor
+    return prefix[line_start:] if line_start > 0 else prefix[anchor:]
+
+
 def build_prompt(ctx: CompletionContext, snippets: list[Snippet], fim: tuple[str, str, str] | None) -> str:
-    prefix = ctx.prefix[-PREFIX_CHARS:]
+    prefix = prefix_window(ctx.prefix)
     suffix = "\n".join(ctx.suffix.split("\n")[:SUFFIX_LINES])
     mark = comment_marker(ctx.language, ctx.rel)
     context = "".join(f"{mark} Related code from {s.path}:\n{s.text.rstrip()}\n\n" for s in snippets)

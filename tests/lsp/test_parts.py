@@ -38,3 +38,18 @@ def test_disabling_background_training_does_not_wait_for_the_daemon_to_finish_it
     stopping.result(timeout=60)
     assert not daemon.running and changes == [False]
     daemon.close()
+
+
+def test_a_completion_prompt_only_grows_at_its_end_while_the_user_types_in_a_long_file():
+    """KV-cache reuse needs the prompt's start to stay put: here the text before the cursor is longer
+    than the prompt's window, so a window that slid with each keystroke would change every prompt's start."""
+    from lsp_server.completion import PREFIX_CHARS, CompletionContext, build_prompt
+
+    body = "".join(f"def helper_{n}(x):\n    return x + {n}\n\n\n" for n in range(400))
+    assert len(body) > 3 * PREFIX_CHARS
+    typed = "    total = helper_1(2) + helper_2(3)"
+    prompts = [build_prompt(CompletionContext("pkg/mod.py", "python", body + typed[:n], "\n\nprint(total)\n"), [], None)
+               for n in range(1, len(typed) + 1)]
+    for before, after in zip(prompts, prompts[1:]):
+        assert after == before + after[-1]  # one more character at the end, nothing else changed
+    assert len(prompts[-1]) < 2 * PREFIX_CHARS and "def helper_0(" not in prompts[-1]  # still a bounded window
