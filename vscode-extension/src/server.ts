@@ -14,7 +14,6 @@ import {
   Middleware,
   ServerOptions,
   State,
-  TransportKind,
 } from 'vscode-languageclient/node';
 import * as P from './protocol';
 import { DeltaRouter } from './chatText';
@@ -95,10 +94,10 @@ export class SwespotServer implements vscode.Disposable {
       return;
     }
     this.log.info(`starting ${launch.command} ${launch.args.join(' ')} (from ${launch.source})`);
+    // no `transport`: stdio is the default, and TransportKind.stdio would append a --stdio argument
     const serverOptions: ServerOptions = {
       command: launch.command,
       args: launch.args,
-      transport: TransportKind.stdio,
       options: { cwd: launch.repo, env: { ...process.env, PYTHONUNBUFFERED: '1' } },
     };
     const clientOptions: LanguageClientOptions = {
