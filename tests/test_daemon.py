@@ -378,3 +378,30 @@ def test_a_retrain_request_from_the_editor_wakes_the_daemon_and_skips_the_schedu
     assert daemon.pending.head == c2 and not daemon.pending.forced
     why, retry_in = daemon.not_now(daemon.pending)
     assert "quiet" in why and 0 < retry_in <= 3600
+
+
+def test_corrupt_store_files_do_not_stop_the_daemon_from_serving_the_last_good_version(tmp_path):
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    state = tmp_path / "state"
+    store = AdapterStore(state)
+    fake_version(store, tmp_path, c1)
+    fake_version(store, tmp_path, c1)
+    (store.root / "v0002" / "manifest.json").write_text('{"commit": "half-wri')  # a crash mid-write (by hand)
+    (state / "status.json").write_text("\0\0garbage")
+    store.selection_file.write_text("[not an object")
+    (state / "daemon.lock").write_text("}{ not json")
+    (store.root / ".incoming-v0003-999").mkdir()  # a publish killed half-way
+    daemon = Daemon(DaemonOptions(repo=repo), state=state)
+    daemon.lock.acquire(repo)
+    try:
+        assert daemon.lock.recovered is None
+        daemon.observe()
+        assert store.current_name() == "v0001"  # the damaged v0002 is never served
+        status = read_json(state / "status.json")
+        assert status["serving"]["version"] == "v0001" and status["phase"] == "idle"
+        assert status["message"] == "up to date: v0001 is trained on HEAD " + c1[:10]
+        listed = dict((n, why) for n, _, why in store.choose_for_head(repo).explained)
+        assert listed["v0002"].startswith("damaged: manifest.json is unreadable")
+    finally:
+        daemon.lock.release()

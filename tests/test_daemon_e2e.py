@@ -132,7 +132,7 @@ def test_a_candidate_the_gate_refuses_is_not_published(tmp_path, tiny_hf_dir, mo
         assert result["published"] is False and result["reason"].startswith("gate refused"), result
         assert result["gate"]["losses"]["candidate"] > result["gate"]["losses"]["current"]
         assert store.current_name() == "v0001" and store.version_names() == ["v0001"]
-        assert "kept the served version" in status["message"]
+        assert "gate refused the candidate" in status["message"]
         assert stop_daemon(proc) == 0
         assert json.loads((store.root / "v0001" / "manifest.json").read_text())["commit"] == c1
     finally:

@@ -379,7 +379,6 @@ class Daemon:
         self.pending: Pending | None = None
         self.run: _Run | None = None
         self.last_event = 0.0  # monotonic time of the last git event
-        self.last_error: str | None = None
         self.refused: dict[str, tuple[float, str, bool]] = {}  # commit -> (when, why, retry later?)
         self.queued: list[str] = []
         self.device: str | None = None
@@ -595,7 +594,7 @@ class Daemon:
         if pending.forced:
             (self.state / RETRAIN_REQUEST).unlink(missing_ok=True)  # consumed: one request, one run
         self.run = _Run(pending.head, time.monotonic())
-        self.queued = [q for q in self.queued if q != pending.head]
+        self.queued = []  # a run trains on HEAD, which holds every commit queued before it
         self.pending = None
         self._waiting_why = None
         log.info("refresh for %s (%s)", pending.head[:10], pending.reason)
@@ -608,7 +607,6 @@ class Daemon:
                                               "daemon": True})
         result = None
         error = None
-        phase = None
         try:
             result = refresh(opts, on_phase=self.on_phase, control=Control(self))
         except Interrupted:
@@ -628,7 +626,6 @@ class Daemon:
         if error is not None:
             log.error("refresh for %s failed: %s", pending.head[:10], error)
             self.refused[pending.head] = (time.monotonic(), error, True)
-            self.last_error = error
             self.status(phase="idle", last_error=error, last_error_at=time.time(), run=None, progress=None, eta_s=None,
                         message=f"refresh failed: {error}",
                         last_result={"published": False, "commit": pending.head, "reason": error, "seconds": elapsed,
@@ -639,7 +636,6 @@ class Daemon:
                 self.refused[pending.head] = (time.monotonic(), result.reason, False)
             log.info("refresh for %s: %s%s", pending.head[:10], result.reason,
                      f" ({result.version})" if result.version else "")
-            self.last_error = None
             self.status(phase="idle", last_error=None, run=None, progress=None, eta_s=None, eta_at=None,
                         message=(f"published {result.version} for {pending.head[:10]}" if result.published
                                  else f"kept the served version: {result.reason}"),
