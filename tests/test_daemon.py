@@ -202,8 +202,9 @@ def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_an
         assert "Traceback" not in second.stderr
 
         c1 = make_repo_commit(repo)
-        s = wait_for(lambda: (lambda st: st if st.get("head") == c1 else None)(read_json(status)), "the commit noticed", 60, proc, log)
-        assert s["branch"] == "main" and "quiet" in s["message"]
+        s = wait_for(lambda: (lambda st: st if st.get("head") == c1 and "quiet" in st.get("message", "") else None)(read_json(status)),
+                     "the commit noticed and held for the quiet period", 60, proc, log)
+        assert s["branch"] == "main" and s["phase"] == "waiting" and c1[:10] in s["message"]
 
         moved = tmp_path / "moved"
         shutil.move(repo, moved)
