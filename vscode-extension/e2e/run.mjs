@@ -157,14 +157,29 @@ try {
   });
 
   await step('native-chat-view', async () => {
-    // VS Code's chat view: the @swespot participant is registered, but whether the view is usable
-    // offline depends on the build. Record what it shows; the panel below is what we test.
+    // VS Code's own chat view. Recorded, not required: in code-server 1.139 offline, the view resolves a
+    // language model before it calls any participant and, with nobody signed in, refuses @swespot with
+    // "Language model unavailable"; its model picker offers only "Sign in to use Copilot…", not the
+    // extension's own "SWE-Spot (local)" model. The chat panel below is what this test requires.
     await palette('Chat: Open Chat');
-    await page.waitForTimeout(1500);
-    const text = await page.locator('.part.auxiliarybar, .part.panel, .part.sidebar').allInnerTexts().catch(() => []);
+    const inputPart = page.locator('.interactive-input-part').first();
+    await inputPart.waitFor({ state: 'visible', timeout: STEP_MS });
+    await inputPart.getByText('Models', { exact: false }).first().click();
+    const picker = (await page.locator('.action-widget, .context-view').allInnerTexts().catch(() => [])).join(' ').replace(/\s+/g, ' ');
     await page.keyboard.press('Escape');
-    return { shown: text.join('\n').replace(/\s+/g, ' ').slice(0, 600) };
-  }).catch(() => undefined); // informative only: its failure is recorded, not fatal
+    await inputPart.locator('.monaco-editor').first().click();
+    await page.keyboard.type('@swespot What does add in calc/ops.py do?');
+    await page.keyboard.press('Enter');
+    const response = page.locator('.interactive-response').last();
+    await response.waitFor({ state: 'visible', timeout: STEP_MS });
+    // observe for up to 20 s: an error ends it early; otherwise record what the view shows by then
+    const observeUntil = Date.now() + 20_000;
+    while (Date.now() < observeUntil && !/unavailable|error|failed/i.test(await response.innerText())) {
+      await page.waitForTimeout(500);
+    }
+    return { modelPicker: picker.slice(0, 300), response: (await response.innerText()).replace(/\s+/g, ' ').slice(0, 600) };
+  }).catch(() => undefined); // informative only: a failure is recorded (with its screenshot), not fatal
+  await page.keyboard.press('Escape');
 
   let chat;
   await step('chat-streamed-reply', async () => {

@@ -95,3 +95,29 @@ export function uniqueReferences(refs: FileReference[]): FileReference[] {
     return true;
   });
 }
+
+/** A message as VS Code's language model API hands it over: a role (User 1, Assistant 2) and parts. */
+export interface ModelMessage {
+  role: number;
+  content: ReadonlyArray<unknown>;
+}
+
+/** The text of a message's text parts (tool calls and results are left out). */
+export function messageText(message: ModelMessage): string {
+  return message.content
+    .map((part) => (typeof part === 'object' && part !== null && typeof (part as { value?: unknown }).value === 'string' ? (part as { value: string }).value : ''))
+    .join('');
+}
+
+/** A language-model request as a chat question: the last user message is the prompt, the rest history. */
+export function questionFromMessages(messages: readonly ModelMessage[]): { prompt: string; history: ChatMessage[] } {
+  const turns = messages.map((m) => ({ role: m.role === 2 ? ('assistant' as const) : ('user' as const), content: messageText(m) }));
+  let last = turns.length - 1;
+  while (last >= 0 && (turns[last].role !== 'user' || !turns[last].content.trim())) {
+    last -= 1;
+  }
+  if (last < 0) {
+    throw new Error('the request has no user message to answer');
+  }
+  return { prompt: turns[last].content, history: toHistory(turns.slice(0, last)) };
+}

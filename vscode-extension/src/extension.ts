@@ -9,6 +9,7 @@ import { ChatService, registerParticipant } from './chat';
 import { ChatPanel } from './chatPanel';
 import { codeActionMiddleware, REVIEW_CODE_ACTION } from './codeActions';
 import { completionAccepted, InlineProvider } from './inline';
+import { LocalModelProvider, VENDOR } from './languageModel';
 import { SwespotServer } from './server';
 import { retrain, rollback, setTraining, settingsTarget, showStatusMenu, StatusBar } from './statusBar';
 import { TaskReviewer } from './tasks';
@@ -93,11 +94,18 @@ export async function activate(context: vscode.ExtensionContext): Promise<Swespo
     vscode.commands.registerCommand('swespot.choosePython', () => chooseFile('server.python', 'Use this Python', 'Choose the Python that has SWE-Spot Local installed')),
     vscode.commands.registerCommand('swespot.chooseModel', () => chooseFile('model', 'Use this model', 'Choose the model (a .gguf file)', { 'GGUF model': ['gguf'] })),
   );
-  // the chat view's participant API is missing in some VS Code builds: the panel still works then
+  // the chat view: the @swespot participant, and the local model it needs there (see languageModel.ts);
+  // where either API is missing the chat panel still works
   try {
-    context.subscriptions.push(registerParticipant(chat, context.extensionUri));
+    const models = new LocalModelProvider(srv, chat);
+    context.subscriptions.push(
+      vscode.lm.registerLanguageModelChatProvider(VENDOR, models),
+      statusEvents.event(() => models.refresh()),
+      registerParticipant(chat, context.extensionUri),
+    );
+    void vscode.lm.selectChatModels({ vendor: VENDOR }).then((found) => log.info(`language models of vendor ${VENDOR}: ${found.map((m) => m.name).join(', ') || 'none'}`));
   } catch (err) {
-    log.warn(`the chat view's @swespot participant is not available here (${err instanceof Error ? err.message : String(err)}); use SWE-Spot: Open Chat`);
+    log.warn(`VS Code's chat view is not available here (${err instanceof Error ? err.message : String(err)}); use SWE-Spot: Open Chat`);
   }
   void srv.start();
   return { server: srv, chat, panel: pnl, reviewer: rev, statusBar, onStatus: statusEvents.event };

@@ -1,5 +1,5 @@
 import * as assert from 'assert';
-import { DeltaRouter, findFileReferences, newChatId, toHistory, uniqueReferences } from '../../src/chatText';
+import { DeltaRouter, findFileReferences, newChatId, questionFromMessages, toHistory, uniqueReferences } from '../../src/chatText';
 
 describe('DeltaRouter', () => {
   it('delivers each delta to the chat that asked, and drops deltas nobody listens to', () => {
@@ -58,5 +58,21 @@ describe('findFileReferences', () => {
   it('lists each file and line once', () => {
     const refs = findFileReferences('calc/ops.py calc/ops.py calc/ops.py:3', exists);
     assert.deepStrictEqual(uniqueReferences(refs).map((r) => `${r.path}:${r.line ?? ''}`), ['calc/ops.py:', 'calc/ops.py:3']);
+  });
+});
+
+describe('questionFromMessages', () => {
+  const text = (value: string) => ({ value });
+  it('asks the last user message, with the turns before it as history', () => {
+    const q = questionFromMessages([
+      { role: 1, content: [text('What is add?')] },
+      { role: 2, content: [text('It adds.'), { callId: 'x', name: 'tool', input: {} }] },
+      { role: 1, content: [text('And mul?')] },
+    ]);
+    assert.deepStrictEqual(q, { prompt: 'And mul?', history: [{ role: 'user', content: 'What is add?' }, { role: 'assistant', content: 'It adds.' }] });
+  });
+
+  it('refuses a request with nothing to answer', () => {
+    assert.throws(() => questionFromMessages([{ role: 2, content: [text('hi')] }]), /no user message/);
   });
 });
