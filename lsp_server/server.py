@@ -133,7 +133,7 @@ class SwespotServer(LanguageServer):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._cancels: set[threading.Event] = set()
-        self._completion_cancel: dict[str, threading.Event] = {}
+        self._completion_cancel: dict[str, CompletionTicket] = {}
         self._served: OrderedDict[str, dict] = OrderedDict()
         self._swap_pending = threading.Event()
         self._stop = threading.Event()
@@ -580,21 +580,19 @@ class SwespotServer(LanguageServer):
             log.debug("no completion: %s", why_not)
             return []
         # a newer request for the same document supersedes an older one still waiting or generating
-        mine = threading.Event()
+        mine = CompletionTicket()
         previous = self._completion_cancel.get(uri)
         if previous is not None:
-            previous.set()
+            previous.supersede()
         self._completion_cancel[uri] = mine
         try:
-            if self.settings.completion_debounce_ms > 0:
-                await asyncio.sleep(self.settings.completion_debounce_ms / 1e3)
-                if mine.is_set():
-                    return []
-            text = await self.run_model_job(lambda cancel: self._complete(ctx, cancel), mine)
+            if self.settings.completion_debounce_ms > 0 and await mine.superseded_within(self.settings.completion_debounce_ms / 1e3):
+                return []
+            text = await self.run_model_job(lambda cancel: self._complete(ctx, cancel), mine.cancel)
         finally:
             if self._completion_cancel.get(uri) is mine:
                 del self._completion_cancel[uri]
-        if not text or mine.is_set():
+        if not text or mine.cancel.is_set():
             return []
         completion_id = f"c{next(self._ids)}"
         self._remember(completion_id, {"kind": "inlineCompletion", "uri": uri, "text": text, "adapter": self._adapter_name(),
@@ -780,12 +778,32 @@ class SwespotServer(LanguageServer):
         if self._stop.is_set():
             return
         self._stop.set()
-        for cancel in list(self._cancels) + list(self._completion_cancel.values()):
+        for cancel in list(self._cancels) + [ticket.cancel for ticket in self._completion_cancel.values()]:
             cancel.set()
         if self.daemon is not None:
             self.daemon.close()
         self.model_pool.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")
+
+
+class CompletionTicket:
+    """One inline-completion request of a document. A newer request for the document supersedes it at
+    once, whether it still waits out its debounce (it answers with no items) or already generates
+    (``cancel`` stops the model between tokens)."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self._woken = asyncio.Event()
+
+    def supersede(self) -> None:  # on the event loop's thread
+        self.cancel.set()
+        self._woken.set()
+
+    async def superseded_within(self, seconds: float) -> bool:
+        """Wait out the debounce; True as soon as a newer request supersedes this one."""
+        with contextlib.suppress(asyncio.TimeoutError):  # (not the builtin TimeoutError before Python 3.11)
+            await asyncio.wait_for(self._woken.wait(), seconds)
+        return self.cancel.is_set()
 
 
 class DeltaStream:

@@ -1,7 +1,7 @@
 """Server settings: the ``swespot`` section of ``workspace/configuration`` (and ``initializationOptions``).
 
 One typed dataclass with help text; keys are camelCase as the editor writes them. Unknown keys and
-values of the wrong type fail loudly with a message naming them (the server reports it in its status
+values of the wrong type or below their minimum fail loudly with a message naming them (the server reports it in its status
 instead of guessing what was meant).
 """
 
@@ -21,20 +21,20 @@ class Settings:
     model: str = field(default="", metadata={"help": "base model GGUF; empty: --model or the embedded default"})
     agent_model: str = field(default="", metadata={
         "help": "model for chat and tasks when it is not the served GGUF: scripted:FILE or openai:URL[#model]"})
-    threads: int = field(default=0, metadata={"help": "llama.cpp threads (0: all cores)"})
-    context_size: int = field(default=8192, metadata={"help": "context window in tokens"})
-    gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU"})
+    threads: int = field(default=0, metadata={"help": "llama.cpp threads (0: all cores)", "min": 0})
+    context_size: int = field(default=8192, metadata={"help": "context window in tokens", "min": 256})
+    gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1: all)", "min": -1})
     background_training: bool = field(default=False, metadata={"help": "run `swespot daemon` for this repository"})
     excluded_paths: tuple[str, ...] = field(default=(), metadata={
         "help": "glob patterns (repository-relative) never shown to the model: no completion, snippets or agent access"})
     feedback_logging: bool = field(default=True, metadata={"help": "log accepted/rejected suggestions in the state dir"})
-    completion_max_tokens: int = field(default=64, metadata={"help": "tokens per inline completion"})
+    completion_max_tokens: int = field(default=64, metadata={"help": "tokens per inline completion", "min": 1})
     completion_debounce_ms: int = field(default=0, metadata={
-        "help": "wait this long before generating; a newer request for the document supersedes the wait"})
-    chat_max_tokens: int = field(default=512, metadata={"help": "tokens per model turn in chat and tasks"})
-    chat_max_steps: int = field(default=6, metadata={"help": "tool-using turns of a chat"})
-    task_max_steps: int = field(default=20, metadata={"help": "tool-using turns of a task"})
-    adapter_poll_s: float = field(default=1.0, metadata={"help": "how often the adapter store is checked while idle"})
+        "help": "wait this long before generating; a newer request for the document supersedes the wait", "min": 0})
+    chat_max_tokens: int = field(default=512, metadata={"help": "tokens per model turn in chat and tasks", "min": 1})
+    chat_max_steps: int = field(default=6, metadata={"help": "tool-using turns of a chat", "min": 1})
+    task_max_steps: int = field(default=20, metadata={"help": "tool-using turns of a task", "min": 1})
+    adapter_poll_s: float = field(default=1.0, metadata={"help": "how often the adapter store is checked while idle", "min": 0.01})
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -65,7 +65,11 @@ def merge(base: Settings, raw: Any, *, where: str) -> Settings:
     changes = {}
     for key, value in raw.items():
         f = _FIELDS[key]
-        changes[f.name] = _typed(value, f.type, f"{where}: {SECTION}.{key}")
+        what = f"{where}: {SECTION}.{key}"
+        changes[f.name] = _typed(value, f.type, what)
+        low = f.metadata.get("min")
+        if low is not None and changes[f.name] < low:  # e.g. a poll interval of 0 would spin a core
+            raise SwespotError(f"{what} must be at least {low}, got {value!r}")
     return dataclasses.replace(base, **changes)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcRequestCancelled
+
+from conftest import WAIT_S
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,6 +69,18 @@ async def test_inline_completion_returns_an_item_at_the_cursor_by_both_methods(s
     custom = await session.request("swespot/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 14}})
     # greedy decoding of the same prompt: the second request (which reuses the KV cache) says the same
     assert custom["items"][0]["insertText"] == item.insert_text
+
+
+async def test_a_debounced_completion_answers_at_once_when_the_next_keystroke_supersedes_it(start_server):
+    session = await start_server({"completionDebounceMs": 600_000})  # a wait no test could sit out
+    uri = session.open("calc/report.py")
+    params = {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 14}}
+    older = session.start("swespot/inlineCompletion", params, "typed-1")
+    newer = session.start("swespot/inlineCompletion", params, "typed-2")
+    assert (await asyncio.wait_for(older, WAIT_S))["items"] == []  # superseded while it waited: no model work
+    session.cancel("typed-2")  # the editor moves on: the waiting request is cancelled
+    with pytest.raises(JsonRpcRequestCancelled):
+        await asyncio.wait_for(newer, WAIT_S)
 
 
 async def test_no_completion_is_asked_for_in_the_middle_of_code(start_server):
