@@ -4,13 +4,16 @@ For each model (the tiny test model, the embedded Gemma 3 270M), through a real 
 process on stdio driven by a pygls client:
 
 - inline completion round trip p50/p95 while "typing" a line (one character per request), against the
-  same prompts completed by the runtime in-process (the ratio is the server's overhead);
+  same prompts completed by the runtime in-process (the ratio is the server's overhead). The in-process
+  runtime lives in a second, fresh interpreter, and the two are asked in turn, step by step, so that
+  whatever else runs on the machine slows both alike;
 - time to the first streamed chat token, cold (the KV cache holds another prompt) and warm (a follow-up
   question that reuses the cached conversation prefix);
 - hot-swap time as seen by the client: from publishing an adapter in the store to the ``swespot/status``
-  that announces it (bounded below by the idle poll interval, ``adapterPollS``).
+  that announces it (bounded below by the idle poll interval, ``adapterPollS``), and the swap itself as
+  the server timed it (``swapMs``).
 
-    .venv/bin/python benchmarks/lsp.py [--models tiny,gemma] [--steps 20] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/lsp.py [--models tiny,gemma] [--steps 40] [--repeats 3] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ TYPED = "        matches = [p for p in self.files() if p.endswith(suffix)]"
 TARGET_FILE = "agent/tools.py"
 ANCHOR = "    def find_files(self, pattern: str) -> str:\n"
 POLL_S = 0.05
+MAX_TOKENS = 16  # per inline completion
 
 
 def runtime_bench():
@@ -120,10 +124,11 @@ class Client:
 
 
 async def bench_server(gguf: Path, repo: Path, state: Path, adapters: list[Path], steps: int, repeats: int,
-                       threads: int) -> tuple[dict, list[float], list[str]]:
+                       threads: int, direct) -> tuple[dict, list[tuple[float, str]], list[tuple[float, str]]]:
+    """``direct``: the in-process pool (one fresh interpreter holding its own runtime), asked in turn."""
     from trainer.store import AdapterStore, state_dir
 
-    settings = {"threads": threads, "completionMaxTokens": 16, "chatMaxTokens": 16, "chatMaxSteps": 1,
+    settings = {"threads": threads, "completionMaxTokens": MAX_TOKENS, "chatMaxTokens": 16, "chatMaxSteps": 1,
                 "adapterPollS": POLL_S}
     os.environ["SWESPOT_STATE_DIR"] = str(state)  # the server and this process must agree on the store
     env = {**os.environ, "SWESPOT_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
@@ -144,11 +149,15 @@ async def bench_server(gguf: Path, repo: Path, state: Path, adapters: list[Path]
 
     sequence = typing_steps(text, steps)
     await complete(2, *sequence[0])  # warm-up: the repository index and the first prompt
-    times, texts = [], []
+    await asyncio.wrap_future(direct.submit(direct_complete, *sequence[0]))
+    served, in_process = [], []
     for version, (new_text, line, character) in enumerate(sequence, start=3):
-        seconds, completion = await complete(version, new_text, line, character)
-        times.append(seconds)
-        texts.append(completion)
+        # alternate who goes first, so that neither always finds the CPU just used by the other
+        if version % 2:
+            served.append(await complete(version, new_text, line, character))
+        in_process.append(await asyncio.wrap_future(direct.submit(direct_complete, new_text, line, character)))
+        if not version % 2:
+            served.append(await complete(version, new_text, line, character))
 
     cold, warm = [], []
     for n in range(repeats):
@@ -166,44 +175,45 @@ async def bench_server(gguf: Path, repo: Path, state: Path, adapters: list[Path]
     row["chat_ttft_warm_ms"] = round(statistics.median(warm) * 1e3, 1)
 
     store = AdapterStore(state_dir(repo))
-    swaps = []
+    swaps, server_swaps = [], []
     for n in range(repeats):
         mark, started = len(client.events), time.perf_counter()
         version = store.publish(adapters[n % len(adapters)]).name
-        swaps.append(await client.wait("swespot/status", lambda s, v=version: (s.get("adapter") or {}).get("version") == v, mark) - started)
+        at = await client.wait("swespot/status", lambda s, v=version: (s.get("adapter") or {}).get("version") == v, mark)
+        swaps.append(at - started)
+        server_swaps.append(next(p["swapMs"] for t, m, p in client.events[mark:] if t == at and m == "swespot/status"))
     row["hot_swap_ms"] = round(statistics.median(swaps) * 1e3, 1)
+    row["swap_ms"] = round(statistics.median(server_swaps), 1)
     await client.stop()
-    return row, times, texts
+    return row, served, in_process
 
 
 # ---- in-process ------------------------------------------------------------------------------------------
-def bench_in_process(gguf: Path, repo: Path, steps: int, threads: int) -> tuple[list[float], list[str]]:
-    """The same prompts, built by the same code, completed by the runtime directly."""
+_DIRECT: dict = {}
+
+
+def direct_start(gguf: Path, repo: Path, threads: int, max_tokens: int) -> None:
+    """Pool initializer: the runtime and snippet index the server would build, in this interpreter."""
     from agent.runtime import LlamaRuntime
     from lsp_server.agents import EditorWorkspace
-    from lsp_server.completion import CompletionContext, SnippetIndex, build_prompt, stop_strings, trim_completion
+    from lsp_server.completion import SnippetIndex
 
-    runtime = LlamaRuntime(gguf, n_ctx=8192, n_threads=threads)
     index = SnippetIndex(EditorWorkspace(repo))
     index.build_in_background().join()
-    sequence = typing_steps((repo / TARGET_FILE).read_text(), steps)
+    _DIRECT.update(runtime=LlamaRuntime(gguf, n_ctx=8192, n_threads=threads), index=index, repo=repo, max_tokens=max_tokens)
 
-    def complete(new_text: str, line: int, character: int) -> tuple[float, str]:
-        started = time.perf_counter()
-        offset = sum(len(l) + 1 for l in new_text.split("\n")[:line]) + character
-        ctx = CompletionContext(TARGET_FILE, "python", new_text[:offset], new_text[offset:])
-        snippets = index.snippets(ctx, lambda rel: (repo / rel).read_text(), lambda _rel: False)
-        text = "".join(runtime.generate(build_prompt(ctx, snippets, None), max_tokens=16, stop=stop_strings(None)))
-        return time.perf_counter() - started, trim_completion(text, ctx)
 
-    complete(*sequence[0])
-    times, texts = [], []
-    for step in sequence:
-        seconds, text = complete(*step)
-        times.append(seconds)
-        texts.append(text)
-    runtime.close()
-    return times, texts
+def direct_complete(new_text: str, line: int, character: int) -> tuple[float, str]:
+    """The same prompt the server builds (same code), completed by the runtime directly."""
+    from lsp_server.completion import CompletionContext, build_prompt, stop_strings, trim_completion
+
+    runtime, index, repo = _DIRECT["runtime"], _DIRECT["index"], _DIRECT["repo"]
+    started = time.perf_counter()
+    offset = sum(len(l) + 1 for l in new_text.split("\n")[:line]) + character
+    ctx = CompletionContext(TARGET_FILE, "python", new_text[:offset], new_text[offset:])
+    snippets = index.snippets(ctx, lambda rel: (repo / rel).read_text(), lambda _rel: False)
+    text = "".join(runtime.generate(build_prompt(ctx, snippets, None), max_tokens=_DIRECT["max_tokens"], stop=stop_strings(None)))
+    return time.perf_counter() - started, trim_completion(text, ctx)
 
 
 def bench_model(name: str, steps: int, repeats: int, threads: int, work: Path) -> dict:
@@ -219,18 +229,23 @@ def bench_model(name: str, steps: int, repeats: int, threads: int, work: Path) -
         (folder / "manifest.json").write_text(json.dumps({"commit": f"bench{seed}"}))
         adapters.append(folder)
     repo = make_repo(work / f"{name}-repo")
-    row, server_times, server_texts = asyncio.run(bench_server(gguf, repo, work / f"{name}-state", adapters, steps, repeats, threads))
     # in a fresh interpreter: this one imported torch (for the adapters), whose idle threads skew timings
     import concurrent.futures
     import multiprocessing
 
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        direct_times, direct_texts = pool.submit(bench_in_process, gguf, repo, steps, threads).result()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=direct_start,
+                                                initargs=(gguf, repo, threads, MAX_TOKENS)) as direct:
+        row, served, in_process = asyncio.run(bench_server(gguf, repo, work / f"{name}-state", adapters, steps, repeats,
+                                                           threads, direct))
+    server_times, server_texts = [t for t, _ in served], [x for _, x in served]
+    direct_times, direct_texts = [t for t, _ in in_process], [x for _, x in in_process]
     row = {"model": name, "completion_p50_ms": round(percentile(server_times, 0.5) * 1e3, 1),
            "completion_p95_ms": round(percentile(server_times, 0.95) * 1e3, 1),
            "direct_p50_ms": round(percentile(direct_times, 0.5) * 1e3, 1),
            "direct_p95_ms": round(percentile(direct_times, 0.95) * 1e3, 1), **row}
     row["overhead_ratio_p50"] = round(row["completion_p50_ms"] / row["direct_p50_ms"], 2)
+    row["overhead_ratio_p95"] = round(row["completion_p95_ms"] / row["direct_p95_ms"], 2)
+    row["overhead_p50_ms"] = round(statistics.median(s - d for s, d in zip(server_times, direct_times)) * 1e3, 1)
     row["same_completions"] = sum(a == b for a, b in zip(server_texts, direct_texts)) / len(server_texts)
     return row
 
@@ -238,8 +253,9 @@ def bench_model(name: str, steps: int, repeats: int, threads: int, work: Path) -
 COLUMNS = [
     ("model", "model"), ("completion_p50_ms", "server p50 ms"), ("completion_p95_ms", "server p95 ms"),
     ("direct_p50_ms", "in-process p50 ms"), ("direct_p95_ms", "in-process p95 ms"), ("overhead_ratio_p50", "ratio p50"),
-    ("same_completions", "same text"), ("chat_ttft_cold_ms", "chat TTFT cold ms"), ("chat_ttft_warm_ms", "chat TTFT warm ms"),
-    ("hot_swap_ms", f"hot swap ms (poll {POLL_S * 1e3:.0f})"),
+    ("overhead_ratio_p95", "ratio p95"), ("overhead_p50_ms", "overhead p50 ms"), ("same_completions", "same text"),
+    ("chat_ttft_cold_ms", "chat TTFT cold ms"), ("chat_ttft_warm_ms", "chat TTFT warm ms"),
+    ("hot_swap_ms", f"hot swap seen ms (poll {POLL_S * 1e3:.0f})"), ("swap_ms", "swap ms (server)"),
 ]
 
 
@@ -258,7 +274,7 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,gemma")
-    parser.add_argument("--steps", type=int, default=20, help="typed characters, one completion each")
+    parser.add_argument("--steps", type=int, default=40, help="typed characters, one completion each")
     parser.add_argument("--repeats", type=int, default=3, help="chat and hot-swap measurements")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
