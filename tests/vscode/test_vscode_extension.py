@@ -126,8 +126,12 @@ def _fixture_workspace(root: Path, model: Path, state: Path) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(tiny_gguf_q8, tmp_path):
+ARTIFACTS = Path(os.environ.get("SWESPOT_E2E_ARTIFACTS", EXT / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def e2e_env() -> dict[str, str]:
+    """The toolchain with code-server and chromium, or a skip that says what is missing."""
     if not Path("/usr/bin/chromium").exists():
         pytest.skip("Debian's chromium is not installed (scripts/vscode-setup installs it when run as root)")
     env = _toolchain(e2e=True)
@@ -135,19 +139,29 @@ def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(tin
         pytest.skip("code-server could not be installed (needs a C++ toolchain, pkg-config and libkrb5-dev)")
     if not (ROOT / ".venv" / "bin" / "swespot").exists():
         pytest.fail("the language server is not installed: run ./scripts/setup")
-    _npm(env, "run", "package")
-    vsix = EXT / "swespot-local.vsix"
-    workspace = _fixture_workspace(tmp_path / "proj", tiny_gguf_q8, tmp_path / "state")
-    script = tmp_path / "task.json"
-    script.write_text(json.dumps([
+    return env
+
+
+def _task_script(path: Path) -> Path:
+    """A scripted agent model (shipped in agent.models) that fixes add, for a deterministic diff."""
+    path.write_text(json.dumps([
         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
             "name": "edit", "arguments": {"path": "calc/ops.py", "old": "    return a - b\n", "new": "    return a + b\n"}}}]},
         {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
             "name": "submit", "arguments": {"summary": "add now adds"}}}]},
     ]))
-    artifacts = Path(os.environ.get("SWESPOT_E2E_ARTIFACTS", EXT / "test-artifacts" / "e2e"))
+    return path
+
+
+@pytest.mark.slow
+def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(e2e_env, tiny_gguf_q8, tmp_path):
+    _npm(e2e_env, "run", "package")
+    vsix = EXT / "swespot-local.vsix"
+    workspace = _fixture_workspace(tmp_path / "proj", tiny_gguf_q8, tmp_path / "state")
+    script = _task_script(tmp_path / "task.json")
+    artifacts = ARTIFACTS / "e2e"
     shutil.rmtree(artifacts, ignore_errors=True)
-    env = {**env, "SWESPOT_STATE_DIR": str(tmp_path / "state"), "SWESPOT_LOG_LEVEL": "DEBUG"}
+    env = {**e2e_env, "SWESPOT_STATE_DIR": str(tmp_path / "state"), "SWESPOT_LOG_LEVEL": "DEBUG"}
     done = subprocess.run(
         ["node", "e2e/run.mjs", "--workspace", str(workspace), "--vsix", str(vsix), "--artifacts", str(artifacts),
          "--task-model", f"scripted:{script}"],
@@ -163,3 +177,24 @@ def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(tin
     assert "tokens" in steps["chat-streamed-reply"]["footer"]
     assert (workspace / "calc" / "ops.py").read_text() == OPS.replace("return a - b", "return a + b")
     assert len(results["screenshots"]) >= 6 and all(Path(p).stat().st_size > 10_000 for p in results["screenshots"])
+
+
+@pytest.mark.slow
+def test_in_editor_suite_passes_in_code_server(e2e_env, tiny_gguf_q8, tmp_path):
+    """test/suite/ inside VS Code's extension host (VS Code's test payload): ghost text and its feedback,
+    code actions routed through the review, explain in the panel, a rejected task, the status menu's
+    requests, all against the real server."""
+    subprocess.run(["node", "esbuild.mjs", "--tests"], cwd=EXT, env=e2e_env, check=True, timeout=300)
+    workspace = _fixture_workspace(tmp_path / "proj", tiny_gguf_q8, tmp_path / "state")
+    (workspace / "calc" / "report.py").write_text(
+        "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n        out = add(out, x)\n    return out\n")
+    artifacts = ARTIFACTS / "suite"
+    shutil.rmtree(artifacts, ignore_errors=True)
+    env = {**e2e_env, "SWESPOT_STATE_DIR": str(tmp_path / "state"), "SWESPOT_TASK_SCRIPT": str(_task_script(tmp_path / "task.json"))}
+    done = subprocess.run(["node", "e2e/suite.mjs", "--workspace", str(workspace), "--artifacts", str(artifacts)],
+                          cwd=EXT, env=env, capture_output=True, text=True, timeout=E2E_TIMEOUT_S)
+    result = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"log": [done.stderr[-4000:]]}
+    log = "\n".join(result["log"])
+    assert done.returncode == 0 and result["exitCode"] == 0, log[-6000:]
+    passing = re.search(r"(\d+) passing", log)
+    assert passing and int(passing[1]) == 6 and "failing" not in log, log[-3000:]

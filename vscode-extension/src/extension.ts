@@ -21,6 +21,7 @@ export interface SwespotApi {
   panel: ChatPanel;
   reviewer: TaskReviewer;
   statusBar: StatusBar;
+  inline: InlineProvider;
   /** Resolves with each status the server sends (or the launch failure), for waiting on a state. */
   onStatus: vscode.Event<P.StatusParams | undefined>;
 }
@@ -62,10 +63,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<Swespo
   const srv = server;
   const rev = reviewer;
   const pnl = panel;
+  const inline = new InlineProvider(srv, log);
 
   context.subscriptions.push(
     log, statusBar, statusEvents, srv, pnl, rev,
-    vscode.languages.registerInlineCompletionItemProvider({ scheme: 'file' }, new InlineProvider(srv, log)),
+    vscode.languages.registerInlineCompletionItemProvider({ scheme: 'file' }, inline),
     vscode.commands.registerCommand(P.CMD_COMPLETION_ACCEPTED, (id: unknown) => completionAccepted(srv, id)),
     vscode.commands.registerCommand(REVIEW_CODE_ACTION, (data: P.CodeActionData) => rev.runCodeAction(data)),
     vscode.commands.registerCommand('swespot.openChat', () => pnl.show()),
@@ -108,7 +110,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<Swespo
     log.warn(`VS Code's chat view is not available here (${err instanceof Error ? err.message : String(err)}); use SWE-Spot: Open Chat`);
   }
   void srv.start();
-  return { server: srv, chat, panel: pnl, reviewer: rev, statusBar, onStatus: statusEvents.event };
+  return { server: srv, chat, panel: pnl, reviewer: rev, statusBar, inline, onStatus: statusEvents.event };
 }
 
 export function deactivate(): Thenable<void> | undefined {

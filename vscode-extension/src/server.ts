@@ -173,7 +173,9 @@ export class SwespotServer implements vscode.Disposable {
   }
 
   request<R>(method: string, params: unknown, token?: vscode.CancellationToken): Promise<R> {
-    return this.ready().sendRequest<R>(method, params, token);
+    const client = this.ready();
+    // an explicit `undefined` token would be sent as a second parameter (params become a list)
+    return token ? client.sendRequest<R>(method, params, token) : client.sendRequest<R>(method, params);
   }
 
   notify(method: string, params: unknown): void {

@@ -48,9 +48,10 @@ export function describeStatus(status: StatusParams | undefined, agentModel = ''
   if (status.state !== 'ready') {
     text += `: ${status.state}`;
   }
-  if (status.adapter) {
-    text += ` · ${status.adapter.version}` + (status.adapter.commit ? `@${shortCommit(status.adapter.commit)}` : '');
+  if (status.model) {
+    text += ` · ${status.model.replace(/\.gguf$/i, '')}`;
   }
+  text += status.adapter ? ` · ${status.adapter.version}` + (status.adapter.commit ? `@${shortCommit(status.adapter.commit)}` : '') : ' · base';
   if (status.daemon.enabled && status.daemon.running && status.daemon.phase && status.daemon.phase !== 'idle') {
     text += ` · $(mortar-board) ${training}`;
   }

@@ -7,7 +7,7 @@ const base: StatusParams = { state: 'ready', model: 'tiny-q8_0.gguf', daemon: { 
 describe('describeStatus', () => {
   it('shows the adapter and the commit it knows, and says everything in the label', () => {
     const view = describeStatus({ ...base, adapter: { version: 'v0003', commit: '1a2b3c4d5e6f' }, swapMs: 1.24 }, 'scripted:/t.json');
-    assert.strictEqual(view.text, '$(hubot) SWE-Spot · v0003@1a2b3c4');
+    assert.strictEqual(view.text, '$(hubot) SWE-Spot · tiny-q8_0 · v0003@1a2b3c4');
     assert.deepStrictEqual(view.details, ['state: ready', 'model: tiny-q8_0.gguf', 'adapter v0003 (commit 1a2b3c4)', 'background training paused',
       'chat and tasks: scripted:/t.json', 'last adapter swap: 1.2 ms']);
     assert.match(view.label, /^SWE-Spot state: ready, model: tiny-q8_0\.gguf/);
@@ -16,13 +16,13 @@ describe('describeStatus', () => {
 
   it('shows training progress while the daemon trains', () => {
     const view = describeStatus({ ...base, daemon: { enabled: true, running: true, available: true, phase: 'training', progress: 0.456 } });
-    assert.strictEqual(view.text, '$(hubot) SWE-Spot · $(mortar-board) training 46%');
+    assert.strictEqual(view.text, '$(hubot) SWE-Spot · tiny-q8_0 · base · $(mortar-board) training 46%');
   });
 
   it('marks loading as busy and errors as errors, with the server\'s words', () => {
     assert.strictEqual(describeStatus({ ...base, state: 'loading', model: undefined }).severity, 'busy');
     const err = describeStatus({ ...base, state: 'error', error: 'cannot load /m.gguf' });
-    assert.strictEqual(err.text, '$(error) SWE-Spot: error');
+    assert.strictEqual(err.text, '$(error) SWE-Spot: error · tiny-q8_0 · base');
     assert.ok(err.details.includes('error: cannot load /m.gguf'));
     assert.strictEqual(err.severity, 'error');
     assert.strictEqual(describeStatus(undefined).severity, 'busy');
