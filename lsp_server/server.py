@@ -766,6 +766,9 @@ class SwespotServer(LanguageServer):
         except SwespotError as exc:
             log.info("refused after %.0f ms: %s", (time.perf_counter() - started) * 1e3, exc)
             raise JsonRpcException(message=str(exc), code=P.REQUEST_FAILED) from exc
+        except JsonRpcInvalidParams as exc:
+            log.info("refused after %.0f ms: %s", (time.perf_counter() - started) * 1e3, exc)
+            raise
         except asyncio.CancelledError:
             log.info("cancelled after %.0f ms", (time.perf_counter() - started) * 1e3)
             raise

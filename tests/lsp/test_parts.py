@@ -53,3 +53,25 @@ def test_a_completion_prompt_only_grows_at_its_end_while_the_user_types_in_a_lon
     for before, after in zip(prompts, prompts[1:]):
         assert after == before + after[-1]  # one more character at the end, nothing else changed
     assert len(prompts[-1]) < 2 * PREFIX_CHARS and "def helper_0(" not in prompts[-1]  # still a bounded window
+
+
+def test_the_server_log_is_rotated_so_it_cannot_grow_without_bound(tmp_path):
+    import logging
+
+    from lsp_server.logs import log_to
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        path = log_to(tmp_path / "serve.log", max_bytes=4000)
+        for n in range(500):
+            logging.getLogger("swespot.lsp").info("completion %d: 1035 prompt tokens, 16 generated", n)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    assert path.stat().st_size <= 4000 and (tmp_path / "serve.log.1").stat().st_size <= 4000
+    assert "completion 499:" in path.read_text() and not (tmp_path / "serve.log.3").exists()

@@ -114,7 +114,7 @@ async def test_feedback_goes_to_a_journal_in_the_state_dir_and_can_be_turned_off
     assert len((state / "feedback.jsonl").read_text().splitlines()) == len(entries)
 
 
-async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_server, repo):
+async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_server, repo, state):
     session = await start_server({"excludedPaths": ["secrets"]})
     uri = session.open("calc/report.py")
     position = {"line": 3, "character": 14}
@@ -151,3 +151,6 @@ async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_
     # and after all that, it still serves
     served = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
     assert served.items
+    # each refusal is one line of the log, not pygls' ERROR with a traceback (they are answers, not faults)
+    log = (state / "serve.log").read_text()
+    assert log.count("refused after") >= 8 and "Exception occurred for message" not in log
