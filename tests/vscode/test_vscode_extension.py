@@ -170,13 +170,13 @@ def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(e2e
     results = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     assert done.returncode == 0, f"e2e failed: {results.get('error')}; steps: {json.dumps(results.get('steps'), indent=1)[-6000:]}"
     steps = {s["name"]: s for s in results["steps"]}
-    for name in ("install-extension", "status-bar-ready", "chat-streamed-reply", "switch-to-scripted-agent-model",
+    for name in ("install-extension", "status-bar-ready", "status-menu", "chat-streamed-reply", "switch-to-scripted-agent-model",
                  "task-diff-shown", "task-accepted-and-saved"):
         assert steps[name]["ok"], name
     assert steps["chat-streamed-reply"]["deltas"] >= 1 and steps["chat-streamed-reply"]["reply"].strip()
     assert "tokens" in steps["chat-streamed-reply"]["footer"]
     assert (workspace / "calc" / "ops.py").read_text() == OPS.replace("return a - b", "return a + b")
-    assert len(results["screenshots"]) >= 6 and all(Path(p).stat().st_size > 10_000 for p in results["screenshots"])
+    assert len(results["screenshots"]) >= 7 and all(Path(p).stat().st_size > 10_000 for p in results["screenshots"])
 
 
 @pytest.mark.slow
@@ -197,4 +197,4 @@ def test_in_editor_suite_passes_in_code_server(e2e_env, tiny_gguf_q8, tmp_path):
     log = "\n".join(result["log"])
     assert done.returncode == 0 and result["exitCode"] == 0, log[-6000:]
     passing = re.search(r"(\d+) passing", log)
-    assert passing and int(passing[1]) == 6 and "failing" not in log, log[-3000:]
+    assert passing and int(passing[1]) == 7 and "failing" not in log, log[-3000:]

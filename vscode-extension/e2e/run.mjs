@@ -156,6 +156,20 @@ try {
     return { label, text: await statusItem().innerText() };
   });
 
+  await step('status-menu', async () => {
+    await statusItem().click();
+    const rows = page.locator('.quick-input-widget .quick-input-list .monaco-list-row');
+    await rows.first().waitFor({ state: 'visible', timeout: STEP_MS });
+    const items = (await rows.allInnerTexts()).map((t) => t.replace(/\s+/g, ' ').trim());
+    for (const want of ['Resume background training', 'Retrain now', 'Roll back the adapter', 'Open chat', 'Show logs']) {
+      if (!items.some((i) => i.includes(want))) {
+        throw new Error(`the status menu lacks "${want}": ${JSON.stringify(items)}`);
+      }
+    }
+    return { items };
+  });
+  await page.keyboard.press('Escape');
+
   await step('native-chat-view', async () => {
     // VS Code's own chat view. Recorded, not required: in code-server 1.139 offline, the view resolves a
     // language model before it calls any participant and, with nobody signed in, refuses @swespot with

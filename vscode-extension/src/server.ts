@@ -67,6 +67,7 @@ export class SwespotServer implements vscode.Disposable {
   lastStatus: P.StatusParams | undefined;
   private readonly disposables: vscode.Disposable[] = [];
   private starting: Promise<void> | undefined;
+  private restarting: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly log: vscode.LogOutputChannel,
@@ -158,10 +159,15 @@ export class SwespotServer implements vscode.Disposable {
     }
   }
 
-  async restart(): Promise<void> {
-    await this.stop();
-    this.lastStatus = undefined;
-    await this.start();
+  /** Stop and start again with the current settings; restarts asked for meanwhile run one after another. */
+  restart(): Promise<void> {
+    this.restarting = this.restarting.then(async () => {
+      await this.starting?.catch(() => undefined);
+      await this.stop();
+      this.lastStatus = undefined;
+      await this.start();
+    });
+    return this.restarting;
   }
 
   /** The running client, or an error the user can act on. */

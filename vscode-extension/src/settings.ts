@@ -51,7 +51,11 @@ export function affectsServer(affects: (section: string) => boolean): boolean {
   return SERVER_SETTING_KEYS.some((key) => affects(`swespot.${key}`));
 }
 
-/** Whether a change needs a new server process (how it is started, not what it is told). */
+/**
+ * Whether a change needs a new server process: how it is started, or the model (checked before the
+ * start, so a missing file is reported with a fix instead of as a failed load; the server reloads the
+ * model on a change anyway).
+ */
 export function affectsLaunch(affects: (section: string) => boolean): boolean {
-  return affects('swespot.server');
+  return affects('swespot.server') || affects('swespot.model');
 }

@@ -111,6 +111,25 @@ describe('SWE-Spot in VS Code', () => {
     await vscode.workspace.getConfiguration('swespot').update('agentModel', undefined, vscode.ConfigurationTarget.Workspace);
   });
 
+  it('says what is wrong when the model or the server is missing, and recovers when fixed', async () => {
+    const config = () => vscode.workspace.getConfiguration('swespot');
+    const model = config().get<string>('model')!;
+    const notRunning = () => (api.statusBar.item.accessibilityInformation?.label.startsWith('SWE-Spot not running') ? api.statusBar.problem : undefined);
+    await config().update('model', `${model}.missing`, vscode.ConfigurationTarget.Workspace);
+    const noModel = await until('the missing model to be reported', notRunning);
+    assert.match(noModel.message, /swespot\.model is .*\.missing, which is not a file/);
+    assert.strictEqual(noModel.fix, 'chooseModel');
+    await config().update('model', model, vscode.ConfigurationTarget.Workspace);
+    await until('the server to be ready with the model back', () => api.server.lastStatus?.state === 'ready' && !notRunning());
+    const serverPath = config().get<string>('server.path')!;
+    await config().update('server.path', `${serverPath}-missing`, vscode.ConfigurationTarget.Workspace);
+    const noServer = await until('the missing server to be reported', notRunning);
+    assert.match(noServer.message, /swespot\.server\.path is .*-missing, which does not exist: run \.\/scripts\/setup/);
+    assert.strictEqual(noServer.fix, 'chooseServer');
+    await config().update('server.path', serverPath, vscode.ConfigurationTarget.Workspace);
+    await until('the server to be ready again', () => api.server.lastStatus?.state === 'ready' && !notRunning());
+  });
+
   it('answers the status menu\'s training and rollback requests with reasons', async () => {
     await assert.rejects(api.server.request(P.RETRAIN, {}), /background training is paused/);
     const adapters = await api.server.request<P.AdaptersResult>(P.ADAPTERS, {});

@@ -32,7 +32,8 @@ describe('which changes matter', () => {
     assert.ok(affectsServer(changed('swespot.agentModel')));
     assert.ok(!affectsServer(changed('swespot.trace.server')));
     assert.ok(affectsLaunch(changed('swespot.server.path')));
-    assert.ok(!affectsLaunch(changed('swespot.model')));
+    assert.ok(affectsLaunch(changed('swespot.model')));
+    assert.ok(!affectsLaunch(changed('swespot.agentModel')));
     assert.ok(!affectsServer(changed('editor.fontSize')));
   });
 });
