@@ -131,6 +131,7 @@ class SwespotServer(LanguageServer):
         self.snippets: SnippetIndex | None = None
         self.model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swespot-model")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.client_initialized = False  # set by the ``initialized`` notification
         self._loop_thread: int | None = None
         self._cancels: set[threading.Event] = set()
         self._completion_cancel: dict[str, CompletionTicket] = {}
@@ -363,8 +364,10 @@ class SwespotServer(LanguageServer):
 
     def notify_soon(self, method: str, params: Any) -> None:
         """Send a notification from any thread: writes happen on the event loop's thread only, so two
-        messages never interleave on stdout."""
-        if self._loop is None:
+        messages never interleave on stdout. Nothing is sent before the client's ``initialized`` (LSP
+        allows only log and progress messages before the initialize answer; the status that follows
+        ``initialized`` says everything that happened before)."""
+        if self._loop is None or not self.client_initialized:
             return
         if threading.get_ident() == self._loop_thread:
             self.protocol.notify(method, params)
@@ -859,6 +862,7 @@ def create_server(*, model: str | None = None, repo: str | Path | None = None) -
     @server.feature(lsp.INITIALIZED)
     async def on_initialized(ls: SwespotServer, _params: lsp.InitializedParams) -> None:
         REQUEST_TAG.set("initialized")
+        ls.client_initialized = True
         await ls.fetch_configuration()
         ls.start()
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_initialize_announces_features_and_status_and_shutdown_exits_cleanly(start_server, state):
-    session = await start_server()
+    session = await start_server(init_options={"threads": 1})  # settings in initializationOptions too
+    assert session.statuses_before_initialized == 0  # the first status comes after the initialize answer
     caps = session.client.protocol.server_capabilities if hasattr(session.client.protocol, "server_capabilities") else None
     status = await session.status(lambda s: s["state"] == "ready")
     assert status["model"] == "tiny-q8_0.gguf" and status["adapter"] is None if "adapter" in status else True
