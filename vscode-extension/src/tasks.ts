@@ -43,8 +43,28 @@ export class TaskReviewer implements vscode.Disposable, vscode.TextDocumentConte
   private readonly decided = new vscode.EventEmitter<{ taskId: string; decision: Decision }>();
   readonly onDidDecide = this.decided.event;
 
+  /** Accepted changes, by file, until the user saves that file: an edited one is training signal. */
+  private readonly accepted = new Map<string, { taskId: string; kind: P.FeedbackParams['kind']; text: string }>();
+
   constructor(private readonly server: SwespotServer, private readonly log: vscode.LogOutputChannel) {
-    this.disposables.push(vscode.workspace.registerTextDocumentContentProvider(PROPOSED_SCHEME, this), this.decided);
+    this.disposables.push(
+      vscode.workspace.registerTextDocumentContentProvider(PROPOSED_SCHEME, this),
+      this.decided,
+      vscode.workspace.onDidSaveTextDocument((doc) => this.savedAfterAccept(doc)),
+    );
+  }
+
+  /** The first save of a file an accepted change touched: if the user changed what was accepted, say so. */
+  private savedAfterAccept(doc: vscode.TextDocument): void {
+    const key = doc.uri.toString();
+    const accepted = this.accepted.get(key);
+    if (!accepted) {
+      return;
+    }
+    this.accepted.delete(key);
+    if (doc.getText() !== accepted.text) {
+      this.server.notify(P.FEEDBACK, { id: accepted.taskId, kind: accepted.kind, action: 'editedAfterAccept', uri: key, finalText: doc.getText() } satisfies P.FeedbackParams);
+    }
   }
 
   provideTextDocumentContent(uri: vscode.Uri): string {
@@ -106,9 +126,11 @@ export class TaskReviewer implements vscode.Disposable, vscode.TextDocumentConte
       this.contents.set(after.toString(), c.after);
       return { change: c, target, before, after };
     });
+    let review!: Review;
     const decision = new Promise<Decision>((resolve) => {
-      this.review = { result, kind, changes, decide: resolve };
+      review = { result, kind, changes, decide: resolve };
     });
+    this.review = review;
     await vscode.commands.executeCommand('setContext', REVIEWING, true);
     if (sides.length === 1) {
       const s = sides[0];
@@ -123,6 +145,9 @@ export class TaskReviewer implements vscode.Disposable, vscode.TextDocumentConte
     void vscode.window
       .showInformationMessage(`SWE-Spot proposes a change to ${files}. ${result.summary}`.trim(), 'Accept', 'Reject')
       .then((choice) => {
+        if (this.review !== review) {
+          return; // this notification's change was decided (or replaced by a newer one) meanwhile
+        }
         if (choice === 'Accept') {
           void this.accept();
         } else if (choice === 'Reject') {
@@ -170,6 +195,11 @@ export class TaskReviewer implements vscode.Disposable, vscode.TextDocumentConte
     }
     this.review = undefined;
     this.server.notify(P.FEEDBACK, { id: review.result.taskId, kind: review.kind, action: decision } satisfies P.FeedbackParams);
+    if (decision === 'accepted') {
+      for (const change of review.changes.filter((c) => c.kind !== 'delete')) {
+        this.accepted.set(vscode.Uri.parse(change.uri).toString(), { taskId: review.result.taskId, kind: review.kind, text: change.after });
+      }
+    }
     await vscode.commands.executeCommand('setContext', REVIEWING, false);
     await this.closeDiffs();
     review.decide(decision);

@@ -108,6 +108,26 @@ describe('SWE-Spot in VS Code', () => {
     assert.strictEqual(await decided, 'rejected');
     assert.strictEqual((await vscode.workspace.openTextDocument(ops)).getText(), before);
     await until('the rejection in feedback.jsonl', () => feedbackJournal().find((e) => e.id === pending.taskId && e.action === 'rejected'));
+  });
+
+  it('applies an accepted change as one undoable edit, and journals an edit made after it', async () => {
+    const ops = vscode.Uri.joinPath(root, 'calc', 'ops.py');
+    const doc = await vscode.workspace.openTextDocument(ops);
+    const before = doc.getText();
+    const decided = api.reviewer.runTask('Make add return the sum');
+    const pending = await until('the change under review', () => api.reviewer.pending);
+    await vscode.commands.executeCommand('swespot.acceptChange');
+    assert.strictEqual(await decided, 'accepted');
+    assert.strictEqual(doc.getText(), before.replace('return a - b', 'return a + b'));
+    await vscode.window.showTextDocument(doc);
+    await vscode.commands.executeCommand('undo');
+    assert.strictEqual(doc.getText(), before, 'one undo takes the whole change back');
+    await vscode.commands.executeCommand('redo');
+    const editor = await vscode.window.showTextDocument(doc);
+    await editor.edit((e) => e.insert(new vscode.Position(0, 0), '# reviewed\n'));
+    await doc.save();
+    const entry = await until('editedAfterAccept in feedback.jsonl', () => feedbackJournal().find((e) => e.id === pending.taskId && e.action === 'editedAfterAccept'));
+    assert.ok((entry as { finalText?: string }).finalText?.startsWith('# reviewed\n'));
     await vscode.workspace.getConfiguration('swespot').update('agentModel', undefined, vscode.ConfigurationTarget.Workspace);
   });
 
