@@ -257,6 +257,39 @@ class LlamaRuntime:
             self.reset_cache()
             return out
 
+    def target_logprobs(self, tokens: Sequence[int], first: int):
+        """Log-probability of each of ``tokens[first:]`` given everything before it (numpy float64
+        array). One decode pass in batches, asking llama.cpp for logits only at the positions that
+        predict a target token: on a 262k vocabulary the full logits would cost more than the model.
+        Needs no ``logits_all``; starts from and leaves an empty cache."""
+        import numpy as np
+
+        tokens = list(tokens)
+        if not 1 <= first < len(tokens):
+            raise SwespotError(f"target start {first} is outside 1..{len(tokens) - 1}")
+        if len(tokens) > self.n_ctx:
+            raise SwespotError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}")
+        llm, out = self._llm, []
+        with self._lock:
+            self.reset_cache()
+            try:
+                step = llm.n_batch
+                for start in range(0, len(tokens), step):
+                    chunk = tokens[start: start + step]
+                    llm._batch.set_batch(chunk, n_past=start, logits_all=False)
+                    wanted = [first - 1 <= start + i < len(tokens) - 1 for i in range(len(chunk))]
+                    for i, flag in enumerate(wanted):
+                        llm._batch.batch.logits[i] = flag
+                    llm._ctx.decode(llm._batch)
+                    for i in (i for i, flag in enumerate(wanted) if flag):
+                        row = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i),
+                                                    shape=(self.n_vocab,)).astype(np.float64)
+                        peak = row.max()
+                        out.append(row[tokens[start + i + 1]] - peak - np.log(np.exp(row - peak).sum()))
+            finally:
+                self.reset_cache()
+        return np.array(out)
+
     # ---- generation ----------------------------------------------------------------------------
     def generate(
         self,
@@ -349,6 +382,9 @@ class _LlamaLogBridge:
 
     # ggml_log_level in this llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
     LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+    # warnings that are expected on every CPU run and say nothing the user can act on: an adapter on a
+    # repacked (Q4) base takes the plain CPU path, and Gemma's sliding-window cache is kept whole
+    ROUTINE = ("cannot use buft", "using full-size SWA cache")
 
     def __init__(self) -> None:
         self.errors: list[str] = []
@@ -368,6 +404,8 @@ class _LlamaLogBridge:
             line = text.decode("utf-8", errors="replace").rstrip()
             if pylevel >= logging.ERROR and line:
                 self.errors = (self.errors + [line])[-5:]
+            if pylevel == logging.WARNING and any(r in line for r in self.ROUTINE):
+                pylevel = logging.DEBUG
             if line:
                 self._log.log(pylevel, "%s", line)
 

@@ -153,20 +153,22 @@ def test_evaluation_scores_models_through_llama_cpp_and_writes_the_report(geomet
 
 
 def test_loss_is_the_mean_negative_log_likelihood_of_the_target(tiny_gguf_f32):
+    """The sparse pass (logits only where a target token is predicted, in batches) gives the log-softmax
+    of the full logits, also across a batch boundary."""
     import numpy as np
 
     from agent.runtime import LlamaRuntime
     from trainer.evaluation import target_loss
 
-    with LlamaRuntime(tiny_gguf_f32, n_ctx=256, logits_all=True) as rt:
-        prefix = rt.tokenize("def area(self):\n", add_bos=True)
-        target = rt.tokenize("    return 1\n", add_bos=False)
-        logits = rt.logits(prefix + target)
-        expected = []
-        for i, tok in enumerate(target):
-            row = logits[len(prefix) - 1 + i].astype(np.float64)
-            expected.append(np.log(np.exp(row - row.max()).sum()) + row.max() - row[tok])
-        assert target_loss(rt, prefix, target) == pytest.approx(float(np.mean(expected)), rel=1e-6)
+    with LlamaRuntime(tiny_gguf_f32, n_ctx=1024, logits_all=True) as rt:
+        prefix = rt.tokenize("def area(self):\n" * 60, add_bos=True)
+        target = rt.tokenize("    return self.side * self.side\n" * 45, add_bos=False)
+        assert len(prefix) < rt._llm.n_batch < len(prefix) + len(target)
+        logits = rt.logits(prefix + target).astype(np.float64)
+        rows = logits[len(prefix) - 1: len(prefix) + len(target) - 1]
+        expected = np.log(np.exp(rows - rows.max(1, keepdims=True)).sum(1)) + rows.max(1) - rows[np.arange(len(target)), target]
+        assert target_loss(rt, prefix, target) == pytest.approx(float(expected.mean()), rel=1e-5)
+        assert rt.complete(prefix, max_tokens=3).completion_tokens >= 1  # the cache was left usable
 
 
 def test_compare_publishes_only_a_candidate_that_is_not_worse():

@@ -45,7 +45,7 @@ DESIGN_SYSTEM = "You answer questions about this software repository briefly and
 # Sizes per profile: "quick" fits the embedded model on a 2-core CPU in a few minutes.
 EVAL_PROFILES = {
     "tiny": dict(line=8, body=3, design=6, replay=1, context_tokens=192, max_steps=3, replay_tokens=6000, n_ctx=2048),
-    "quick": dict(line=32, body=6, design=12, replay=2, context_tokens=320, max_steps=5, replay_tokens=12000, n_ctx=4096),
+    "quick": dict(line=24, body=4, design=8, replay=1, context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
     "full": dict(line=200, body=40, design=60, replay=20, context_tokens=1024, max_steps=15, replay_tokens=60000, n_ctx=8192),
 }
 
@@ -259,14 +259,7 @@ def edit_similarity(a: str, b: str) -> float:
 
 def target_loss(runtime, prefix_ids: list[int], target_ids: list[int]) -> float:
     """Mean negative log-likelihood (nats per token) of ``target_ids`` following ``prefix_ids``."""
-    import numpy as np
-
-    ids = prefix_ids + target_ids
-    logits = runtime.logits(ids)[len(prefix_ids) - 1: len(ids) - 1].astype(np.float64)
-    peak = logits.max(axis=1, keepdims=True)
-    logz = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-    picked = logits[np.arange(len(target_ids)), target_ids]
-    return float((logz - picked).mean())
+    return float(-runtime.target_logprobs(prefix_ids + target_ids, len(prefix_ids)).mean())
 
 
 def _left_truncate(runtime, text: str, max_tokens: int) -> list[int]:
@@ -305,7 +298,7 @@ class Evaluator:
         agent_tasks = [t for t in tasks if t.family == "replay"]
         total = len(text_tasks) * len(self.models)
         if text_tasks:
-            rt, names = self._runtime(n_ctx=max(1024, self.sizes["context_tokens"] + 512), logits_all=True)
+            rt, names = self._runtime(n_ctx=max(1024, self.sizes["context_tokens"] + 512))
             with rt, tqdm(total=total, desc="eval: completion/design", unit="task", disable=not self.progress, file=sys.stderr) as bar:
                 for spec in self.models:
                     self._select(rt, names, spec)
@@ -338,12 +331,12 @@ class Evaluator:
             target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
             loss = target_loss(rt, prefix, target) if target else float("nan")
             if task.family == "line":
-                out = rt.complete(prefix, max_tokens=48, stop=["\n"])
+                out = rt.complete(prefix, max_tokens=32, stop=["\n"])
                 got = out.text
                 return {"loss": loss, "tokens": len(target), "exact": got.strip() == task.target.strip(),
                         "similarity": edit_similarity(got.strip(), task.target.strip()), "completion": got,
                         "completion_tokens": out.completion_tokens}
-            out = rt.complete(prefix, max_tokens=min(160, 2 * len(target) + 8), stop=["\ndef ", "\nclass ", "\n\n\n"])
+            out = rt.complete(prefix, max_tokens=min(96, 2 * len(target) + 8), stop=["\ndef ", "\nclass ", "\n\n\n"])
             got = out.text.rstrip()
             return {"loss": loss, "tokens": len(target), "exact": got.strip() == task.target.strip(),
                     "similarity": edit_similarity(got, task.target), "completion": got,
@@ -356,7 +349,7 @@ class Evaluator:
         prompt_ids = rt.tokenize(renderer.prompt(messages), add_bos=True)
         target = rt.tokenize(task.target, add_bos=False, special=False)
         loss = target_loss(rt, prompt_ids, target)
-        out = rt.complete(prompt_ids, max_tokens=48, stop=list(renderer.stop) + ["\n\n"])
+        out = rt.complete(prompt_ids, max_tokens=32, stop=list(renderer.stop) + ["\n\n"])
         accept = task.meta.get("accept") or [task.meta["answer"]]
         correct = any(a in out.text for a in accept)
         return {"loss": loss, "tokens": len(target), "exact": correct, "similarity": edit_similarity(out.text.strip(), task.target),
@@ -372,7 +365,7 @@ class Evaluator:
         with Snapshot(repo_path, prefix="swespot-eval-") as snap:
             snap.checkout(task.meta["parent"])
             ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), run_timeout=60, scratch_runs=False)
-            agent = Agent(LlamaModel(rt, max_tokens=384), ws, Budget(max_steps=self.sizes["max_steps"],
+            agent = Agent(LlamaModel(rt, max_tokens=256), ws, Budget(max_steps=self.sizes["max_steps"],
                                                                       max_tokens=self.sizes["replay_tokens"]), unit="eval")
             result = agent.run(task.prompt)
             # the agent's change vs the real one, over the files the commit touched

@@ -38,10 +38,10 @@ OnPhase = Callable[[str, "float | None", dict], None]
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
-    "quick": {"train_profile": "cpu", "steps": 24, "continue_steps": 12,
+    "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 16,
               # the system prompt with the tool schemas alone is ~700 tokens; the loss skips it cheaply
               # (trained_token_loss), and without gradient checkpointing a 270M model still fits in ~4 GB
-              "train": {"max_len": 1024, "batch_tokens": 2048, "gradient_checkpointing": False},
+              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False},
               "experience": {"per_file": 4, "implementations_per_file": 3, "max_commits": 150}},
     "full": {"train_profile": "cpu", "steps": None, "continue_steps": None, "train": {"epochs": 1.0},
              "experience": {"units": ("design", "implementation", "evolution", "runtime"), "run_tests": True}},
