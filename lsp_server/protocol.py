@@ -94,8 +94,10 @@ class ChatParams:
     history: list[ChatMessage] = attrs.field(factory=list)
     text_document: Optional[lsp.TextDocumentIdentifier] = None
     range: Optional[lsp.Range] = None
-    max_tokens: Optional[int] = None  # per model turn; default from settings
-    max_steps: Optional[int] = None  # tool-using turns; default from settings
+    max_tokens: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    """per model turn; default from settings"""
+    max_steps: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    """tool-using turns; default from settings"""
 
 
 @attrs.define
@@ -135,7 +137,7 @@ class TaskParams:
 
     request: str
     text_documents: list[lsp.VersionedTextDocumentIdentifier] = attrs.field(factory=list)
-    max_steps: Optional[int] = None
+    max_steps: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     task_id: Optional[str] = None  # echoed back; also the feedback id
 
 

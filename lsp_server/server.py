@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import attrs
 import cattrs
+from cattrs.v import format_exception
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
@@ -61,6 +62,18 @@ VERSION = "0.1.0"
 SERVED_MEMORY = 256  # completions/tasks remembered for the feedback journal
 
 
+def validation_reasons(exc: cattrs.ClassValidationError) -> str:
+    """cattrs' reasons with their paths; a value a protocol type's validator refused keeps its message
+    ("'max_steps' must be >= 1: 0"), which cattrs alone reduces to "invalid value"."""
+
+    def describe(error: BaseException, type_) -> str:
+        if type_ is None and type(error) is ValueError and str(error):
+            return f"invalid value ({error})"
+        return format_exception(error, type_)
+
+    return "; ".join(cattrs.transform_error(exc, format_exception=describe))
+
+
 class SwespotProtocol(LanguageServerProtocol):
     """pygls' protocol, except that a request whose parameters cannot be parsed is answered with
     InvalidParams (pygls drops it, and the client would wait forever)."""
@@ -78,7 +91,7 @@ class SwespotProtocol(LanguageServerProtocol):
         except JsonRpcException as exc:
             if isinstance(data, dict) and "id" in data and "method" in data:
                 cause = exc.__cause__
-                reason = "; ".join(cattrs.transform_error(cause)) if isinstance(cause, cattrs.ClassValidationError) else str(cause or exc)
+                reason = validation_reasons(cause) if isinstance(cause, cattrs.ClassValidationError) else str(cause or exc)
                 return self.MalformedRequest(data["id"], str(data["method"]), reason)
             raise
 
@@ -753,7 +766,7 @@ class SwespotServer(LanguageServer):
         try:
             return self.protocol._converter.structure(raw, cls)
         except cattrs.ClassValidationError as exc:
-            raise JsonRpcInvalidParams(f"invalid parameters for {method}: {'; '.join(cattrs.transform_error(exc))}") from exc
+            raise JsonRpcInvalidParams(f"invalid parameters for {method}: {validation_reasons(exc)}") from exc
         except (TypeError, ValueError, KeyError) as exc:
             raise JsonRpcInvalidParams(f"invalid parameters for {method}: {exc}") from exc
 

@@ -126,6 +126,9 @@ async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_
 
     assert "required field missing @ $.prompt" in await refused("swespot/chat", {"chatId": "x"}, JsonRpcInvalidParams)
     assert "expected an object" in await refused("swespot/task", ["not", "an", "object"], JsonRpcInvalidParams)
+    assert "'max_steps' must be >= 1: 0" in await refused("swespot/task", {"request": "x", "maxSteps": 0}, JsonRpcInvalidParams)
+    assert "'max_tokens' must be >= 1: -5" in await refused("swespot/chat", {"chatId": "x", "prompt": "hi", "maxTokens": -5},
+                                                           JsonRpcInvalidParams)
     # a standard method whose params pygls cannot parse is answered too (pygls alone would drop it)
     no_position = json.dumps({"jsonrpc": "2.0", "id": "bad-1", "method": "textDocument/inlineCompletion",
                               "params": {"textDocument": {"uri": uri}}}).encode()
