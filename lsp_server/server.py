@@ -149,6 +149,7 @@ class SwespotServer(LanguageServer):
         self._cancels: set[threading.Event] = set()
         self._completion_cancel: dict[str, CompletionTicket] = {}
         self._served: OrderedDict[str, dict] = OrderedDict()
+        self._symbols: tuple[tuple | None, Any] = (None, None)  # (uri, version, length) -> the file's symbol index
         self._swap_pending = threading.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -703,12 +704,18 @@ class SwespotServer(LanguageServer):
         return bool(support and "edit" in support.properties)
 
     def _function_at(self, doc: DocumentSnapshot, line: int):
+        """The function or method around ``line``. Editors ask for code actions at every cursor move, so
+        the document's symbols are parsed once per version (parsing holds the GIL: 5-20 ms a file)."""
         from agent.index import parse_file
 
-        try:
-            index = parse_file(self.rel(doc.path), doc.text)
-        except Exception:  # noqa: BLE001 - no parser for this language: no test action
-            return None
+        key = (doc.uri, doc.version, len(doc.text))
+        if self._symbols[0] != key:
+            try:
+                index = parse_file(self.rel(doc.path), doc.text)
+            except Exception:  # noqa: BLE001 - no parser for this language: no test action
+                index = None
+            self._symbols = (key, index)
+        index = self._symbols[1]
         symbol = index.enclosing(line) if index is not None else None
         return symbol if symbol is not None and symbol.kind in ("function", "method") else None
 
