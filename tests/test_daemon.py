@@ -406,3 +406,13 @@ def test_corrupt_store_files_do_not_stop_the_daemon_from_serving_the_last_good_v
         assert listed["v0002"].startswith("damaged: manifest.json is unreadable")
     finally:
         daemon.lock.release()
+
+
+def test_a_folder_that_is_not_a_repository_is_refused_with_the_reason_in_status(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "data"))
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "daemon", "--repo", str(folder)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == f"swespot: error: {folder} is not a git repository"
+    assert read_json(state_dir(folder) / "status.json")["error"] == f"{folder} is not a git repository"

@@ -111,15 +111,25 @@ def repo_with_heldout_shards(root: Path, scratch: Path) -> str:
     raise AssertionError("no held-out shard after 40 modules")
 
 
-def test_a_candidate_the_gate_refuses_is_not_published(tmp_path, tiny_hf_dir, monkeypatch):
+def test_sigterm_resumes_and_a_candidate_the_gate_refuses_is_not_published(tmp_path, tiny_hf_dir, monkeypatch):
     repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
     c1 = repo_with_heldout_shards(repo, tmp_path / "scratch")
     state = state_dir(repo)
     store = AdapterStore(state)
-    proc = start_daemon(repo, state_root, log, *ARGS, "--base", str(tiny_hf_dir), "--steps", "8", "--gate", "loss")
+    args = (*ARGS, "--base", str(tiny_hf_dir), "--steps", "8", "--gate", "loss")
+    proc = start_daemon(repo, state_root, log, *args)
     try:
+        # SIGTERM (how the language server stops it) mid-training: a checkpoint, a clean exit, then a resume
+        wait_for(lambda: (lambda s: s.get("phase") == "train" and (s.get("phase_progress") or 0) > 0)(read_json(state / "status.json")),
+                 "training", 900, proc, log)
+        assert stop_daemon(proc, signal.SIGTERM) == 0
+        stopped = read_json(state / "status.json")
+        assert stopped["phase"] == "stopped" and stopped["pid"] is None and store.current() is None
+        assert list((state / "work").glob("run-*/adapter/checkpoints/step-*/state.json"))
+        proc = start_daemon(repo, state_root, log, *args)
         v1 = wait_for(lambda: published(store, c1), "a first version that beats the base model", 900, proc, log)
+        assert "resuming from step-" in log.read_text()
         assert v1.manifest["gate"]["kind"] == "heldout-loss" and v1.manifest["gate"]["reference"] == "base"
         assert stop_daemon(proc) == 0
         # an under-trained candidate (one step from scratch) must lose to v0001 on held-out loss

@@ -662,9 +662,14 @@ class Daemon:
         raise Interrupted(f"signal {signum} during {run.phase}")
 
     def serve(self) -> int:
-        if not self.repo.is_dir():
-            raise SwespotError(f"repository not found: {self.repo}")
-        read_git_state(self.repo)  # fails clearly when it is not a git repository
+        try:
+            if not self.repo.is_dir():
+                raise SwespotError(f"repository not found: {self.repo}")
+            read_git_state(self.repo)  # fails clearly when it is not a git repository
+        except SwespotError as exc:
+            if lock_holder(self.state) is None:  # say why in status.json, where the editor looks
+                self.status(phase="error", error=str(exc), pid=None, message=str(exc))
+            raise
         self.lock.acquire(self.repo)
         previous = read_status(self.state)
         last = previous.get("last_result") or {}
