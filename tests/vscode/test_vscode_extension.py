@@ -159,24 +159,27 @@ def test_packaged_extension_in_code_server_chats_and_applies_a_reviewed_task(e2e
     vsix = EXT / "swespot-local.vsix"
     workspace = _fixture_workspace(tmp_path / "proj", tiny_gguf_q8, tmp_path / "state")
     script = _task_script(tmp_path / "task.json")
+    chat_script = tmp_path / "chat.json"  # a reply naming a file and line, to click in the chat panel
+    chat_script.write_text(json.dumps([{"role": "assistant", "content": "add is defined in calc/ops.py:4 and tested in tests/test_ops.py."}]))
     artifacts = ARTIFACTS / "e2e"
     shutil.rmtree(artifacts, ignore_errors=True)
     env = {**e2e_env, "SWESPOT_STATE_DIR": str(tmp_path / "state"), "SWESPOT_LOG_LEVEL": "DEBUG"}
     done = subprocess.run(
         ["node", "e2e/run.mjs", "--workspace", str(workspace), "--vsix", str(vsix), "--artifacts", str(artifacts),
-         "--task-model", f"scripted:{script}"],
+         "--task-model", f"scripted:{script}", "--chat-model", f"scripted:{chat_script}"],
         cwd=EXT, env=env, capture_output=True, text=True, timeout=E2E_TIMEOUT_S)
     sys.stderr.write(done.stderr[-6000:])
     results = json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {}
     assert done.returncode == 0, f"e2e failed: {results.get('error')}; steps: {json.dumps(results.get('steps'), indent=1)[-6000:]}"
     steps = {s["name"]: s for s in results["steps"]}
     for name in ("install-extension", "status-bar-ready", "status-menu", "chat-streamed-reply", "switch-to-scripted-agent-model",
-                 "task-diff-shown", "task-accepted-and-saved"):
+                 "task-diff-shown", "task-accepted-and-saved", "chat-file-reference-opens-the-file"):
         assert steps[name]["ok"], name
     assert steps["chat-streamed-reply"]["deltas"] >= 1 and steps["chat-streamed-reply"]["reply"].strip()
     assert "tokens" in steps["chat-streamed-reply"]["footer"]
+    assert steps["chat-file-reference-opens-the-file"]["link"] == "calc/ops.py:4"
     assert (workspace / "calc" / "ops.py").read_text() == OPS.replace("return a - b", "return a + b")
-    assert len(results["screenshots"]) >= 7 and all(Path(p).stat().st_size > 10_000 for p in results["screenshots"])
+    assert len(results["screenshots"]) >= 8 and all(Path(p).stat().st_size > 10_000 for p in results["screenshots"])
 
 
 @pytest.mark.slow

@@ -4,12 +4,14 @@
 //   2. look at VS Code's own chat view (it needs a signed-in chat provider; we record what it shows);
 //   3. open the SWE-Spot chat panel, send a message, and see the tiny model's reply stream in;
 //   4. switch chat/tasks to a scripted agent model (a settings change), run "SWE-Spot: Do this…",
-//      see the proposed diff, accept it, save, and check the file on disk.
+//      see the proposed diff, accept it, save, and check the file on disk;
+//   5. with --chat-model (a scripted reply that names a file and line), click the file reference in
+//      the chat panel's reply and land on that line.
 // A screenshot is saved after each step. Prints one JSON line of results; exits 0 only if every step
 // passed.
 //
 // usage: node e2e/run.mjs --workspace DIR --vsix FILE --artifacts DIR --task-model scripted:FILE
-//        [--code-server BIN] [--chromium /usr/bin/chromium] [--expect-file REL --expect-text TEXT]
+//        [--chat-model scripted:FILE] [--code-server BIN] [--chromium /usr/bin/chromium] [--expect-file REL --expect-text TEXT]
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -23,6 +25,7 @@ const { values: opt } = parseArgs({
     vsix: { type: 'string' },
     artifacts: { type: 'string' },
     'task-model': { type: 'string' },
+    'chat-model': { type: 'string' },
     'task-request': { type: 'string', default: 'Make add return the sum of its arguments' },
     'chat-prompt': { type: 'string', default: 'What does add in calc/ops.py do?' },
     'expect-file': { type: 'string', default: 'calc/ops.py' },
@@ -259,6 +262,28 @@ try {
     await page.locator('.tabs-container .tab.active', { hasText: path.basename(opt['expect-file']) }).waitFor({ timeout: STEP_MS });
     return { file: fs.readFileSync(target, 'utf8') };
   });
+  if (opt['chat-model']) {
+    await step('chat-file-reference-opens-the-file', async () => {
+      const settings = JSON.parse(fs.readFileSync(settingsFile(), 'utf8'));
+      settings['swespot.agentModel'] = opt['chat-model'];
+      fs.writeFileSync(settingsFile(), JSON.stringify(settings, null, 2));
+      await waitForStatus(new RegExp(`chat and tasks: ${opt['chat-model'].replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+      await palette('SWE-Spot: Open Chat');
+      const prompt = chat.locator('#prompt');
+      await prompt.waitFor({ state: 'visible', timeout: STEP_MS });
+      await prompt.fill('Where is add defined?');
+      await prompt.press('Enter');
+      await chat.locator('.msg.assistant[data-state="done"]').nth(1).waitFor({ timeout: STEP_MS });
+      const link = chat.locator('.msg.assistant').last().locator('a.file-ref').first();
+      const text = await link.innerText();
+      await link.click();
+      await page.locator('.tabs-container .tab.active', { hasText: 'ops.py' }).waitFor({ timeout: STEP_MS });
+      const line = text.match(/:(\d+)/)?.[1];
+      const cursor = page.locator('.statusbar-item', { hasText: `Ln ${line},` });
+      await cursor.waitFor({ timeout: STEP_MS });
+      return { link: text, cursor: await cursor.innerText() };
+    });
+  }
   exitCode = 0;
 } catch (err) {
   results.error = String(err?.message ?? err);
