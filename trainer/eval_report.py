@@ -64,7 +64,7 @@ def _table(report: dict) -> str:
         present = [v for v in values if v is not None]
         best = min(present) if lower else max(present)
         cells = "".join(
-            "<td>–</td>" if v is None else f"<td{' class=best' if v == best and len(present) > 1 else ''}>{v:.4f}</td>"
+            "<td>–</td>" if v is None else f"<td{' class=best' if v == best and len(set(present)) > 1 else ''}>{v:.4f}</td>"
             for v in values)
         rows.append(f"<tr><td>{html.escape(label)}{' ↓' if lower else ' ↑'}</td>{cells}</tr>")
     for key, label in (("turns", "replay: turns per task"), ("tokens", "replay: tokens per task")):
