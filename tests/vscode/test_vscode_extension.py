@@ -200,4 +200,4 @@ def test_in_editor_suite_passes_in_code_server(e2e_env, tiny_gguf_q8, tmp_path):
     log = "\n".join(result["log"])
     assert done.returncode == 0 and result["exitCode"] == 0, log[-6000:]
     passing = re.search(r"(\d+) passing", log)
-    assert passing and int(passing[1]) == 8 and "failing" not in log, log[-3000:]
+    assert passing and int(passing[1]) == 9 and "failing" not in log, log[-3000:]

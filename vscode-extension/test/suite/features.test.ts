@@ -7,6 +7,7 @@ import * as path from 'path';
 import * as vscode from 'vscode';
 import type { SwespotApi } from '../../src/extension';
 import * as P from '../../src/protocol';
+import { isCancellation } from '../../src/server';
 
 const EXTENSION_ID = 'swespot.swespot-local';
 let api: SwespotApi;
@@ -92,6 +93,36 @@ describe('SWE-Spot in VS Code', () => {
     const result = (await api.panel.ask('Explain what this code does and why.', { uri, selection: new vscode.Range(3, 0, 5, 16) }))!;
     assert.ok(result, 'no answer');
     assert.ok(result.text.trim().length > 0 && result.usage.completionTokens > 0);
+  });
+
+  it('stops generating when a chat is cancelled (the panel\'s Stop, the chat view\'s stop)', async () => {
+    const config = () => vscode.workspace.getConfiguration('swespot');
+    await config().update('chatMaxTokens', 2000, vscode.ConfigurationTarget.Workspace);
+    const question = { prompt: 'Tell me everything about this repository.', history: [] };
+    // greedy decoding: the same reply each time; the first one also shows the larger budget arrived
+    let wholeDeltas = 0;
+    const whole = await until('a reply longer than the workspace\'s 48 tokens', async () => {
+      wholeDeltas = 0;
+      const reply = await api.chat.ask(question, () => (wholeDeltas += 1));
+      return reply.usage.completionTokens > 48 ? reply : undefined;
+    });
+    assert.ok(wholeDeltas > 10, `the whole reply came in ${wholeDeltas} deltas: too few to tell a stopped chat from one that went on`);
+    const stop = new vscode.CancellationTokenSource();
+    const droppedBefore = api.server.deltas.dropped;
+    let streamed = '';
+    await assert.rejects(api.chat.ask(question, (d) => {
+      streamed += d.text;
+      stop.cancel();
+    }, stop.token), (err: unknown) => isCancellation(err) || /cancel/i.test(String(err)));
+    // the model thread runs one job at a time: once this answers, the cancelled chat has really ended
+    await api.server.request(P.GET_STATUS, {});
+    await api.chat.ask({ prompt: 'ok', history: [] }, () => undefined);
+    assert.ok(streamed.length > 0 && streamed.length < whole.text.length / 2, `streamed ${streamed.length} of ${whole.text.length} characters`);
+    // had the server gone on generating, its deltas (for a chat nobody listens to any more) would be many
+    const late = api.server.deltas.dropped - droppedBefore;
+    assert.ok(late <= 2, `${late} deltas arrived after the cancel`);
+    assert.strictEqual(api.server.deltas.listening, 0);
+    await config().update('chatMaxTokens', 48, vscode.ConfigurationTarget.Workspace);
   });
 
   it('shows a task\'s change for review; rejecting it changes nothing and is journalled', async () => {
