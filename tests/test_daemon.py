@@ -300,10 +300,12 @@ def test_status_reports_phase_progress_and_an_eta(tmp_path):
     assert seen[-1]["phase"] == "publish"
 
 
-def test_disk_full_is_named_and_nothing_is_published():
+def test_failures_are_one_line_that_says_nothing_was_published_and_names_a_full_disk(tmp_path):
     message = describe_error(OSError(errno.ENOSPC, "No space left on device"), "train")
-    assert message.startswith("disk full during train") and message.endswith("nothing was published")
-    assert "nothing was published" in describe_error(SwespotError("could not publish: nothing was published"), "publish")
+    assert message == "disk full during train: [Errno 28] No space left on device; nothing was published"
+    assert describe_error(SwespotError("could not publish: x; nothing was published"), "publish", tmp_path) == \
+        "could not publish: x; nothing was published"
+    assert describe_error(RuntimeError("boom"), "gate", tmp_path) == "RuntimeError: boom during gate; nothing was published"
 
 
 # ---- feedback episodes ---------------------------------------------------------------------------------

@@ -148,3 +148,44 @@ def test_sigterm_resumes_and_a_candidate_the_gate_refuses_is_not_published(tmp_p
     finally:
         if proc.poll() is None:
             stop_daemon(proc, signal.SIGKILL)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: room for the experience of the fixture repository, not for a trained adapter."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not permitted'})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_reported_and_nothing_is_published(tmp_path, tiny_hf_dir, small_disk, monkeypatch):
+    repo, log = tmp_path / "repo", tmp_path / "daemon.log"
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(small_disk))
+    c0 = make_repo(repo)
+    state = state_dir(repo)
+    store = AdapterStore(state)
+    src = tmp_path / "older"  # an earlier version (its weights do not matter: it is never loaded here)
+    src.mkdir()
+    (src / "adapter.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    (src / "manifest.json").write_text(json.dumps({"commit": c0}))
+    store.publish(src)
+    c1 = commit(repo, *NEXT_COMMITS[0])
+    proc = start_daemon(repo, small_disk, log, *ARGS, "--base", str(tiny_hf_dir), "--steps", "3", "--gate", "none")
+    try:
+        status = wait_for(lambda: (lambda s: s if (s.get("last_result") or {}).get("commit") == c1 else None)(read_json(state / "status.json")),
+                          "the refresh to fail", 900, proc, log)
+        assert status["last_result"]["published"] is False
+        # torch's checkpoint writer fails with a RuntimeError, not ENOSPC: the free space names the cause
+        assert status["last_error"].startswith("disk full during train"), status["last_error"]
+        assert "nothing was published" in status["last_error"]
+        assert proc.poll() is None  # still running, still serving
+        assert store.current_name() == "v0001" and store.version_names() == ["v0001"]
+        assert not list(store.root.glob(".incoming-*"))
+        assert stop_daemon(proc) == 0
+    finally:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)

@@ -36,6 +36,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -305,16 +306,30 @@ def machine_busy(device: str, max_load: float | None, min_gpu_free: float) -> st
     return None
 
 
-def describe_error(exc: BaseException, phase: str | None) -> str:
+LOW_DISK_BYTES = 64 * 2**20  # less free space than this in the state folder counts as a full disk
+
+
+def free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def describe_error(exc: BaseException, phase: str | None, state: Path | None = None) -> str:
+    """One line for status.json: what failed, where, and that nothing was published (a failed run never
+    is). A full disk does not always raise ENOSPC (torch's checkpoint writer raises a RuntimeError about
+    a stream position), so the free space of the state folder is asked too."""
     where = f" during {phase}" if phase else ""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"disk full{where}: {exc}; nothing was published"
-    text = str(exc)
-    if "No space left" in text or "disk is full" in text:
+    text = str(exc).removesuffix("; nothing was published")
+    if not isinstance(exc, (SwespotError, OSError)):
+        text = f"{type(exc).__name__}: {text}"
+    free = free_bytes(state) if state is not None else None
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in text:
         return f"disk full{where}: {text}; nothing was published"
-    if isinstance(exc, SwespotError):
-        return f"{text}" + ("" if "nothing was published" in text else "; nothing was published")
-    return f"{type(exc).__name__}{where}: {text}; nothing was published"
+    if free is not None and free < LOW_DISK_BYTES:
+        return f"disk full{where} ({free // 1024} KiB free in {state}): {text}; nothing was published"
+    return f"{text}" + ("" if isinstance(exc, SwespotError) else where) + "; nothing was published"
 
 
 # ---- the daemon -------------------------------------------------------------------------------------
@@ -387,6 +402,7 @@ class Daemon:
         self._raised = False
         self._last_write = 0.0
         self._written: dict = {}
+        self._status_failure: str | None = None
         self._repo_gone = False
         self._waiting_why: str | None = None
 
@@ -403,8 +419,11 @@ class Daemon:
             try:
                 write_status(self.state, **fields)
                 self._written.update(fields)
+                self._status_failure = None
             except (SwespotError, OSError) as exc:
-                log.warning("could not update status.json: %s", exc)
+                if str(exc) != self._status_failure:  # once per cause, not every poll
+                    log.warning("could not update status.json: %s", exc)
+                self._status_failure = str(exc)
 
     def expected_seconds(self) -> dict:
         last = (read_status(self.state).get("last_result") or {}).get("phase_seconds") or {}
@@ -615,15 +634,19 @@ class Daemon:
             self.status(phase="stopped", message=f"interrupted during {phase}; the next start resumes", run=None)
             return
         except (SwespotError, OSError) as exc:
-            error = describe_error(exc, self.run.phase)
+            error = describe_error(exc, self.run.phase, self.state)
         except Exception as exc:  # noqa: BLE001 — the one boundary: report any failure, keep serving
             log.exception("refresh failed")
-            error = describe_error(exc, self.run.phase)
+            error = describe_error(exc, self.run.phase, self.state)
         finally:
             self._raised = False
             run, self.run = self.run, None
         elapsed = round(time.monotonic() - run.started, 2)
         if error is not None:
+            if error.startswith("disk full"):
+                # make room to report it: the training scratch (its checkpoints, a half-written one) goes
+                shutil.rmtree(self.state / "work", ignore_errors=True)
+                error += " (the training scratch folder was removed to make room)"
             log.error("refresh for %s failed: %s", pending.head[:10], error)
             self.refused[pending.head] = (time.monotonic(), error, True)
             self.status(phase="idle", last_error=error, last_error_at=time.time(), run=None, progress=None, eta_s=None,

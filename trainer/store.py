@@ -308,9 +308,14 @@ class AdapterStore:
                 self.clear_current()
         elif self.current_name() != choice.version.name:
             self.set_current(choice.version.name)
-        if choice.version is not None or self.versions():
-            self.write_selection({"version": choice.version.name if choice.version else None, "pinned": choice.pinned,
-                                  "reason": choice.reason, "head": choice.head, "branch": choice.branch})
+        record = {"version": choice.version.name if choice.version else None, "pinned": choice.pinned,
+                  "reason": choice.reason, "head": choice.head, "branch": choice.branch}
+        before = self.read_selection()
+        if (choice.version is not None or self.versions()) and any(before.get(k) != v for k, v in record.items()):
+            try:  # only an explanation: failing to write it (a full disk) must not stop serving
+                self.write_selection(record)
+            except SwespotError as exc:
+                log.warning("%s", exc)
         return choice
 
     def prune(self, keep: int) -> list[str]:
