@@ -178,7 +178,7 @@ async def start_server(repo: Path, state: Path, state_root: Path, tiny_gguf_q8: 
                "PYTHONPATH": str(ROOT)}
         await client.start_io(sys.executable, "-c", PROBE, str(probe), "serve", "--model", str(tiny_gguf_q8),
                               "--repo", str(repo), env=env)
-        await client.initialize_session(lsp.InitializeParams(
+        session.initialized = await client.initialize_session(lsp.InitializeParams(
             capabilities=capabilities, root_uri=repo.as_uri(), initialization_options=init_options))
         session.statuses_before_initialized = session.mark()  # LSP: nothing but log/progress before that
         sessions.append(session)

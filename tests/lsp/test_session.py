@@ -17,9 +17,13 @@ pytestmark = pytest.mark.asyncio
 async def test_initialize_announces_features_and_status_and_shutdown_exits_cleanly(start_server, state):
     session = await start_server(init_options={"threads": 1})  # settings in initializationOptions too
     assert session.statuses_before_initialized == 0  # the first status comes after the initialize answer
-    caps = session.client.protocol.server_capabilities if hasattr(session.client.protocol, "server_capabilities") else None
+    caps = session.initialized.capabilities
+    assert session.initialized.server_info.name == "swespot"
+    assert caps.inline_completion_provider and caps.code_action_provider.resolve_provider
+    assert set(caps.execute_command_provider.commands) >= {"swespot.explain", "swespot.codeAction"}
+    assert caps.text_document_sync.change == lsp.TextDocumentSyncKind.Incremental
     status = await session.status(lambda s: s["state"] == "ready")
-    assert status["model"] == "tiny-q8_0.gguf" and status["adapter"] is None if "adapter" in status else True
+    assert status["model"] == "tiny-q8_0.gguf" and "adapter" not in status  # no adapter published yet
     assert status["daemon"] == {"enabled": False, "running": False, "available": True}
     got = await session.request("swespot/getStatus", {})
     assert got["state"] == "ready" and got["model"] == "tiny-q8_0.gguf"
@@ -28,7 +32,6 @@ async def test_initialize_announces_features_and_status_and_shutdown_exits_clean
     log = (state / "serve.log").read_text()
     assert "[swespot/getStatus#" in log  # every request is tagged with its id in the log
     assert session.torch_modules_seen() == []
-    del caps
 
 
 async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_server, state):
@@ -37,7 +40,7 @@ async def test_chat_streams_deltas_and_returns_the_final_text_with_usage(start_s
     assert result["chatId"] == "c1" and result["exit"] in ("answered", "limits")
     assert 0 < result["usage"]["completionTokens"] <= 24 and result["usage"]["turns"] == 1
     streamed = "".join(d["text"] for d in session.notes["swespot/chatDelta"] if d["chatId"] == "c1" and d["kind"] == "text")
-    assert streamed.strip() and streamed.strip()[:10] in streamed  # the reply came as deltas before the result
+    assert result["text"].strip() and result["text"].strip()[:10] in streamed  # the reply came as deltas too
     assert await session.status(lambda s: s["state"] == "generating")
     heartbeat = json.loads((state / "heartbeat.json").read_text())  # the daemon's sign that the editor waits
     assert heartbeat["generating"] is False and heartbeat["updated_at"] > 0
