@@ -24,8 +24,9 @@ Requests (client -> server)
                                   ``swespot/status``. Unknown or damaged versions: RequestFailed.
     ``swespot/retrain``           no params -> RetrainResult: ask the trainer daemon to train now,
                                   whatever its schedule, by writing ``retrain.request`` (JSON, atomic) in
-                                  the state dir for the daemon to consume. RequestFailed when background
-                                  training is off or this installation has no daemon.
+                                  the state dir for the daemon to consume (one still starting reads it
+                                  when up). RequestFailed when background training is off or the daemon
+                                  could not be started.
 
 Notifications
     ``swespot/chatDelta``  (server -> client) ChatDelta

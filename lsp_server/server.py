@@ -416,8 +416,8 @@ class SwespotServer(LanguageServer):
         assert self.tracker is not None and self.daemon is not None
         if not self.settings.background_training:
             raise SwespotError("background training is paused; resume it (swespot.backgroundTraining) to retrain")
-        if not self.daemon.running:
-            raise SwespotError(self.daemon.error or "the trainer daemon is not running; see daemon.log in the state dir")
+        if self.daemon.error:  # it could not be started; one that is still starting reads the request when up
+            raise SwespotError(self.daemon.error)
         request = self.tracker.store.state / "retrain.request"
         write_atomic(request, json.dumps({"requested_at": time.time(), "by": "swespot serve"}).encode())
         log.info("asked the trainer daemon to retrain (%s)", request)
