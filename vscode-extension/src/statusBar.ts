@@ -116,9 +116,10 @@ export async function retrain(server: SwespotServer): Promise<void> {
   } catch (err) {
     const message = errorText(err);
     if (/paused/.test(message)) {
-      const choice = await vscode.window.showWarningMessage(`SWE-Spot: ${message}`, 'Resume training');
+      const choice = await vscode.window.showWarningMessage(`SWE-Spot: ${message}`, 'Resume and retrain');
       if (choice) {
-        await setTraining(true);
+        await setTraining(true); // the server hears the setting before the request that follows
+        await retrain(server);
       }
       return;
     }
