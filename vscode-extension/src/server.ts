@@ -194,13 +194,21 @@ export class SwespotServer implements vscode.Disposable {
       void this.restart();
       return;
     }
-    if (affectsServer((s) => e.affectsConfiguration(s)) && this.client?.state === State.Running) {
-      const settings = readServerSettings();
-      this.log.info(`settings sent to the server: ${JSON.stringify(settings)}`);
-      void this.client.sendNotification(DidChangeConfigurationNotification.type, { settings: { swespot: settings } });
-      if (this.lastStatus) {
-        this.events.onStatus(this.lastStatus); // settings show in the status (e.g. the agent model)
-      }
+    if (affectsServer((s) => e.affectsConfiguration(s))) {
+      this.pushSettings();
+    }
+  }
+
+  /** Tell the server the current settings now (a request sent after this sees them). */
+  pushSettings(): void {
+    if (this.client?.state !== State.Running) {
+      return;
+    }
+    const settings = readServerSettings();
+    this.log.info(`settings sent to the server: ${JSON.stringify(settings)}`);
+    void this.client.sendNotification(DidChangeConfigurationNotification.type, { settings: { swespot: settings } });
+    if (this.lastStatus) {
+      this.events.onStatus(this.lastStatus); // settings show in the status (e.g. the agent model)
     }
   }
 

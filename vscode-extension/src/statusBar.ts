@@ -118,7 +118,8 @@ export async function retrain(server: SwespotServer): Promise<void> {
     if (/paused/.test(message)) {
       const choice = await vscode.window.showWarningMessage(`SWE-Spot: ${message}`, 'Resume and retrain');
       if (choice) {
-        await setTraining(true); // the server hears the setting before the request that follows
+        await setTraining(true);
+        server.pushSettings(); // so the request below finds training on, whenever VS Code fires its change event
         await retrain(server);
       }
       return;
