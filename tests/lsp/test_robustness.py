@@ -78,8 +78,11 @@ async def test_unknown_settings_are_reported_and_the_defaults_kept(start_server)
 
 
 async def test_a_setting_below_its_minimum_is_refused_with_a_reason_and_the_server_keeps_serving(start_server):
-    session = await start_server({"adapterPollS": 0})  # polling the store without pause would spin a core
-    status = await session.status(lambda s: s.get("error"))
+    session = await start_server()
+    mark = session.mark()
+    session.client.workspace_did_change_configuration(  # polling the store without pause would spin a core
+        lsp.DidChangeConfigurationParams(settings={"swespot": {"adapterPollS": 0}}))
+    status = await session.status(lambda s: s.get("error"), since=mark)
     assert "swespot.adapterPollS must be at least 0.01, got 0" in status["error"]
     uri = session.open("calc/report.py")
     assert (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items
