@@ -223,6 +223,9 @@ def cmd_specialize(args) -> int:
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in result.phase_seconds.items())
         if result.published:
             print(f"published {result.version} for {repo} (knows commit {result.commit[:10]}) in {total:.0f} s ({phases})")
+            if cutoff != "HEAD":
+                print("the commits after that one were held out for the evaluation; `swespot daemon` (or "
+                      "`swespot specialize --no-eval`) teaches them to the adapter")
         else:
             print(f"not published: {result.reason} ({total:.0f} s; {phases})")
         if summary["report"]:
