@@ -55,7 +55,7 @@ async def test_a_newly_published_adapter_is_hot_swapped_and_announced(start_serv
     assert daemon["daemon"]["progress"] == 0.5
 
 
-async def test_background_training_starts_the_daemon_and_turning_it_off_stops_it(start_server, state):
+async def test_background_training_starts_the_daemon_and_turning_it_off_or_shutting_down_stops_it(start_server, state):
     from trainer.daemon import lock_holder
 
     session = await start_server({"backgroundTraining": True})
@@ -67,7 +67,12 @@ async def test_background_training_starts_the_daemon_and_turning_it_off_stops_it
         lsp.DidChangeConfigurationParams(settings={"swespot": {"backgroundTraining": False}}))
     await session.status(lambda s: not s["daemon"]["enabled"] and not s["daemon"]["running"], since=mark)
     assert lock_holder(state) is None  # the daemon process is gone (the kernel released its lock)
+    mark = session.mark()
+    session.client.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"swespot": {"backgroundTraining": True}}))
+    await session.status(lambda s: s["daemon"]["running"], since=mark)
     await session.client.shutdown_session()
+    assert lock_holder(state) is None  # shutting the server down stopped the daemon it started
     assert session.torch_modules_seen() == []  # finding the daemon command imported no torch either
 
 
