@@ -27,13 +27,15 @@ def test_disabling_background_training_does_not_wait_for_the_daemon_to_finish_it
     """The daemon checkpoints before it exits on SIGTERM (seconds); ``enable(False)`` must return at once."""
     changes = []
     daemon = DaemonProcess(tmp_path, tmp_path / "state", on_change=lambda: changes.append(daemon.running))
-    # a stand-in for a daemon busy with a training step: it exits only once we close its stdin
-    busy = "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: None); print('up', flush=True); sys.stdin.read()"
+    # a stand-in for a daemon busy with a training step: told to stop, it exits only once we close its stdin
+    busy = ("import signal, sys; signal.signal(signal.SIGTERM, lambda *a: print('term', flush=True)); "
+            "print('up', flush=True); sys.stdin.read()")
     daemon.proc = subprocess.Popen([sys.executable, "-c", busy], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    start_new_session=True)
     assert daemon.proc.stdout.readline() == b"up\n"
-    stopping = daemon.enable(False)
-    assert not stopping.done() and daemon.proc.poll() is None  # returned while the daemon still works
+    stopping = daemon.enable(False)  # returns at once...
+    assert daemon.proc.stdout.readline() == b"term\n"  # ...while the stop it started waits for the daemon
+    assert not stopping.done() and daemon.proc.poll() is None
     daemon.proc.stdin.close()  # the step ends; the daemon exits
     stopping.result(timeout=60)
     assert not daemon.running and changes == [False]
