@@ -707,6 +707,9 @@ class Daemon:
                         options={"profile": self.opts.profile, "base": self.opts.base, "gate": self.opts.gate,
                                  "quiet_s": self.opts.quiet_s, "min_commits": self.opts.min_commits, "when": self.opts.when})
             log.info("watching %s (state %s)%s", self.repo, self.state, f"; {recovered}" if recovered else "")
+            # git may have changed just before we started (and the editor that starts us is loading its
+            # model): the quiet period counts from now
+            self.last_event = time.monotonic()
             self.start_watcher()
             self.observe()
             self.loop()
