@@ -26,7 +26,9 @@ server only through the state folder: the adapter store (``current``), ``status.
 - **Safety**: one daemon per repository (an flock, which the kernel releases on kill -9, so a stale lock
   never blocks); SIGTERM stops a run at the next training step with a checkpoint (earlier phases are
   restartable and are interrupted at once), and the next start resumes. Training runs at low CPU priority
-  (nice) and pauses while the language server's heartbeat says the user is waiting on the model.
+  (nice) and pauses while the language server's heartbeat says the user is waiting on the model. A failed
+  run (a full disk, a vanished repository, a damaged file) is one line in status.json's ``last_error``;
+  the daemon keeps serving what it served.
 """
 
 from __future__ import annotations
