@@ -318,6 +318,9 @@ class LlamaRuntime:
         text, emitted = "", 0
         hold = max((len(s) for s in stop), default=0)
         with self._lock:
+            if cancel is not None and not self._prefill(tokens[:-1], cancel):
+                stats["finish_reason"] = "cancelled"
+                return
             gen = self._llm.generate(tokens, temp=temperature, top_k=40 if temperature > 0 else 1, repeat_penalty=1.0)
             try:
                 for token in gen:
@@ -347,6 +350,26 @@ class LlamaRuntime:
                 text += decoder.decode(b"", final=True)
             if len(text) > emitted:
                 yield text[emitted:]
+
+    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
+        """Evaluate a long prompt batch by batch, checking ``cancel`` between batches (llama.cpp's own
+        generate evaluates the whole prompt before the first token, which on a cold 1,000-token prompt
+        is seconds the user cannot interrupt). Reuses the cached prefix as generate does, and leaves the
+        cache consistent, so generate then evaluates only what is left. False when cancelled."""
+        llm = self._llm
+        keep = 0
+        for cached, wanted in zip(llm._input_ids, tokens):
+            if cached != wanted:
+                break
+            keep += 1
+        if len(tokens) - keep <= llm.n_batch:
+            return not cancel.is_set()  # one batch: nothing to interrupt
+        llm.n_tokens = keep  # eval() drops the cache after n_tokens first
+        for start in range(keep, len(tokens), llm.n_batch):
+            if cancel.is_set():
+                return False
+            llm.eval(tokens[start: start + llm.n_batch])
+        return not cancel.is_set()
 
     def complete(
         self,

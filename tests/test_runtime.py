@@ -88,6 +88,32 @@ def test_cancellation_really_stops_generation(gemma):
     assert stats["completion_tokens"] <= 2
 
 
+class CancelAfter:
+    """A cancel flag that turns on after it has been asked ``n`` times (what a user pressing Esc during
+    the prompt looks like to the runtime, without a race)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.asked = n, 0
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked > self.n
+
+
+def test_cancel_during_a_long_prompt_stops_before_the_whole_prompt_is_evaluated(gemma):
+    prompt = gemma.tokenize(CODE_PROMPT * 52, add_bos=True)
+    assert gemma._llm.n_batch < len(prompt) < gemma.n_ctx - 16
+    gemma.reset_cache()
+    stats: dict = {}
+    assert list(gemma.generate(prompt, max_tokens=8, cancel=CancelAfter(1), stats=stats)) == []
+    assert stats["finish_reason"] == "cancelled" and stats["completion_tokens"] == 0
+    assert gemma._llm.n_tokens == gemma._llm.n_batch  # one batch evaluated, not the rest
+    # the half-filled cache is reused consistently: same text as from an empty cache
+    resumed = gemma.complete(prompt, max_tokens=8).text
+    gemma.reset_cache()
+    assert gemma.complete(prompt, max_tokens=8).text == resumed
+
+
 def test_a_prompt_longer_than_the_context_is_a_clear_error(gemma):
     with pytest.raises(SwespotError, match="context holds"):
         gemma.complete("x = 1\n" * 2000, max_tokens=4)
