@@ -418,3 +418,34 @@ def test_a_folder_that_is_not_a_repository_is_refused_with_the_reason_in_status(
                           text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.strip() == f"swespot: error: {folder} is not a git repository"
     assert read_json(state_dir(folder) / "status.json")["error"] == f"{folder} is not a git repository"
+
+
+def test_a_running_daemon_switches_the_served_version_when_the_branch_changes(tmp_path, monkeypatch):
+    repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
+    c1 = make_repo(repo)
+    store = AdapterStore.for_repo(repo)
+    on_main = fake_version(store, tmp_path, commit(repo, *NEXT_COMMITS[0]))
+    git(repo, "checkout", "-q", "-b", "feature", c1)
+    on_feature = fake_version(store, tmp_path, commit(repo, *NEXT_COMMITS[1]))
+    git(repo, "checkout", "-q", "main")  # while no daemon runs: current still names the feature's version
+    assert store.current_name() == on_feature.name
+    # every HEAD here has a version trained on it: nothing to train, only serving to decide
+    proc = start_daemon(repo, state_root, log, "--quiet", "0", "--when", "always")
+    try:
+        status = store.state / "status.json"
+        wait_for(lambda: store.current_name() == on_main.name and read_json(status).get("phase") == "idle",
+                 "the main branch's version served at start", 60, proc, log)
+        git(repo, "checkout", "-q", "feature")
+        wait_for(lambda: store.current_name() == on_feature.name, "the feature branch's version served", 60, proc, log)
+        s = wait_for(lambda: (lambda st: st if st.get("branch") == "feature" and st.get("phase") == "idle" else None)(read_json(status)),
+                     "status for the feature branch", 60, proc, log)
+        assert s["serving"] == {"version": on_feature.name, "reason": store.choose_for_head(repo).reason}
+        assert s["change"] == "switch to feature" and s["message"].startswith(f"up to date: {on_feature.name}")
+        git(repo, "checkout", "-q", "main")
+        wait_for(lambda: store.current_name() == on_main.name, "back to the main branch's version", 60, proc, log)
+        assert stop_daemon(proc) == 0
+    finally:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)
+    assert store.version_names() == [on_main.name, on_feature.name]  # nothing was trained
