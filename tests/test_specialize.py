@@ -242,3 +242,35 @@ def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_pa
     with LlamaRuntime(manifest["export"]["base_gguf"], n_ctx=128) as rt:
         rt.set_adapters({rt.load_adapter(version.gguf): 1.0})
         assert rt.complete("def ", max_tokens=4).completion_tokens >= 1
+
+
+def test_heldout_shards_are_stable_and_a_small_repository_is_gated_too(tmp_path):
+    from trainer.pipeline import MIN_HELDOUT_SHARDS, heldout_shards
+
+    shards = [tmp_path / f"design/{i:04x}.jsonl" for i in range(3 * MIN_HELDOUT_SHARDS)]
+    chosen = heldout_shards(shards)
+    assert len(chosen) == MIN_HELDOUT_SHARDS
+    assert heldout_shards(list(reversed(shards))) == chosen  # by content address, not by order
+    more = shards + [tmp_path / f"evolution/{i:04x}.jsonl" for i in range(200)]
+    assert len(heldout_shards(more)) == round(0.1 * len(more))
+    assert heldout_shards(shards[:5]) == []  # too few to hold any out
+
+
+def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, tmp_path, monkeypatch):
+    from agent.cli import main
+    from trainer.daemon import DaemonLock
+    from trainer.store import state_dir
+
+    root, _ = geometry
+    monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "state"))
+    lock = DaemonLock(state_dir(root))
+    lock.acquire(root)
+    try:
+        with pytest.raises(SwespotError, match="trainer daemon is already running"):
+            from trainer.eval_cli import cmd_specialize
+            import argparse
+            cmd_specialize(argparse.Namespace(path=root, model="default", profile="tiny", cutoff=None, holdout=None, steps=1,
+                                              no_eval=True, force=False, device="cpu", json=False))
+    finally:
+        lock.release()
+    assert main(["adapters", "list", "--repo", str(root)]) == 0  # nothing was touched

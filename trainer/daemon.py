@@ -111,7 +111,9 @@ class DaemonLock:
         except (OSError, ValueError):
             return {}
 
-    def acquire(self, repo: Path) -> None:
+    def acquire(self, repo: Path, who: str = "trainer daemon") -> None:
+        """Hold the lock or refuse politely. ``who`` names the holder in the refusal a second process
+        gets (``swespot specialize`` takes the same lock, so the two never train into one state dir)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -120,13 +122,13 @@ class DaemonLock:
             holder = self._read(fd)
             os.close(fd)
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started_at", 0)))
-            raise SwespotError(f"a trainer daemon is already running for {repo} (pid {holder.get('pid', '?')}, since {since}); "
-                               "not starting a second one") from None
+            raise SwespotError(f"a {holder.get('who', 'trainer daemon')} is already running for {repo} (pid {holder.get('pid', '?')}, "
+                               f"since {since}); not starting a second one") from None
         previous = self._read(fd)
         if previous.get("pid"):
             self.recovered = previous
             log.warning("recovered the lock of daemon pid %s, which ended without releasing it", previous["pid"])
-        record = json.dumps({"pid": os.getpid(), "repo": str(repo), "started_at": time.time()}).encode()
+        record = json.dumps({"pid": os.getpid(), "repo": str(repo), "started_at": time.time(), "who": who}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         os.fsync(fd)
@@ -161,11 +163,16 @@ def read_git_state(repo: Path) -> GitState:
         raise SwespotError(f"{repo} is not a git repository") from exc
     git_dir = Path(r.git_dir)
     busy = next((name for name in IN_PROGRESS if (git_dir / name).exists()), None)
+    if not (git_dir / "HEAD").exists():  # moved or deleted between the two reads
+        raise SwespotError(f"{repo} has no HEAD (was the repository moved or deleted?)")
     try:
         head = r.head.commit.hexsha
     except ValueError:  # an unborn branch: no commit yet
         head = None
-    branch = None if r.head.is_detached else r.head.ref.name
+    try:
+        branch = None if r.head.is_detached else r.head.ref.name
+    except ValueError as exc:  # HEAD vanished while we read it
+        raise SwespotError(f"cannot read HEAD of {repo}: {exc}") from exc
     return GitState(head, branch, busy)
 
 

@@ -211,7 +211,15 @@ def cmd_specialize(args) -> int:
     opts = RefreshOptions(repo=repo, base=args.model, profile=args.profile, cutoff=cutoff, continue_training=False,
                           gate=gate if not args.no_eval else "none", steps=args.steps, device=args.device,
                           extra_manifest={"specialize": {"cutoff": cutoff, "profile": args.profile}})
-    result = refresh(opts, on_phase=on_phase)
+    # the daemon and specialize must never train into one state dir at once: share its lock
+    from trainer.daemon import DaemonLock
+
+    lock = DaemonLock(state_dir(repo))
+    lock.acquire(repo, who="swespot specialize")
+    try:
+        result = refresh(opts, on_phase=on_phase)
+    finally:
+        lock.release()
     total = time.perf_counter() - started
     if "report" in evaluation:
         print_summary(evaluation["report"])

@@ -48,6 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
+MIN_HELDOUT_SHARDS = 4
 MAX_HELDOUT_EPISODES = 48
 GATE_TOLERANCE = 0.002  # relative: a candidate may be this much worse on held-out loss and still pass (noise)
 
@@ -157,8 +158,16 @@ def _all_shards(experience: Path) -> list[Path]:
     return sorted(p for p in experience.glob("*/*.jsonl") if not p.parent.name.startswith(".") and p.stat().st_size > 0)
 
 
-def _is_heldout(shard: Path) -> bool:
-    return int(hashlib.sha256(shard.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < HELDOUT_SHARE
+def heldout_shards(shards: list[Path]) -> list[Path]:
+    """The shards the "loss" gate holds out of training: a share of them chosen by a hash of their
+    (content-addressed) names, so the choice is stable from one refresh to the next and the current
+    adapter has not trained on them either; at least MIN_HELDOUT_SHARDS when there are enough shards,
+    so that a small repository is gated too."""
+    rank = lambda s: hashlib.sha256(s.name.encode()).hexdigest()  # noqa: E731
+    if len(shards) < 3 * MIN_HELDOUT_SHARDS:
+        return []
+    n = max(MIN_HELDOUT_SHARDS, round(HELDOUT_SHARE * len(shards)))
+    return sorted(shards, key=rank)[:n]
 
 
 def compatible_adapter(current, base) -> bool:
@@ -225,9 +234,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     shards = _all_shards(experience)
     if not shards:
         raise SwespotError(f"the experience of {repo} holds no episodes: nothing to train on (is there code in it?)")
-    heldout = [s for s in shards if _is_heldout(s)] if opts.gate == "loss" else []
-    if len(heldout) == len(shards):
-        heldout = []
+    heldout = heldout_shards(shards) if opts.gate == "loss" else []
     trainable = [s for s in shards if s not in set(heldout)]
     new = set(trainable)
     replay: list[Path] = []
