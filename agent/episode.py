@@ -49,6 +49,25 @@ def new_episode(unit: str, repo_commit: str, messages: list, tools: list, *, ver
     return episode
 
 
+COMPLETION = "completion"  # meta.format of an episode in the completion form
+COMPLETION_PREFIX_CHARS = 3000  # as the language server's inline completion window
+
+
+def completion_episode(unit: str, repo_commit: str, prefix: str, target: str, *, meta: dict | None = None,
+                       verified: dict | None = None) -> dict:
+    """An episode in the **completion form**: code continued left to right from the text above it,
+    which is how the language server's inline completion prompts the model (plain text, no chat
+    template). Stored as a user turn (the prefix, cut to the last ``COMPLETION_PREFIX_CHARS`` at a line
+    start) and an assistant turn (the code that follows); ``meta.format`` says to train it as plain
+    text: ``prefix + target`` with the loss on the target only (trainer/data.py)."""
+    if len(prefix) > COMPLETION_PREFIX_CHARS:
+        cut = prefix.find("\n", len(prefix) - COMPLETION_PREFIX_CHARS)
+        prefix = prefix[cut + 1:] if cut >= 0 else prefix[-COMPLETION_PREFIX_CHARS:]
+    messages = [{"role": "user", "content": prefix}, {"role": "assistant", "content": target}]
+    return new_episode(unit, repo_commit, messages, [], verified=verified or {"ok": True, "matches_original": True},
+                       meta={**(meta or {}), "format": COMPLETION})
+
+
 def _fail(where: str, what: str) -> None:
     raise SwespotError(f"invalid episode ({where}): {what}")
 

@@ -117,7 +117,8 @@ def test_all_static_units_are_built_and_verified(shop, tmp_path):
     assert {"module", "where", "callers", "layers"} <= questions
     layers = next(e for e in episodes["design"] if e["meta"].get("question") == "layers")
     assert "render (shop/billing.py) → Invoice.amount (shop/billing.py) → total (shop/ops.py)" in layers["messages"][-1]["content"]
-    replays = {e["meta"].get("commit"): e for e in episodes["evolution"] if "commit" in e["meta"]}
+    agentic = {u: [e for e in es if e["meta"].get("format") != "completion"] for u, es in episodes.items()}
+    replays = {e["meta"].get("commit"): e for e in agentic["evolution"] if "commit" in e["meta"]}
     assert set(replays) == {revs["billing"], revs["fix"], revs["cutoff"]}  # root skipped; secret commit excluded
     fix = replays[revs["fix"]]
     assert fix["messages"][1]["content"] == "Fix off-by-one in total (fixes #7)" and fix["meta"]["issue_refs"] == ["7"]
@@ -125,8 +126,16 @@ def test_all_static_units_are_built_and_verified(shop, tmp_path):
     bug = [e for e in episodes["evolution"] if e["meta"].get("form") == "reintroduced bug"]
     assert len(bug) == 1 and bug[0]["verified"]["restores_fix"]
     assert "range(len(items) - 1)" in json.dumps(bug[0]["messages"])  # the tools really saw the buggy code
-    impl = episodes["implementation"][0]
+    impl = agentic["implementation"][0]
     assert "raise NotImplementedError" in json.dumps(impl["messages"]) and impl["verified"]["matches_original"]
+    # the completion form: what inline completion would have had to write, from the code above it
+    hunks = [e for e in episodes["evolution"] if e["meta"].get("format") == "completion" and e["meta"]["commit"] == revs["fix"]]
+    fixed = next(e for e in hunks if e["meta"]["path"] == "shop/ops.py")
+    assert fixed["messages"][1]["content"] == "    for i in range(len(items)):" and fixed["tools"] == []
+    assert fixed["messages"][0]["content"].endswith("    out = 0\n")
+    bodies = [e for e in episodes["implementation"] if e["meta"].get("format") == "completion"]
+    assert any(e["messages"][1]["content"].startswith("    out = 0\n") and e["messages"][1]["content"].endswith("return out")
+               and e["messages"][0]["content"].endswith('"""Add up every amount in items."""\n') for e in bodies)
     assert result.stats["evolution"]["rejected"]["commit skipped: touches excluded file"] == 1
     assert result.excluded == {"aws access key": 1, "not utf-8": 1}
 

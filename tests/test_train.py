@@ -104,6 +104,27 @@ def test_the_sparse_loss_equals_the_models_own_loss_on_real_batches(experience, 
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, got))
 
 
+def test_completion_form_episodes_train_plain_text_with_the_loss_on_the_target(tiny_hf_dir):
+    """Inline completion prompts the model with plain text: such episodes are encoded as prefix + target
+    (no chat template), the loss on the target, the prefix cut from its start to fit."""
+    from transformers import AutoTokenizer
+
+    from agent.episode import completion_episode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    prefix = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(40)) + "def price_of(sku):\n"
+    episode = completion_episode("implementation", "abc", prefix, "    return PRICES[sku]")
+    seq, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 2048)[0]
+    trained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l != D.IGNORE])
+    assert trained == "    return PRICES[sku]"
+    assert "<|im_start|>" not in tokenizer.decode(seq.input_ids)  # no chat template
+    assert tokenizer.decode(seq.input_ids).endswith("def price_of(sku):\n    return PRICES[sku]")
+    short, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 64)[0]
+    assert len(short.input_ids) == 64
+    assert tokenizer.decode([t for t, l in zip(short.input_ids, short.labels) if l != D.IGNORE]) == "    return PRICES[sku]"
+    assert len(episode["messages"][0]["content"]) <= 3000 and episode["messages"][0]["content"].startswith("def helper_")
+
+
 def test_long_episodes_are_split_at_turn_boundaries_or_dropped(experience, tiny_hf_dir):
     from transformers import AutoTokenizer
 

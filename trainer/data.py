@@ -97,9 +97,34 @@ def encode_messages(messages: list, tools: list, tokenizer, render: Render) -> t
     return ids, [tok if keep else IGNORE for tok, keep in zip(ids, trained)]
 
 
+def encode_completion(episode: dict, tokenizer, max_len: int) -> tuple[list[int], list[int]] | None:
+    """The completion form (agent.episode.completion_episode): plain ``prefix + target`` as inline
+    completion prompts the model, the loss on the target; the prefix loses tokens from its start (after
+    the special tokens) to fit ``max_len``. None when the target alone does not fit."""
+    prefix, target = episode["messages"][0]["content"], episode["messages"][1]["content"]
+    head = list(tokenizer("", add_special_tokens=True)["input_ids"])  # BOS, as llama.cpp adds it
+    body = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    goal = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+    room = max_len - len(head) - len(goal)
+    if room < 1 or not goal:
+        return None
+    body = body[-room:]
+    return head + body + goal, [IGNORE] * (len(head) + len(body)) + goal
+
+
 def encode_episode(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats) -> Sequence | None:
     messages, tools = episode["messages"], episode.get("tools") or []
     unit = episode.get("unit", "unknown")
+    if (episode.get("meta") or {}).get("format") == "completion":
+        encoded = encode_completion(episode, tokenizer, max_len)
+        if encoded is None:
+            stats.dropped_too_long += 1
+            return None
+        seq = Sequence(*encoded, unit, str(episode.get("id", "")))
+        stats.sequences[unit] += 1
+        stats.tokens += len(seq.input_ids)
+        stats.trained_tokens += seq.trained_tokens
+        return seq
     ends = [i + 1 for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if not ends:
         stats.dropped_no_assistant += 1

@@ -206,7 +206,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                         U._undo_files(snap.tree, change)
                     ws.invalidate(touched_now)
                     ws.forget_changes()
-                save_episodes(out / "evolution" / f"{key}.jsonl", [episode] if episode else [])
+                completions = U.hunk_completions(change, stats["evolution"], allowed) if change is not None else []
+                save_episodes(out / "evolution" / f"{key}.jsonl", ([episode] if episode else []) + completions)
                 result.shards_made += 1
             for reason, n in hstats.skipped.items():
                 stats["evolution"].rejected[f"commit skipped: {reason}"] += n

@@ -14,13 +14,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from agent.episode import completion_episode
 from agent.errors import SwespotError
 from agent.index import RepoIndex, Symbol, is_test_file
 from agent.tools import Workspace
 from trainer.experience.history import line_opcodes
 from trainer.experience.oracle import OracleSession
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: completion-form episodes next to the agentic ones
 MAX_BODY_LINES = 40
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_]{4,}")
 _FIX = re.compile(r"\b(fix|fixes|fixed|bug|crash|error|wrong|broken|regression)\b", re.I)
@@ -171,6 +172,11 @@ def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: 
         if original.count(head + body) != 1:
             stats.rejected["ambiguous body"] += 1
             continue
+        # the same body as inline completion sees it: written on from the code above it
+        completion = completion_episode("implementation", commit, "".join(lines[: sym.body_start_line - 1]), body.rstrip("\n"),
+                                        meta={"symbol": sym.qualname, "path": path})
+        stats.add(completion)
+        out.append(completion)
         ws.write_text(path, stubbed)
         try:
             task = f"Implement {sym.qualname} in {path}; its body currently raises NotImplementedError."
@@ -267,6 +273,28 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
         return None
     return _finish(s, change.subject or "Applied the change.", "evolution", change.parent, stats,
                    {"commit": change.commit, "issue_refs": change.issue_refs, "files": [fc.path for fc in change.files]}, verified)
+
+
+MAX_HUNK_LINES = 12
+
+
+def hunk_completions(change, stats: UnitStats, allowed=None) -> list[dict]:
+    """The lines each hunk of a replayed commit added, as inline completion would have to write them:
+    from the child's text above the hunk (the code the developer had in front of them)."""
+    out = []
+    for fc in change.files:
+        if fc.after is None or fc.kind == "D" or (allowed is not None and fc.path not in allowed):
+            continue
+        lines = fc.after.splitlines(keepends=True)
+        for tag, _i1, _i2, j1, j2 in fc.opcodes:
+            added = "".join(lines[j1: min(j2, j1 + MAX_HUNK_LINES)]).rstrip("\n")
+            if tag not in ("insert", "replace") or j1 == 0 or len(added.strip()) < 8:
+                continue
+            episode = completion_episode("evolution", change.commit, "".join(lines[:j1]), added,
+                                         meta={"commit": change.commit, "path": fc.path, "line": j1 + 1})
+            stats.add(episode)
+            out.append(episode)
+    return out
 
 
 def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_runner=None) -> dict | None:
