@@ -40,8 +40,10 @@ PROFILES: dict[str, dict[str, Any]] = {
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
     "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 16,
               # the system prompt with the tool schemas alone is ~700 tokens; the loss skips it cheaply
-              # (trained_token_loss), and without gradient checkpointing a 270M model still fits in ~4 GB
-              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False},
+              # (trained_token_loss), and without gradient checkpointing a 270M model fits in ~5 GB.
+              # A short run at 5e-4 moved the model too far: held-out loss rose on every task family
+              # (benchmarks/specialize.py); at 1e-4 it fell on design questions and overall.
+              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False, "lr": 1e-4},
               "experience": {"per_file": 4, "implementations_per_file": 3, "max_commits": 150}},
     "full": {"train_profile": "cpu", "steps": None, "continue_steps": None, "train": {"epochs": 1.0},
              "experience": {"units": ("design", "implementation", "evolution", "runtime"), "run_tests": True}},
