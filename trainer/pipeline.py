@@ -40,7 +40,7 @@ PROFILES: dict[str, dict[str, Any]] = {
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
     "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 16,
               # the system prompt with the tool schemas alone is ~700 tokens; the loss skips it cheaply
-              # (trained_token_loss), and without gradient checkpointing a 270M model fits in ~5 GB.
+              # (trained_token_loss); without gradient checkpointing the whole run peaks at ~7 GB RSS.
               # A short run at 5e-4 moved the model too far: held-out loss rose on every task family
               # (benchmarks/specialize.py); at 1e-4 it fell on design questions and overall.
               "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False, "lr": 1e-4},
