@@ -81,7 +81,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=ROOT)
     ap.add_argument("--holdout", type=int, default=8, help="newest commits held out")
-    ap.add_argument("--steps", type=int, default=24, help="training steps for both adapters (quick's default)")
+    ap.add_argument("--steps", type=int, default=32, help="training steps for both adapters (quick's default)")
     ap.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="write the results as JSON")
     args = ap.parse_args()
