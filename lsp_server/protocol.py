@@ -244,6 +244,7 @@ class AdapterVersionInfo:
     commit: Optional[str] = None
     published_at: Optional[float] = None
     problem: Optional[str] = None
+    report: Optional[str] = None  # its evaluation report (report.html of `swespot specialize`), when on disk
 
 
 @attrs.define

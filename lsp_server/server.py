@@ -21,6 +21,7 @@ import inspect
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -395,7 +396,8 @@ class SwespotServer(LanguageServer):
     def adapters(self) -> P.AdaptersResult:
         assert self.tracker is not None
         versions = [P.AdapterVersionInfo(name, version is not None, version.commit if version else None,
-                                         version.manifest.get("published_at") if version else None, why)
+                                         version.manifest.get("published_at") if version else None, why,
+                                         _report_of(version.manifest) if version else None)
                     for name, version, why in self.tracker.store.versions()]
         return P.AdaptersResult(versions, self.tracker.store.current_name(), self._adapter_name())
 
@@ -967,3 +969,10 @@ def create_server(*, model: str | None = None, repo: str | Path | None = None) -
 
 def _first(args: tuple) -> Any:
     return args[0] if args else None
+
+
+def _report_of(manifest: dict) -> str | None:
+    """The evaluation report a version's gate wrote (``swespot specialize``), if it is still on disk."""
+    gate = manifest.get("gate")
+    report = gate.get("report") if isinstance(gate, dict) else None
+    return report if isinstance(report, str) and os.path.isfile(report) else None

@@ -15,8 +15,11 @@ async def test_adapters_lists_versions_and_rollback_swaps_to_the_older_one(start
     from trainer.store import AdapterStore
 
     store = AdapterStore(state)
-    store.publish(tiny_adapter_dir)
-    store.publish(tiny_adapter_dir, extra={"commit": "fedcba9876543210"})
+    report = state / "reports" / "r1" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>evaluation</html>")
+    store.publish(tiny_adapter_dir, extra={"gate": {"ok": True, "report": str(report)}})
+    store.publish(tiny_adapter_dir, extra={"commit": "fedcba9876543210", "gate": {"ok": True, "report": str(state / "gone.html")}})
     (store.root / "v0003").mkdir()  # a half-written version: listed as unusable, never served
     session = await start_server()
     await session.status(lambda s: (s.get("adapter") or {}).get("version") == "v0002")
@@ -28,6 +31,7 @@ async def test_adapters_lists_versions_and_rollback_swaps_to_the_older_one(start
     assert by_name["v0001"]["usable"] and by_name["v0001"]["commit"] == "0123456789abcdef"
     assert by_name["v0002"]["commit"] == "fedcba9876543210" and by_name["v0002"]["publishedAt"] > 0
     assert not by_name["v0003"]["usable"] and "missing" in by_name["v0003"]["problem"]
+    assert by_name["v0001"]["report"] == str(report) and "report" not in by_name["v0002"]  # a deleted report is not offered
 
     rolled = await session.request("swespot/rollback", {"version": "v0001"})
     assert rolled == {"version": "v0001", "commit": "0123456789abcdef"}

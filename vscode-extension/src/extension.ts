@@ -11,7 +11,7 @@ import { codeActionMiddleware, REVIEW_CODE_ACTION } from './codeActions';
 import { completionAccepted, InlineProvider } from './inline';
 import { LocalModelProvider, VENDOR } from './languageModel';
 import { SwespotServer } from './server';
-import { retrain, rollback, setTraining, settingsTarget, showStatusMenu, StatusBar } from './statusBar';
+import { openReport, retrain, rollback, setTraining, settingsTarget, showStatusMenu, StatusBar } from './statusBar';
 import { TaskReviewer } from './tasks';
 
 /** What the extension exports (its in-editor tests use it; so could other extensions). */
@@ -90,6 +90,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<Swespo
     vscode.commands.registerCommand('swespot.resumeTraining', () => setTraining(true)),
     vscode.commands.registerCommand('swespot.retrain', () => retrain(srv)),
     vscode.commands.registerCommand('swespot.rollback', (version?: string) => rollback(srv, version)),
+    vscode.commands.registerCommand('swespot.openReport', () => openReport(srv)),
     vscode.commands.registerCommand('swespot.restartServer', () => srv.restart()),
     vscode.commands.registerCommand('swespot.showLogs', () => log.show()),
     vscode.commands.registerCommand('swespot.chooseServer', () => chooseFile('server.path', 'Use this swespot', 'Choose the swespot executable (the .venv/bin/swespot of your SWE-Spot Local checkout)')),

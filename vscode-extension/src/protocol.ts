@@ -161,6 +161,8 @@ export interface AdapterVersionInfo {
   commit?: string;
   publishedAt?: number;
   problem?: string;
+  /** Its evaluation report (report.html of `swespot specialize`), when on disk. */
+  report?: string;
 }
 
 export interface AdaptersResult {

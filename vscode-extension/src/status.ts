@@ -1,5 +1,5 @@
 /** The status bar's words for the server's `swespot/status`. Pure: the controller puts them on screen. */
-import type { StatusParams } from './protocol';
+import type { AdaptersResult, StatusParams } from './protocol';
 
 export interface StatusView {
   /** Status bar text, with codicons. */
@@ -75,4 +75,13 @@ export function describeStatus(status: StatusParams | undefined, agentModel = ''
   }
   const severity = status.state === 'error' || status.error ? 'error' : status.state === 'ready' ? 'ok' : 'busy';
   return { text, details, label: `SWE-Spot ${details.join(', ')}`, severity };
+}
+
+/** The evaluation report to open: the served version's, else the current one's, else the newest with one. */
+export function reportToOpen(result: AdaptersResult): { version: string; report: string } | undefined {
+  const withReport = result.versions.filter((v) => v.usable && v.report);
+  const pick = withReport.find((v) => v.version === result.serving)
+    ?? withReport.find((v) => v.version === result.current)
+    ?? withReport[withReport.length - 1];
+  return pick?.report ? { version: pick.version, report: pick.report } : undefined;
 }

@@ -4,7 +4,7 @@
  */
 import * as vscode from 'vscode';
 import * as P from './protocol';
-import { describeStatus } from './status';
+import { describeStatus, reportToOpen } from './status';
 import { errorText, SwespotServer } from './server';
 import { LaunchError, LaunchFix } from './serverCommand';
 
@@ -74,6 +74,7 @@ export async function showStatusMenu(server: SwespotServer, bar: StatusBar, log:
         : { label: '$(play) Resume background training', run: () => vscode.commands.executeCommand('swespot.resumeTraining') },
       { label: '$(sync) Retrain now', run: () => vscode.commands.executeCommand('swespot.retrain') },
       { label: '$(history) Roll back the adapter…', run: () => vscode.commands.executeCommand('swespot.rollback') },
+      { label: '$(graph) Open the evaluation report', run: () => vscode.commands.executeCommand('swespot.openReport') },
     );
   }
   items.push(
@@ -161,5 +162,22 @@ export async function rollback(server: SwespotServer, version?: string): Promise
     void vscode.window.showInformationMessage(`SWE-Spot now serves adapter ${info.version}${info.commit ? ` (commit ${info.commit.slice(0, 7)})` : ''}.`);
   } catch (err) {
     void vscode.window.showErrorMessage(`SWE-Spot cannot roll back: ${errorText(err)}`);
+  }
+}
+
+/** Show the evaluation report of the served adapter (a self-contained HTML file) in a webview. */
+export async function openReport(server: SwespotServer): Promise<void> {
+  try {
+    const found = reportToOpen(await server.request<P.AdaptersResult>(P.ADAPTERS, {}));
+    if (!found) {
+      void vscode.window.showInformationMessage('SWE-Spot has no evaluation report yet: run `swespot specialize` on this repository.');
+      return;
+    }
+    const html = new TextDecoder().decode(await vscode.workspace.fs.readFile(vscode.Uri.file(found.report)));
+    const panel = vscode.window.createWebviewPanel('swespot.report', `SWE-Spot evaluation (${found.version})`, vscode.ViewColumn.Active,
+      { enableScripts: false });
+    panel.webview.html = html;
+  } catch (err) {
+    void vscode.window.showErrorMessage(`SWE-Spot cannot open the evaluation report: ${errorText(err)}`);
   }
 }

@@ -1,6 +1,6 @@
 import * as assert from 'assert';
 import type { StatusParams } from '../../src/protocol';
-import { describeStatus, trainingWords } from '../../src/status';
+import { describeStatus, reportToOpen, trainingWords } from '../../src/status';
 
 const base: StatusParams = { state: 'ready', model: 'tiny-q8_0.gguf', daemon: { enabled: false, running: false, available: true } };
 
@@ -38,5 +38,19 @@ describe('trainingWords', () => {
     assert.strictEqual(d({ enabled: true }), 'background training not running');
     assert.strictEqual(d({ enabled: true, running: true }), 'idle');
     assert.strictEqual(d({ enabled: true, running: true, phase: 'exporting' }), 'exporting');
+  });
+});
+
+describe('reportToOpen', () => {
+  const v = (version: string, report?: string, usable = true) => ({ version, usable, report });
+  it('opens the served version\'s report, else the current one\'s, else the newest one\'s', () => {
+    const versions = [v('v0001', '/r1.html'), v('v0002', '/r2.html'), v('v0003')];
+    assert.deepStrictEqual(reportToOpen({ versions, current: 'v0002', serving: 'v0001' }), { version: 'v0001', report: '/r1.html' });
+    assert.deepStrictEqual(reportToOpen({ versions, current: 'v0002', serving: 'v0003' }), { version: 'v0002', report: '/r2.html' });
+    assert.deepStrictEqual(reportToOpen({ versions, current: 'v0003' }), { version: 'v0002', report: '/r2.html' });
+  });
+  it('has nothing to open without a report or with only damaged versions', () => {
+    assert.strictEqual(reportToOpen({ versions: [v('v0001')] }), undefined);
+    assert.strictEqual(reportToOpen({ versions: [v('v0001', '/r1.html', false)] }), undefined);
   });
 });
