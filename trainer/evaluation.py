@@ -108,9 +108,9 @@ def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
                 continue
             lines = fc.after.splitlines(keepends=True)
             taken = 0
-            for tag, _i1, _i2, j1, j2 in fc.opcodes:
-                if tag not in ("insert", "replace") or taken >= per_file:
-                    continue
+            for j1, j2 in fc.added:
+                if taken >= per_file:
+                    break
                 for j in range(j1, min(j2, len(lines))):
                     if len(lines[j].strip()) >= MIN_LINE_CHARS and j > 0:
                         tasks.append(Task(_task_id("line", change.commit, fc.path, j), "line", change.commit, fc.path,
@@ -128,7 +128,7 @@ def body_tasks(changes, limit: int) -> list[Task]:
         for fc in change.files:
             if fc.after is None or not fc.path.endswith(".py") or not _usable(fc.path, fc.after) or is_test_file(fc.path):
                 continue
-            changed = {j + 1 for tag, _i1, _i2, j1, j2 in fc.opcodes if tag in ("insert", "replace") for j in range(j1, j2)}
+            changed = {j + 1 for j1, j2 in fc.added for j in range(j1, j2)}
             index = RepoIndex.build([(fc.path, fc.after)])
             lines = fc.after.splitlines(keepends=True)
             for sym in index.files[fc.path].symbols if fc.path in index.files else []:

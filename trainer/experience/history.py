@@ -61,6 +61,11 @@ class FileChange:
     def changed_lines(self) -> int:
         return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in self.opcodes if tag != "equal")
 
+    @property
+    def added(self) -> list[tuple[int, int]]:
+        """The 0-based line ranges ``[j1, j2)`` of ``after`` that this change inserted or rewrote."""
+        return [(j1, j2) for tag, _i1, _i2, j1, j2 in self.opcodes if tag in ("insert", "replace")]
+
 
 @dataclass
 class Change:

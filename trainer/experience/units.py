@@ -286,9 +286,9 @@ def hunk_completions(change, stats: UnitStats, allowed=None) -> list[dict]:
         if fc.after is None or fc.kind == "D" or (allowed is not None and fc.path not in allowed):
             continue
         lines = fc.after.splitlines(keepends=True)
-        for tag, _i1, _i2, j1, j2 in fc.opcodes:
+        for j1, j2 in fc.added:
             added = "".join(lines[j1: min(j2, j1 + MAX_HUNK_LINES)]).rstrip("\n")
-            if tag not in ("insert", "replace") or j1 == 0 or len(added.strip()) < 8:
+            if j1 == 0 or len(added.strip()) < 8:
                 continue
             episode = completion_episode("evolution", change.commit, "".join(lines[:j1]), added,
                                          meta={"commit": change.commit, "path": fc.path, "line": j1 + 1})
