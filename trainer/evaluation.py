@@ -299,12 +299,15 @@ class Evaluator:
         total = len(text_tasks) * len(self.models)
         if text_tasks:
             rt, names = self._runtime(n_ctx=max(1024, self.sizes["context_tokens"] + 512))
+            from agent.render import Renderer
+
+            renderer = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
             with rt, tqdm(total=total, desc="eval: completion/design", unit="task", disable=not self.progress, file=sys.stderr) as bar:
                 for spec in self.models:
                     self._select(rt, names, spec)
                     for task in text_tasks:
                         started = time.perf_counter()
-                        row = self._text_task(rt, task)
+                        row = self._text_task(rt, task, renderer)
                         results.append({"model": spec.name, "task": task.id, "family": task.family, "commit": task.commit,
                                         "path": task.path, "seconds": round(time.perf_counter() - started, 3), **row})
                         bar.update(1)
@@ -324,7 +327,7 @@ class Evaluator:
                         bar.update(1)
         return results
 
-    def _text_task(self, rt, task: Task) -> dict:
+    def _text_task(self, rt, task: Task, renderer) -> dict:
         ctx = self.sizes["context_tokens"]
         if task.family in ("line", "body"):
             prefix = _left_truncate(rt, task.prompt, ctx)
@@ -342,9 +345,6 @@ class Evaluator:
                     "similarity": edit_similarity(got, task.target), "completion": got,
                     "completion_tokens": out.completion_tokens}
         # design QA through the chat renderer (the format the experience trained)
-        from agent.render import Renderer
-
-        renderer = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
         messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": task.prompt}]
         prompt_ids = rt.tokenize(renderer.prompt(messages), add_bos=True)
         target = rt.tokenize(task.target, add_bos=False, special=False)

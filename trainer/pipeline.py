@@ -312,13 +312,14 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
 def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes_dir: Path, max_len: int,
                    limit: int = MAX_HELDOUT_EPISODES) -> dict[str, float]:
     """Mean per-token loss of the assistant turns of held-out episodes under each adapter (None: the
-    base model), computed with transformers on the training weights."""
+    base model), computed with transformers on the training weights (the vocabulary projection only
+    where a trained token is predicted, as in training)."""
     import torch
     from peft import PeftModel
 
     from trainer import data as D
     from trainer.model_io import load_model_and_tokenizer
-    from trainer.train import make_renderer
+    from trainer.train import make_renderer, trained_token_loss
 
     model, tokenizer = load_model_and_tokenizer(base_hf_dir)
     episodes = D.read_episodes(episodes_dir)
@@ -345,9 +346,9 @@ def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes
                 batch = D.collate([seq], 0)
                 if path is None and peft_model is not None:
                     with peft_model.disable_adapter():
-                        loss = peft_model(**batch).loss
+                        loss = trained_token_loss(peft_model, batch)
                 else:
-                    loss = net(**batch).loss
+                    loss = trained_token_loss(net, batch)
                 n = seq.trained_tokens
                 total += float(loss) * n
                 count += n
