@@ -4,15 +4,13 @@ repository made in the test and the tiny model (trained for real, served by llam
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.errors import SwespotError
+from daemon_support import commit, git  # real git in a test repository
 
-ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
-       "PATH": "/usr/bin:/bin"}
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 
 SHAPES = '''"""Plane shapes and their areas."""
@@ -64,19 +62,6 @@ CIRCLE_TEST = '''from geometry.shapes import Circle, largest_shape
 def test_largest_shape_picks_the_circle():
     assert isinstance(largest_shape([Circle(2)]), Circle)
 '''
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=ENV).stdout.strip()
-
-
-def commit(root: Path, message: str, files: dict[str, str]) -> str:
-    for rel, content in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(content)
-        git(root, "add", rel)
-    git(root, "commit", "-qm", message)
-    return git(root, "rev-parse", "HEAD")
 
 
 @pytest.fixture

@@ -237,7 +237,8 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     if not shards:
         raise SwespotError(f"the experience of {repo} holds no episodes: nothing to train on (is there code in it?)")
     heldout = heldout_shards(shards) if opts.gate == "loss" else []
-    trainable = [s for s in shards if s not in set(heldout)]
+    held = set(heldout)
+    trainable = [s for s in shards if s not in held]
     new = set(trainable)
     replay: list[Path] = []
     if continuing:
