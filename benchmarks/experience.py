@@ -138,16 +138,9 @@ def main() -> int:
         repo = make_repo(tmp, args.lines, args.commits)
         print(f"synthetic repository made in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         rows.append(measure("synthetic", repo, tmp / "syn-exp"))
-    from rich.console import Console
-    from rich.table import Table
+    from benchmarks.table import print_rows
 
-    table = Table(title="Experience build (static units: design, implementation, evolution)")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    for key in keys:
-        table.add_column(key, justify="right")
-    for row in rows:
-        table.add_row(*[str(row.get(k, "")) for k in keys])
-    Console(width=220).print(table)
+    print_rows("Experience build (static units: design, implementation, evolution)", rows)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2))
     return 0

@@ -95,18 +95,11 @@ def main() -> int:
         finally:
             stop_daemon(proc, signal.SIGTERM)
 
-    from rich.console import Console
-    from rich.table import Table
+    from benchmarks.table import print_rows
 
     load = os.getloadavg()
-    table = Table(title=f"Freshness: git commit → published adapter (tiny model, CPU, {os.cpu_count()} cores, "
-                        f"load {load[0]:.1f} at the end)")
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    for key in keys:
-        table.add_column(key, justify="right")
-    for row in rows:
-        table.add_row(*[str(row.get(k, "")) for k in keys])
-    Console(width=220).print(table)
+    print_rows(f"Freshness: git commit → published adapter (tiny model, CPU, {os.cpu_count()} cores, "
+               f"load {load[0]:.1f} at the end)", rows)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "cpu_count": os.cpu_count(), "load_avg": load}, indent=2))
     return 0
