@@ -1,0 +1,20 @@
+"""Held-out facts: a fixed, content-hashed share of the repository's symbols whose design episodes are
+never trained on, so that evaluation can ask about them and measure what the weights learned from the
+other units (the symbol's code is still seen there) without the question itself having leaked.
+
+The experience's design unit skips every symbol for which ``is_heldout_fact`` is true; the evaluation's
+held-out-facts family asks exactly those, in the words the training episodes use. The share is fixed and
+the choice depends only on the symbol's path and qualified name, so it is stable across commits, runs and
+machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+HELDOUT_FACT_SHARE = 0.1  # one symbol in ten is never asked about in training
+
+
+def is_heldout_fact(path: str, qualname: str, share: float = HELDOUT_FACT_SHARE) -> bool:
+    digest = hashlib.sha256(f"{path}::{qualname}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") < share * 2**32
