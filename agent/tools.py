@@ -466,31 +466,31 @@ def make_tools(ws: Workspace, *, read_only: bool = False) -> dict[str, Tool]:
     """The agent's tools over ``ws`` (read-only: no edits, no commands)."""
     s, i, b = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
     tools = [
-        Tool("read_file", "Read a file with line numbers (optionally a line range).",
+        Tool("read_file", "Read a file (or a line range) with line numbers.",
              _params(["path"], path=s, start_line=i, end_line=i), ws.read_file),
-        Tool("list_dir", "List the files and folders in a directory of the repository.", _params([], path=s), ws.list_dir),
-        Tool("find_files", "Find files whose path or name matches a glob pattern, e.g. '*.py' or 'tests/test_*'.",
+        Tool("list_dir", "List a directory.", _params([], path=s), ws.list_dir),
+        Tool("find_files", "Files whose path or name matches a glob, e.g. 'tests/test_*'.",
              _params(["pattern"], pattern=s), ws.find_files),
-        Tool("search", "Search the text of the repository's files (plain text, or a regex with regex=true).",
+        Tool("search", "Search the files' text (a regex with regex=true).",
              _params(["pattern"], pattern=s, regex=b, path=s), ws.search),
-        Tool("repo_map", "Outline of the repository: definitions and signatures per file, most used first.",
+        Tool("repo_map", "Outline: definitions and signatures per file.",
              _params([], budget=i, path=s), ws.repo_map),
-        Tool("find_definition", "Where a function, class or method (Class.method) is defined.",
+        Tool("find_definition", "Where a function, class or Class.method is defined.",
              _params(["symbol"], symbol=s), ws.find_definition),
-        Tool("find_references", "Where a symbol is used (calls), with the enclosing function.",
+        Tool("find_references", "Where a symbol is used, with the enclosing function.",
              _params(["symbol"], symbol=s), ws.find_references),
     ]
     if not read_only:
         tools += [
-            Tool("edit", "Replace an exact, unique piece of text in a file with new text.",
+            Tool("edit", "Replace an exact, unique text of a file.",
                  _params(["path", "old", "new"], path=s, old=s, new=s), ws.edit),
-            Tool("create_file", "Create a new file with the given content.", _params(["path", "content"], path=s, content=s), ws.create_file),
-            Tool("delete_file", "Delete a file of the repository.", _params(["path"], path=s), ws.delete_file),
-            Tool("run", "Run a command in the repository (tests by default), with a time limit and no network.",
+            Tool("create_file", "Create a new file.", _params(["path", "content"], path=s, content=s), ws.create_file),
+            Tool("delete_file", "Delete a file.", _params(["path"], path=s), ws.delete_file),
+            Tool("run", "Run a command (default: the tests); time-limited, no network.",
                  _params([], command=s, timeout=i), ws.run),
-            Tool("diff", "Show the whole change made so far as a unified diff.", _params([]), ws.show_diff),
+            Tool("diff", "The whole change so far, as a unified diff.", _params([]), ws.show_diff),
         ]
-    tools.append(Tool(SUBMIT, "Finish: give a short summary of what you found or changed.", _params(["summary"], summary=s),
+    tools.append(Tool(SUBMIT, "Finish with a short summary of what you found or changed.", _params(["summary"], summary=s),
                       lambda summary: summary))
     return {t.name: t for t in tools}
 

@@ -154,3 +154,56 @@ def test_an_agent_episode_with_malformed_replies_renders_and_parses_back(templat
     text, spans = renderer.render_with_spans(episode["messages"], episode["tools"])
     for (start, end), turn in zip(spans, turns):
         assert text[start:end] == turn + "<|im_end|>"  # exactly what the model wrote is what it learns
+
+
+COMPACT_LINE = r"^(\w+)\((.*)\)(?:: (.*))?$"
+
+
+def read_compact_tools(text: str) -> dict:
+    """Read the fallback's compact tool lines back into (description, {arg: (type, required)})."""
+    import re
+
+    block = text.split("<tools>\n", 1)[1].split("\n</tools>", 1)[0]
+    out = {}
+    for line in block.splitlines():
+        name, args, description = re.match(COMPACT_LINE, line).groups()
+        params = {}
+        for arg in filter(None, args.split(", ")):
+            head, _, kind = arg.partition(": ")
+            params[head.rstrip("?")] = (kind or "string", not head.endswith("?"))
+        out[name] = (description, params)
+    return out
+
+
+def test_the_fallback_lists_tools_compactly_and_every_signature_reads_back(tools):
+    """The compact form (training and inference render the same) loses nothing a call needs: every tool,
+    argument, type, required flag and description reads back from the system turn."""
+    short = {"integer": "int", "boolean": "bool"}
+    text = Renderer.fallback().render([{"role": "system", "content": "S"}], tools)
+    assert "{\"type\": \"function\"" not in text and len(text) < 1400  # JSON schemas were ~4,000 characters
+    expected = {}
+    for schema in tools:
+        fn = schema["function"]
+        params = {k: (short.get(v["type"], v["type"]), k in fn["parameters"]["required"]) for k, v in fn["parameters"]["properties"].items()}
+        expected[fn["name"]] = (fn["description"], params)
+    assert read_compact_tools(text) == expected
+
+
+def test_an_agent_prompt_and_its_recorded_episode_render_the_same_tools(repo):
+    """Inference (the prompt the model continues) and training (the episode the loop recorded) show the
+    model one and the same compact tool list."""
+    from agent.loop import Agent
+    from agent.models import ScriptedModel
+
+    prompts = []
+
+    class Recording(ScriptedModel):
+        def query(self, messages, tools):
+            prompts.append(Renderer.fallback().prompt(messages, tools))
+            return super().query(messages, tools)
+
+    turn = '<tool_call>\n{"name": "submit", "arguments": {"summary": "ok"}}\n</tool_call>'
+    episode = Agent(Recording([turn]), Workspace(repo)).run("Look").episode
+    text, spans = Renderer.fallback().render_with_spans(episode["messages"], episode["tools"])
+    assert text[: spans[0][0]] == prompts[0]
+    assert read_compact_tools(text).keys() == {t["function"]["name"] for t in episode["tools"]}
