@@ -274,3 +274,31 @@ def test_continuing_from_an_adapter_mixes_in_replay_data(trained, experience, ti
     epoch = D.mix(seqs, {"design": 1.0}, seqs[:2], 0.5, random.Random(0))
     assert len(epoch) == 12
     assert len(D.mix(seqs, {"design": 0.5}, [], 0.0, random.Random(0))) == 3
+
+
+def test_max_trained_tokens_stops_at_the_budget_and_resumes_to_the_same_stop(experience, tiny_hf_dir, tmp_path):
+    """A budget in trained (target) tokens: training stops at the first step that reaches it, the
+    learning-rate schedule ends there, and a run stopped half-way resumes to the same stop and curve."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    one_pass = sum(s.trained_tokens for s in seqs)
+    budget = int(one_pass * 1.5)  # more than one epoch: the budget, not epochs, decides
+    over = dict(max_trained_tokens=budget, export_gguf=False, batch_tokens=2048)
+    straight = train(tiny_config(experience, tmp_path / "straight", tiny_hf_dir, **over), progress=False).report
+    assert straight["trained_tokens"] >= budget and straight["steps"] == straight["total_steps"] > 2
+    assert straight["max_trained_tokens"] == budget and straight["trained_tokens_per_min"] > 0
+    assert straight["tokens"] > straight["trained_tokens"]  # tokens seen include the untrained prompt
+    # one step fewer would not have reached the budget
+    short = train(tiny_config(experience, tmp_path / "short", tiny_hf_dir, steps=straight["steps"] - 1, **over), progress=False)
+    assert short.report["trained_tokens"] < budget
+    # stopped after two steps, then resumed: the same stop and the same losses
+    out = tmp_path / "resumed"
+    stopped = train(tiny_config(experience, out, tiny_hf_dir, **over), progress=False, stop_after=2)
+    assert stopped.report["interrupted"]
+    resumed = train(tiny_config(experience, out, tiny_hf_dir, **over), progress=False).report
+    assert (resumed["steps"], resumed["trained_tokens"]) == (straight["steps"], straight["trained_tokens"])
+    assert resumed["loss_curve"] == straight["loss_curve"]
+    with pytest.raises(SwespotError, match="max_trained_tokens must be positive"):
+        tiny_config(experience, tmp_path / "bad", tiny_hf_dir, max_trained_tokens=0)

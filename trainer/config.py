@@ -24,6 +24,7 @@ class TrainConfig:
     # --- how long ---
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the data when steps is 0"})
+    max_trained_tokens: int | None = field(default=None, metadata={"help": "stop once this many target (trained) tokens were trained; replaces epochs, and with steps whichever comes first"})
     # --- optimisation (defaults: the LoRA recipe that matched full fine-tuning) ---
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
@@ -63,6 +64,8 @@ class TrainConfig:
             raise SwespotError("no output folder given (--out DIR)")
         if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
             raise SwespotError("give a positive --steps or --epochs")
+        if self.max_trained_tokens is not None and self.max_trained_tokens <= 0:
+            raise SwespotError(f"max_trained_tokens must be positive (got {self.max_trained_tokens})")
         if self.max_len < 32:
             raise SwespotError(f"max_len {self.max_len} is too small to hold one turn")
         if self.batch_tokens < self.max_len:

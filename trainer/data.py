@@ -36,7 +36,8 @@ class Sequence:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        """Target tokens that get a loss: labelled ones after the first (the first is never predicted)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
 @dataclass

@@ -69,6 +69,9 @@ class RefreshOptions:
     state: Path | None = None  # default: the repository's state dir
     progress: bool = True  # tqdm bars on stderr
     device: str = "auto"
+    # TrainConfig settings that win over the profile's (e.g. {"max_trained_tokens": 20000}: a budget in
+    # trained tokens; it then replaces the profile's step count, unless ``steps`` is given too)
+    train_overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -248,7 +251,9 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         if not new:  # nothing new (e.g. only a rebase): refresh on everything
             new, replay = set(trainable), []
     steps = opts.steps or settings["continue_steps" if continuing else "steps"]
-    key = _digest(commit, base.name, opts.profile, steps, continuing and current.name, sorted(s.name for s in new), sorted(s.name for s in replay))
+    if opts.train_overrides.get("max_trained_tokens") and not opts.steps:
+        steps = None  # the budget decides how long
+    key = _digest(commit, base.name, opts.profile, steps, *([sorted(opts.train_overrides.items())] if opts.train_overrides else []), continuing and current.name, sorted(s.name for s in new), sorted(s.name for s in replay))
     work = state / "work"
     run_dir = work / f"run-{key}"
     for stale in work.glob("run-*") if work.is_dir() else []:
@@ -270,6 +275,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     if steps:
         overrides.pop("epochs", None)
         overrides["steps"] = steps
+    overrides.update(opts.train_overrides)
     cfg = config_for(train_profile, **overrides, data=str(views / "train"), base=opts.base, out=str(run_dir / "adapter"),
                      device=opts.device, init_adapter=str(current.path) if continuing else "",
                      replay_data=str(views / "replay") if replay else "")

@@ -93,6 +93,25 @@ def trained_token_loss(model, tensors: dict):
                                              ignore_index=D.IGNORE)
 
 
+def steps_for_budget(cfg: TrainConfig, sequences, replay, processes: int) -> int:
+    """The optimizer step at which ``cfg.max_trained_tokens`` target tokens have been trained (or
+    ``cfg.steps``, when it comes first). The batch order is a function of (seed, epoch), so the stop is
+    known before training starts: the learning-rate schedule decays exactly to it, and a resumed run
+    stops at the same step. One step takes ``processes * grad_accum`` batches from the epochs in order."""
+    per_step = processes * cfg.grad_accum
+    trained, batches_done, steps, epoch = 0, 0, 0, 0
+    while True:
+        for batch in D.epoch_batches(sequences, replay, cfg, epoch):
+            trained += sum(s.trained_tokens for s in batch)
+            batches_done += 1
+            if batches_done % per_step:
+                continue
+            steps += 1
+            if trained >= cfg.max_trained_tokens or (cfg.steps and steps >= cfg.steps):
+                return steps
+        epoch += 1
+
+
 def peak_memory_mb(device: str) -> float:
     import torch
 
@@ -202,6 +221,8 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         gradient_accumulation_steps=cfg.grad_accum)
     per_epoch = len(D.epoch_batches(sequences, replay, cfg, 0))
     total_steps = D.steps_for(cfg, max(1, per_epoch // accelerator.num_processes))
+    if cfg.max_trained_tokens:
+        total_steps = steps_for_budget(cfg, sequences, replay, accelerator.num_processes)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
@@ -248,7 +269,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        n_trained = int((tensors["labels"] != D.IGNORE).sum())
+        n_trained = int((tensors["labels"][:, 1:] != D.IGNORE).sum())  # a first token is never predicted
         window_loss += loss.detach().item() * n_trained
         window_tokens += n_trained
         state["tokens"] += int(tensors["attention_mask"].sum())
@@ -281,10 +302,13 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
                 raise
     bar.close()
 
+    minutes = max(state["seconds"], 1e-9) / 60
     report = {
-        "steps": state["step"], "total_steps": total_steps, "tokens": state["tokens"],
-        "trained_tokens": state["trained_tokens"], "seconds": round(state["seconds"], 2),
+        "steps": state["step"], "total_steps": total_steps, "max_trained_tokens": cfg.max_trained_tokens,
+        "tokens": state["tokens"], "trained_tokens": state["trained_tokens"], "seconds": round(state["seconds"], 2),
         "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
+        "tokens_per_min": round(state["tokens"] / minutes, 1),
+        "trained_tokens_per_min": round(state["trained_tokens"] / minutes, 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1), "device": device, "precision": precision,
         "processes": accelerator.num_processes, "loss_curve": state["loss_curve"], "data": stats.to_dict(),
     }

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps")
     length.add_argument("--epochs", type=float, help="passes over the data")
+    p.add_argument("--max-trained-tokens", type=int,
+                   help="stop once this many target tokens were trained (replaces --epochs; with --steps, whichever comes first)")
     p.add_argument("--lr", type=float)
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=float)
@@ -50,6 +52,7 @@ def cmd_train(args) -> int:
     out = args.out or Path(f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
     cli = dict(
         data=str(args.data), base=args.base, out=str(out), steps=args.steps, epochs=args.epochs, lr=args.lr,
+        max_trained_tokens=args.max_trained_tokens,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, rslora=args.rslora, max_len=args.max_len,
         batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
         init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed,
@@ -62,7 +65,8 @@ def cmd_train(args) -> int:
     else:
         r = result.report
         print(f"adapter: {result.out}  steps {r['steps']}  loss {r['loss_curve'][0][1]:.3f} → {r['loss_curve'][-1][1]:.3f}  "
-              f"{r['tokens_per_s']:.0f} tok/s  peak {r['peak_memory_mb']:.0f} MB")
+              f"{r['trained_tokens']} trained tokens ({r['trained_tokens_per_min']:.0f}/min of {r['tokens_per_min']:.0f} tokens seen/min)  "
+              f"peak {r['peak_memory_mb']:.0f} MB")
         if "export" in result.manifest:
             print(f"gguf: {result.manifest['export']['adapter_gguf']} ({result.manifest['export']['verified']})")
     return 0
