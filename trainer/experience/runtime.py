@@ -97,7 +97,7 @@ def trace_tests(root: Path, timeout_s: float = 300) -> tuple[dict, str]:
         out = Path(tmp) / "trace.json"
         env = clean_env({"PYTHONPATH": f"{tmp}:{root}", "SWESPOT_TRACE_ROOT": str(root), "SWESPOT_TRACE_OUT": str(out)}, home=tmp)
         result = run_limited(["python", "-m", "pytest", "-q", "-p", "_swespot_trace", "-p", "no:cacheprovider"], root,
-                             timeout_s=timeout_s, memory_mb=4096, env=env)
+                             timeout_s=timeout_s, memory_mb=4096, env=env, writable=[tmp])
         if not out.exists():
             return {}, "timed out" if result.timed_out else f"no trace (exit {result.returncode})"
         return json.loads(out.read_text()), "timed out" if result.timed_out else f"exit {result.returncode}"
