@@ -9,7 +9,7 @@ import git
 import pytest
 
 from agent.errors import SwespotError
-from trainer.experience.history import HistoryStats, changes
+from trainer.experience.history import HistoryStats, candidate_commits, changes, uninformative, walk
 
 ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
        "GIT_AUTHOR_DATE": "2026-01-01T00:00:00", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00", "PATH": "/usr/bin:/bin"}
@@ -55,7 +55,7 @@ def history(tmp_path) -> Path:
 
 def test_changes_carry_request_parent_and_file_texts(history):
     stats = HistoryStats()
-    found = {c.subject: c for c in changes(git.Repo(history), "HEAD", stats=stats)}
+    found = {c.subject: c for c in changes(git.Repo(history), "HEAD", stats=stats, skip_trivial=False)}
     sub = found["Add subtraction (fixes #12)"]
     assert sub.issue_refs == ["12"]
     assert {(f.kind, f.path) for f in sub.files} == {("M", "calc.py"), ("A", "test_calc.py")}
@@ -72,7 +72,7 @@ def test_history_stops_at_the_cutoff(history):
     repo = git.Repo(history)
     cutoff = git_(history, "rev-list", "-n", "1", "--grep", "Rename calc", "HEAD")
     subjects = [c.subject for c in changes(repo, cutoff)]
-    assert subjects == ["Add subtraction (fixes #12)", "Rename calc to arith"]
+    assert subjects == ["Rename calc to arith", "Add subtraction (fixes #12)"]  # newest first
 
 
 def test_a_shallow_clone_skips_the_boundary_instead_of_failing(history, tmp_path):
@@ -98,3 +98,93 @@ def test_detached_head_is_fine(history):
     second = git_(history, "rev-list", "--reverse", "HEAD").splitlines()[1]
     git_(history, "checkout", "-q", second)
     assert [c.parent for c in changes(git.Repo(history))] == [first]
+
+
+def _repo(tmp_path) -> Path:
+    root = tmp_path / "r"
+    root.mkdir()
+    git_(root, "init", "-q", "-b", "main")
+    commit(root, "initial", {"app.py": "def f():\n    return 0\n"})
+    return root
+
+
+def test_the_budget_keeps_the_commits_closest_to_the_cutoff(tmp_path):
+    root = _repo(tmp_path)
+    for n in range(1, 9):
+        commit(root, f"Return {n} from f", {"app.py": f"def f():\n    return {n}\n"})
+    stats = HistoryStats()
+    found = [c.subject for c in changes(git.Repo(root), "HEAD", limit=3, stats=stats)]
+    assert found == ["Return 8 from f", "Return 7 from f", "Return 6 from f"]
+    assert stats.skipped == {"over limit": 6} and stats.commits == 9
+
+
+def test_trivial_commits_are_skipped_and_each_reason_counted(tmp_path):
+    root = _repo(tmp_path)
+    code = "def f():\n    return 0\n"
+    commit(root, "Fix tests", {"app.py": code + "\n\ndef g():\n    return 1\n"})
+    commit(root, "wip", {"app.py": code + "\n\ndef g():\n    return 2\n"})
+    commit(root, "Fix tests\n\nThe fixture left the temporary folder behind on Windows, so the second run failed.",
+           {"app.py": code + "\n\ndef g():\n    return 3\n"})  # the body says what the subject does not
+    commit(root, "Tidy the signature of g", {"app.py": code + "\n\ndef g( ):\n    return   3\n"})
+    commit(root, "Bump version to 1.2.0", {"app.py": code + "\n\ndef g():\n    return 3\n"})
+    commit(root, "Prepare the next cycle", {"version.py": "__version__ = '1.3.0.dev0'\n"})
+    commit(root, "Explain the options in the README", {"README.md": "# app\n\nOptions...\n"})
+    commit(root, "typo", {"app.py": code + "\n\ndef g():\n    return 4\n", "CHANGES.md": "- ``g`` returns 4.\n"})
+    stats = HistoryStats()
+    found = [c.subject for c in changes(git.Repo(root), "HEAD", stats=stats)]
+    assert found == ["typo", "Fix tests"]  # the changelog entry and the body rescue them
+    assert stats.skipped == {"subject says nothing": 2, "formatting only": 1, "version bump": 2, "no code file": 1,
+                             "root commit": 1}
+
+
+@pytest.mark.parametrize("subject, says_nothing", [
+    ("Fix tests", True), ("wip", True), ("typo", True), ("Fix typos.", True), ("Update CHANGES.rst", True),
+    ("[pre-commit.ci] lint", True), ("docs: fixes (#12)", True), ("Lint", True),
+    ("Fix parsing when a parameter is named help (#3678)", False), ("Strip all ANSI sequences", False),
+    ("style()", False), ("Refactor pager stream handling", False),
+])
+def test_uninformative_subjects(subject, says_nothing):
+    assert uninformative(subject) is says_nothing
+
+
+def test_the_task_text_is_subject_body_and_the_changelog_entry(tmp_path):
+    root = _repo(tmp_path)
+    commit(root, "Start the changelog", {"CHANGES.md": "# Changes\n\n## Version 1.0\n\n- First.\n"})
+    commit(root, "Let f take a default\n\nCallers no longer need to pass zero.\n\nSigned-off-by: A <a@example.org>\n",
+           {"app.py": "def f(x=0):\n    return x\n",
+            "CHANGES.md": "# Changes\n\n## Version 1.1\n\nUnreleased\n\n- ``f`` takes a default. :issue:`7`\n\n## Version 1.0\n\n- First.\n"})
+    commit(root, "Make f double its input", {"app.py": "def f(x=0):\n    return 2 * x\n",
+                                              "changelog.d/8.change.md": "`f` now doubles its input.\n"})
+    newest, older = list(changes(git.Repo(root), "HEAD"))
+    assert older.task == ("Let f take a default\n\nCallers no longer need to pass zero.\n\n"
+                          "Changelog entry:\n- ``f`` takes a default. :issue:`7`")
+    assert newest.task == "Make f double its input\n\nChangelog entry:\n`f` now doubles its input."
+
+
+def test_merges_replay_the_merged_commits_once_at_the_merge(tmp_path):
+    """A first-parent walk, newest first; a merge itself is not replayed, the commits it brought in are
+    (each against its own parent, at the merge's place); a branch that merged main in between replays
+    nothing twice."""
+    root = _repo(tmp_path)
+    base = git_(root, "rev-parse", "HEAD")
+    git_(root, "checkout", "-q", "-b", "side")
+    s1 = commit(root, "Add helper h", {"side.py": "def h():\n    return 1\n"})
+    git_(root, "checkout", "-q", "main")
+    m1 = commit(root, "Add g to app", {"app.py": "def f():\n    return 0\n\n\ndef g():\n    return 1\n"})
+    git_(root, "checkout", "-q", "side")
+    git_(root, "merge", "-q", "--no-ff", "main", "-m", "Merge main into side")  # main's m1 reaches side too
+    s2 = commit(root, "Let h take an argument", {"side.py": "def h(x):\n    return x\n"})
+    git_(root, "checkout", "-q", "main")
+    git_(root, "merge", "-q", "--no-ff", "side", "-m", "Merge branch side")
+    merge = git_(root, "rev-parse", "HEAD")
+    after = commit(root, "Use h in f", {"app.py": "from side import h\n\n\ndef f():\n    return h(0)\n\n\ndef g():\n    return 1\n"})
+    order = [sha for sha, _ in walk(root, after)]
+    assert len(order) == len(set(order)) == 7
+    assert order[:2] == [after, merge] and order[2] == s2 and order[-2:] == [m1, base]
+    stats = HistoryStats()
+    pairs = [(c.hexsha, p.hexsha) for c, p in candidate_commits(git.Repo(root), "HEAD", stats=stats)]
+    assert [c for c, _ in pairs] == [after, s2, s1, m1]
+    assert dict(pairs)[s1] == base  # the merged commit against its own parent
+    assert stats.skipped == {"merge commit": 2, "root commit": 1}
+    replayed = [c.subject for c in changes(git.Repo(root), "HEAD")]
+    assert replayed == ["Use h in f", "Let h take an argument", "Add helper h", "Add g to app"]

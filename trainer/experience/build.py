@@ -163,8 +163,9 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
 
         if "evolution" in opts.units:
             hstats = H.HistoryStats()
-            candidates = list(H.candidate_commits(repo, cutoff, limit=opts.max_commits, stats=hstats))
             raw = H.raw_history(repo_path, cutoff)
+            # newest first: the commits closest to the cutoff, trivial ones skipped (history.py)
+            candidates = list(H.candidate_commits(repo, cutoff, limit=opts.max_commits, stats=hstats, raw=raw))
             touched = {sha: sorted({p for e in entries for p in (e.old_path, e.new_path) if p}) for sha, entries in raw.items()}
             # bug re-introduction works on today's (cutoff) code, before the snapshot moves back in time
             for commit, parent in candidates:
@@ -177,7 +178,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 if shard.exists():
                     result.shards_reused += 1
                     continue
-                change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []))
+                change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []), skip_trivial=True)
                 episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
                 save_episodes(shard, [episode] if episode else [])
                 result.shards_made += 1
@@ -190,10 +191,10 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 else:
                     todo.append((commit, parent, key))
             for commit, parent, key in tqdm(todo, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
-                change = H.change_of(commit, parent, hstats, raw=raw.get(commit.hexsha, []))
+                change = H.change_of(commit, parent, hstats, raw=raw.get(commit.hexsha, []), skip_trivial=True)
                 episode = None
                 if change is not None:
-                    # linear history: the tree is usually at the parent already (the last replay reached it)
+                    # newest first: the snapshot steps back one commit at a time (a small diff each)
                     moved = snap.checkout(change.parent)
                     _scrub(snap.tree, moved, ignored)
                     ws.invalidate(moved)

@@ -1,9 +1,24 @@
 """The repository's history as replayable changes (gitpython).
 
-Each non-merge commit up to the cutoff becomes a ``Change``: its message (the request), its parent (the
-starting state) and the text of every touched file before and after. Merge commits, root commits of
-shallow clones (their parent is missing), commits with binary or huge changes, and empty commits are
-skipped and counted, never silently dropped.
+Each commit up to the cutoff that may teach something becomes a ``Change``: its task text (the request),
+its parent (the starting state) and the text of every touched file before and after.
+
+Which commits, in which order (``walk``): the history is walked **newest first** from the cutoff along
+the first-parent line, because the code a user edits today looks like the last hundred commits, not
+the first; a budget (``limit``) keeps the commits closest to the cutoff. A merge commit is not replayed
+itself (its diff is a whole branch); the commits it merged are, each against its own parent, at the
+merge's place in the walk. Every commit is owned by exactly one first-parent commit (the first one whose
+history contains it), so no commit is replayed twice. Squash-merged histories are simply the first-parent
+line.
+
+What is skipped, each reason counted in ``HistoryStats.skipped``, never silently: merges, roots and
+shallow boundaries; commits that touch no code file; version bumps; subjects that say nothing ("Fix
+tests", "wip", "typo") unless the body or a changelog entry does; formatting-only changes (whitespace);
+and, from the diff, binary, huge, submodule and excluded-file changes.
+
+The task text (``Change.task``) is the subject, the message body (without trailers such as
+Signed-off-by) and the changelog entry the commit adds, where there is one: the lines it adds to a
+CHANGES/CHANGELOG/HISTORY/NEWS file, or a new fragment under changelog.d/, newsfragments/ or changes/.
 """
 
 from __future__ import annotations
@@ -13,14 +28,28 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from agent.errors import SwespotError
 from trainer.experience.files import MAX_FILE_BYTES, decode_text, secret_reason, vendored_or_generated
 
 MAX_FILES_PER_CHANGE = 12
 MAX_CHANGED_LINES = 400
+MAX_CHANGELOG_CHARS = 800
 ISSUE_REF = re.compile(r"(?:(?:fix(?:es|ed)?|close[sd]?|resolve[sd]?)\s+)?#(\d+)", re.I)
+CODE_SUFFIXES = {".py", ".pyi", ".pyx", ".js", ".jsx", ".mjs", ".ts", ".tsx", ".go", ".rs", ".java", ".kt", ".scala", ".c",
+                 ".h", ".cc", ".cpp", ".hpp", ".cs", ".rb", ".php", ".swift", ".m", ".sh", ".lua", ".jinja", ".html"}
+CHANGELOG_NAMES = re.compile(r"^(changes|changelog|history|news|release[-_]?notes)(\.\w+)?$", re.I)
+FRAGMENT_DIRS = {"changelog.d", "newsfragments", "changes", "news", "changelog"}
+# a subject that says nothing by itself: optional verbs, then a word that names no behaviour
+NOISE_SUBJECT = re.compile(
+    r"^(?:(?:fix(?:ed|es)?|update[ds]?|minor|small|more|some|add(?:ed)?|run|apply|address|the|a|and|&)\s+)*"
+    r"(?:typos?|tests?|lint(?:ing)?|style|format(?:ting)?|reformat|wip|cleanup|clean[- ]?up|tweaks?|changes?|fix(?:es)?"
+    r"|updates?|docs?|documentation|changelog(?: entry)?|comments?|whitespace|oops|refactor(?:ing)?|misc|stuff|pep ?8"
+    r"|flake8|black|isort|ruff|mypy|ci|build|requirements|dependencies|deps|review|feedback|nits?|\.+)$", re.I)
+VERSION_SUBJECT = re.compile(r"^(?:(?:bump|release|prepare|start|set|update|tag)\b.{0,40}?)?\bv?\d+\.\d+(?:\.\d+)*\S*$|^bump version\b", re.I)
+VERSION_LINE = re.compile(r"""^\s*(?:__version__|version|VERSION|"version"|release)\s*[:=]\s*["']?v?\d+\.\d+""")
+TRAILER = re.compile(r"^[A-Z][\w-]+(?:-by|-authored-by)?: .+$")
 
 
 def line_opcodes(a: list[str], b: list[str]) -> list:
@@ -84,6 +113,78 @@ class Change:
     def changed_lines(self) -> int:
         return sum(f.changed_lines for f in self.files)
 
+    @property
+    def body(self) -> str:
+        """The message after the subject, without trailers (Signed-off-by, Co-authored-by, ...)."""
+        lines = self.message.strip().splitlines()[1:]
+        return "\n".join(line for line in lines if not TRAILER.match(line.strip())).strip()
+
+    @functools.cached_property
+    def changelog(self) -> str:
+        """The changelog entry this commit adds: lines added to a changelog file, or a new fragment."""
+        out = []
+        for fc in self.files:
+            if fc.after is None or not is_changelog(fc.path):
+                continue
+            lines = fc.after.splitlines()
+            added = lines if fc.kind == "A" else [line for j1, j2 in fc.added for line in lines[j1:j2]]
+            out.extend(line.rstrip() for line in added if _entry_line(line))
+        return "\n".join(out).strip()[:MAX_CHANGELOG_CHARS]
+
+    @property
+    def task(self) -> str:
+        """The request an episode replays: subject, body and the changelog entry the commit adds."""
+        parts = [self.subject, self.body]
+        if self.changelog:
+            parts.append("Changelog entry:\n" + self.changelog)
+        return "\n\n".join(p for p in parts if p)
+
+
+def is_changelog(path: str) -> bool:
+    p = PurePosixPath(path)
+    return bool(CHANGELOG_NAMES.match(p.name)) or (len(p.parts) > 1 and p.parts[-2].lower() in FRAGMENT_DIRS
+                                                  and p.suffix.lower() in (".md", ".rst", ".txt", ""))
+
+
+def is_code(path: str) -> bool:
+    return PurePosixPath(path).suffix.lower() in CODE_SUFFIXES
+
+
+def _entry_line(line: str) -> bool:
+    """A changelog line that says something: not blank, not an underline, not a version heading."""
+    text = line.strip().lstrip("#").strip()
+    return bool(text) and not re.fullmatch(r"[-=~^*`'_.:]+", text) and not re.match(
+        r"^(?:version\s+|release\s+)?v?\d+\.\d+[\w.\-]*(?:\s*[(\-].*)?$|^unreleased\b", text, re.I)
+
+
+def uninformative(subject: str) -> bool:
+    """A subject that names no behaviour ("Fix tests", "wip", "typo", "Update CHANGES.rst")."""
+    text = re.sub(r"\(#\d+\)|#\d+|\[[^\]]*\]|^\w+(?:\([^)]*\))?!?:\s*", " ", subject)  # refs, [ci skip], "docs:" prefixes
+    text = " ".join(text.strip().rstrip(".!").split())
+    if NOISE_SUBJECT.match(text) or not text:
+        return True
+    words = text.split()
+    update_file = len(words) == 2 and words[0].lower() in ("update", "updated", "edit", "edited") and "." in words[1]
+    return update_file or (len(words) == 1 and not re.search(r"[_.(`]|[a-z][A-Z]", text))
+
+
+def trivial_reason(change: "Change") -> str | None:
+    """Why a change teaches nothing about the code (None: it does): formatting only, or a version bump."""
+    code = [fc for fc in change.files if is_code(fc.path)]
+    if code and all(re.sub(r"\s+", "", fc.before or "") == re.sub(r"\s+", "", fc.after or "") for fc in code if fc.kind != "R"):
+        return "formatting only"
+    changed = []
+    for fc in change.files:
+        if is_changelog(fc.path):
+            continue
+        a, b = (fc.before or "").splitlines(), (fc.after or "").splitlines()
+        for tag, i1, i2, j1, j2 in fc.opcodes:
+            if tag != "equal":
+                changed += a[i1:i2] + b[j1:j2]
+    if changed and all(VERSION_LINE.match(line) or not line.strip() for line in changed):
+        return "version bump"
+    return None
+
 
 @dataclass
 class HistoryStats:
@@ -123,29 +224,92 @@ def _blob_text(commit, path: str) -> tuple[str | None, str | None]:
     return decode_text(blob.data_stream.read())
 
 
-def candidate_commits(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None):
-    """Yield (commit, parent) for the commits that may become changes, oldest first, without computing
-    any diff (cheap: an incremental build checks its cache before paying for ``change_of``). Merges,
-    roots and shallow boundaries are counted in ``stats`` and skipped."""
+def walk(repo_path, cutoff: str) -> list[tuple[str, list[str]]]:
+    """(sha, parents) of every commit reachable from ``cutoff``, in replay order: newest first along the
+    first-parent line, each merge followed by the commits it brought in (newest first), each commit once.
+    One ``git log`` process; ownership of merged commits is worked out in one pass over the history."""
+    import subprocess
+
+    done = subprocess.run(["git", "log", "--topo-order", "--format=%H %P", cutoff], cwd=repo_path, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SwespotError(f"git log failed: {done.stderr.strip()}")
+    parents: dict[str, list[str]] = {}
+    order: dict[str, int] = {}  # topological position: smaller is newer
+    for n, line in enumerate(done.stdout.splitlines()):
+        sha, *ps = line.split()
+        parents[sha], order[sha] = ps, n
+    line_ = []  # the first-parent line, newest first (git log starts at the cutoff itself)
+    at = next(iter(parents), None)
+    while at is not None and at in parents:
+        line_.append(at)
+        at = parents[at][0] if parents[at] else None
+    owned: set[str] = set(line_)
+    brought: dict[str, list[str]] = {}
+    for fp in reversed(line_):  # oldest first: everything an older first-parent commit reaches is owned
+        stack = [p for p in parents[fp][1:] if p in parents and p not in owned]
+        mine = []
+        while stack:
+            c = stack.pop()
+            if c in owned:
+                continue
+            owned.add(c)
+            mine.append(c)
+            stack.extend(p for p in parents[c] if p in parents and p not in owned)
+        brought[fp] = sorted(mine, key=order.__getitem__)
+    out = []
+    for fp in line_:
+        out.append((fp, parents[fp]))
+        out.extend((c, parents[c]) for c in brought[fp])
+    return out
+
+
+def _cheap_skip(sha: str, message: str, raw: list[RawEntry] | None) -> str | None:
+    """Reasons to skip a commit that need no diff: no code file touched, a version bump, a subject that
+    says nothing (unless the body, or a changelog entry the commit adds, says something)."""
+    subject = message.strip().splitlines()[0].strip() if message.strip() else ""
+    paths = [p for e in raw or [] for p in (e.old_path, e.new_path) if p]
+    if raw is not None and paths and not any(is_code(p) for p in paths):
+        return "no code file"
+    if VERSION_SUBJECT.match(subject):
+        return "version bump"
+    if uninformative(subject):
+        body = Change(sha, "", message, 0, []).body
+        if len(body.split()) < 8 and not any(is_changelog(p) for p in paths):
+            return "subject says nothing"
+    return None
+
+
+def candidate_commits(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None,
+                      raw: dict[str, list[RawEntry]] | None = None, skip_trivial: bool = True):
+    """Yield (commit, parent) for the commits that may become changes, in replay order (``walk``: newest
+    first), at most ``limit`` of them, without computing any diff (cheap: an incremental build checks its
+    cache before paying for ``change_of``). Merges, roots, shallow boundaries and (``skip_trivial``) the
+    commits ``_cheap_skip`` rejects are counted in ``stats`` and skipped; so are those over the limit."""
     stats = stats if stats is not None else HistoryStats()
     if not repo.head.is_valid():
         return
     end = resolve(repo, cutoff)
     shallow = shallow_boundary(repo)
+    if skip_trivial and raw is None:
+        raw = raw_history(repo.working_tree_dir, end.hexsha)
     taken = 0
-    for commit in repo.iter_commits(end.hexsha, reverse=True):
+    for sha, parents in walk(repo.working_tree_dir, end.hexsha):
         stats.commits += 1
-        if commit.hexsha in shallow:
-            stats.skipped["shallow boundary"] += 1
-        elif len(commit.parents) > 1:
-            stats.skipped["merge commit"] += 1
-        elif not commit.parents:
-            stats.skipped["root commit"] += 1
-        elif limit is not None and taken >= limit:
+        if limit is not None and taken >= limit:
             stats.skipped["over limit"] += 1
-        else:
-            taken += 1
-            yield commit, commit.parents[0]
+            continue
+        why = ("shallow boundary" if sha in shallow else "merge commit" if len(parents) > 1 else "root commit" if not parents
+               else None)
+        commit = None
+        if why is None and skip_trivial:
+            commit = repo.commit(sha)
+            why = _cheap_skip(sha, commit.message, raw.get(sha))
+        if why:
+            stats.skipped[why] += 1
+            continue
+        taken += 1
+        commit = commit or repo.commit(sha)
+        yield commit, commit.parents[0]
 
 
 @dataclass
@@ -192,10 +356,15 @@ def raw_history(repo_path, cutoff: str) -> dict[str, list[RawEntry]]:
     return out
 
 
-def change_of(commit, parent, stats: HistoryStats | None = None, raw: list[RawEntry] | None = None):
+def change_of(commit, parent, stats: HistoryStats | None = None, raw: list[RawEntry] | None = None, *,
+              skip_trivial: bool = False):
     """The replayable change of one commit, or None (the reason counted in ``stats``). With ``raw``
-    (from ``raw_history``) no diff process is started."""
+    (from ``raw_history``) no diff process is started; with ``skip_trivial`` a formatting-only change or
+    a version bump is None too (``trivial_reason``)."""
     change, why = _change_from_raw(commit, parent, raw) if raw is not None else _change(commit, parent)
+    if change is not None and skip_trivial:
+        why = trivial_reason(change)
+        change = None if why else change
     if stats is not None:
         if change is None:
             stats.skipped[why] += 1
@@ -204,35 +373,18 @@ def change_of(commit, parent, stats: HistoryStats | None = None, raw: list[RawEn
     return change
 
 
-def changes(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None):
-    """Yield replayable changes, oldest first, for commits reachable from ``cutoff``."""
+def changes(repo, cutoff: str = "HEAD", *, limit: int | None = None, stats: HistoryStats | None = None,
+            skip_trivial: bool = True):
+    """Yield replayable changes, newest first (``walk``), for commits reachable from ``cutoff``; ``limit``
+    counts the candidates taken (closest to the cutoff), as ``candidate_commits`` does."""
     stats = stats if stats is not None else HistoryStats()
     if not repo.head.is_valid():
         return  # an empty repository has no history to replay
-    end = resolve(repo, cutoff)
-    shallow = shallow_boundary(repo)
-    commits = list(repo.iter_commits(end.hexsha, reverse=True))
-    for commit in commits:
-        stats.commits += 1
-        if limit is not None and stats.changes >= limit:
-            stats.skipped["over limit"] += 1
-            continue
-        if commit.hexsha in shallow:  # its parent object is not in this clone
-            stats.skipped["shallow boundary"] += 1
-            continue
-        if len(commit.parents) > 1:
-            stats.skipped["merge commit"] += 1
-            continue
-        if not commit.parents:
-            stats.skipped["root commit"] += 1
-            continue
-        parent = commit.parents[0]
-        change, why = _change(commit, parent)
-        if change is None:
-            stats.skipped[why] += 1
-            continue
-        stats.changes += 1
-        yield change
+    raw = raw_history(repo.working_tree_dir, resolve(repo, cutoff).hexsha)
+    for commit, parent in list(candidate_commits(repo, cutoff, limit=limit, stats=stats, raw=raw, skip_trivial=skip_trivial)):
+        change = change_of(commit, parent, stats, raw=raw.get(commit.hexsha, []), skip_trivial=skip_trivial)
+        if change is not None:
+            yield change
 
 
 def _blob_by_id(repo, hexsha: str) -> tuple[str | None, str | None]:

@@ -239,7 +239,7 @@ def edit_script(before: str, after: str, opcodes: list | None = None) -> list[tu
 
 def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex | None = None, test_runner=None) -> dict | None:
     """A commit as a task: its message is the request, the parent is the start, the child is the goal."""
-    task = change.message.strip()
+    task = change.task  # subject, body and the changelog entry the commit adds (history.Change.task)
     s = OracleSession(ws, task)
     for fc in change.files:
         if fc.kind == "A":
