@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -143,8 +144,17 @@ def load_episodes(path: str | os.PathLike) -> list[dict]:
     return episodes
 
 
-def save_episodes(path: str | os.PathLike, episodes: Iterable[dict]) -> int:
-    """Write episodes as JSONL atomically (temp file + rename). Returns how many were written."""
+SECRET_DROPPED = "secret in episode text"
+
+
+def save_episodes(path: str | os.PathLike, episodes: Iterable[dict], *, dropped: Counter | None = None) -> int:
+    """Write episodes as JSONL atomically (temp file + rename). Returns how many were written.
+
+    The one door to training data: an episode in which any text looks like a secret (the task or commit
+    message, an observation, the assistant's words or tool arguments, a completion prefix or target; see
+    ``agent.secret_scan``) is not written, and is counted in ``dropped`` under ``SECRET_DROPPED``."""
+    from agent.secret_scan import episode_secret
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -153,6 +163,10 @@ def save_episodes(path: str | os.PathLike, episodes: Iterable[dict]) -> int:
         with open(tmp, "w", encoding="utf-8") as fh:
             for ep in episodes:
                 validate_episode(ep)
+                if episode_secret(ep):
+                    if dropped is not None:
+                        dropped[SECRET_DROPPED] += 1
+                    continue
                 fh.write(json.dumps(ep, ensure_ascii=False) + "\n")
                 count += 1
             fh.flush()

@@ -87,7 +87,8 @@ def test_selected_files_are_read_from_the_commit_not_the_work_tree(repo):
     [
         ("token = os.environ['GITHUB_TOKEN']", False),
         ("password = '${DB_PASSWORD}'", False),
-        ("password = 'hunter2'", False),  # too short to be sure; real keys are long
+        ("password = 'hunter2'", True),  # a literal password is one, however short (issue 17)
+        ("password = '<your password>'", False),
         ("SLACK = 'xoxb-123456789012-abcdefghijkl'", True),
         ("key = 'ghp_" + "a1B2" * 9 + "'", True),
         ("secret_key: 'Zx9!qL2#vB8@mN4$wR6^tY1&uI3*oP5('", True),

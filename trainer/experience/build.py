@@ -158,7 +158,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
             else:
                 episodes = U.implementation_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.implementations_per_file,
                                                      test_runner=runner)
-            save_episodes(shard, episodes)
+            save_episodes(shard, episodes, dropped=stats[unit].rejected)
             result.shards_made += 1
 
         if "evolution" in opts.units:
@@ -180,7 +180,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                     continue
                 change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []), skip_trivial=True)
                 episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
-                save_episodes(shard, [episode] if episode else [])
+                save_episodes(shard, [episode] if episode else [], dropped=stats["evolution"].rejected)
                 result.shards_made += 1
             todo = []
             for commit, parent in candidates:
@@ -208,7 +208,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                     ws.invalidate(touched_now)
                     ws.forget_changes()
                 completions = U.hunk_completions(change, stats["evolution"], allowed) if change is not None else []
-                save_episodes(out / "evolution" / f"{key}.jsonl", ([episode] if episode else []) + completions)
+                save_episodes(out / "evolution" / f"{key}.jsonl", ([episode] if episode else []) + completions,
+                              dropped=stats["evolution"].rejected)
                 result.shards_made += 1
             for reason, n in hstats.skipped.items():
                 stats["evolution"].rejected[f"commit skipped: {reason}"] += n

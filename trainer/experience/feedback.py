@@ -181,7 +181,7 @@ def build_feedback(journal: Path, repo: Path, out: Path, commit: str) -> Feedbac
         if episodes:
             shard = folder / f"{key}.jsonl"
             if not shard.exists():
-                save_episodes(shard, episodes)
+                save_episodes(shard, episodes, dropped=result.skipped)
             if folder.name == UNIT:
                 result.shard = shard
     if entries:

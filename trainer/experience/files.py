@@ -4,16 +4,19 @@ Only files git tracks at that commit, read from git's object store (never the wo
 or ignored files cannot leak in). Excluded, each with a counted reason: files that match the repository's
 ignore rules (force-added), submodules and symlinks, binaries, non-UTF-8 text, huge files, vendored and
 generated code, and anything that looks like a secret (key files, ``.env``, private key blocks, known
-token formats, high-entropy strings assigned to secret-sounding names).
+token formats, high-entropy strings assigned to secret-sounding names, and what ``agent.secret_scan``
+finds: detect-secrets' detectors plus URL credentials, password assignments, secret defaults of
+environment lookups, redis passwords and tokens in comments).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+
+from agent.secret_scan import KEY_SHAPES, scan_text, shannon_entropy
 
 MAX_FILE_BYTES = 512 * 1024
 MAX_LINE_CHARS = 4000  # minified or data files
@@ -30,16 +33,7 @@ SECRET_NAMES = re.compile(
     r"|secrets?\.(json|ya?ml|toml)|.*\.(pem|key|p12|pfx|keystore|jks|kdbx))$",
     re.I,
 )
-SECRET_PATTERNS = [
-    ("private key block", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----")),
-    ("aws access key", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("github token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b")),
-    ("slack token", re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b")),
-    ("google api key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b")),
-    ("openai-style key", re.compile(r"\bsk-(proj-)?[A-Za-z0-9_\-]{32,}\b")),
-    ("stripe key", re.compile(r"\b[sr]k_live_[0-9A-Za-z]{20,}\b")),
-    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\b")),
-]
+SECRET_PATTERNS = KEY_SHAPES  # private key blocks and known token formats (agent/secret_scan.py)
 SECRET_ASSIGNMENT = re.compile(
     r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth|credential)[\w\-]*"
     r"['\"]?\s*[:=]\s*[rbuf]?['\"]([^'\"\s]{16,})['\"]"
@@ -47,12 +41,6 @@ SECRET_ASSIGNMENT = re.compile(
 
 
 _SECRET_WORDS = re.compile(r"pass|secret|token|key|auth|credential", re.I)
-
-
-def shannon_entropy(text: str) -> float:
-    counts = Counter(text)
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
 def secret_reason(path: str, text: str | None) -> str | None:
@@ -79,7 +67,9 @@ def secret_reason(path: str, text: str | None) -> str | None:
             # placeholders and references (os.environ[...], "${TOKEN}", "changeme") are low-entropy or shaped
             if shannon_entropy(value) >= 3.5 and not value.startswith(("$", "{", "<")):
                 return "high-entropy secret assignment"
-    return None
+    # detect-secrets and our rules for the rest: URL credentials, password assignments, defaults of
+    # environment lookups, redis passwords, tokens in comments
+    return scan_text(text)
 
 
 def vendored_or_generated(path: str, text: str | None) -> str | None:

@@ -184,7 +184,7 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
             reused += 1
             continue
         rng = random.Random(f"{opts.seed}:runtime:{path}")
-        save_episodes(shard, runtime_episodes(ws, index, path, examples, commit, rng, stats))
+        save_episodes(shard, runtime_episodes(ws, index, path, examples, commit, rng, stats), dropped=stats.rejected)
         made += 1
     # mutations: which tests break when a function's result is dropped (executed, not guessed)
     targets = [sym for path in sorted(index.files) if path in blobs and path.endswith(".py") and not is_test_file(path)
@@ -199,7 +199,7 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
             reused += 1
             continue
         episode = mutation_episode(ws, sym, tests, commit, stats)
-        save_episodes(shard, [episode] if episode else [])
+        save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
         made += 1
     return made, reused
 
@@ -268,7 +268,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
         episode = None
         if change is not None and all(fc.path in allowed for fc in change.files if fc.new_path):
             episode = repro_episode(ws, snap, change, stats, scrub)
-        save_episodes(shard, [episode] if episode else [])
+        save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
         made += 1
     if snap.commit != cutoff:
         moved = snap.checkout(cutoff)
