@@ -161,6 +161,9 @@ def read_git_state(repo: Path) -> GitState:
         r = git.Repo(repo)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise SwespotError(f"{repo} is not a git repository") from exc
+    from trainer.experience.history import require_work_tree
+
+    require_work_tree(r, repo)
     git_dir = Path(r.git_dir)
     busy = next((name for name in IN_PROGRESS if (git_dir / name).exists()), None)
     if not (git_dir / "HEAD").exists():  # moved or deleted between the two reads

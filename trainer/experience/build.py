@@ -93,9 +93,11 @@ def _open_repo(repo_path: Path):
     import git
 
     try:
-        return git.Repo(repo_path)
+        repo = git.Repo(repo_path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise SwespotError(f"{repo_path} is not a git repository") from exc
+    H.require_work_tree(repo, repo_path)
+    return repo
 
 
 def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptions | None = None) -> BuildResult:

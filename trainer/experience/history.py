@@ -196,14 +196,26 @@ class HistoryStats:
         return {"commits": self.commits, "changes": self.changes, "skipped": dict(self.skipped)}
 
 
+def require_work_tree(repo, path) -> None:
+    """Refuse a bare repository with the one message every command gives: swespot reads and watches a
+    checked-out repository (snapshots, ignore rules, the editor's files), and a bare one has none."""
+    if repo.bare or not repo.working_tree_dir:
+        raise SwespotError(f"{path} is a bare repository: it has no work tree to learn from or watch; "
+                           f"clone it (git clone {path} DIR) and point swespot at the clone")
+
+
 def resolve(repo, rev: str):
     from git.exc import GitCommandError
     from gitdb.exc import BadName, BadObject
 
+    where = repo.working_tree_dir or repo.git_dir
     try:
-        return repo.commit(rev)
+        commit = repo.commit(rev)
+        commit.size  # a full hex name is not looked up until read (forty zeros "resolve"): read it now
+        return commit
     except (BadName, BadObject, ValueError, GitCommandError) as exc:
-        raise SwespotError(f"{rev!r} is not a commit of {repo.working_tree_dir}: {exc}") from exc
+        why = "no such commit" if "could not be resolved" in str(exc) or isinstance(exc, BadObject) else str(exc).strip()
+        raise SwespotError(f"{rev!r} is not a commit of {where}: {why}") from exc
 
 
 def shallow_boundary(repo) -> set[str]:
