@@ -132,3 +132,27 @@ def test_a_work_dir_refuses_other_settings_and_the_estimate_trains_nothing(repos
         bench.main([a if a != f"{ledger}@2" else f"{ledger}@3" for a in args])
     with pytest.raises(SwespotError, match="leaves nothing"):
         bench.main([f"{ledger}@9", "--work", str(tmp_path / "w2"), "--estimate"])
+
+
+def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixed_tasks(repos, tiny_hf_dir, tmp_path, capsys):
+    from benchmarks import accumulate
+
+    ledger, _ = repos
+    work, out_json = tmp_path / "acc", tmp_path / "acc.json"
+    args = [str(ledger), "--work", str(work), "--last", "1", "--stride", "1", "--refreshes", "3", "--profile", "tiny",
+            "--steps", "2", "--base", str(tiny_hf_dir), "--device", "cpu", "--quiet", "--json", str(out_json)]
+    assert accumulate.main(args) == 0
+    result = json.loads(out_json.read_text())
+    commits = [git(ledger, "rev-parse", f"HEAD~{n}") for n in (3, 2, 1)]
+    assert result["commits"] == commits and result["tasks_after"] == commits[-1]
+    steps = result["refreshes"]
+    assert [r["refresh"] for r in steps] == [1, 2, 3] and [r["commit"] for r in steps] == commits
+    assert [r["version"] for r in steps] == ["v0001", "v0002", "v0003"]
+    assert [r["continued_from"] for r in steps] == [None, "v0001", "v0002"]  # each continued from the one before
+    assert steps[-1]["cumulative_trained_tokens"] == sum(r["trained_tokens"] for r in steps) > 0
+    assert steps[0]["vs_previous"] is None and all(r["vs_previous"]["tasks"] == r["vs_base"]["tasks"] > 0 for r in steps[1:])
+    assert "vs previous" in capsys.readouterr().out
+    # run again: everything is in the work dir, nothing is retrained
+    lines = (work / "results.jsonl").read_text().splitlines()
+    assert accumulate.main(args) == 0
+    assert (work / "results.jsonl").read_text().splitlines() == lines
