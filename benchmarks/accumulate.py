@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.errors import SwespotError  # noqa: E402
 from benchmarks.specialize import (LOSS_FAMILIES, Repo, Work, eval_rows, family_scores, fmt_minutes, paired,  # noqa: E402
-                                   pct, say, tasks_for, verdict)
+                                   pct, run_cli, say, tasks_for, verdict)
 
 
 def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> list[str]:
@@ -172,8 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except SwespotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

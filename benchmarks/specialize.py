@@ -648,9 +648,14 @@ def _default_tasks(args) -> int:
     return sum(sizes.get(f, 0) for f in args.families)
 
 
-if __name__ == "__main__":
+def run_cli(main) -> None:
+    """Run a benchmark's ``main`` as a command: bad input is one line on stderr and exit status 2."""
     try:
         sys.exit(main())
     except SwespotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_cli(main)
