@@ -45,6 +45,7 @@ from agent.errors import SwespotError
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers
 UNSAFE_OPT_IN = "SWESPOT_UNSAFE_NO_SANDBOX"
+READABLE_ENV = "SWESPOT_SANDBOX_READABLE"  # folders (os.pathsep-separated) every sandbox shows read-only
 SANDBOX_HOME = "/tmp/home"
 
 # the system, read-only (a symlink such as /bin -> usr/bin is reproduced as a symlink)
@@ -181,7 +182,7 @@ def bwrap_argv(argv: Sequence[str], cwd: str | os.PathLike, *, env: dict[str, st
         flags.insert(flags.index("--unshare-all") + 1, "--share-net")
     where = os.path.realpath(cwd)
     rw = [where, *(os.path.realpath(p) for p in writable)]
-    ro = [os.path.realpath(p) for p in readable]
+    ro = [os.path.realpath(p) for p in [*readable, *os.environ.get(READABLE_ENV, "").split(os.pathsep)] if p and os.path.exists(p)]
     args = [exe, *flags, *_system_binds(), "--proc", "/proc", "--dev", "/dev"]
     if "--size-ok" in _bwrap()[1]:
         args += ["--size", str(TMP_MB * 2**20)]
@@ -319,8 +320,9 @@ def run_limited(
     output, cut to ``output_limit`` bytes (head and tail kept: failures print their summary last).
 
     ``cwd`` is the one folder the command may change, besides ``writable``; ``readable`` folders are
-    shown read-only. Paths in ``env`` (``PYTHONPATH``...) must lie in one of them to be seen; a ``HOME``
-    outside them becomes ``/tmp/home``. Raises ``SwespotError`` when no sandbox is available and the user
+    shown read-only, and so are the folders the user lists in ``SWESPOT_SANDBOX_READABLE`` (a toolchain
+    in the home folder, say). Paths in ``env`` (``PYTHONPATH``...) must lie in one of them to be seen; a
+    ``HOME`` outside them becomes ``/tmp/home``. Raises ``SwespotError`` when no sandbox is available and the user
     did not opt out of it (``SWESPOT_UNSAFE_NO_SANDBOX=1``)."""
     require_sandbox()
     argv = ["bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)

@@ -3,7 +3,9 @@
 Every tool takes JSON arguments and returns text; a failure is returned as text starting with
 ``error:`` that says what went wrong and what to do instead — tools never raise into the loop. Paths are
 relative to the root; anything that resolves outside it (``..``, absolute paths, symlinks pointing out)
-is refused.
+is refused, and so is git's own metadata (a ``.git`` folder or file at any depth: its configuration can
+make git run programs). Writes never go through a symbolic link. Commands run in the sandbox
+(``agent.sandbox``), on a throw-away copy of the files.
 
 The workspace remembers the original content of every file it changes, so ``diff`` is the whole change
 as a unified diff whether or not the root is a git repository.
@@ -24,9 +26,10 @@ import re
 import shlex
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from agent import gitsafe
 from agent.errors import SwespotError
 
 MAX_READ_LINES = 400
@@ -101,12 +104,21 @@ class Workspace:
         self.parse_cache = parse_cache
 
     # ---- paths and files --------------------------------------------------------------------------
-    def resolve(self, rel: str) -> Path:
+    def resolve(self, rel: str, *, write: bool = False) -> Path:
+        """The file ``rel`` names, refused when it lies outside the root or in git's metadata; for a write,
+        also when the path goes through a symbolic link (the change is made at the link's target)."""
         if not isinstance(rel, str) or not rel.strip():
             raise SwespotError("a path is required")
         path = (self.root / rel).resolve()
         if path != self.root and self.root not in path.parents:
             raise SwespotError(f"{rel} is outside the repository; use a path relative to its root")
+        if is_git_metadata(rel) or is_git_metadata(self.rel(path)):
+            raise SwespotError(f"{rel} is git's own metadata; the tools neither read nor change it")
+        if write:
+            link = symlink_on_path(self.root, rel)
+            if link is not None:
+                raise SwespotError(f"{rel} goes through the symbolic link {link}; use the path it points to, "
+                                   f"{self.rel(path)}, instead")
         return path
 
     def rel(self, path: Path) -> str:
@@ -139,7 +151,7 @@ class Workspace:
             raise SwespotError(f"{rel} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
     def write_text(self, rel: str, text: str) -> None:
-        path = self.resolve(rel)
+        path = self.resolve(rel, write=True)
         key = self.rel(path)
         if key not in self.originals:
             self.originals[key] = path.read_text(encoding="utf-8") if path.exists() else None
@@ -173,10 +185,11 @@ class Workspace:
 
     def _list_files(self) -> list[str]:
         if (self.root / ".git").exists():
-            done = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
+            done = gitsafe.run(["ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
             if done.returncode == 0:
-                return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p and (self.root / p).is_file()})
-        return walk_not_ignored(self.root)
+                return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0")
+                               if p and not is_git_metadata(p) and (self.root / p).is_file()})
+        return [p for p in walk_not_ignored(self.root) if not is_git_metadata(p)]
 
     def index(self):
         """The repository index, re-parsing only the files changed since it was built."""
@@ -337,14 +350,14 @@ class Workspace:
         raise SwespotError(f"old text occurs {count} times in {path} (lines {', '.join(map(str, lines_at))}); include more surrounding lines to make it unique")
 
     def create_file(self, path: str, content: str) -> str:
-        target = self.resolve(path)
+        target = self.resolve(path, write=True)
         if target.exists():
             raise SwespotError(f"{path} already exists; use edit to change it")
         self.write_text(path, content)
         return f"created {path} ({len(content.splitlines())} lines)"
 
     def delete_file(self, path: str) -> str:
-        target = self.resolve(path)
+        target = self.resolve(path, write=True)
         if not target.is_file():
             raise SwespotError(f"{path} is not a file")
         key = self.rel(target)
@@ -357,12 +370,12 @@ class Workspace:
     def run(self, command: str = "", timeout: float | None = None) -> str:
         """Run one command (no shell) in the repository; with no command, its test command.
 
-        Guaranteed: the policy decides before anything starts; the process runs in its own session and a
-        timeout kills the whole process group; output is cut to ``output_budget`` characters (head and
-        tail kept); memory and CPU time are capped; the environment has no credentials and its proxies
-        point at a dead port. Best effort: no network at all, through a network namespace without
-        interfaces (``unshare -rn``) where the kernel allows unprivileged user namespaces; where it does
-        not, a program that ignores proxy variables can still reach the network."""
+        The policy decides before anything starts. The command runs in the sandbox (``agent.sandbox``:
+        bubblewrap), in a throw-away copy of the files: it sees the system read-only and that copy, not the
+        user's home, the real work tree or other processes; it has no network; at the time limit every
+        process it started dies; memory, CPU time and file sizes are capped by the kernel; its output is
+        read as it comes and cut to ``output_budget`` bytes (head and tail kept); the environment has no
+        credentials. Without bubblewrap the command is refused (unless SWESPOT_UNSAFE_NO_SANDBOX=1)."""
         from agent.sandbox import run_limited
 
         command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""
@@ -392,8 +405,14 @@ class Workspace:
         try:
             for rel in self.files():
                 src = self.root / rel
-                if src.is_symlink() or not src.is_file():
-                    continue  # links may point outside the repository: not copied
+                if src.is_symlink():
+                    # the link itself, never what it points to: inside the sandbox a target outside the
+                    # copy does not exist
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.readlink(src), tmp / rel)
+                    continue
+                if not src.is_file():
+                    continue
                 dst = tmp / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
@@ -406,6 +425,29 @@ class Workspace:
 
 
 SKIPPED_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".tox"}
+
+
+def is_git_metadata(rel: str) -> bool:
+    """Whether a repository path is git's own: a ``.git`` folder or file at any depth (a nested
+    repository's, a submodule's). Any case, and trailing dots or spaces, count: some file systems ignore
+    them. (``.gitignore``, ``.gitattributes`` and ``.gitmodules`` are content: git runs no program from
+    them that our settings in ``agent.gitsafe`` leave enabled.)"""
+    return any(part.rstrip(". ").casefold() == ".git" for part in PurePosixPath(rel).parts)
+
+
+def symlink_on_path(root: Path, rel: str) -> str | None:
+    """The first part of ``rel`` (under ``root``) that is a symbolic link on disk, or None. Checked part
+    by part, as the file system resolves a path, so ``link/../x`` counts as going through ``link``."""
+    current = root
+    for part in PurePosixPath(rel).parts:
+        if part in ("", ".", "/"):
+            continue
+        current = current.parent if part == ".." else current / part
+        if current.is_symlink():
+            return current.relative_to(root).as_posix() if current.is_relative_to(root) else str(current)
+        if not current.exists():
+            return None
+    return None
 
 
 def walk_not_ignored(root: Path) -> list[str]:

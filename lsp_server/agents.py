@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -20,7 +21,7 @@ from typing import Callable, Iterator
 from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget, Cancelled, Submitted
 from agent.models import Model, Reply
-from agent.tools import MAX_FILE_BYTES, Workspace, make_tools
+from agent.tools import MAX_FILE_BYTES, Workspace, is_git_metadata, make_tools, symlink_on_path
 
 from lsp_server.documents import DocumentSnapshot, FileChange, is_excluded
 
@@ -146,19 +147,31 @@ class TaskRun:
 
 @contextlib.contextmanager
 def scratch_snapshot(source: EditorWorkspace, open_docs: dict[str, DocumentSnapshot]) -> Iterator[Path]:
-    """A temporary copy of the repository as the editor shows it; removed afterwards."""
+    """A temporary copy of the repository as the editor shows it; removed afterwards.
+
+    Symbolic links are copied as links (never what they point to), so a path through a link that leaves
+    the repository leaves the snapshot too and the tools refuse it, as they would in the repository: it
+    does not look free. Git's metadata is not copied."""
     tmp = Path(tempfile.mkdtemp(prefix="swespot-task-"))
     try:
         for rel in source.files():
             src = source.root / rel
             try:
-                if src.is_symlink() or src.stat().st_size > MAX_FILE_BYTES:
-                    continue  # links could point out of the snapshot; huge files are not code to edit
+                if is_git_metadata(rel):
+                    continue
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                if src.is_symlink():
+                    os.symlink(os.readlink(src), tmp / rel)
+                    continue
+                if src.stat().st_size > MAX_FILE_BYTES:
+                    continue  # huge files are not code to edit
                 shutil.copyfile(src, tmp / rel)
             except OSError as exc:
                 log.debug("not in the snapshot: %s (%s)", rel, exc)
         for rel, doc in open_docs.items():
+            if is_git_metadata(rel) or symlink_on_path(tmp, rel) is not None:
+                log.debug("open document not in the snapshot: %s (git metadata, or through a link)", rel)
+                continue
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(doc.text, encoding="utf-8")
         yield tmp

@@ -18,6 +18,7 @@ from lsprotocol import types as lsp
 from pygls.uris import from_fs_path, to_fs_path
 
 from agent.errors import SwespotError
+from agent.tools import is_git_metadata, symlink_on_path
 
 MAX_DOCUMENT_CHARS = 2_000_000  # the agent's tools read files up to 2 MiB; a bigger buffer is not code
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -113,6 +114,7 @@ def build_workspace_edit(root: Path, changes: list[FileChange], snapshots: dict[
     or that was opened with other text than the agent saw, is refused."""
     operations: list = []
     for change in changes:
+        check_edit_target(root, change.rel)
         path = root / change.rel
         uri = uri_of(path)
         seen, now = snapshots.get(change.rel), current.get(change.rel)
@@ -130,6 +132,19 @@ def build_workspace_edit(root: Path, changes: list[FileChange], snapshots: dict[
             document = lsp.OptionalVersionedTextDocumentIdentifier(uri=uri, version=version)
             operations.append(lsp.TextDocumentEdit(text_document=document, edits=edits))
     return lsp.WorkspaceEdit(document_changes=operations)
+
+
+def check_edit_target(root: Path, rel: str) -> None:
+    """An edit lands only on a file of the repository itself: never in git's metadata, never through a
+    symbolic link (the editor would write wherever the link points), never outside the root."""
+    if is_git_metadata(rel):
+        raise SwespotError(f"the agent's change touches {rel}, git's own metadata; no edit was made")
+    link = symlink_on_path(root, rel)
+    if link is not None:
+        raise SwespotError(f"the agent's change to {rel} would go through the symbolic link {link}; no edit was made")
+    target = (root / rel).resolve()
+    if target != root.resolve() and root.resolve() not in target.parents:
+        raise SwespotError(f"the agent's change to {rel} lies outside the repository; no edit was made")
 
 
 def _version_to_edit(change: FileChange, seen: DocumentSnapshot | None, now: DocumentSnapshot | None) -> int | None:

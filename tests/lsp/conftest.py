@@ -220,6 +220,7 @@ class Gate:
     that runs it keeps the server's model thread busy for exactly as long as a test needs (no sleeps)."""
 
     def __init__(self, repo: Path, fifo: Path, name: str = "gate") -> None:
+        fifo.parent.mkdir(exist_ok=True)
         os.mkfifo(fifo)
         self.fifo = fifo
         self._writer = None
@@ -249,13 +250,16 @@ class Gate:
 
 
 @pytest.fixture
-def gate(repo: Path, tmp_path: Path) -> Gate:
-    return Gate(repo, tmp_path / "gate.fifo")
+def gate(repo: Path, tmp_path: Path, monkeypatch) -> Gate:
+    # the sandboxed test sees nothing outside its copy but the folder the server is told to show it
+    monkeypatch.setenv("SWESPOT_SANDBOX_READABLE", str(tmp_path / "gates"))
+    return Gate(repo, tmp_path / "gates" / "gate.fifo")
 
 
 @pytest.fixture
-def second_gate(repo: Path, tmp_path: Path) -> Gate:
-    return Gate(repo, tmp_path / "gate2.fifo", name="gate2")
+def second_gate(repo: Path, tmp_path: Path, monkeypatch) -> Gate:
+    monkeypatch.setenv("SWESPOT_SANDBOX_READABLE", str(tmp_path / "gates"))
+    return Gate(repo, tmp_path / "gates" / "gate2.fifo", name="gate2")
 
 
 def call(name: str, **arguments) -> dict:
