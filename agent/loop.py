@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
+from agent import gitsafe
 from agent.episode import new_episode
 from agent.models import ContextFull, Model, OutOfTurns
 from agent.render import parse
@@ -169,7 +169,7 @@ class Agent:
 
 
 def repo_commit(root) -> str:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    done = gitsafe.run(["rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 

@@ -160,11 +160,11 @@ def select_files(repo, rev: str = "HEAD", *, ignored: set[str] | None = None) ->
 def ignored_paths(repo, paths: list[str]) -> set[str]:
     """Tracked paths that the repository's ignore rules match (force-added files): ``git check-ignore
     --no-index`` answers with git's own rules, including nested .gitignore files and info/exclude."""
-    import subprocess
+    from agent import gitsafe
 
     if not paths or not repo.working_tree_dir:
         return set()
-    done = subprocess.run(["git", "check-ignore", "--no-index", "--stdin", "-z"], cwd=repo.working_tree_dir,
+    done = gitsafe.run(["check-ignore", "--no-index", "--stdin", "-z"], cwd=repo.working_tree_dir,
                           input=("\0".join(paths) + "\0").encode(), capture_output=True)
     # exit 1 = nothing ignored; anything else but 0 is a real failure we must not hide
     if done.returncode not in (0, 1):

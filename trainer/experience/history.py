@@ -240,9 +240,9 @@ def walk(repo_path, cutoff: str) -> list[tuple[str, list[str]]]:
     """(sha, parents) of every commit reachable from ``cutoff``, in replay order: newest first along the
     first-parent line, each merge followed by the commits it brought in (newest first), each commit once.
     One ``git log`` process; ownership of merged commits is worked out in one pass over the history."""
-    import subprocess
+    from agent import gitsafe
 
-    done = subprocess.run(["git", "log", "--topo-order", "--format=%H %P", cutoff], cwd=repo_path, capture_output=True, text=True)
+    done = gitsafe.run(["log", "--topo-order", "--format=%H %P", cutoff], cwd=repo_path, capture_output=True, text=True)
     if done.returncode != 0:
         raise SwespotError(f"git log failed: {done.stderr.strip()}")
     parents: dict[str, list[str]] = {}
@@ -340,9 +340,9 @@ class RawEntry:
 def raw_history(repo_path, cutoff: str) -> dict[str, list[RawEntry]]:
     """Every commit's file changes (renames detected) from ONE ``git log --raw`` process, instead of a
     diff process per commit: replaying thousands of commits is dominated by that otherwise."""
-    import subprocess
+    from agent import gitsafe
 
-    done = subprocess.run(["git", "log", "--raw", "-z", "-M", "--no-abbrev", "--format=%x01%H", cutoff],
+    done = gitsafe.run(["log", "--raw", "-z", "-M", "--no-abbrev", *gitsafe.DIFF_FLAGS, "--format=%x01%H", cutoff],
                           cwd=repo_path, capture_output=True)
     if done.returncode != 0:
         raise SwespotError(f"git log failed: {done.stderr.decode(errors='replace').strip()}")

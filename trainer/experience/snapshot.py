@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+from agent import gitsafe
 from agent.errors import SwespotError
 
 
@@ -27,7 +27,7 @@ class Snapshot:
         self.index_file = self.root / "index"
         self.commit: str | None = None
         self._index_stale = False
-        done = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=self.repo_dir, capture_output=True, text=True)
+        done = gitsafe.run(["rev-parse", "--absolute-git-dir"], cwd=self.repo_dir, capture_output=True, text=True)
         if done.returncode != 0:
             self.close()
             raise SwespotError(f"{self.repo_dir} is not a git repository")
@@ -35,7 +35,7 @@ class Snapshot:
 
     def _git(self, *args: str) -> str:
         env = dict(os.environ, GIT_INDEX_FILE=str(self.index_file), GIT_WORK_TREE=str(self.tree))
-        done = subprocess.run(["git", "--git-dir", self.git_dir, *args], cwd=self.tree, env=env, capture_output=True, text=True)
+        done = gitsafe.run(["--git-dir", self.git_dir, *args], cwd=self.tree, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SwespotError(f"git {' '.join(args)} failed in the scratch copy: {done.stderr.strip()}")
         return done.stdout
