@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
 
 TYPED = "        matches = [p for p in self.files() if p.endswith(suffix)]"
 TARGET_FILE = "agent/tools.py"
