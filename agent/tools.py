@@ -102,6 +102,9 @@ class Workspace:
         self._dirty: set[str] = set()  # paths changed since the index was built
         self._texts: dict[str, str] = {}  # canonical path -> text, for files read since they last changed
         self.parse_cache = parse_cache
+        # extra environment for commands, relative paths meaning the folder they run in (the repository's
+        # test environment: its source roots on PYTHONPATH, third-party pytest plugins off; trainer.experience.testenv)
+        self.run_env: dict[str, str] | None = None
 
     # ---- paths and files --------------------------------------------------------------------------
     def resolve(self, rel: str, *, write: bool = False) -> Path:
@@ -376,7 +379,7 @@ class Workspace:
         process it started dies; memory, CPU time and file sizes are capped by the kernel; its output is
         read as it comes and cut to ``output_budget`` bytes (head and tail kept); the environment has no
         credentials. Without bubblewrap the command is refused (unless SWESPOT_UNSAFE_NO_SANDBOX=1)."""
-        from agent.sandbox import run_limited
+        from agent.sandbox import clean_env, run_limited
 
         command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""
         if not command:
@@ -388,13 +391,14 @@ class Workspace:
         except ValueError as exc:
             raise SwespotError(f"cannot parse the command: {exc}") from exc
         limit = min(float(timeout or self.run_timeout), self.run_timeout)
+        env = clean_env(self.run_env) if self.run_env else None
         if self.scratch_runs:
             # the repository's code never runs in the user's tree: a throw-away copy of its current
             # (edited) files, so what the command writes or deletes is lost with the copy
             with self.scratch_copy() as where:
-                result = run_limited(argv, where, timeout_s=limit, output_limit=self.output_budget)
+                result = run_limited(argv, where, timeout_s=limit, output_limit=self.output_budget, env=env)
         else:
-            result = run_limited(argv, self.root, timeout_s=limit, output_limit=self.output_budget)
+            result = run_limited(argv, self.root, timeout_s=limit, output_limit=self.output_budget, env=env)
         status = f"timed out after {limit:g}s" if result.timed_out else f"exit code {result.returncode}"
         return f"$ {command}\n[{status}, {result.seconds:.1f}s]\n{result.output}".rstrip()
 
