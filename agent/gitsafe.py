@@ -10,8 +10,8 @@ to values that run nothing, through git's public ``GIT_CONFIG_COUNT``/``GIT_CONF
 ``protect_process()`` puts them into this process's environment, so that GitPython (which starts git
 with ``os.environ``) and every child that inherits our environment is covered; ``agent/__init__``
 calls it, so importing any part of SWE-Spot is enough. ``run()`` is ``subprocess.run`` for git with the
-same settings even when the caller passes its own ``env``. Diffs add ``--no-ext-diff --no-textconv``
-(``DIFF_FLAGS``) where their output is read.
+same settings even when the caller passes its own ``env``. Diffs and logs add ``--no-ext-diff
+--no-textconv`` (``DIFF_FLAGS``): ``diff.external`` has no value that means "none".
 
 What stays the user's: filter drivers (``filter.<name>.smudge``) cannot be switched off by name; they
 only come from configuration files, which the agent's tools and sandboxed code can no longer write.
@@ -23,7 +23,9 @@ import os
 import subprocess
 from typing import Mapping, Sequence
 
-# key -> value that runs nothing; an empty diff.external fails closed ("cannot run"), it does not fall back
+# key -> value that runs nothing. Not here: diff.external (an empty value makes every `git diff` fail with
+# "cannot run", and no value means "none"); external diffs and textconv drivers only run where porcelain
+# makes a patch, and SWE-Spot makes none without DIFF_FLAGS (GitPython passes --no-ext-diff itself)
 SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("core.fsmonitor", "false"),
     ("core.hooksPath", "/dev/null"),
@@ -33,7 +35,6 @@ SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("core.pager", "cat"),
     ("core.editor", "false"),
     ("sequence.editor", "false"),
-    ("diff.external", ""),
     ("credential.helper", ""),
     ("protocol.allow", "user"),
     ("protocol.ext.allow", "never"),
