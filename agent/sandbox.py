@@ -197,7 +197,8 @@ def bwrap_argv(argv: Sequence[str], cwd: str | os.PathLike, *, env: dict[str, st
         args += ["--dir", SANDBOX_HOME]
     env["TMPDIR"] = "/tmp"
     env.pop("PWD", None)
-    return [*args, "--chdir", where, "--", *argv]
+    # the sandbox's own root (the folders made to hold the binds) is read-only too; binds keep their mode
+    return [*args, "--remount-ro", "/", "--chdir", where, "--", *argv]
 
 
 # ---- limits and output ---------------------------------------------------------------------------------
