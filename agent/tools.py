@@ -187,12 +187,29 @@ class Workspace:
         return self._files
 
     def _list_files(self) -> list[str]:
+        """Regular files, and links to files inside the root (a link to a file outside is not the
+        repository's: neither listed, searched nor indexed)."""
+        return [p for p in self._entries() if self._is_own_file(p)]
+
+    def _entries(self) -> list[str]:
+        """Every path that is not ignored, links included (git lists a link, never what is behind it)."""
         if (self.root / ".git").exists():
             done = gitsafe.run(["ls-files", "-co", "--exclude-standard", "-z"], cwd=self.root, capture_output=True)
             if done.returncode == 0:
-                return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0")
-                               if p and not is_git_metadata(p) and (self.root / p).is_file()})
-        return [p for p in walk_not_ignored(self.root) if not is_git_metadata(p)]
+                return sorted({p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p and not is_git_metadata(p)})
+        return [p for p in walk_not_ignored(self.root, links=True) if not is_git_metadata(p)]
+
+    def _is_own_file(self, rel: str) -> bool:
+        path = self.root / rel
+        if not path.is_symlink():
+            return path.is_file()
+        target = path.resolve()
+        return target.is_file() and self.root in target.parents and not is_git_metadata(self.rel(target))
+
+    def links(self) -> list[str]:
+        """The symbolic links among the repository's paths (to files or folders, inside or outside):
+        copies reproduce them as links, so a path through one leads where it leads in the repository."""
+        return [p for p in self._entries() if (self.root / p).is_symlink()]
 
     def index(self):
         """The repository index, re-parsing only the files changed since it was built."""
@@ -407,15 +424,14 @@ class Workspace:
         """A temporary copy of the files the tools see (not ignored), as they are now."""
         tmp = Path(tempfile.mkdtemp(prefix="swespot-run-"))
         try:
+            for rel in self.links():
+                # the link itself, never what it points to: inside the sandbox a target outside the copy
+                # does not exist
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.readlink(self.root / rel), tmp / rel)
             for rel in self.files():
                 src = self.root / rel
-                if src.is_symlink():
-                    # the link itself, never what it points to: inside the sandbox a target outside the
-                    # copy does not exist
-                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(os.readlink(src), tmp / rel)
-                    continue
-                if not src.is_file():
+                if src.is_symlink() or not src.is_file():
                     continue
                 dst = tmp / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
@@ -454,10 +470,11 @@ def symlink_on_path(root: Path, rel: str) -> str | None:
     return None
 
 
-def walk_not_ignored(root: Path) -> list[str]:
+def walk_not_ignored(root: Path, *, links: bool = False) -> list[str]:
     """Files under ``root`` that git would not ignore, for folders that are not git repositories: every
     ``.gitignore`` applies below its own folder (pathspec implements git's pattern rules), ignored folders
-    are not entered, and symlinked folders are not followed."""
+    are not entered, and symlinked folders are not followed (with ``links``, they are listed, as git
+    lists them)."""
     import pathspec
 
     out: list[str] = []
@@ -478,6 +495,8 @@ def walk_not_ignored(root: Path) -> list[str]:
         if ".gitignore" in filenames:
             lines = _text_or_empty(Path(dirpath, ".gitignore")).splitlines()
             specs.append((prefix, pathspec.GitIgnoreSpec.from_lines(lines)))
+        if links:
+            out.extend(prefix + d for d in dirnames if os.path.islink(os.path.join(dirpath, d)) and not ignored(prefix + d, False))
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not ignored(prefix + d, True))
         out.extend(prefix + f for f in filenames if not ignored(prefix + f, False))
     return sorted(out)

@@ -154,17 +154,15 @@ def scratch_snapshot(source: EditorWorkspace, open_docs: dict[str, DocumentSnaps
     does not look free. Git's metadata is not copied."""
     tmp = Path(tempfile.mkdtemp(prefix="swespot-task-"))
     try:
+        for rel in source.links():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(source.root / rel), tmp / rel)
         for rel in source.files():
             src = source.root / rel
             try:
-                if is_git_metadata(rel):
-                    continue
+                if src.is_symlink() or src.stat().st_size > MAX_FILE_BYTES:
+                    continue  # a link is there already; huge files are not code to edit
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                if src.is_symlink():
-                    os.symlink(os.readlink(src), tmp / rel)
-                    continue
-                if src.stat().st_size > MAX_FILE_BYTES:
-                    continue  # huge files are not code to edit
                 shutil.copyfile(src, tmp / rel)
             except OSError as exc:
                 log.debug("not in the snapshot: %s (%s)", rel, exc)
