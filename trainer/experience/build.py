@@ -25,6 +25,7 @@ from trainer.experience import history as H
 from trainer.experience import units as U
 from trainer.experience.files import ignored_paths, select_files
 from trainer.experience.snapshot import Snapshot
+from trainer.experience.testenv import repo_environment
 
 UNITS = ("design", "implementation", "evolution", "runtime")
 STATIC_UNITS = ("design", "implementation", "evolution")
@@ -89,6 +90,12 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
             path.unlink()
 
 
+def why_none(unit_stats: dict) -> str:
+    """One line on why a unit made no episode: its most frequent reasons for rejecting or skipping."""
+    reasons = sorted(unit_stats.get("rejected", {}).items(), key=lambda kv: -kv[1])[:3]
+    return "; ".join(f"{k} ({v})" for k, v in reasons) or "nothing to make from this repository"
+
+
 def _open_repo(repo_path: Path):
     import git
 
@@ -131,6 +138,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         snap.checkout(cutoff)
         ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), parse_cache=cache, run_timeout=120,
                        scratch_runs=False)  # the snapshot is already a scratch copy
+        ws.run_env = repo_environment(snap.tree).run_env()  # tests run in the repository's own terms (testenv)
         # the tools see exactly the files that may be learned from: hide the excluded ones
         for f in set(all_paths) - allowed:
             (snap.tree / f).unlink(missing_ok=True)
@@ -240,6 +248,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
     result.stats = {u: s.to_dict() for u, s in stats.items()}
     for u in opts.units:
         result.stats[u]["episodes_on_disk"] = sum(1 for shard in (out / u).glob("*.jsonl") for _ in open(shard)) if (out / u).exists() else 0
+        if not result.stats[u]["episodes_on_disk"]:
+            result.stats[u]["why_none"] = why_none(result.stats[u])
     result.seconds = time.perf_counter() - started
     (out / MANIFEST).write_text(json.dumps({"repo": str(repo_path), **result.to_dict(), "seed": opts.seed,
                                             "generator_version": U.GENERATOR_VERSION}, indent=2))

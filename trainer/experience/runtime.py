@@ -1,11 +1,17 @@
 """Unit 4, semantic-runtime alignment: what the code actually does when it runs.
 
-The repository's own tests run once in the scratch snapshot (sandboxed: time and memory limits, no
-network) with a small profiler plugin that records, for functions of the repository, literal arguments
-and literal return values it saw. Episodes then (a) predict a call's output, answered with the observed
-value, (b) write a test that pins that behaviour, which is executed and must pass, and (c) say which tests
-fail when a function's result is dropped (a mutation, executed against a passing baseline). The trace is cached
-by the content of every learnable file, so it re-runs only when the code changed.
+The repository's tests run in the scratch snapshot in the repository's own terms (``testenv``: its
+source roots first on the path, its pytest configuration, no plugin of ours but the report), sandboxed,
+on a seeded sample of its test files within a time budget. A small plugin records every test's full
+node id and outcome and, for functions of the repository, literal arguments and results and the tests
+that called them. Episodes then (a) predict a call's output, answered with the observed value, (b)
+write a test that pins that behaviour, which is executed and must pass, (c) say which tests fail when a
+function's result is dropped (a mutation, run against the tests that called it and passed), and (d)
+write a reproduction of a historical fix, newest fixes first, that fails before it and passes after
+(both executed, by node id). The trace is cached by the content of every learnable file and the sample.
+
+Every way this unit comes up empty has a name in the stats ("runtime trace is empty: ...", "tests do not
+pass before the mutation", ...), so a build that makes no runtime episode says why.
 """
 
 from __future__ import annotations
@@ -14,162 +20,182 @@ import hashlib
 import json
 import random
 import re
-import tempfile
-from pathlib import Path
+import shlex
+import time
+from collections import Counter
+from pathlib import Path, PurePosixPath
 
 from agent.episode import save_episodes
+from agent.errors import SwespotError
 from agent.index import is_test_file
-from agent.sandbox import clean_env, run_limited
 from trainer.experience import units as U
-from trainer.experience.oracle import OracleSession
+from trainer.experience.oracle import OracleSession, say
+from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, run_pytest, sample, repo_environment
 
-PLUGIN = r'''
-"""SWE-Spot trace plugin: literal inputs and outputs of the repository's functions during a test run."""
-import ast, json, os, sys, threading
+TRACE_VERSION = 2  # 2: the repository's own test environment, a sampled subset, node ids and callers
+TEST_FILES = 10  # test files sampled for the traced run (seeded)
+DOCTEST_FILES = 4  # modules sampled for their doctests, where the configuration collects them
+TRACE_SECONDS = 150  # the traced run starts no test after this
+MUTATION_TESTS = 25  # tests run against one mutation, at most
+MAX_REPROS = 6  # fail-to-pass reproductions per build, newest fixes first
+REPRO_ATTEMPTS = 25  # fix commits (with a test and a code change) tried for them
+UNIT_SECONDS = 480  # mutations and reproductions start no new run after this (the trace not counted)
+MAX_LISTED = 12  # failing tests an answer names
 
-ROOT = os.environ["SWESPOT_TRACE_ROOT"].rstrip("/") + "/"
-OUT = os.environ["SWESPOT_TRACE_OUT"]
-SEEN = {}
-PENDING = {}
+
+# ---- the traced run ------------------------------------------------------------------------------------
+_CONFTEST = re.compile(r"ImportError while loading conftest '([^']+)'")
 
 
-def _literal(value):
-    try:
-        text = repr(value)
-    except Exception:
+def _trace_sample(ws, tenv: TestEnvironment, blobs: dict, seed) -> list[str]:
+    """The test files (and, where the configuration collects doctests, modules with doctests) the traced
+    run takes: a seeded sample, the same on every rebuild of the same files."""
+    files = sample(tenv.test_files(sorted(blobs)), seed, TEST_FILES)
+    if "--doctest-modules" in str(tenv.config.get("addopts", "")):
+        modules = []
+        for path in sorted(blobs):
+            if path.endswith(".py") and not is_test_file(path) and PurePosixPath(path).name not in ("setup.py", "conftest.py") \
+                    and tenv.module_name(path):
+                try:
+                    if ">>> " in ws.read_text(path):
+                        modules.append(path)
+                except SwespotError:
+                    continue
+        files += sample(modules, seed, DOCTEST_FILES)
+    return files
+
+
+def traced_run(ws, tenv: TestEnvironment, files: list[str], stats: U.UnitStats) -> dict:
+    """Run ``files`` under the trace. A conftest that cannot be imported stops pytest before any test; the
+    files below it are then left out (named in the stats) and the rest run again."""
+    run = run_pytest(tenv, files, trace=True, timeout_s=TRACE_SECONDS + 90, budget_s=TRACE_SECONDS)
+    left = list(files)
+    while not run.tests and _CONFTEST.search(run.output):
+        conftest = Path(_CONFTEST.search(run.output).group(1))
+        try:
+            folder = conftest.resolve().parent.relative_to(tenv.root).as_posix()
+        except ValueError:
+            break
+        stats.rejected[f"tests cannot run: {folder}/conftest.py does not import"] += 1
+        kept = [f for f in left if not (folder == "." or f.startswith(folder + "/"))]
+        if kept == left:
+            break
+        left = kept
+        if not left:
+            break
+        run = run_pytest(tenv, left, trace=True, timeout_s=TRACE_SECONDS + 90, budget_s=TRACE_SECONDS)
+    return {"files": left, "tests": run.tests, "errors": run.errors, "examples": run.examples, "callers": run.callers,
+            "summary": run.summary(), "seconds": round(run.seconds, 1)}
+
+
+def _empty_reason(trace: dict) -> str | None:
+    """Why a traced run teaches nothing (None when it does)."""
+    passed = [t for t, o in trace["tests"].items() if o == PASSED]
+    if passed and (trace["examples"] or trace["callers"]):
         return None
-    if len(text) > 80:
-        return None
-    try:
-        ast.literal_eval(text)
-    except Exception:
-        return None
-    return text
+    if not trace["files"]:
+        return f"no test could run ({trace['summary']})"
+    if not passed:
+        return f"no test passed ({trace['summary']})"
+    return "no function of the repository ran"
 
 
-def _is_test(path):
-    name = os.path.basename(path)
-    return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py" or "/tests/" in path
+# ---- episodes from the trace ---------------------------------------------------------------------------
+def _symbol_at(index, path: str, line: int):
+    entry = index.files.get(path)
+    return next((s for s in entry.symbols if s.start_line == line), None) if entry else None
 
 
-def _profile(frame, event, arg):
-    code = frame.f_code
-    path = code.co_filename
-    if not path.startswith(ROOT) or _is_test(path):
-        return
-    if event == "call":
-        names = code.co_varnames[: code.co_argcount]
-        if names and names[0] in ("self", "cls"):
-            return
-        args = [_literal(frame.f_locals.get(n)) for n in names]
-        if all(a is not None for a in args):
-            PENDING[id(frame)] = args
-    elif event == "return":
-        args = PENDING.pop(id(frame), None)
-        if args is None or arg is None:
-            return
-        ret = _literal(arg)
-        if ret is None:
-            return
-        key = path[len(ROOT):] + "::" + code.co_qualname + "::" + str(code.co_firstlineno)
-        examples = SEEN.setdefault(key, [])
-        example = [args, ret]
-        if example not in examples and len(examples) < 3:
-            examples.append(example)
+def _test_home(ws, trace: dict) -> str:
+    """Where a new test goes: the folder of the test files that passed in the traced run, else the root."""
+    folders = Counter(str(PurePosixPath(t.split("::")[0]).parent) for t, o in trace["tests"].items()
+                      if o == PASSED and is_test_file(t.split("::")[0]))
+    return folders.most_common(1)[0][0] if folders else "."
 
 
-def pytest_configure(config):
-    sys.setprofile(_profile)
-    threading.setprofile(_profile)
-
-
-def pytest_unconfigure(config):
-    sys.setprofile(None)
-    with open(OUT, "w") as fh:
-        json.dump(SEEN, fh)
-'''
-
-
-def trace_tests(root: Path, timeout_s: float = 300) -> tuple[dict, str]:
-    """Run the tests under the trace plugin; (examples, how it went)."""
-    with tempfile.TemporaryDirectory(prefix="swespot-trace-") as tmp:
-        (Path(tmp) / "_swespot_trace.py").write_text(PLUGIN)
-        out = Path(tmp) / "trace.json"
-        env = clean_env({"PYTHONPATH": f"{tmp}:{root}", "SWESPOT_TRACE_ROOT": str(root), "SWESPOT_TRACE_OUT": str(out)}, home=tmp)
-        result = run_limited(["python", "-m", "pytest", "-q", "-p", "_swespot_trace", "-p", "no:cacheprovider"], root,
-                             timeout_s=timeout_s, memory_mb=4096, env=env, writable=[tmp])
-        if not out.exists():
-            return {}, "timed out" if result.timed_out else f"no trace (exit {result.returncode})"
-        return json.loads(out.read_text()), "timed out" if result.timed_out else f"exit {result.returncode}"
-
-
-def _module_of(path: str) -> str | None:
-    if not path.endswith(".py"):
-        return None
-    mod = path[:-3].replace("/", ".")
-    mod = mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
-    return mod if all(part.isidentifier() for part in mod.split(".")) else None
-
-
-def runtime_episodes(ws, index, path: str, examples: dict, commit: str, rng: random.Random, stats: U.UnitStats, limit: int = 6):
+def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict, trace: dict, commit: str,
+                     rng: random.Random, stats: U.UnitStats, limit: int = 6):
     out = []
     items = sorted(examples.items())
     rng.shuffle(items)
+    home = _test_home(ws, trace)
     for key, cases in items:
         if len(out) >= limit:
             break
-        _, qualname, line = key.split("::")
-        sym = next((s for s in index.files[path].symbols if s.start_line == int(line)), None)
-        if sym is None:
+        _, qualname, line = key.rsplit("::", 2)
+        sym = _symbol_at(index, path, int(line))
+        if sym is None or sym.qualname != qualname:
             continue
         args, ret = cases[0]
-        call = f"{sym.name}({', '.join(args)})"
+        call = f"{sym.qualname}({', '.join(args)})"
         s = OracleSession(ws, f"What does `{call}` return? ({path})", read_only=True)
-        s.act([("find_definition", {"symbol": sym.qualname})])
-        s.act([("read_file", {"path": path, "start_line": sym.start_line, "end_line": sym.end_line})])
+        s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
+            "First, where is {name} defined?", "I'll look up the definition of {name}.", "Let me find {name}."], name=sym.qualname))
+        s.act([("read_file", {"path": path, "start_line": sym.start_line, "end_line": sym.end_line})], content=say(rng, [
+            "It starts at {path}:{line}; reading its body.", "Reading {name} in {path}.", "The body of {name} will tell."],
+            path=path, line=sym.start_line, name=sym.name))
+        s.thought_before_submit = say(rng, ["Following the code with {args}: it returns {ret}.",
+                                            "With these arguments the body yields {ret}."], args=", ".join(args) or "no arguments", ret=ret)
         episode = U._finish(s, f"`{call}` returns `{ret}` (observed when the tests ran).", "runtime", commit, stats,
                             {"form": "predict output", "symbol": sym.qualname}, {"ok": True, "observed": "test run"})
         if episode:
             out.append(episode)
-        module = _module_of(path)
+        module = tenv.module_name(path)
         if module and sym.parent is None and len(out) < limit:
-            test_path = f"tests/test_swespot_{sym.name}.py" if (ws.root / "tests").is_dir() else f"test_swespot_{sym.name}.py"
-            if (ws.root / test_path).exists():
-                continue
-            body = f"from {module} import {sym.name}\n\n\ndef test_{sym.name}_behaviour():\n    assert {call} == {ret}\n"
-            s = OracleSession(ws, f"Write a test for {sym.qualname} ({path}) that pins what it returns for {', '.join(args) or 'no arguments'}.")
-            s.act([("read_file", {"path": path, "start_line": sym.start_line, "end_line": sym.end_line})])
-            s.act([("create_file", {"path": test_path, "content": body})])
-            ran = s.act([("run", {"command": f"python -m pytest -q -p no:cacheprovider {test_path}", "timeout": 60})])[0]
-            try:
-                (ws.root / test_path).unlink(missing_ok=True)
-                ws.forget_changes()
-            finally:
-                ws.invalidate([test_path])
-            if "[exit code 0" not in ran:
-                stats.rejected["written test did not pass"] += 1
-                continue
-            episode = U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats,
-                                {"form": "write a passing test", "symbol": sym.qualname}, {"ok": True, "test_passed": True})
+            episode = _written_test_episode(ws, tenv, sym, module, call, args, ret, home, commit, rng, stats)
             if episode:
                 out.append(episode)
     return out
 
 
+def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret: str, home: str, commit: str,
+                          rng: random.Random, stats: U.UnitStats):
+    test_path = str(PurePosixPath(home) / f"test_swespot_{sym.name}.py") if home != "." else f"test_swespot_{sym.name}.py"
+    if (ws.root / test_path).exists():
+        return None
+    body = f"from {module} import {sym.name}\n\n\ndef test_{sym.name}_behaviour():\n    assert {call} == {ret}\n"
+    s = OracleSession(ws, f"Write a test for {sym.qualname} ({sym.path}) that pins what it returns for {', '.join(args) or 'no arguments'}.")
+    try:
+        s.act([("read_file", {"path": sym.path, "start_line": sym.start_line, "end_line": sym.end_line})], content=say(rng, [
+            "I'll read {name} first.", "Reading {name} to see what it computes."], name=sym.name))
+        s.act([("create_file", {"path": test_path, "content": body})], content=say(rng, [
+            "It is importable as {module}.{name}; a test next to the others, {test}.", "{test} will import it from {module}."],
+            module=module, name=sym.name, test=test_path))
+        ran = s.act([("run", {"command": f"python -m pytest -q -p no:cacheprovider {test_path}", "timeout": 60})], content=say(rng, [
+            "Now run it.", "Does it pass?", "Running the new test."]))[0]
+    finally:
+        (ws.root / test_path).unlink(missing_ok=True)
+        ws.forget_changes()
+        ws.invalidate([test_path])
+    if "[exit code 0" not in ran:
+        stats.rejected["written test did not pass"] += 1
+        return None
+    s.thought_before_submit = say(rng, ["It passes.", "The test passes on the current code."])
+    return U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats,
+                     {"form": "write a passing test", "symbol": sym.qualname}, {"ok": True, "test_passed": True})
+
+
 def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.UnitStats, blobs: dict, opts) -> tuple[int, int]:
-    """Trace once (cached by content), then one shard per source file with observed calls."""
-    if not any(is_test_file(p) and p.endswith(".py") for p in blobs):
-        stats.rejected["no python tests to run"] += 1
+    """Trace once (cached by content), then one shard per source file with observed calls, then the
+    mutations of functions the passing tests called."""
+    tenv = repo_environment(ws.root)
+    ws.run_env = tenv.run_env()  # the run tool in episodes: the same environment
+    files = _trace_sample(ws, tenv, blobs, opts.seed)
+    if not files:
+        stats.rejected["runtime trace is empty: no python tests to run"] += 1
         return 0, 0
-    digest = hashlib.sha256(json.dumps(sorted(blobs.items())).encode()).hexdigest()[:20]
+    digest = hashlib.sha256(json.dumps([TRACE_VERSION, sorted(blobs.items()), files, tenv.describe()]).encode()).hexdigest()[:20]
     cache = out / ".cache" / f"trace-{digest}.json"
     if cache.exists():
         trace = json.loads(cache.read_text())
     else:
-        examples, how = trace_tests(ws.root)
-        trace = {"examples": examples, "run": how}
+        trace = traced_run(ws, tenv, files, stats)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(trace))
+    why = _empty_reason(trace)
+    if why:
+        stats.rejected[f"runtime trace is empty: {why}"] += 1
+        return 0, 0
     by_file: dict[str, dict] = {}
     for key, cases in trace["examples"].items():
         path = key.split("::")[0]
@@ -177,142 +203,251 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
             by_file.setdefault(path, {})[key] = cases
     made = reused = 0
     for path, examples in sorted(by_file.items()):
-        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, "runtime", opts.seed, path, blobs[path], examples]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "runtime", opts.seed, path, blobs[path], examples]).encode()).hexdigest()[:20]
         wanted.add(key)
         shard = out / "runtime" / f"{key}.jsonl"
         if shard.exists():
             reused += 1
             continue
         rng = random.Random(f"{opts.seed}:runtime:{path}")
-        save_episodes(shard, runtime_episodes(ws, index, path, examples, commit, rng, stats), dropped=stats.rejected)
+        save_episodes(shard, runtime_episodes(ws, index, tenv, path, examples, trace, commit, rng, stats), dropped=stats.rejected)
         made += 1
-    # mutations: which tests break when a function's result is dropped (executed, not guessed)
-    targets = [sym for path in sorted(index.files) if path in blobs and path.endswith(".py") and not is_test_file(path)
-               for sym in index.files[path].symbols if sym.kind == "function" and sym.body_start_line and index.tests_for(sym)]
-    random.Random(f"{opts.seed}:mutation").shuffle(targets)
-    for sym in targets[: opts.max_mutations]:
-        tests = index.tests_for(sym)
-        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, "mutation", sym.path, blobs[sym.path], [blobs.get(t) for t in tests]]).encode()).hexdigest()[:20]
-        wanted.add(key)
-        shard = out / "runtime" / f"{key}.jsonl"
-        if shard.exists():
-            reused += 1
+    m, r = mutation_shards(ws, index, tenv, trace, commit, out, wanted, stats, blobs, opts)
+    return made + m, reused + r
+
+
+# ---- mutations: which tests break when a function's result is dropped (executed, not guessed) ---------
+_RETURN = re.compile(r"^([ \t]*)return\b.*$", re.M)
+
+
+def mutation_targets(index, trace: dict, blobs: dict, seed) -> list[tuple]:
+    """(symbol, the passing tests that called it) for functions of learnable, non-test files."""
+    passed = {t for t, o in trace["tests"].items() if o == PASSED}
+    out = []
+    for key, callers in sorted(trace["callers"].items()):
+        path, qualname, line = key.rsplit("::", 2)
+        if path not in blobs or is_test_file(path):
             continue
-        episode = mutation_episode(ws, sym, tests, commit, stats)
-        save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
+        sym = _symbol_at(index, path, int(line))
+        tests = sorted(t for t in callers if t in passed)
+        if sym is None or sym.qualname != qualname or sym.kind not in ("function", "method") or not sym.body_start_line or not tests:
+            continue
+        out.append((sym, tests[:MUTATION_TESTS]))
+    random.Random(f"{seed}:mutation").shuffle(out)
+    return out
+
+
+def mutation_shards(ws, index, tenv: TestEnvironment, trace: dict, commit: str, out: Path, wanted: set, stats: U.UnitStats,
+                    blobs: dict, opts) -> tuple[int, int]:
+    started = time.monotonic()
+    made = reused = 0
+    todo = []
+    for sym, tests in mutation_targets(index, trace, blobs, opts.seed)[: opts.max_mutations]:
+        files = sorted({t.split("::")[0] for t in tests})
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "mutation", sym.path, sym.qualname, blobs[sym.path],
+                                         [blobs.get(f) for f in files], tests]).encode()).hexdigest()[:20]
+        wanted.add(key)
+        if (out / "runtime" / f"{key}.jsonl").exists():
+            reused += 1
+        else:
+            todo.append((sym, tests, key))
+    if not todo:
+        return made, reused
+    # the baseline: the chosen tests, run again without the trace; only tests that pass twice count
+    union = sorted({t for _, tests, _ in todo for t in tests})
+    baseline = run_pytest(tenv, union, timeout_s=240)
+    stable = baseline.with_outcome(PASSED)
+    for sym, tests, key in todo:
+        if time.monotonic() - started > UNIT_SECONDS:
+            stats.rejected["runtime time budget spent (mutations)"] += 1
+            continue
+        rng = random.Random(f"{opts.seed}:mutation:{sym.path}:{sym.qualname}")
+        episode = mutation_episode(ws, tenv, sym, [t for t in tests if t in stable], commit, stats, rng)
+        save_episodes(out / "runtime" / f"{key}.jsonl", [episode] if episode else [], dropped=stats.rejected)
         made += 1
     return made, reused
 
 
-_RETURN = re.compile(r"^([ \t]*)return\b.*$", re.M)
-_FAILED = re.compile(r"^FAILED (\S+?::\S+)", re.M)
-
-
-def _failing_tests(root: Path, tests: list[str]) -> tuple[list[str] | None, str]:
-    env = clean_env({"PYTHONPATH": str(root)})
-    result = run_limited(["python", "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider", *tests], root, timeout_s=120, env=env)
-    if result.timed_out or result.returncode not in (0, 1):
-        return None, result.output
-    return sorted(set(_FAILED.findall(result.output))), result.output
-
-
-def mutation_episode(ws, sym, tests: list[str], commit: str, stats: U.UnitStats) -> dict | None:
-    """Replace the function's first ``return ...`` with ``return None``, run its tests, and teach which
-    of them fail. The baseline must pass first, so every failure is the mutation's doing."""
+def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: str, stats: U.UnitStats,
+                     rng: random.Random) -> dict | None:
+    """Replace the function's first ``return ...`` with ``return None``, run the tests that called it and
+    passed (twice: traced and not), and teach which of them fail. Every failure is the mutation's doing."""
+    if not tests:
+        stats.rejected["tests do not pass before the mutation"] += 1
+        return None
     original = ws.read_text(sym.path)
     lines = original.splitlines(keepends=True)
     body = "".join(lines[sym.body_start_line - 1 : sym.end_line])
     match = _RETURN.search(body)
     if match is None or match.group(0).strip() == "return None":
-        return None
-    baseline, _ = _failing_tests(ws.root, tests)
-    if baseline is None or baseline:
-        stats.rejected["tests do not pass before the mutation"] += 1
+        stats.rejected["no return value to drop"] += 1
         return None
     mutated_body = body[: match.start()] + f"{match.group(1)}return None" + body[match.end():]
     mutated = "".join(lines[: sym.body_start_line - 1]) + mutated_body + "".join(lines[sym.end_line:])
     (ws.root / sym.path).write_text(mutated, encoding="utf-8")
     try:
-        failing, _ = _failing_tests(ws.root, tests)
+        after = run_pytest(tenv, tests, timeout_s=120)
     finally:
         (ws.root / sym.path).write_text(original, encoding="utf-8")
         ws.invalidate([sym.path])
-    if failing is None:
+    if not after.tests:
         stats.rejected["mutation run failed"] += 1
         return None
+    failing = sorted(t for t in tests if after.tests.get(t) in (FAILED, ERROR))
     changed = match.group(0).strip()
     s = OracleSession(ws, f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?", read_only=True)
-    s.act([("find_references", {"symbol": sym.name})])
-    s.act([("read_file", {"path": tests[0], "start_line": 1, "end_line": 80})])
-    answer = ("These tests would fail: " + ", ".join(failing) + ".") if failing else "None of its tests would fail: they do not check that result."
+    refs = s.act([("find_references", {"symbol": sym.name})], content=say(rng, [
+        "Which code uses {name}? The tests among its references are the candidates.", "I'll list the references to {name} first.",
+        "Let me see where {name} is used."], name=sym.name))[0]
+    shown = next((f for f in sorted({t.split("::")[0] for t in failing or tests}) if f in refs), None)
+    if shown:
+        s.act([("read_file", {"path": shown, "start_line": 1, "end_line": 80})], content=say(rng, [
+            "{path} uses it; what do its tests check?", "{path} is among the references; reading it."], path=shown))
+    else:
+        s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
+            "No test names it directly; I'll read {name} to see who depends on its result.",
+            "The tests reach it indirectly. Where is {name} itself?"], name=sym.qualname))
+        s.act([("read_file", {"path": sym.path, "start_line": sym.start_line, "end_line": sym.end_line})], content=say(rng, [
+            "Reading its body.", "Here is what it computes."]))
+    named = failing[:MAX_LISTED]
+    more = f" and {len(failing) - len(named)} more" if len(failing) > len(named) else ""
+    if failing:
+        answer = f"These tests would fail: {', '.join(named)}{more}."
+        s.thought_before_submit = say(rng, ["{k} of the {n} tests that exercise it check its result.",
+                                            "The tests that depend on that value would break: {k} of {n}."], k=len(failing), n=len(tests))
+    else:
+        answer = f"None of the {len(tests)} tests that run it would fail: they do not check that result."
+        s.thought_before_submit = say(rng, ["The tests run it but never look at what it returns.",
+                                            "Nothing checks that value."])
     return U._finish(s, answer, "runtime", commit, stats, {"form": "which tests fail", "symbol": sym.qualname},
-                     {"ok": True, "executed": True, "failing": failing})
+                     {"ok": True, "executed": True, "failing": failing, "ran": tests})
 
 
+# ---- fail-to-pass reproductions of historical fixes, newest first ----------------------------------------
 def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.UnitStats, allowed: set, opts, scrub) -> tuple[int, int]:
     """The seed paper's core runtime form: for each historical fix that came with tests, a reproduction
-    test that fails on the pre-fix code and passes on the fixed code — both executed."""
+    test that fails on the pre-fix code and passes on the fixed code — both executed. The newest fixes
+    before the cutoff first, at most ``MAX_REPROS`` episodes from ``REPRO_ATTEMPTS`` tries, in time."""
     from trainer.experience import history as H
 
-    made = reused = 0
+    started = time.monotonic()
+    made = reused = tried = episodes = 0
     for commit, parent in H.candidate_commits(repo, cutoff, limit=opts.max_commits):
+        if tried >= REPRO_ATTEMPTS or episodes >= MAX_REPROS:
+            break
         if not U._FIX.search(commit.summary):
             continue
-        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, "repro", commit.hexsha]).encode()).hexdigest()[:20]
-        wanted.add(key)
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "repro", commit.hexsha]).encode()).hexdigest()[:20]
         shard = out / "runtime" / f"{key}.jsonl"
         if shard.exists():
+            wanted.add(key)
             reused += 1
+            tried += 1
+            episodes += sum(1 for _ in open(shard))
             continue
         change = H.change_of(commit, parent)
-        episode = None
-        if change is not None and all(fc.path in allowed for fc in change.files if fc.new_path):
-            episode = repro_episode(ws, snap, change, stats, scrub)
+        if change is None or not _reproducible(change) or not all(fc.path in allowed for fc in change.files if fc.new_path):
+            continue
+        if time.monotonic() - started > UNIT_SECONDS:
+            stats.rejected["runtime time budget spent (reproductions)"] += 1
+            break
+        tried += 1
+        wanted.add(key)
+        episode = repro_episode(ws, snap, change, stats, scrub)
         save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
+        episodes += episode is not None
         made += 1
     if snap.commit != cutoff:
         moved = snap.checkout(cutoff)
         scrub(snap.tree, moved)
         ws.invalidate(moved)
+    ws.run_env = repo_environment(ws.root).run_env()
     return made, reused
 
 
+def _test_changes(change) -> list:
+    return [fc for fc in change.files if fc.new_path and is_test_file(fc.new_path) and fc.new_path.endswith(".py") and fc.after
+            and PurePosixPath(fc.new_path).name != "conftest.py"]
+
+
+def _code_changes(change) -> list:
+    return [fc for fc in change.files if not is_test_file(fc.path) and fc.kind == "M" and fc.path.endswith(".py")]
+
+
+def _reproducible(change) -> bool:
+    return bool(_test_changes(change)) and bool(_code_changes(change))
+
+
+def fail_to_pass(before: PytestRun, after: PytestRun) -> list[str]:
+    """Tests that pass on the fixed code and failed on the old one (a failed test, or a test module that
+    could not even be collected there)."""
+    broken_files = {e.split("::")[0] for e in before.errors}
+    return sorted(t for t, o in after.tests.items() if o == PASSED
+                  and (before.tests.get(t) in (FAILED, ERROR) or (t not in before.tests and t.split("::")[0] in broken_files)))
+
+
 def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
-    tests = [fc for fc in change.files if fc.new_path and is_test_file(fc.new_path) and fc.new_path.endswith(".py") and fc.after]
-    code = [fc for fc in change.files if not is_test_file(fc.path) and fc.kind == "M"]
-    if not tests or not code:
-        return None
+    tests, code = _test_changes(change), _code_changes(change)
+    rng = random.Random(f"repro:{change.commit}")
     moved = snap.checkout(change.parent)
     scrub(snap.tree, moved)
     ws.invalidate(moved)
     ws.forget_changes()
+    tenv = repo_environment(ws.root)  # the parent's own layout and configuration
+    ws.run_env = tenv.run_env()
     test_paths = [fc.new_path for fc in tests]
+    task = f"Write a test that reproduces this bug, failing on the current code:\n\n{change.task}"
     try:
-        s = OracleSession(ws, f"Write a test that reproduces this bug, failing on the current code: {change.subject}")
+        s = OracleSession(ws, task)
         target = code[0]
-        line = U._first_changed_line(target.opcodes)
-        s.act([("read_file", {"path": target.path, "start_line": max(1, line - 10), "end_line": line + 15})])
+        if U._locate(s, ws, target.path, change.task, rng):
+            line = U._first_changed_line(target.opcodes)
+            near = sorted(n for p, n in s.anchors if p == target.path and abs(n - line) <= 30)
+            if near:
+                s.act([("read_file", {"path": target.path, "start_line": near[0], "end_line": near[0] + 30})], content=say(rng, [
+                    "{path}:{line} is where it happens; reading the code around it.", "Let me read {path} from line {line}."],
+                    path=target.path, line=near[0]))
         for fc in tests:
             if fc.before is None or not (ws.root / fc.new_path).exists():
-                s.act([("create_file", {"path": fc.new_path, "content": fc.after})])
-            else:
-                script = U.edit_script(fc.before, fc.after, fc.opcodes)
-                if script is None:
-                    return None
-                s.act([("edit", {"path": fc.new_path, "old": old, "new": new}) for old, new in script])
-        before = s.act([("run", {"command": "python -m pytest -q -p no:cacheprovider " + " ".join(test_paths), "timeout": 120})])[0]
-        fails_before = "[exit code 1" in before
-        for fc in code:  # the fix itself, outside the episode: does the test pass on the fixed code?
+                s.act([("create_file", {"path": fc.new_path, "content": fc.after})], content=say(rng, [
+                    "The reproduction goes in a new test file, {path}.", "I'll write {path} with tests that show the bug."],
+                    path=fc.new_path))
+                continue
+            script = U.edit_script(fc.before, fc.after, fc.opcodes)
+            if script is None:
+                stats.rejected["no unique edit script"] += 1
+                return None
+            if not U._locate(s, ws, fc.new_path, change.task + " " + fc.new_path, rng):
+                stats.rejected["file not reachable"] += 1
+                return None
+            if not U._edit_seen(s, ws, fc.new_path, fc.before, script, rng, stats):
+                return None
+        # executed outside the episode, by node id: before the fix, then with the fix's code in place
+        before = run_pytest(tenv, test_paths, timeout_s=120)
+        for fc in code:
             (ws.root / fc.path).write_text(fc.after, encoding="utf-8")
-        env = clean_env({"PYTHONPATH": str(ws.root)})
-        after = run_limited(["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *test_paths], ws.root, timeout_s=120, env=env)
-        passes_after = after.returncode == 0
-        if not (fails_before and passes_after):
-            stats.rejected["reproduction does not fail before and pass after"] += 1
+        try:
+            after = run_pytest(tenv, test_paths, timeout_s=120)
+        finally:
+            for fc in code:
+                (ws.root / fc.path).write_text(fc.before, encoding="utf-8")
+        f2p = fail_to_pass(before, after)
+        if not f2p:
+            why = ("its tests do not run after the fix" if not after.with_outcome(PASSED)
+                   else "its tests already pass before the fix")
+            stats.rejected[f"reproduction: {why}"] += 1
             return None
-        return U._finish(s, f"{', '.join(test_paths)} reproduces it: it fails on the current code and passes once fixed.",
+        command = "python -m pytest -q -p no:cacheprovider " + " ".join(shlex.quote(t) for t in f2p[:MAX_LISTED])
+        ran = s.act([("run", {"command": command, "timeout": 120})], content=say(rng, [
+            "Now run the new tests on the current code; they should fail.", "Do they fail on the code as it is?"]))[0]
+        if "[exit code 0" in ran:
+            stats.rejected["reproduction: passes in the episode's run"] += 1
+            return None
+        s.thought_before_submit = say(rng, ["They fail as expected: the bug is reproduced.", "Failing, as they should before the fix."])
+        named = ", ".join(f2p[:MAX_LISTED]) + (f" and {len(f2p) - MAX_LISTED} more" if len(f2p) > MAX_LISTED else "")
+        return U._finish(s, f"{named} reproduce{'s' if len(f2p) == 1 else ''} it: failing on the current code, passing once fixed.",
                          "runtime", change.parent, stats, {"form": "fail-to-pass reproduction", "fix_commit": change.commit},
-                         {"ok": True, "fails_before": True, "passes_after": True})
+                         {"ok": True, "fails_before": True, "passes_after": True, "fail_to_pass": f2p})
     finally:
         U._undo_files(ws.root, change)
         ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
