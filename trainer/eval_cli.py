@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-QUICK_HOLDOUT = 6  # newest commits held out by default under --profile quick/tiny
-FULL_HOLDOUT = 20
+# Without --holdout, specialize holds out the newest first-parent commits that give the evaluation
+# profile's number of line tasks (an interval worth reading), at most this many (and at most half the history)
+MAX_HOLDOUT = {"tiny": 6, "quick": 80, "full": 300}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an adapter.gguf, a published version folder, or a version name of the repository's "
                    "store (v0003, current); repeatable")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model itself")
-    p.add_argument("--tasks", default="line,body,design,replay", help="task families, comma-separated")
+    p.add_argument("--tasks", default="line,body,design,facts,replay", help="task families, comma-separated")
     p.add_argument("--profile", default="quick", choices=["tiny", "quick", "full"], help="how many tasks and how long")
     p.add_argument("--out", type=Path, help="report folder (default: <state>/reports/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -43,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--profile", default="quick", choices=["quick", "full", "tiny"],
                    help="quick: minutes on a CPU; full: every unit, epochs (a GPU helps); tiny: tests")
     s.add_argument("--cutoff", help="knowledge cutoff (default: hold out the newest --holdout commits)")
-    s.add_argument("--holdout", type=int, help=f"commits held out for evaluation (default {QUICK_HOLDOUT} quick, {FULL_HOLDOUT} full)")
+    s.add_argument("--holdout", type=int, help="first-parent commits held out for evaluation (default: the newest ones "
+                   "that give the profile's number of line tasks, at most "
+                   f"{MAX_HOLDOUT['quick']} quick, {MAX_HOLDOUT['full']} full, and at most half the history)")
     s.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     s.add_argument("--no-eval", action="store_true", help="train up to HEAD and publish without evaluating")
     s.add_argument("--force", action="store_true", help="publish even if the adapter evaluates worse than the base")
@@ -102,7 +105,7 @@ def print_summary(report: dict, file=sys.stderr) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from trainer.eval_report import METRICS
+    from trainer.eval_report import METRICS, cell
 
     console = Console(file=file)
     if not report["models"]:
@@ -114,11 +117,17 @@ def print_summary(report: dict, file=sys.stderr) -> None:
     for m in models:
         table.add_column(m, justify="right")
     for fam, key, label, lower in METRICS:
-        values = [report["models"][m]["families"].get(fam, {}).get(key) for m in models]
-        if any(v is not None for v in values):
-            table.add_row(label + (" ↓" if lower else " ↑"), *("–" if v is None else f"{v:.4f}" for v in values))
+        entries = [report["models"][m]["families"].get(fam, {}) for m in models]
+        if any(e.get(key) is not None for e in entries):
+            table.add_row(label + (" ↓" if lower else " ↑"), *(cell(e, key) for e in entries))
     table.add_row("seconds", *(f"{report['models'][m]['seconds']:.0f}" for m in models))
     console.print(table)
+    for name, comparison in (report.get("comparisons") or {}).items():
+        console.print(f"[bold]{name} vs {comparison['reference']}[/] (paired, bootstrap 95% intervals over tasks):", highlight=False)
+        for fam, entry in comparison["families"].items():
+            for stats in entry["metrics"].values():
+                console.print(f"  {stats['line']}", highlight=False, markup=False)
+        console.print(f"  [bold]{comparison['line']}[/]", highlight=False)
 
 
 # ---- swespot eval -----------------------------------------------------------------------------------
@@ -144,12 +153,15 @@ def cmd_eval(args) -> int:
 
 
 # ---- swespot specialize -------------------------------------------------------------------------------
-def auto_cutoff(repo_path: Path, holdout: int) -> str | None:
-    """The commit ``holdout`` first-parent steps behind HEAD, or None when the history is too short to
-    hold anything out (a repository needs history before it and commits after it)."""
+def auto_cutoff(repo_path: Path, holdout: int | None, profile: str = "quick") -> str | None:
+    """The knowledge cutoff: the commit ``holdout`` first-parent steps behind HEAD; without ``holdout``,
+    the newest first-parent commit after which the history holds the evaluation profile's number of
+    line tasks, at most ``MAX_HOLDOUT[profile]`` steps back. Never more than half the history (a
+    repository needs history before the cutoff as well as after it); None when nothing can be held out."""
     import git
 
     from agent.errors import SwespotError
+    from trainer.evaluation import EVAL_PROFILES, line_tasks, post_cutoff_changes
 
     try:
         repo = git.Repo(repo_path)
@@ -157,10 +169,20 @@ def auto_cutoff(repo_path: Path, holdout: int) -> str | None:
         raise SwespotError(f"{repo_path} is not a git repository") from exc
     if not repo.head.is_valid():
         raise SwespotError(f"{repo_path} has no commits yet: commit some code first")
-    line = [c.hexsha for c in repo.iter_commits("HEAD", first_parent=True, max_count=holdout + 2)]
-    if len(line) < holdout + 2:
-        holdout = len(line) // 2  # keep at least as much history before the cutoff as after it
-    return line[holdout] if holdout >= 1 else None
+    most = holdout if holdout is not None else MAX_HOLDOUT[profile]
+    line = [c.hexsha for c in repo.iter_commits("HEAD", first_parent=True, max_count=most + 2)]
+    if len(line) < most + 2:
+        most = len(line) // 2  # keep at least as much history before the cutoff as after it
+    if most < 1:
+        return None
+    if holdout is not None:
+        return line[most]
+    wanted, found = EVAL_PROFILES[profile]["line"], 0
+    for k in range(1, most + 1):
+        found += len(line_tasks(post_cutoff_changes(repo, line[k], line[k - 1]), 10**9))
+        if found >= wanted:
+            return line[k]
+    return line[most]
 
 
 def cmd_specialize(args) -> int:
@@ -177,8 +199,7 @@ def cmd_specialize(args) -> int:
     eval_profile = "full" if args.profile == "full" else args.profile
     cutoff = "HEAD"
     if not args.no_eval:
-        holdout = args.holdout if args.holdout is not None else (FULL_HOLDOUT if args.profile == "full" else QUICK_HOLDOUT)
-        cutoff = args.cutoff or auto_cutoff(repo, holdout) or "HEAD"
+        cutoff = args.cutoff or auto_cutoff(repo, args.holdout, eval_profile) or "HEAD"
         if cutoff == "HEAD":
             console.print("[yellow]the history is too short to hold commits out: training on everything, no evaluation[/]")
     report_dir = state_dir(repo) / "reports" / time.strftime("%Y%m%d-%H%M%S")
@@ -193,7 +214,11 @@ def cmd_specialize(args) -> int:
                           profile=eval_profile, out=report_dir)
         evaluation["report"] = report
         verdict = compare(report, "adapter", "base")
-        verdict["eval"] = {"cutoff": report["cutoff"][:12], "tasks": sum(report["tasks"].values()), "loss": verdict.get("losses")}
+        # the manifest records the verdict with its interval (the gate's full result goes there too)
+        verdict["eval"] = {"cutoff": report["cutoff"][:12], "tasks": report["tasks"], "verdict": verdict["verdict"],
+                           "headline": verdict.get("line"), "interval": verdict.get("interval"),
+                           "families": {f: e["verdict"] for f, e in verdict.get("families", {}).items()},
+                           "loss": verdict.get("losses"), "seconds": report["seconds"]}
         verdict["report"] = str(report_dir / "report.html")
         verdict["scores"] = {m: {f: {k: v for k, v in s.items() if k in ("loss", "exact", "similarity", "resolved")}
                                  for f, s in entry["families"].items()} for m, entry in report["models"].items()}
@@ -229,6 +254,8 @@ def cmd_specialize(args) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         phases = ", ".join(f"{k} {v:.0f} s" for k, v in result.phase_seconds.items())
+        if result.gate.get("line"):
+            print(f"held-out {result.gate['line']}")  # the headline with its interval and verdict
         if result.published:
             print(f"published {result.version} for {repo} (knows commit {result.commit[:10]}) in {total:.0f} s ({phases})")
             if cutoff != "HEAD":

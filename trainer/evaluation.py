@@ -10,6 +10,11 @@ Everything up to the cutoff may be learned; every task comes from the commits af
 - **design** (QA): questions about symbols defined after the cutoff, answered from the index of the
   newest commit (where is it defined, who calls it); accuracy of the generated answer and loss of the
   grounded answer. Asked without tools: it measures what the weights know.
+- **facts** (QA): the held-out facts (``trainer/experience/heldout.py``): the design questions, in the
+  exact words the training episodes use, about the pre-cutoff symbols whose design episodes the
+  experience withholds. The model saw their code in the other units, never the question. Asked at the
+  cutoff, without tools; accuracy (the answer names the right file, caller, ...) and loss of the
+  grounded answer.
 - **replay** (agent tasks): a later commit's message is the task, its parent the starting state, in a
   scratch copy. Scored by the commit's own tests where it added or changed tests (written in after the
   agent stops, run sandboxed), else by how closely the agent's change matches the real one. Turns and
@@ -17,6 +22,17 @@ Everything up to the cutoff may be learned; every task comes from the commits af
 
 All models run through llama.cpp exactly as they are served (the base GGUF plus an adapter), so the
 numbers are what the user would get. Torch-free.
+
+Every comparison is paired over the same tasks (``paired_comparison``): per family and metric, the
+difference candidate − reference with a paired bootstrap 95% interval (tasks resampled; for the
+token-weighted loss the ratio is recomputed on each resample), and a verdict read from the interval,
+never from the point estimate: "better", "worse" or "no measurable change". The headline is the
+token-weighted per-token loss over the line and body tasks.
+
+Tasks are spread over all the commits after the cutoff (``_spread``: one task per commit in turn, so a
+big commit cannot crowd out the rest). Loss is computed for every task (one decode pass); the greedy
+generation behind exact match and edit similarity costs several times more, so it runs on an evenly
+spread subset of the line and body tasks (``generate_line``, ``generate_body``).
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import json
 import logging
 import math
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,18 +53,29 @@ from agent.errors import SwespotError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("line", "body", "design", "replay")
+FAMILIES = ("line", "body", "design", "facts", "replay")
 CODE_SUFFIXES = {".py", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h", ".cc", ".cpp", ".rb", ".sh"}
 MIN_LINE_CHARS = 8
 MAX_BODY_LINES = 40
 DESIGN_SYSTEM = "You answer questions about this software repository briefly and exactly."
 
-# Sizes per profile: "quick" fits the embedded model on a 2-core CPU in a few minutes.
+# Sizes per profile. "quick" gives intervals worth reading (on the order of 100 line and 20 body tasks)
+# and fits the embedded model on a 2-core CPU in a few minutes per model; replay is left out there: an
+# agent task costs a minute, and one task measures nothing. generate_*: how many of the line/body tasks
+# are also completed greedily (exact match, edit similarity); the loss covers all of them.
 EVAL_PROFILES = {
-    "tiny": dict(line=8, body=3, design=6, replay=1, context_tokens=192, max_steps=3, replay_tokens=6000, n_ctx=2048),
-    "quick": dict(line=24, body=4, design=8, replay=1, context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
-    "full": dict(line=200, body=40, design=60, replay=20, context_tokens=1024, max_steps=15, replay_tokens=60000, n_ctx=8192),
+    "tiny": dict(line=8, body=3, design=6, facts=6, replay=1, generate_line=8, generate_body=3,
+                 context_tokens=192, max_steps=3, replay_tokens=6000, n_ctx=2048),
+    "quick": dict(line=100, body=20, design=12, facts=24, replay=0, generate_line=30, generate_body=6,
+                  context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
+    "full": dict(line=400, body=100, design=60, facts=80, replay=20, generate_line=150, generate_body=40,
+                 context_tokens=1024, max_steps=15, replay_tokens=60000, n_ctx=8192),
 }
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+MIN_PAIRED_TASKS = 5  # fewer paired tasks give no interval (and no verdict but "no measurable change")
+HEADLINE_FAMILIES = ("line", "body")  # the headline: token-weighted per-token loss of held-out code
+BETTER, WORSE, NO_CHANGE = "better", "worse", "no measurable change"
 
 
 @dataclass
@@ -209,6 +237,41 @@ def _symbols_before(changes, files) -> set[tuple[str, str, str]]:
     return out
 
 
+def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
+    """The held-out facts: the design questions about the pre-cutoff symbols ``is_heldout_fact`` picks
+    (names defined once in the repository), in the training episodes' words (``design_questions``),
+    grounded in the index and resolver of the cutoff's learnable files, as the experience sees them."""
+    import git
+
+    from agent.resolve import Resolver
+    from agent.tools import CommandPolicy, Workspace
+    from trainer.experience import design as D
+    from trainer.experience import history as H
+    from trainer.experience.files import ignored_paths, select_files
+    from trainer.experience.heldout import is_heldout_fact
+    from trainer.experience.snapshot import Snapshot
+
+    repo = git.Repo(repo_path)
+    commit = H.resolve(repo, cutoff).hexsha
+    all_paths = [i.path for i in repo.commit(commit).tree.traverse() if i.type == "blob"]
+    allowed = {f.path for f in select_files(repo, commit, ignored=ignored_paths(repo, all_paths)).files}
+    tasks = []
+    with Snapshot(repo_path, prefix="swespot-eval-") as snap:
+        snap.checkout(commit)
+        for path in set(all_paths) - allowed:  # what the experience may not learn from is not there
+            (snap.tree / path).unlink(missing_ok=True)
+        index = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: False)).index()
+        resolver = Resolver(snap.tree, index)
+        for sym in index.symbols():
+            if sym.path not in allowed or not is_heldout_fact(sym.path, sym.qualname) or len(index.definitions(sym.name)) != 1:
+                continue
+            for qa in D.design_questions(index, sym, resolver):
+                accept = [qa.path] if qa.kind == "where" else list(qa.accept)  # "where": the right file
+                tasks.append(Task(_task_id("facts", qa.kind, sym.path, sym.qualname), "facts", commit, sym.path, qa.question,
+                                  qa.answer, {"question": qa.kind, "symbol": sym.qualname, "accept": accept}))
+    return _spread(tasks, limit)
+
+
 def replay_tasks(changes, limit: int) -> list[Task]:
     from agent.index import is_test_file
 
@@ -224,11 +287,36 @@ def replay_tasks(changes, limit: int) -> list[Task]:
 
 
 def _spread(tasks: list[Task], limit: int) -> list[Task]:
-    """At most ``limit`` tasks, drawn evenly over the list (and so over the commits), deterministically."""
+    """At most ``limit`` tasks spread over the commits (design questions: over their files): in rounds of
+    one task per commit, the commits of the last, partial round evenly spaced over the history; a
+    commit's tasks in a fixed shuffled order. Deterministic, and the input order is kept."""
     if len(tasks) <= limit:
         return tasks
+    groups: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault((task.path if task.family in ("design", "facts") else task.commit) or "", []).append(i)
     rng = random.Random(len(tasks))
-    return sorted(rng.sample(tasks, limit), key=tasks.index)
+    queues = list(groups.values())
+    for queue in queues:
+        rng.shuffle(queue)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        live = [q for q in queues if len(q) > depth]
+        need = limit - len(chosen)
+        if len(live) > need:
+            live = [live[(2 * k + 1) * len(live) // (2 * need)] for k in range(need)]
+        chosen += [q[depth] for q in live]
+        depth += 1
+    return [tasks[i] for i in sorted(chosen)]
+
+
+def _mark_generated(tasks: list[Task], count: int) -> list[Task]:
+    """Mark an evenly spaced ``count`` of the tasks for greedy generation (the rest are scored by loss)."""
+    picks = {(2 * k + 1) * len(tasks) // (2 * count) for k in range(count)} if count < len(tasks) else set(range(len(tasks)))
+    for i, task in enumerate(tasks):
+        task.meta["generate"] = i in picks
+    return tasks
 
 
 def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMILIES, profile: str = "quick") -> list[Task]:
@@ -242,12 +330,14 @@ def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMIL
     changes = post_cutoff_changes(repo, cutoff, until)
     tasks: list[Task] = []
     if "line" in families:
-        tasks += line_tasks(changes, sizes["line"])
+        tasks += _mark_generated(line_tasks(changes, sizes["line"]), sizes["generate_line"])
     if "body" in families:
-        tasks += body_tasks(changes, sizes["body"])
+        tasks += _mark_generated(body_tasks(changes, sizes["body"]), sizes["generate_body"])
     if "design" in families:
         tasks += design_tasks(repo, changes, until, sizes["design"])
-    if "replay" in families:
+    if "facts" in families:
+        tasks += facts_tasks(repo_path, cutoff, sizes["facts"])
+    if "replay" in families and sizes["replay"]:
         tasks += replay_tasks(changes, sizes["replay"])
     return tasks
 
@@ -255,6 +345,12 @@ def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMIL
 # ---- scoring helpers ----------------------------------------------------------------------------
 def edit_similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def names_any(text: str, accept: list[str]) -> bool:
+    """Whether ``text`` names one of ``accept`` (a path or a qualified name) as a whole: `get` is not
+    named by `together` or by `cache.get_all`."""
+    return any(re.search(rf"(?<![\w./]){re.escape(a)}(?![\w/]|\.\w)", text) for a in accept if a)
 
 
 def target_loss(runtime, prefix_ids: list[int], target_ids: list[int]) -> float:
@@ -329,31 +425,32 @@ class Evaluator:
 
     def _text_task(self, rt, task: Task, renderer) -> dict:
         ctx = self.sizes["context_tokens"]
+        generate = task.meta.get("generate", True)
         if task.family in ("line", "body"):
             prefix = _left_truncate(rt, task.prompt, ctx)
             target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
-            loss = target_loss(rt, prefix, target) if target else float("nan")
+            row = {"loss": target_loss(rt, prefix, target) if target else float("nan"), "tokens": len(target),
+                   "exact": None, "similarity": None, "completion": None, "completion_tokens": 0}
+            if not generate:
+                return row
             if task.family == "line":
                 out = rt.complete(prefix, max_tokens=32, stop=["\n"])
-                got = out.text
-                return {"loss": loss, "tokens": len(target), "exact": got.strip() == task.target.strip(),
-                        "similarity": edit_similarity(got.strip(), task.target.strip()), "completion": got,
-                        "completion_tokens": out.completion_tokens}
-            out = rt.complete(prefix, max_tokens=min(96, 2 * len(target) + 8), stop=["\ndef ", "\nclass ", "\n\n\n"])
-            got = out.text.rstrip()
-            return {"loss": loss, "tokens": len(target), "exact": got.strip() == task.target.strip(),
-                    "similarity": edit_similarity(got, task.target), "completion": got,
-                    "completion_tokens": out.completion_tokens}
-        # design QA through the chat renderer (the format the experience trained)
+                got, real = out.text.strip(), task.target.strip()
+            else:
+                out = rt.complete(prefix, max_tokens=min(96, 2 * len(target) + 8), stop=["\ndef ", "\nclass ", "\n\n\n"])
+                got, real = out.text.rstrip(), task.target
+            return row | {"exact": got.strip() == real.strip(), "similarity": edit_similarity(got, real), "completion": out.text,
+                          "completion_tokens": out.completion_tokens}
+        # design QA through the chat renderer (the format the experience trained), without tools
         messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": task.prompt}]
         prompt_ids = rt.tokenize(renderer.prompt(messages), add_bos=True)
         target = rt.tokenize(task.target, add_bos=False, special=False)
         loss = target_loss(rt, prompt_ids, target)
-        out = rt.complete(prompt_ids, max_tokens=32, stop=list(renderer.stop) + ["\n\n"])
+        out = rt.complete(prompt_ids, max_tokens=48, stop=list(renderer.stop) + ["\n\n"])
         accept = task.meta.get("accept") or [task.meta["answer"]]
-        correct = any(a in out.text for a in accept)
-        return {"loss": loss, "tokens": len(target), "exact": correct, "similarity": edit_similarity(out.text.strip(), task.target),
-                "completion": out.text, "completion_tokens": out.completion_tokens}
+        return {"loss": loss, "tokens": len(target), "exact": names_any(out.text, accept),
+                "similarity": edit_similarity(out.text.strip(), task.target), "completion": out.text,
+                "completion_tokens": out.completion_tokens}
 
     def _replay_task(self, rt, task: Task, repo_path: Path) -> dict:
         from agent.loop import Agent, Budget
@@ -408,12 +505,180 @@ def _run_tests(ws, tests: list[str]) -> bool:
 
 
 # ---- summarising ---------------------------------------------------------------------------------
+# (family, metric, lower is better); the first metric of a family is the one its verdict is read from
+PAIRED_METRICS = (
+    ("line", "loss", True), ("line", "exact", False), ("line", "similarity", False),
+    ("body", "loss", True), ("body", "similarity", False), ("body", "exact", False),
+    ("design", "loss", True), ("design", "exact", False),
+    ("facts", "loss", True), ("facts", "exact", False),
+    ("replay", "resolved", False), ("replay", "similarity", False),
+)
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return round(sum(values) / len(values), 4) if values else None
 
 
+def _value(row: dict, metric: str) -> float | None:
+    value = row.get(metric)
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _weighted(values, weights, idx=None):
+    """Weighted mean, or with ``idx`` ([resamples, n]) the weighted mean of every resample."""
+    import numpy as np
+
+    if idx is None:
+        return float((values * weights).sum() / weights.sum())
+    w = weights[idx]
+    return (values[idx] * w).sum(1) / np.maximum(w.sum(1), 1e-12)
+
+
+def _resamples(n: int, seed: int, resamples: int):
+    import numpy as np
+
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_interval(values, weights=None, *, seed: int = BOOTSTRAP_SEED,
+                       resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of one model's (weighted) mean over tasks; None under
+    MIN_PAIRED_TASKS tasks."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < MIN_PAIRED_TASKS:
+        return None
+    weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+    lo, hi = np.percentile(_weighted(values, weights, _resamples(len(values), seed, resamples)), [2.5, 97.5])
+    return round(float(lo), 4), round(float(hi), 4)
+
+
+def verdict_of(lo: float | None, hi: float | None, lower_is_better: bool) -> str:
+    """"better" when the interval of candidate − reference lies entirely on the improving side, "worse"
+    when entirely on the other, else (or without an interval) "no measurable change"."""
+    if lo is None or hi is None:
+        return NO_CHANGE
+    if (hi < 0) if lower_is_better else (lo > 0):
+        return BETTER
+    if (lo > 0) if lower_is_better else (hi < 0):
+        return WORSE
+    return NO_CHANGE
+
+
+def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *, lower_is_better: bool,
+                    weighted: bool | None = None, seed: int = BOOTSTRAP_SEED,
+                    resamples: int = BOOTSTRAP_RESAMPLES) -> dict | None:
+    """Candidate − reference on ``metric`` over the tasks both rows lists scored, with a paired bootstrap
+    95% interval: the same resampled tasks for both models; the loss is token-weighted (``weighted``,
+    default for "loss"), i.e. each resample recomputes sum(loss·tokens)/sum(tokens) for each model.
+    Absolute difference (lo, hi) and relative to the reference (rel_lo, rel_hi; None where the
+    reference's value is 0), each model's own interval, and the verdict. None without paired tasks."""
+    import numpy as np
+
+    weighted = metric == "loss" if weighted is None else weighted
+    ref = {r["task"]: r for r in reference}
+    triples = []
+    for row in candidate:
+        other = ref.get(row["task"])
+        a, b = _value(row, metric), (None if other is None else _value(other, metric))
+        weight = float(other.get("tokens") or 0) if weighted and other is not None else 1.0
+        if a is not None and b is not None and weight > 0:
+            triples.append((a, b, weight))
+    if not triples:
+        return None
+    c, b, w = (np.array(x, dtype=float) for x in zip(*triples))
+    point_c, point_b = _weighted(c, w), _weighted(b, w)
+    out = {"metric": metric, "tasks": len(triples), "lower_is_better": lower_is_better,
+           "candidate": round(point_c, 4), "reference": round(point_b, 4), "delta": round(point_c - point_b, 4),
+           "rel": round((point_c - point_b) / point_b, 4) if point_b else None,
+           "lo": None, "hi": None, "rel_lo": None, "rel_hi": None, "candidate_ci": None, "reference_ci": None}
+    if len(triples) >= MIN_PAIRED_TASKS:
+        idx = _resamples(len(triples), seed, resamples)
+        mc, mb = _weighted(c, w, idx), _weighted(b, w, idx)
+        lo, hi = np.percentile(mc - mb, [2.5, 97.5])
+        out.update(lo=round(float(lo), 4), hi=round(float(hi), 4),
+                   candidate_ci=[round(float(v), 4) for v in np.percentile(mc, [2.5, 97.5])],
+                   reference_ci=[round(float(v), 4) for v in np.percentile(mb, [2.5, 97.5])])
+        if point_b and (mb > 0).all():
+            rlo, rhi = np.percentile(mc / mb - 1, [2.5, 97.5])
+            out.update(rel_lo=round(float(rlo), 4), rel_hi=round(float(rhi), 4))
+        out["verdict"] = verdict_of(float(lo), float(hi), lower_is_better)
+    else:
+        out["verdict"], out["note"] = NO_CHANGE, f"{len(triples)} tasks: too few for an interval"
+    return out
+
+
+METRIC_NAMES = {"loss": "loss", "exact": "exact match", "similarity": "edit similarity", "resolved": "resolved"}
+
+
+def metric_label(family: str, metric: str) -> str:
+    if family in ("design", "facts") and metric == "exact":
+        return f"{family} accuracy"
+    return f"{family} {METRIC_NAMES.get(metric, metric)}"
+
+
+def _signed(value: float, unit: str, digits: int = 1) -> str:
+    text = f"{value:+.{digits}f}{unit}"
+    return text.replace("-", "\u2212")  # a real minus sign
+
+
+def describe(stats: dict | None, label: str) -> str:
+    """One line: "line+body loss 2.452 → 2.301 (−6.2%, 95% CI −8.1% … −4.3%): better". Losses change in
+    percent of the reference; rates (exact match, similarity, accuracy) in points."""
+    if stats is None:
+        return f"{label}: no paired tasks"
+    head = f"{label} {stats['reference']:.3f} \u2192 {stats['candidate']:.3f}"
+    if stats["metric"] == "loss" and stats["rel"] is not None:
+        change = _signed(100 * stats["rel"], "%")
+        interval = (f"95% CI {_signed(100 * stats['rel_lo'], '%')} \u2026 {_signed(100 * stats['rel_hi'], '%')}"
+                    if stats["rel_lo"] is not None else None)
+    else:
+        change = _signed(100 * stats["delta"], " points")
+        interval = (f"95% CI {_signed(100 * stats['lo'], '')} \u2026 {_signed(100 * stats['hi'], ' points')}"
+                    if stats["lo"] is not None else None)
+    interval = interval or stats.get("note") or "no interval"
+    return f"{head} ({change}, {interval}; {stats['tasks']} tasks): {stats['verdict']}"
+
+
+def paired_comparison(rows: list[dict], candidate: str, reference: str, *, seed: int = BOOTSTRAP_SEED,
+                      resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """``candidate`` against ``reference`` over the tasks both answered: every metric of every family
+    (``PAIRED_METRICS``) with its interval and verdict, a verdict per family (its first metric), and the
+    headline: the token-weighted loss over the line and body tasks (over design and facts where there
+    are no code tasks), whose verdict is the overall one."""
+    cand = [r for r in rows if r["model"] == candidate]
+    ref = [r for r in rows if r["model"] == reference]
+    families: dict = {}
+    for fam, metric, lower in PAIRED_METRICS:
+        stats = paired_interval([r for r in cand if r["family"] == fam], [r for r in ref if r["family"] == fam], metric,
+                                lower_is_better=lower, seed=seed, resamples=resamples)
+        if stats is not None:
+            stats["line"] = describe(stats, metric_label(fam, metric))
+            entry = families.setdefault(fam, {"metrics": {}})
+            entry["metrics"][metric] = stats
+            entry.setdefault("verdict", stats["verdict"])
+    present = {r["family"] for r in cand}
+    headline_families = [f for f in HEADLINE_FAMILIES if f in present] or [f for f in ("design", "facts") if f in present]
+    headline = paired_interval([r for r in cand if r["family"] in headline_families],
+                               [r for r in ref if r["family"] in headline_families], "loss", lower_is_better=True,
+                               seed=seed, resamples=resamples) if headline_families else None
+    label = "+".join(headline_families) + " loss"
+    if headline is not None:
+        headline.update(families=headline_families, label=label, line=describe(headline, label))
+    return {"candidate": candidate, "reference": reference, "headline": headline,
+            "verdict": headline["verdict"] if headline else NO_CHANGE,
+            "line": headline["line"] if headline else "no loss-scored tasks to compare", "families": families,
+            "resamples": resamples, "seed": seed}
+
+
 def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
+    """Per model and family: tasks, seconds, and the means (loss token-weighted, scores over the tasks
+    that have them), each with its own bootstrap 95% interval (``<metric>_ci``, for error bars)."""
     out: dict = {}
     for spec in models:
         mine = [r for r in rows if r["model"] == spec.name]
@@ -422,16 +687,23 @@ def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
             rs = [r for r in mine if r["family"] == fam]
             if not rs:
                 continue
-            entry = {"tasks": len(rs), "seconds": round(sum(r["seconds"] for r in rs), 2)}
+            entry: dict = {"tasks": len(rs), "seconds": round(sum(r["seconds"] for r in rs), 2)}
             if fam == "replay":
-                entry.update(resolved=_mean([float(r["resolved"]) for r in rs]), similarity=_mean([r["similarity"] for r in rs]),
-                             turns=_mean([r["turns"] for r in rs]),
-                             tokens=_mean([r["prompt_tokens"] + r["completion_tokens"] for r in rs]))
+                entry.update(turns=_mean([r["turns"] for r in rs]), tokens=_mean([r["prompt_tokens"] + r["completion_tokens"] for r in rs]))
+                metrics = ("resolved", "similarity")
             else:
-                # the loss is averaged over tokens (long targets weigh more), the scores over tasks
-                tok = sum(r["tokens"] for r in rs if not math.isnan(r["loss"]))
-                entry.update(loss=round(sum(r["loss"] * r["tokens"] for r in rs if not math.isnan(r["loss"])) / max(tok, 1), 4),
-                             exact=_mean([float(r["exact"]) for r in rs]), similarity=_mean([r["similarity"] for r in rs]))
+                metrics = ("loss", "exact", "similarity")
+            for metric in metrics:
+                scored = [(v, float(r["tokens"]) if metric == "loss" else 1.0) for r in rs
+                          if (v := _value(r, metric)) is not None and (metric != "loss" or r["tokens"] > 0)]
+                if not scored:
+                    entry[metric] = None
+                    continue
+                values, weights = zip(*scored)
+                entry[metric] = round(sum(v * w for v, w in scored) / sum(weights), 4)
+                entry[f"{metric}_ci"] = bootstrap_interval(values, weights)
+                if metric != "loss":
+                    entry[f"{metric}_tasks"] = len(scored)
             fams[fam] = entry
         out[spec.name] = {"adapter": str(spec.adapter) if spec.adapter else None, "families": fams,
                           "seconds": round(sum(r["seconds"] for r in mine), 2)}
@@ -439,8 +711,11 @@ def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
 
 
 def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSpec], *, until: str = "HEAD",
-             families=FAMILIES, profile: str = "quick", progress: bool = True, out: Path | None = None) -> dict:
-    """Build the tasks, run every model on them, and (with ``out``) write report.json and report.html."""
+             families=FAMILIES, profile: str = "quick", progress: bool = True, out: Path | None = None,
+             reference: str | None = None) -> dict:
+    """Build the tasks, run every model on them, compare every other model with ``reference`` (default:
+    the first model) in ``report["comparisons"][name]`` (``paired_comparison``), and (with ``out``) write
+    report.json and report.html."""
     import git
 
     from trainer.experience import history as H
@@ -453,18 +728,25 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise SwespotError(f"two models share a name: {names}")
+    reference = reference or (names[0] if names else None)
+    if reference is not None and reference not in names:
+        raise SwespotError(f"the reference {reference!r} is not one of the models {names}")
     tasks = make_tasks(repo_path, cutoff, until, families, profile)
+    task_seconds = round(time.perf_counter() - started, 2)
     repo = git.Repo(repo_path)
     report = {
         "repo": str(repo_path), "cutoff": H.resolve(repo, cutoff).hexsha, "until": H.resolve(repo, until).hexsha,
         "profile": profile, "base_gguf": str(base_gguf), "created_at": time.time(),
         "tasks": {fam: sum(t.family == fam for t in tasks) for fam in families},
-        "models": {}, "rows": [],
+        "generated": {fam: sum(t.family == fam and t.meta.get("generate", True) for t in tasks) for fam in ("line", "body")
+                      if fam in families},
+        "models": {}, "comparisons": {}, "rows": [], "reference": reference, "task_seconds": task_seconds,
     }
     if tasks:
         rows = Evaluator(base_gguf, models, profile, progress).run(tasks, repo_path)
         report["rows"] = rows
         report["models"] = summarize(rows, models)
+        report["comparisons"] = {name: paired_comparison(rows, name, reference) for name in names if name != reference}
         report["task_list"] = [{k: v for k, v in asdict(t).items() if k != "meta"} | {"meta": {k: v for k, v in t.meta.items() if k != "files"}}
                                for t in tasks]
     report["seconds"] = round(time.perf_counter() - started, 2)
@@ -476,18 +758,24 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
 
 
 def compare(report: dict, candidate: str, reference: str) -> dict:
-    """Whether ``candidate`` is not worse than ``reference``: the per-token loss of the held-out code
-    (line and body tasks, the most stable signal a small model gives) decides; the rest is reported."""
+    """The gate's decision: ``candidate`` may be published unless the paired interval of the headline
+    loss (line and body tasks, token-weighted) shows it worse than ``reference``. The result carries the
+    verdict, the interval and every family's verdict (what the manifest records)."""
     models = report.get("models") or {}
     if candidate not in models or reference not in models:
-        return {"ok": True, "why": "no held-out tasks after the cutoff; nothing to compare"}
-    cand, ref = models[candidate]["families"], models[reference]["families"]
-    losses = {}
-    for name, fams in ((candidate, cand), (reference, ref)):
-        parts = [(fams[f]["loss"], fams[f]["tasks"]) for f in ("line", "body", "design") if f in fams and fams[f].get("loss") is not None]
-        losses[name] = sum(loss * n for loss, n in parts) / max(1, sum(n for _, n in parts)) if parts else None
-    if losses[candidate] is None or losses[reference] is None:
-        return {"ok": True, "why": "no loss-scored tasks; published ungated", "losses": losses}
-    ok = losses[candidate] <= losses[reference] * 1.002
-    return {"ok": ok, "why": f"held-out loss {losses[candidate]:.4f} vs {reference} {losses[reference]:.4f}" + ("" if ok else " (worse)"),
-            "kind": "eval", "losses": {k: round(v, 5) for k, v in losses.items()}}
+        return {"ok": True, "why": "no held-out tasks after the cutoff; nothing to compare", "kind": "eval", "verdict": NO_CHANGE}
+    comparison = (report.get("comparisons") or {}).get(candidate)
+    if comparison is None or comparison["reference"] != reference:
+        comparison = paired_comparison(report["rows"], candidate, reference)
+    head = comparison["headline"]
+    if head is None:
+        return {"ok": True, "why": "no loss-scored tasks; published ungated", "kind": "eval", "verdict": NO_CHANGE}
+    keep = ("tasks", "reference", "candidate", "delta", "lo", "hi", "rel", "rel_lo", "rel_hi", "verdict")
+    ok = comparison["verdict"] != WORSE
+    return {"ok": ok, "why": comparison["line"] + ("" if ok else f" (the {candidate} is worse than the {reference})"),
+            "kind": "eval", "verdict": comparison["verdict"], "line": comparison["line"],
+            "interval": {k: head[k] for k in keep} | {"families": head["families"], "confidence": 0.95,
+                                                      "resamples": comparison["resamples"]},
+            "families": {fam: {"verdict": entry["verdict"], **{m: {k: st[k] for k in keep} for m, st in entry["metrics"].items()}}
+                         for fam, entry in comparison["families"].items()},
+            "losses": {candidate: head["candidate"], reference: head["reference"]}}

@@ -39,20 +39,31 @@ PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
     "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 16,
-              # the system prompt with the tool schemas alone is ~700 tokens; the loss skips it cheaply
-              # (trained_token_loss); without gradient checkpointing the whole run peaks at ~7 GB RSS.
-              # A short run at 5e-4 moved the model too far: held-out loss rose on every task family
-              # (benchmarks/specialize.py); at 1e-4 it fell on design questions and overall.
-              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False, "lr": 1e-4},
-              "experience": {"per_file": 4, "implementations_per_file": 3, "max_commits": 150}},
+              # max_len holds the typical episode: on click, requests and attrs (README) the median rendered
+              # episode of every unit is under 1,024 Gemma tokens now that the system turn with the 13 compact
+              # tool schemas is ~370 (it was ~1,030); longer ones have observations cut in the middle.
+              # Without gradient checkpointing the whole run peaks at ~7 GB RSS. A short run at 5e-4 moved
+              # the model too far: held-out loss rose on every task family (benchmarks/specialize.py); at
+              # 1e-4 it fell on design questions and overall.
+              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False, "lr": 1e-4,
+                        # the balanced mix: each unit's episodes once per epoch (the targets set the counts)
+                        "unit_weights": {"design": 1.0, "implementation": 1.0, "evolution": 1.0, "runtime": 1.0,
+                                         "feedback": 1.0, "text": 1.0}},
+              # targets: episodes per unit (the paper: 2,048 each at full scale), the newest commits and a
+              # seeded spread of files until each is met; "text" is the repository itself as plain text
+              # (chunks of ~max_len tokens, every token trained), its share of the mix set here
+              "experience": {"units": ("design", "implementation", "evolution", "text"), "per_file": 4,
+                             "implementations_per_file": 3, "max_commits": 150, "text_chunk_tokens": 1024,
+                             "targets": {"design": 128, "implementation": 128, "evolution": 128, "text": 64}}},
     "full": {"train_profile": "cpu", "steps": None, "continue_steps": None, "train": {"epochs": 1.0},
-             "experience": {"units": ("design", "implementation", "evolution", "runtime"), "run_tests": True}},
+             "experience": {"units": ("design", "implementation", "evolution", "runtime", "text"), "run_tests": True,
+                            "targets": {"design": 2048, "implementation": 2048, "evolution": 2048, "runtime": 2048,
+                                        "text": 2048}}},
 }
 GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
 MIN_HELDOUT_SHARDS = 4
 MAX_HELDOUT_EPISODES = 48
-GATE_TOLERANCE = 0.002  # relative: a candidate may be this much worse on held-out loss and still pass (noise)
 
 
 @dataclass
@@ -283,6 +294,11 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         result = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control))
     except OSError as exc:
         raise SwespotError(f"training failed writing to {run_dir}: {exc} (is the disk full?); nothing was published") from exc
+    from trainer.experience.build import unit_table
+
+    # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,
+    # dropped by length / trained tokens / rendered lengths
+    exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
 
     # ---- gate: the candidate must not be worse than what is served now
     phases.enter("gate")
@@ -317,10 +333,11 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
 
 # ---- the held-out loss gate ---------------------------------------------------------------------
 def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes_dir: Path, max_len: int,
-                   limit: int = MAX_HELDOUT_EPISODES) -> dict[str, float]:
+                   limit: int = MAX_HELDOUT_EPISODES, per_sequence: bool = False) -> dict:
     """Mean per-token loss of the assistant turns of held-out episodes under each adapter (None: the
     base model), computed with transformers on the training weights (the vocabulary projection only
-    where a trained token is predicted, as in training)."""
+    where a trained token is predicted, as in training). With ``per_sequence``: each model's
+    [(loss, trained tokens)] per held-out sequence, for a paired comparison."""
     import torch
     from peft import PeftModel
 
@@ -346,7 +363,7 @@ def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes
                 peft_model.load_adapter(str(path), adapter_name=name)
             peft_model.set_adapter(name)
             net = peft_model
-        total, count = 0.0, 0
+        total, count, each = 0.0, 0, []
         net.eval()
         with torch.no_grad():
             for seq in sequences:
@@ -359,19 +376,26 @@ def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes
                 n = seq.trained_tokens
                 total += float(loss) * n
                 count += n
-        out[name] = total / max(count, 1)
+                each.append((float(loss), n))
+        out[name] = each if per_sequence else total / max(count, 1)
     return out
 
 
 def loss_gate(gi: GateInput, *, max_len: int) -> dict:
-    """Publish when the candidate's held-out loss is not worse than the current adapter's (or, for the
-    first version, the base model's), within a small tolerance for noise."""
+    """Publish unless the candidate's held-out loss is worse than the current adapter's (or, for the
+    first version, the base model's): paired over the held-out sequences, token-weighted, worse only when
+    the bootstrap 95% interval of the difference lies above 0 (``trainer.evaluation.paired_interval``)."""
+    from trainer.evaluation import WORSE, describe, paired_interval
+
     if gi.heldout is None:
         return {"ok": True, "why": "no held-out episodes yet (too little experience); published ungated"}
     reference = "current" if gi.current is not None else "base"
-    losses = heldout_losses(gi.base.hf_dir, {reference: gi.current, "candidate": gi.candidate}, gi.heldout, max_len)
-    ok = losses["candidate"] <= losses[reference] * (1 + GATE_TOLERANCE)
-    why = (f"held-out loss {losses['candidate']:.4f} vs {reference} {losses[reference]:.4f}"
-           + ("" if ok else " (worse)"))
-    return {"ok": ok, "why": why, "kind": "heldout-loss", "losses": {k: round(v, 5) for k, v in losses.items()},
-            "reference": reference}
+    each = heldout_losses(gi.base.hf_dir, {reference: gi.current, "candidate": gi.candidate}, gi.heldout, max_len,
+                          per_sequence=True)
+    rows = {name: [{"task": i, "loss": loss, "tokens": n} for i, (loss, n) in enumerate(seqs)] for name, seqs in each.items()}
+    stats = paired_interval(rows["candidate"], rows[reference], "loss", lower_is_better=True)
+    ok = stats["verdict"] != WORSE
+    why = describe(stats, f"held-out episode loss vs {reference}") + ("" if ok else " (worse)")
+    keep = ("tasks", "reference", "candidate", "delta", "lo", "hi", "rel", "rel_lo", "rel_hi", "verdict")
+    return {"ok": ok, "why": why, "kind": "heldout-loss", "verdict": stats["verdict"], "interval": {k: stats[k] for k in keep},
+            "losses": {"candidate": stats["candidate"], reference: stats["reference"]}, "reference": reference}

@@ -1,0 +1,320 @@
+"""The evaluation's statistics (paired bootstrap intervals and the verdicts read from them), the gate that
+uses them, and the held-out-facts family: on a real git repository made in the test, the real index,
+resolver and experience builder, and the tiny model served by llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from daemon_support import commit, git  # real git in a test repository
+
+
+def _rows(model: str, losses, tokens, family: str = "line", **extra) -> list[dict]:
+    return [{"model": model, "task": f"{family}-{i}", "family": family, "loss": float(loss), "tokens": int(n), "seconds": 0.1,
+             **{k: v[i] for k, v in extra.items()}} for i, (loss, n) in enumerate(zip(losses, tokens))]
+
+
+# ---- the interval and the verdict ------------------------------------------------------------------
+def test_a_known_paired_improvement_gives_an_interval_that_excludes_zero():
+    from trainer.evaluation import paired_interval
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(1.5, 3.5, 100)  # tasks differ a lot from one another ...
+    tokens = rng.integers(5, 40, 100)
+    adapter = base - 0.15 + rng.normal(0, 0.05, 100)  # ... but the adapter is 0.15 better on each
+    stats = paired_interval(_rows("adapter", adapter, tokens), _rows("base", base, tokens), "loss", lower_is_better=True)
+    assert stats["tasks"] == 100 and stats["verdict"] == "better"
+    assert stats["lo"] < stats["delta"] < stats["hi"] < 0
+    assert -0.17 < stats["delta"] < -0.13 and stats["rel_lo"] < stats["rel"] < stats["rel_hi"] < 0
+    # unpaired, the spread between tasks would swamp it: each model's own interval overlaps the other's
+    assert stats["candidate_ci"][1] > stats["reference_ci"][0]
+    # the reverse is "worse", with the mirrored interval
+    worse = paired_interval(_rows("adapter", base, tokens), _rows("base", adapter, tokens), "loss", lower_is_better=True)
+    assert worse["verdict"] == "worse" and worse["lo"] == pytest.approx(-stats["hi"], abs=0.02)
+
+
+def test_identical_models_make_no_measurable_change():
+    from trainer.evaluation import paired_interval
+
+    losses, tokens = np.linspace(1, 4, 60), np.arange(1, 61)
+    stats = paired_interval(_rows("b", losses, tokens), _rows("a", losses, tokens), "loss", lower_is_better=True)
+    assert stats["verdict"] == "no measurable change" and stats["lo"] == stats["hi"] == 0.0
+    # pure noise around no difference is no change either (the point estimate alone would pick a side)
+    rng = np.random.default_rng(7)
+    noisy = losses + rng.normal(0, 0.3, 60)
+    stats = paired_interval(_rows("b", noisy, tokens), _rows("a", losses, tokens), "loss", lower_is_better=True)
+    assert stats["delta"] != 0 and stats["lo"] < 0 < stats["hi"] and stats["verdict"] == "no measurable change"
+
+
+def test_the_loss_is_token_weighted_on_every_resample_and_deterministic():
+    from trainer.evaluation import paired_interval
+
+    # one long task where the adapter is much worse, many short ones where it is slightly better: the
+    # token-weighted mean says worse, the plain mean over tasks would say better
+    base = [2.0] * 20 + [2.0]
+    adapter = [1.9] * 20 + [3.0]
+    tokens = [2] * 20 + [400]
+    a = paired_interval(_rows("x", adapter, tokens), _rows("b", base, tokens), "loss", lower_is_better=True)
+    assert a["delta"] == pytest.approx((1.9 * 40 + 3.0 * 400) / 440 - 2.0, abs=1e-4) and a["delta"] > 0
+    assert a == paired_interval(_rows("x", adapter, tokens), _rows("b", base, tokens), "loss", lower_is_better=True)
+    # each resample recomputes sum(loss·tokens)/sum(tokens): the interval is that ratio's, so it reaches
+    # down to the resamples that miss the long task (−0.1) and up to the ones that draw it often
+    assert a["lo"] <= -0.09 and a["hi"] > a["delta"]
+
+
+def test_too_few_tasks_give_no_interval_and_no_verdict_but_no_change():
+    from trainer.evaluation import describe, paired_interval
+
+    stats = paired_interval(_rows("x", [1.0, 1.0], [5, 5]), _rows("b", [2.0, 2.0], [5, 5]), "loss", lower_is_better=True)
+    assert stats["lo"] is None and stats["verdict"] == "no measurable change"
+    assert "too few for an interval" in describe(stats, "line loss")
+
+
+def test_verdict_wording_states_the_change_the_interval_and_the_verdict():
+    from trainer.evaluation import describe, verdict_of
+
+    assert verdict_of(-0.3, -0.1, lower_is_better=True) == "better"
+    assert verdict_of(0.1, 0.3, lower_is_better=True) == "worse"
+    assert verdict_of(-0.1, 0.3, lower_is_better=True) == "no measurable change"
+    assert verdict_of(0.1, 0.3, lower_is_better=False) == "better"
+    assert verdict_of(None, None, lower_is_better=True) == "no measurable change"
+    loss = {"metric": "loss", "tasks": 120, "reference": 2.452, "candidate": 2.301, "delta": -0.151, "lo": -0.2, "hi": -0.1,
+            "rel": -0.0616, "rel_lo": -0.081, "rel_hi": -0.043, "verdict": "better"}
+    assert describe(loss, "line+body loss") == "line+body loss 2.452 → 2.301 (−6.2%, 95% CI −8.1% … −4.3%; 120 tasks): better"
+    rate = {"metric": "exact", "tasks": 24, "reference": 0.1, "candidate": 0.35, "delta": 0.25, "lo": 0.12, "hi": 0.38,
+            "rel": 2.5, "rel_lo": None, "rel_hi": None, "verdict": "better"}
+    assert describe(rate, "facts accuracy") == "facts accuracy 0.100 → 0.350 (+25.0 points, 95% CI +12.0 … +38.0 points; 24 tasks): better"
+
+
+def test_the_comparison_gives_a_verdict_per_family_and_a_headline_over_code_tasks():
+    from trainer.evaluation import paired_comparison
+
+    rng = np.random.default_rng(3)
+    base_line, base_body = rng.uniform(2, 3, 40), rng.uniform(1, 2, 10)
+    rows = (_rows("base", base_line, [10] * 40, "line", exact=[False] * 40, similarity=[0.3] * 40)
+            + _rows("adapter", base_line - 0.2, [10] * 40, "line", exact=[False] * 40, similarity=[0.3] * 40)
+            + _rows("base", base_body, [30] * 10, "body") + _rows("adapter", base_body + rng.normal(0, 0.2, 10), [30] * 10, "body")
+            + _rows("base", [3.0] * 8, [12] * 8, "design") + _rows("adapter", [3.5] * 8, [12] * 8, "design"))
+    comparison = paired_comparison(rows, "adapter", "base")
+    assert comparison["families"]["line"]["verdict"] == "better"
+    assert comparison["families"]["design"]["verdict"] == "worse"
+    assert comparison["families"]["line"]["metrics"]["exact"]["verdict"] == "no measurable change"
+    head = comparison["headline"]
+    assert head["families"] == ["line", "body"] and head["tasks"] == 50  # design is not part of the headline
+    assert comparison["verdict"] == head["verdict"] and comparison["line"].startswith("line+body loss ")
+
+
+# ---- the gate -------------------------------------------------------------------------------------
+def test_the_gate_refuses_an_adapter_the_interval_shows_worse_and_records_the_interval():
+    from trainer.evaluation import compare, summarize, ModelSpec
+
+    def report(delta):
+        rng = np.random.default_rng(5)
+        base = rng.uniform(2, 3, 30)
+        rows = _rows("base", base, [8] * 30) + _rows("adapter", base + delta + rng.normal(0, 0.02, 30), [8] * 30)
+        return {"models": summarize(rows, [ModelSpec("base", None), ModelSpec("adapter", None)]), "rows": rows}
+
+    worse = compare(report(+0.1), "adapter", "base")
+    assert not worse["ok"] and worse["verdict"] == "worse" and "worse" in worse["why"]
+    assert worse["interval"]["lo"] > 0 and worse["interval"]["confidence"] == 0.95
+    same = compare(report(+0.0), "adapter", "base")  # a point estimate slightly up or down decides nothing
+    assert same["ok"] and same["verdict"] == "no measurable change" and same["interval"]["lo"] < 0 < same["interval"]["hi"]
+    better = compare(report(-0.1), "adapter", "base")
+    assert better["ok"] and better["verdict"] == "better" and better["families"]["line"]["verdict"] == "better"
+    assert json.loads(json.dumps(better)) == better  # goes into the manifest as it is
+    assert compare({"models": {}}, "adapter", "base")["ok"]  # nothing held out: nothing to compare
+
+
+def test_a_refused_candidate_is_not_published(geometry_repo, tiny_hf_dir, tmp_path):
+    from trainer.evaluation import ModelSpec, compare, summarize
+    from trainer.pipeline import RefreshOptions, refresh
+    from trainer.store import AdapterStore
+
+    root, _ = geometry_repo
+    base = np.linspace(2, 3, 20)
+    rows = _rows("base", base, [8] * 20) + _rows("adapter", base + 0.2, [8] * 20)
+    worse = {"models": summarize(rows, [ModelSpec("base", None), ModelSpec("adapter", None)]), "rows": rows}
+    opts = RefreshOptions(repo=root, base=str(tiny_hf_dir), profile="tiny", steps=1, gate=lambda gi: compare(worse, "adapter", "base"),
+                          state=tmp_path / "state", progress=False)
+    result = refresh(opts)
+    assert not result.published and "worse" in result.reason and result.gate["verdict"] == "worse"
+    assert AdapterStore(tmp_path / "state").current() is None
+
+
+# ---- tasks: spread over the history ---------------------------------------------------------------
+def test_tasks_are_spread_over_all_commits_deterministically():
+    from trainer.evaluation import Task, _mark_generated, _spread
+
+    # 50 commits; the first holds 200 tasks, the others 2 each
+    tasks = [Task(f"t{c}-{i}", "line", f"c{c:02d}", "a.py", "", "") for c in range(50) for i in range(200 if c == 0 else 2)]
+    picked = _spread(tasks, 60)
+    assert len(picked) == 60 and picked == _spread(list(tasks), 60)
+    per_commit = {c: sum(t.commit == c for t in picked) for c in {t.commit for t in tasks}}
+    assert set(per_commit.values()) <= {1, 2}  # every commit first, then a second round: no commit crowds out the rest
+    assert [tasks.index(t) for t in picked] == sorted(tasks.index(t) for t in picked)
+    few = _spread(tasks, 20)
+    commits = sorted({int(t.commit[1:]) for t in few})
+    assert len(commits) == 20 and commits[0] <= 2 and commits[-1] >= 47  # evenly over the whole history
+    marked = _mark_generated(picked, 15)
+    assert sum(t.meta["generate"] for t in marked) == 15
+
+
+# ---- on a real repository with the tiny model -------------------------------------------------------
+SHAPES = '''"""Plane shapes."""
+
+
+class Square:
+    def __init__(self, side):
+        self.side = side
+
+    def area(self):
+        return self.side ** 2
+
+
+def total_area(shapes):
+    """The sum of the areas."""
+    return sum(s.area() for s in shapes)
+'''
+
+
+@pytest.fixture
+def geometry_repo(tmp_path):
+    root = tmp_path / "geometry"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    revs = {"init": commit(root, "Add squares", {"geometry/__init__.py": "", "geometry/shapes.py": SHAPES})}
+    revs["cutoff"] = commit(root, "Document the package", {"README.md": "# Geometry\n"})
+    extra = "".join(f'\n\ndef scaled_area_{i}(shape, factor):\n    """Area of shape scaled by factor {i}."""\n'
+                    f"    area = shape.area()\n    return area * factor * factor + {i}\n" for i in range(6))
+    revs["scaled"] = commit(root, "Scaled areas", {"geometry/shapes.py": SHAPES + extra})
+    revs["report"] = commit(root, "Reports", {"geometry/report.py": '"""Reports."""\nfrom geometry.shapes import total_area\n\n\n'
+                                              'def describe(shapes):\n    """One line."""\n    return f"total: {total_area(shapes):.2f}"\n'})
+    return root, revs
+
+
+def test_base_against_itself_through_llama_cpp_is_no_measurable_change(geometry_repo, tiny_gguf_f32, tmp_path):
+    from trainer.evaluation import ModelSpec, evaluate
+
+    root, revs = geometry_repo
+    report = evaluate(root, revs["cutoff"], tiny_gguf_f32, [ModelSpec("base", None), ModelSpec("again", None)],
+                      families=("line", "body", "design"), profile="tiny", progress=False, out=tmp_path / "report")
+    comparison = report["comparisons"]["again"]
+    head = comparison["headline"]
+    assert head["tasks"] >= 5 and head["lo"] == head["hi"] == 0.0 and comparison["verdict"] == "no measurable change"
+    assert all(e["verdict"] == "no measurable change" for e in comparison["families"].values())
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "no measurable change" in page and "bootstrap resamples of the tasks" in page
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["comparisons"]["again"]["line"] == comparison["line"]
+    assert re.fullmatch(r"line\+body loss \d\.\d{3} → \d\.\d{3} \(\+0\.0%, 95% CI \+0\.0% … \+0\.0%; \d+ tasks\): no measurable change",
+                        comparison["line"])
+
+
+# ---- held-out facts ---------------------------------------------------------------------------------
+NOUNS = ("invoice", "ledger", "parcel", "voucher", "tariff", "cargo", "rebate", "quota", "permit", "levy")
+VERBS = ("audit", "merge", "split", "stamp", "route", "weigh", "price", "seal")
+
+
+def _facts_module(noun: str) -> str:
+    funcs = "".join(f'\n\ndef {verb}_{noun}(item):\n    """{verb.capitalize()} one {noun} and return its record."""\n'
+                    f"    return {{'{verb}': item, 'kind': '{noun}'}}\n" for verb in VERBS)
+    return f'"""Operations on every {noun}."""\n' + funcs
+
+
+def _facts_caller(noun: str) -> str:
+    calls = "".join(f"\n\ndef handle_{verb}_{noun}(item):\n    return {noun}s.{verb}_{noun}(item)\n" for verb in VERBS)
+    return f'"""Entry points for {noun} requests."""\nfrom ledgerapp import {noun}s\n' + calls
+
+
+@pytest.fixture
+def facts_repo(tmp_path):
+    """80 documented functions, each called from one entry point in another module: about one in ten is
+    a held-out fact."""
+    root = tmp_path / "ledgerapp-repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    files = {"ledgerapp/__init__.py": ""}
+    for noun in NOUNS:
+        files[f"ledgerapp/{noun}s.py"] = _facts_module(noun)
+        files[f"ledgerapp/api_{noun}.py"] = _facts_caller(noun)
+    cutoff = commit(root, "Ledger operations and their entry points", files)
+    commit(root, "Later work", {"ledgerapp/extra.py": '"""Later."""\n\n\ndef later_thing(x):\n    """Done after the cutoff."""\n    return x\n'})
+    held = {(f"ledgerapp/{noun}s.py", f"{verb}_{noun}") for noun in NOUNS for verb in VERBS}
+    from trainer.experience.heldout import is_heldout_fact
+
+    held = {s for s in held if is_heldout_fact(*s)}
+    assert len(held) >= 3  # the hash picks a fixed share; enough of them here to test
+    return root, cutoff, held
+
+
+def test_facts_are_exactly_the_heldout_symbols_asked_in_the_training_words(facts_repo, tmp_path, monkeypatch):
+    from trainer.evaluation import facts_tasks
+    from trainer.experience.build import BuildOptions, build_experience
+
+    root, cutoff, held = facts_repo
+    tasks = facts_tasks(root, cutoff, limit=1000)
+    assert {(t.path, t.meta["symbol"]) for t in tasks} == held
+    assert {t.meta["question"] for t in tasks} == {"where", "callers"} and all(t.commit == cutoff for t in tasks)
+    where = [t for t in tasks if t.meta["question"] == "where"]
+    assert all(t.meta["accept"] == [t.path] for t in where)  # the answer must name the right file
+    callers = [t for t in tasks if t.meta["question"] == "callers"]
+    assert all(t.meta["accept"] == [f"handle_{t.meta['symbol']}"] for t in callers)
+
+    # the same words as training: with nothing held out, the design unit asks these very questions and
+    # submits these very answers
+    import trainer.experience.units as U
+
+    monkeypatch.setattr(U, "is_heldout_fact", lambda path, qualname: False)
+    build_experience(root, tmp_path / "all", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False))
+    trained = _design_qa(tmp_path / "all")
+    for task in tasks:
+        assert trained.get(task.prompt) == task.target
+
+
+def test_heldout_facts_never_appear_in_the_training_episodes(facts_repo, tmp_path):
+    from trainer.evaluation import facts_tasks
+    from trainer.experience.build import BuildOptions, build_experience
+
+    root, cutoff, held = facts_repo
+    tasks = facts_tasks(root, cutoff, limit=1000)
+    build_experience(root, tmp_path / "exp", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False))
+    trained = _design_qa(tmp_path / "exp")
+    assert len(trained) >= 40  # the other symbols are asked about
+    asked = set(trained)
+    assert not asked & {t.prompt for t in tasks}
+    names = {qualname for _, qualname in held}
+    for question in asked:  # not even in other words: no training question names a held-out symbol
+        assert not any(re.search(rf"\b{n}\b", question) for n in names), question
+
+
+def _design_qa(folder) -> dict[str, str]:
+    """question → submitted answer of every design episode in an experience folder."""
+    out = {}
+    for shard in sorted(folder.glob("design/*.jsonl")):
+        for line in shard.read_text().splitlines():
+            episode = json.loads(line)
+            question = next(m["content"] for m in episode["messages"] if m["role"] == "user")
+            submit = [json.loads(c["function"]["arguments"])["summary"] for m in episode["messages"] if m["role"] == "assistant"
+                      for c in m.get("tool_calls") or [] if c["function"]["name"] == "submit"]
+            if submit:
+                out[question] = submit[-1]
+    return out
+
+
+def test_specialize_holds_out_enough_history_for_the_profiles_line_tasks(tmp_path):
+    from trainer.eval_cli import auto_cutoff
+
+    root = tmp_path / "grow"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    for i in range(16):  # every commit adds three modules: three line tasks
+        commit(root, f"Step {i}", {f"steps/s{i}_{j}.py": f"def step(value):\n    return value + {i * 10 + j}  # step {i}.{j}\n"
+                                   for j in range(3)})
+    first_parent = git(root, "rev-list", "--first-parent", "HEAD").split()
+    assert auto_cutoff(root, None, "tiny") == first_parent[3]  # 8 line tasks wanted: three commits give 9
+    assert auto_cutoff(root, 2, "tiny") == first_parent[2]  # an explicit --holdout wins
+    assert auto_cutoff(root, 40, "tiny") == first_parent[8]  # never more than half the history
