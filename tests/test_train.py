@@ -125,7 +125,7 @@ def test_completion_form_episodes_train_plain_text_with_the_loss_on_the_target(t
     assert len(episode["messages"][0]["content"]) <= 3000 and episode["messages"][0]["content"].startswith("def helper_")
 
 
-def test_long_episodes_are_split_at_turn_boundaries_or_dropped(experience, tiny_hf_dir):
+def test_long_episodes_have_observations_cut_or_are_dropped(experience, tiny_hf_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
@@ -133,9 +133,12 @@ def test_long_episodes_are_split_at_turn_boundaries_or_dropped(experience, tiny_
     full = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), 4096)[0][0]
     limit = len(full.input_ids) - 5
     seqs, stats = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), limit)
-    assert stats.split == 1 and len(seqs[0].input_ids) <= limit
-    assert tokenizer.decode(seqs[0].input_ids).rstrip().endswith("</tool_call><|im_end|>")  # never a cut call
-    _, stats = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), 64)
+    assert stats.cut == 1 and stats.split == 0 and len(seqs[0].input_ids) <= limit
+    assert seqs[0].trained_tokens == full.trained_tokens  # the middle of an observation went, no trained token
+    assert "lines cut" in tokenizer.decode(seqs[0].input_ids)
+    calls = lambda seq: tokenizer.decode(seq.input_ids).count("</tool_call><|im_end|>")  # noqa: E731
+    assert calls(seqs[0]) == calls(full)  # every call whole
+    _, stats = D.encode_all(episodes[:1], tokenizer, make_renderer(tokenizer), 64, check=False)
     assert stats.dropped_too_long == 1
 
 
@@ -302,3 +305,53 @@ def test_max_trained_tokens_stops_at_the_budget_and_resumes_to_the_same_stop(exp
     assert resumed["loss_curve"] == straight["loss_curve"]
     with pytest.raises(SwespotError, match="max_trained_tokens must be positive"):
         tiny_config(experience, tmp_path / "bad", tiny_hf_dir, max_trained_tokens=0)
+
+
+def separate_and_packed(model, seqs):
+    """The token-weighted loss of the sequences run one by one, the loss of their packed row, and the
+    gradients of both."""
+    from trainer.train import trained_token_loss
+
+    model.zero_grad()
+    weights = [s.trained_tokens for s in seqs]
+    separate = sum(trained_token_loss(model, D.collate([s], 0)) * w for s, w in zip(seqs, weights)) / sum(weights)
+    separate.backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    packed = trained_token_loss(model, D.collate_packed(seqs))
+    packed.backward()
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    return float(separate), float(packed), expected, got
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_packed_row_gives_the_loss_and_gradient_of_its_sequences_run_separately(experience, tiny_hf_dir, attention):
+    """Packing puts a batch's common prefix once and each sequence's rest after it in one row, positions
+    restarting per sequence and a block mask: the loss and gradient must be those of the sequences run
+    one by one, on the tiny model and on a small Gemma 3 whose sliding window is shorter than the
+    sequences (so the sliding-window layers are exercised)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    batch = D.packed_batches(seqs, 2600, __import__("random").Random(0))[0]
+    row = D.collate_packed(batch)
+    assert len(batch) > 1 and int((row["segment_ids"] == 0).sum()) > 100  # the system prompt is shared
+    assert row["input_ids"].shape[1] < sum(len(s.input_ids) for s in batch)
+    torch.manual_seed(0)
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation=attention)
+    window = 48
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, sliding_window=window, layer_types=["sliding_attention", "full_attention"],
+        attn_implementation=attention)).float()
+    assert max(len(s.input_ids) for s in batch) > 4 * window
+    for model in (tiny, gemma):
+        separate, packed, expected, got = separate_and_packed(model, batch)
+        assert packed == pytest.approx(separate, abs=1e-4), model.config.model_type
+        assert len(got) == len(expected) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
+    # the window matters here: without it the same row gives another loss
+    gemma.config.sliding_window = 100_000
+    assert abs(separate_and_packed(gemma, batch)[1] - packed) > 1e-4

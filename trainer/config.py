@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.errors import SwespotError
 
-UNITS = ("design", "implementation", "evolution", "runtime", "feedback")
+UNITS = ("design", "implementation", "evolution", "runtime", "feedback", "text")
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -35,6 +35,7 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clipping (0: off)"})
     batch_tokens: int = field(default=8192, metadata={"help": "tokens per micro-batch (padded), length-grouped"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    packing: bool = field(default=True, metadata={"help": "pack each batch into one row (common prefix once, block mask, no padding) instead of padding length-grouped sequences"})
     max_len: int = field(default=4096, metadata={"help": "longest sequence; longer episodes are split at turn boundaries or dropped"})
     # --- LoRA ---
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})

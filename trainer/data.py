@@ -2,9 +2,17 @@
 
 Episodes are rendered with the agent's renderer, the same code inference parses with, and the loss
 covers only what the assistant wrote (reasoning, tool calls, answers, end-of-turn), never the system or
-user turns or tool observations. An episode longer than ``max_len`` is cut at a turn boundary (the
-longest prefix that ends after an assistant turn) so a tool call is never cut in half; if not even the
-first assistant turn fits, the episode is dropped. Both are counted.
+user turns or tool observations. Lengths are counted with the model's own tokenizer after rendering.
+An episode longer than ``max_len`` first has its longest tool observations cut in the middle (head and
+tail kept, ``[… N lines cut …]`` between), which keeps every trained token; if that is not enough it is
+cut at a turn boundary (the longest prefix that ends after an assistant turn) so a tool call is never
+cut in half; if not even the first assistant turn fits, the episode is dropped. All three are counted
+per unit, and a unit that loses most of its episodes to the length limit is an error (``check_lengths``),
+never a silent loss.
+
+Two plain-text forms skip the chat template: the completion form (``agent.episode.completion_episode``:
+loss on the target only, the prefix shortened from its start) and the repository as text
+(``trainer.experience.text``: every token a target, split at line boundaries to fit).
 
 Batches are length-grouped (sequences of similar length padded together, up to a token budget) rather
 than packed: packing on CPU attention kernels would let documents attend to each other.
@@ -45,17 +53,65 @@ class DataStats:
     episodes: Counter = field(default_factory=Counter)  # per unit, read
     sequences: Counter = field(default_factory=Counter)  # per unit, kept
     split: int = 0  # cut at a turn boundary to fit max_len
+    cut: int = 0  # episodes whose long observations were cut in the middle to fit max_len
     dropped_too_long: int = 0
     dropped_no_assistant: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    too_long: Counter = field(default_factory=Counter)  # per unit, dropped for length
+    cut_units: Counter = field(default_factory=Counter)  # per unit, observations cut to fit
+    split_units: Counter = field(default_factory=Counter)  # per unit, cut at a turn boundary to fit
+    trained: Counter = field(default_factory=Counter)  # per unit, trained tokens
+    lengths: dict = field(default_factory=dict)  # per unit: rendered length of each episode before any cut
 
     def to_dict(self) -> dict:
         return {
-            "episodes": dict(self.episodes), "sequences": dict(self.sequences), "split": self.split,
+            "episodes": dict(self.episodes), "sequences": dict(self.sequences), "split": self.split, "cut": self.cut,
             "dropped_too_long": self.dropped_too_long, "dropped_no_assistant": self.dropped_no_assistant,
-            "tokens": self.tokens, "trained_tokens": self.trained_tokens,
+            "tokens": self.tokens, "trained_tokens": self.trained_tokens, "units": self.per_unit(),
         }
+
+    def per_unit(self) -> dict:
+        """Per unit: episodes read, sequences kept, dropped by length, trained tokens, length distribution."""
+        out = {}
+        for unit in sorted(self.episodes):
+            lengths = sorted(self.lengths.get(unit, []))
+            q = lambda f: lengths[min(len(lengths) - 1, int(f * len(lengths)))] if lengths else 0  # noqa: E731
+            out[unit] = {"episodes": self.episodes[unit], "sequences": self.sequences[unit], "dropped_too_long": self.too_long[unit],
+                         "observations_cut": self.cut_units[unit], "split_at_turn": self.split_units[unit],
+                         "trained_tokens": self.trained[unit],
+                         "length": {"p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "max": lengths[-1] if lengths else 0}}
+        return out
+
+    def _keep(self, seq: "Sequence") -> None:
+        self.sequences[seq.unit] += 1
+        self.tokens += len(seq.input_ids)
+        self.trained_tokens += seq.trained_tokens
+        self.trained[seq.unit] += seq.trained_tokens
+
+    def _too_long(self, unit: str) -> None:
+        self.dropped_too_long += 1
+        self.too_long[unit] += 1
+
+
+MAX_LENGTH_LOSS = 0.5  # a unit that loses more than this share of its episodes to max_len is an error
+
+
+def check_lengths(stats: DataStats, max_len: int) -> None:
+    """Raise when a unit loses most of its episodes to the length limit (``check_lengths_table``)."""
+    check_lengths_table(stats.per_unit(), max_len)
+
+
+def check_lengths_table(units: dict, max_len: int) -> None:
+    """Raise when a unit (a row of ``DataStats.per_unit``) loses more than ``MAX_LENGTH_LOSS`` of its
+    episodes to the length limit, naming the unit, the limit and the unit's typical (median) rendered
+    length: raise max_len, or make that unit's episodes shorter."""
+    for unit, row in sorted(units.items()):
+        n, lost = row["episodes"], row["dropped_too_long"]
+        if n and lost > MAX_LENGTH_LOSS * n:
+            raise SwespotError(f"unit {unit!r} loses {lost} of its {n} episodes to the length limit: max_len is {max_len} "
+                               f"tokens and its typical episode renders to {row['length']['p50']} tokens (even with long "
+                               f"observations cut); raise max_len or shorten the unit's episodes")
 
 
 def episode_files(data_dir: Path) -> list[Path]:
@@ -103,7 +159,7 @@ def encode_completion(episode: dict, tokenizer, max_len: int) -> tuple[list[int]
     completion prompts the model, the loss on the target; the prefix loses tokens from its start (after
     the special tokens) to fit ``max_len``. None when the target alone does not fit."""
     prefix, target = episode["messages"][0]["content"], episode["messages"][1]["content"]
-    head = list(tokenizer("", add_special_tokens=True)["input_ids"])  # BOS, as llama.cpp adds it
+    head = _bos(tokenizer)
     body = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     goal = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     room = max_len - len(head) - len(goal)
@@ -113,52 +169,167 @@ def encode_completion(episode: dict, tokenizer, max_len: int) -> tuple[list[int]
     return head + body + goal, [IGNORE] * (len(head) + len(body)) + goal
 
 
+def _bos(tokenizer) -> list[int]:
+    return list(tokenizer("", add_special_tokens=True)["input_ids"])  # BOS, as llama.cpp adds it
+
+
+def encode_text(episode: dict, tokenizer, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """The repository as text (trainer.experience.text): BOS, then ``header + chunk`` with every token a
+    target. A chunk that does not fit ``max_len`` is split again at line boundaries, the header repeated
+    on each piece (a single line longer than the window is split between tokens)."""
+    head_text, body = episode["messages"][0]["content"], episode["messages"][1]["content"]
+    bos = _bos(tokenizer)
+    room = max_len - len(bos) - len(tokenizer(head_text, add_special_tokens=False)["input_ids"])
+    out = []
+    lines = body.splitlines(keepends=True)
+    start = 0
+    while start < len(lines):
+        # the most lines from ``start`` whose tokens fit: grow by halving steps, then check exactly
+        end, step = start + 1, max(1, len(lines) - start)
+        while step:
+            if end + step <= len(lines) and _count(tokenizer, "".join(lines[start:end + step])) <= room:
+                end += step
+            else:
+                step //= 2
+        ids = list(tokenizer(head_text + "".join(lines[start:end]), add_special_tokens=False)["input_ids"])
+        while len(ids) > max_len - len(bos) and end - start > 1:  # header and lines tokenized together: exact
+            end -= 1
+            ids = list(tokenizer(head_text + "".join(lines[start:end]), add_special_tokens=False)["input_ids"])
+        for k in range(0, len(ids), max_len - len(bos)):  # only a single over-long line needs more than one
+            piece = bos + ids[k:k + max_len - len(bos)]
+            out.append((piece, [IGNORE] * len(bos) + piece[len(bos):]))
+        start = end
+    return out
+
+
+def _count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+CUT_MARK = "[… {n} lines cut …]"
+MIN_KEPT_LINES = 8  # an observation keeps at least this many lines (half head, half tail)
+MAX_CUT_ROUNDS = 4
+
+
+def cut_middle(text: str, keep: int) -> str:
+    """``text`` with its middle lines replaced by one marker line, keeping ``keep`` lines (head and tail)."""
+    lines = text.split("\n")
+    if keep >= len(lines) - 1:
+        return text
+    head = (keep + 1) // 2
+    tail = keep - head
+    return "\n".join(lines[:head] + [CUT_MARK.format(n=len(lines) - keep)] + (lines[-tail:] if tail else []))
+
+
+def fit_observations(messages: list, tools: list, tokenizer, render: Render, max_len: int):
+    """Cut the longest tool observations in the middle until the rendered episode fits ``max_len``:
+    (ids, labels, cut messages) or None when the observations cannot be cut enough."""
+    messages = [dict(m) for m in messages]
+    for _ in range(MAX_CUT_ROUNDS):
+        ids, labels = encode_messages(messages, tools, tokenizer, render)
+        excess = len(ids) - max_len
+        if excess <= 0:
+            return ids, labels, messages
+        obs = [(i, m["content"]) for i, m in enumerate(messages) if m.get("role") == "tool" and m.get("content")]
+        sizes = {i: _count(tokenizer, text) for i, text in obs}
+        lines = {i: text.count("\n") + 1 for i, text in obs}
+        cuttable = {i: sizes[i] * max(0, lines[i] - MIN_KEPT_LINES - 1) / lines[i] for i in sizes}
+        if sum(cuttable.values()) < excess:
+            return None
+        # water-filling: the largest observations shrink first, to a common size ``cap``
+        need = excess + 8 * len(obs)  # room for the markers
+        cap = max(sizes.values())
+        while cap > 0 and sum(max(0, s - cap) for s in sizes.values()) < need:
+            cap = int(cap * 0.9)
+        changed = False
+        for i, text in obs:
+            if sizes[i] > cap and lines[i] > MIN_KEPT_LINES + 1:
+                keep = max(MIN_KEPT_LINES, int(lines[i] * cap / sizes[i]))
+                messages[i]["content"] = cut_middle(text, keep)
+                changed = changed or messages[i]["content"] != text
+        if not changed:
+            return None
+    ids, labels = encode_messages(messages, tools, tokenizer, render)
+    return (ids, labels, messages) if len(ids) <= max_len else None
+
+
 def encode_episode(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats) -> Sequence | None:
+    seqs = encode_episode_all(episode, tokenizer, render, max_len, stats)
+    return seqs[0] if seqs else None
+
+
+def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats) -> list[Sequence]:
+    """The sequences of one episode (several only for a long ``text`` chunk), counted in ``stats``."""
+    from trainer.experience.text import TEXT
+
     messages, tools = episode["messages"], episode.get("tools") or []
     unit = episode.get("unit", "unknown")
-    if (episode.get("meta") or {}).get("format") == "completion":
+    form = (episode.get("meta") or {}).get("format")
+    if form == TEXT:
+        seqs = [Sequence(ids, labels, unit, str(episode.get("id", ""))) for ids, labels in encode_text(episode, tokenizer, max_len)]
+        stats.lengths.setdefault(unit, []).append(sum(len(s.input_ids) for s in seqs))
+        for seq in seqs:
+            stats._keep(seq)
+        return seqs
+    if form == "completion":
         encoded = encode_completion(episode, tokenizer, max_len)
         if encoded is None:
-            stats.dropped_too_long += 1
-            return None
-        seq = Sequence(*encoded, unit, str(episode.get("id", "")))
-        stats.sequences[unit] += 1
-        stats.tokens += len(seq.input_ids)
-        stats.trained_tokens += seq.trained_tokens
-        return seq
+            stats.lengths.setdefault(unit, []).append(_count(tokenizer, "".join(m["content"] for m in messages)))
+            stats._too_long(unit)
+            return []
+        stats.lengths.setdefault(unit, []).append(len(encoded[0]))  # the prefix is cut to fit by design
+        seqs = [Sequence(*encoded, unit, str(episode.get("id", "")))]
+        for seq in seqs:
+            stats._keep(seq)
+        return seqs
     ends = [i + 1 for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if not ends:
         stats.dropped_no_assistant += 1
-        return None
+        return []
     ids, labels = encode_messages(messages, tools, tokenizer, render)
+    stats.lengths.setdefault(unit, []).append(len(ids))
     if len(ids) > max_len:
-        # longest prefix that ends right after an assistant turn and fits
-        for end in reversed(ends[:-1]):
-            ids, labels = encode_messages(messages[:end], tools, tokenizer, render)
-            if len(ids) <= max_len:
-                stats.split += 1
-                break
+        fitted = fit_observations(messages, tools, tokenizer, render, max_len)
+        if fitted is not None:
+            ids, labels, messages = fitted
+            stats.cut += 1
+            stats.cut_units[unit] += 1
         else:
-            stats.dropped_too_long += 1
-            return None
+            # the longest prefix that ends right after an assistant turn and fits (lengths grow with the
+            # prefix: a binary search over the turn ends)
+            lo, hi, best = 0, len(ends) - 2, None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                encoded = encode_messages(messages[:ends[mid]], tools, tokenizer, render)
+                if len(encoded[0]) <= max_len:
+                    best, lo = encoded, mid + 1
+                else:
+                    hi = mid - 1
+            if best is None:
+                stats._too_long(unit)
+                return []
+            ids, labels = best
+            stats.split += 1
+            stats.split_units[unit] += 1
     seq = Sequence(ids, labels, unit, str(episode.get("id", "")))
     if seq.trained_tokens == 0:
         stats.dropped_no_assistant += 1
-        return None
-    stats.sequences[unit] += 1
-    stats.tokens += len(ids)
-    stats.trained_tokens += seq.trained_tokens
-    return seq
+        return []
+    stats._keep(seq)
+    return [seq]
 
 
-def encode_all(episodes: Iterable[dict], tokenizer, render: Render, max_len: int, stats: DataStats | None = None):
+def encode_all(episodes: Iterable[dict], tokenizer, render: Render, max_len: int, stats: DataStats | None = None, *,
+               check: bool = True):
+    """Every episode's sequences and the statistics; with ``check``, a unit that loses most of its
+    episodes to ``max_len`` raises (``check_lengths``)."""
     stats = stats or DataStats()
     out = []
     for episode in episodes:
         stats.episodes[episode.get("unit", "unknown")] += 1
-        seq = encode_episode(episode, tokenizer, render, max_len, stats)
-        if seq is not None:
-            out.append(seq)
+        out.extend(encode_episode_all(episode, tokenizer, render, max_len, stats))
+    if check:
+        check_lengths(stats, max_len)
     return out, stats
 
 
@@ -203,25 +374,101 @@ def length_grouped_batches(sequences: list[Sequence], batch_tokens: int, rng: ra
 
 
 def collate(batch: list[Sequence], pad_id: int):
-    """Right-padded tensors: input_ids, attention_mask, labels (padding never trained)."""
+    """Right-padded tensors: input_ids, attention_mask, labels (padding never trained); each sequence
+    ends at its last trained token (``trained_end``)."""
     import torch
 
-    width = max(len(s.input_ids) for s in batch)
+    width = max(trained_end(s) for s in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, seq in enumerate(batch):
-        n = len(seq.input_ids)
-        ids[row, :n] = torch.tensor(seq.input_ids)
-        labels[row, :n] = torch.tensor(seq.labels)
+        n = trained_end(seq)
+        ids[row, :n] = torch.tensor(seq.input_ids[:n])
+        labels[row, :n] = torch.tensor(seq.labels[:n])
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def trained_end(seq: Sequence) -> int:
+    """Length of ``seq`` up to its last trained token: the tokens after it get no loss and, the attention
+    being causal, change nothing before them, so they are never computed."""
+    return max(i for i, label in enumerate(seq.labels) if label != IGNORE) + 1
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def packed_batches(sequences: list[Sequence], batch_tokens: int, rng: random.Random) -> list[list[Sequence]]:
+    """Shuffle, sort windows of 64 by their tokens (neighbours then share the longest prefixes: the system
+    prompt and tool schemas of agent episodes, a file's head for completions), and fill each batch up to
+    ``batch_tokens`` positions of one packed row: the batch's common prefix once, then each sequence's
+    rest up to its last trained token (``collate_packed``). The batches are shuffled."""
+    order = sequences[:]
+    rng.shuffle(order)
+    batches: list[list[Sequence]] = []
+    for w in range(0, len(order), 64):
+        window = sorted(order[w : w + 64], key=lambda s: s.input_ids)
+        batch: list[Sequence] = []
+        ends: list[int] = []
+        shared = 0
+        for seq in window:
+            end = trained_end(seq)
+            if batch:
+                narrower = min(shared, common_prefix(batch[0].input_ids, seq.input_ids), end - 1)
+                if narrower + sum(e - narrower for e in ends) + end - narrower <= batch_tokens:
+                    batch.append(seq)
+                    ends.append(end)
+                    shared = narrower
+                    continue
+                batches.append(batch)
+            batch, ends, shared = [seq], [end], end - 1
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_packed(batch: list[Sequence]):
+    """One row holding the batch's sequences without padding: their common prefix once, then each one's
+    rest (up to its last trained token). ``position_ids`` restart at 0 for each sequence (the prefix is
+    every sequence's start), ``segment_ids`` are 0 on the shared prefix and i+1 on sequence i's rest: a
+    token sees the earlier tokens of its own segment and of the prefix (``packed_attention_masks``).
+    ``predict_at`` and ``targets`` pair each trained token with the row position that predicts it (the
+    prefix's last position may predict one token per sequence)."""
+    import torch
+
+    ends = [trained_end(s) for s in batch]
+    shared = min([e - 1 for e in ends] + [common_prefix(batch[0].input_ids, s.input_ids) for s in batch[1:]])
+    ids, pos, seg = list(batch[0].input_ids[:shared]), list(range(shared)), [0] * shared
+    predict_at: list[int] = []
+    targets: list[int] = []
+    for i, (s, end) in enumerate(zip(batch, ends)):
+        start = len(ids)
+        ids.extend(s.input_ids[shared:end])
+        pos.extend(range(shared, end))
+        seg.extend([i + 1] * (end - shared))
+        for j in range(1, end):
+            if s.labels[j] != IGNORE:
+                predict_at.append(j - 1 if j - 1 < shared else start + j - 1 - shared)
+                targets.append(s.labels[j])
+    as_row = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731
+    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "segment_ids": as_row(seg),
+            "predict_at": torch.tensor(predict_at, dtype=torch.long), "targets": torch.tensor(targets, dtype=torch.long)}
 
 
 def epoch_batches(sequences, replay, cfg, epoch: int) -> list[list[Sequence]]:
     """Deterministic given (seed, epoch): a resumed run sees exactly the batches it would have seen."""
     rng = random.Random(f"{cfg.seed}:{epoch}")
-    return length_grouped_batches(mix(sequences, cfg.unit_weights, replay, cfg.replay_share, rng), cfg.batch_tokens, rng)
+    epoch_seqs = mix(sequences, cfg.unit_weights, replay, cfg.replay_share, rng)
+    if getattr(cfg, "packing", False):
+        return packed_batches(epoch_seqs, cfg.batch_tokens, rng)
+    return length_grouped_batches(epoch_seqs, cfg.batch_tokens, rng)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

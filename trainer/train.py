@@ -9,6 +9,7 @@ length-grouped batches by process rank.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -77,6 +78,34 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
+def packed_attention_masks(config, position_ids, segment_ids, dtype) -> dict:
+    """The attention masks of a packed row (``data.collate_packed``), one per layer type, as the model's
+    forward takes them ready-made: a query sees a key when the key is on the shared prefix or in its own
+    segment, at a position not after its own, and, on sliding-window layers, less than the window back.
+    Explicit 4-D masks run on every device with eager and sdpa attention (varlen kernels are GPU-only)."""
+    import torch
+
+    pos_q, pos_k = position_ids[:, None, :, None], position_ids[:, None, None, :]
+    seg_q, seg_k = segment_ids[:, None, :, None], segment_ids[:, None, None, :]
+    visible = (pos_k <= pos_q) & ((seg_k == seg_q) | (seg_k == 0))
+    masks = {}
+    for kind in set(getattr(config, "layer_types", None) or ["full_attention"]):
+        mask = visible
+        if kind == "sliding_attention":
+            mask = visible & (pos_k > pos_q - config.sliding_window)
+        elif kind != "full_attention":
+            raise SwespotError(f"packing does not know attention layers of type {kind!r}; train with packing off")
+        if config._attn_implementation == "eager":  # additive
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        masks[kind] = mask
+    return masks
+
+
+def packable(model) -> bool:
+    """Whether the model takes explicit 4-D masks: eager or sdpa attention (not flash/flex kernels)."""
+    return model.config._attn_implementation in ("eager", "sdpa", None)
+
+
 def trained_token_loss(model, tensors: dict):
     """Mean cross-entropy over the trained (assistant) tokens, projecting onto the vocabulary only at the
     positions that predict one. The system prompt, tool schemas and observations are most of every
@@ -84,6 +113,8 @@ def trained_token_loss(model, tensors: dict):
     loss is the same as the model's own (shifted labels, mean over trained tokens)."""
     import torch
 
+    if "predict_at" in tensors:  # a packed row
+        return packed_loss(model, tensors)
     targets = tensors["labels"][:, 1:]
     keep = (targets != D.IGNORE).any(dim=0).nonzero().squeeze(1)
     if keep.numel() == 0:
@@ -110,6 +141,19 @@ def steps_for_budget(cfg: TrainConfig, sequences, replay, processes: int) -> int
             if trained >= cfg.max_trained_tokens or (cfg.steps and steps >= cfg.steps):
                 return steps
         epoch += 1
+
+
+def packed_loss(model, tensors: dict):
+    """``trained_token_loss`` of a packed row: the same mean over the trained tokens of its sequences."""
+    import torch
+
+    keep, which = torch.unique(tensors["predict_at"], return_inverse=True)
+    config = model.config
+    dtype = next(p for p in model.parameters()).dtype
+    masks = packed_attention_masks(config, tensors["position_ids"], tensors["segment_ids"], dtype)
+    logits = model(input_ids=tensors["input_ids"], position_ids=tensors["position_ids"], attention_mask=masks,
+                   logits_to_keep=keep).logits[0]
+    return torch.nn.functional.cross_entropy(logits[which].float(), tensors["targets"])
 
 
 def peak_memory_mb(device: str) -> float:
@@ -219,6 +263,10 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     accelerator = Accelerator(
         cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
         gradient_accumulation_steps=cfg.grad_accum)
+    if cfg.packing and not packable(model):
+        _say(f"{model.config._attn_implementation} attention takes no explicit masks: batches are padded, not packed")
+        cfg = dataclasses.replace(cfg, packing=False)
+    packing = cfg.packing
     per_epoch = len(D.epoch_batches(sequences, replay, cfg, 0))
     total_steps = D.steps_for(cfg, max(1, per_epoch // accelerator.num_processes))
     if cfg.max_trained_tokens:
@@ -260,7 +308,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         index += 1
         if (index - 1) % accelerator.num_processes != accelerator.process_index:
             continue  # another rank's batch
-        tensors = {k: v.to(accelerator.device) for k, v in D.collate(batch, pad_id).items()}
+        tensors = {k: v.to(accelerator.device) for k, v in (D.collate_packed(batch) if packing else D.collate(batch, pad_id)).items()}
         with accelerator.accumulate(model):
             loss = trained_token_loss(model, tensors)
             accelerator.backward(loss)
@@ -269,10 +317,11 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        n_trained = int((tensors["labels"][:, 1:] != D.IGNORE).sum())  # a first token is never predicted
+        n_trained = sum(s.trained_tokens for s in batch)
         window_loss += loss.detach().item() * n_trained
         window_tokens += n_trained
-        state["tokens"] += int(tensors["attention_mask"].sum())
+        state["tokens"] += sum(D.trained_end(s) for s in batch)  # what each sequence's loss saw
+        state["computed_tokens"] = state.get("computed_tokens", 0) + tensors["input_ids"].numel()
         state["trained_tokens"] += n_trained
         if not accelerator.sync_gradients:
             continue
@@ -306,6 +355,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     report = {
         "steps": state["step"], "total_steps": total_steps, "max_trained_tokens": cfg.max_trained_tokens,
         "tokens": state["tokens"], "trained_tokens": state["trained_tokens"], "seconds": round(state["seconds"], 2),
+        "computed_tokens": state.get("computed_tokens", 0), "packing": packing,
         "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
         "tokens_per_min": round(state["tokens"] / minutes, 1),
         "trained_tokens_per_min": round(state["trained_tokens"] / minutes, 1),
