@@ -14,8 +14,10 @@ Two plain-text forms skip the chat template: the completion form (``agent.episod
 loss on the target only, the prefix shortened from its start) and the repository as text
 (``trainer.experience.text``: every token a target, split at line boundaries to fit).
 
-Batches are length-grouped (sequences of similar length padded together, up to a token budget) rather
-than packed: packing on CPU attention kernels would let documents attend to each other.
+Batches are packed (``packed_batches``/``collate_packed``: one row per batch, the batch's common prefix
+computed once, per-sequence positions and a block mask so no sequence sees another) or length-grouped
+(sequences of similar length padded together, up to a token budget). Either way a sequence ends at its
+last trained token: what follows it gets no loss and changes nothing before it.
 """
 
 from __future__ import annotations
