@@ -13,32 +13,94 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = esub.add_parser("build", help="build (incrementally) the Repository-Centric Experience of a repository")
     q.add_argument("--repo", type=Path, default=Path("."))
     q.add_argument("--cutoff", default="HEAD", help="learn only from this commit and its history")
-    q.add_argument("--units", default="design,implementation,evolution",
-                   help="comma-separated: design, implementation, evolution, runtime (runtime runs the tests)")
+    q.add_argument("--profile", help="take the experience settings (units, targets, budgets) and max_len of a specialize "
+                                     "profile: tiny, quick, full")
+    q.add_argument("--units", help="comma-separated: design, implementation, evolution, runtime (runs the tests), text "
+                                   "(default: the profile's, else design,implementation,evolution,text)")
+    q.add_argument("--targets", help="episodes per unit, e.g. design=200,evolution=200 (the balanced mix; default: the profile's)")
     q.add_argument("--out", type=Path, help="output folder (default: the repository's state folder/experience)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--max-commits", type=int, help="replay at most this many commits")
+    q.add_argument("--max-commits", type=int, help="replay at most this many commits (the newest before the cutoff)")
     q.add_argument("--run-tests", action="store_true", help="run the relevant tests inside episodes (sandboxed, slower)")
+    q.add_argument("--fit", default="auto", help="count rendered lengths and trained tokens with this model's tokenizer: "
+                                                 "default, a local HF folder, none, or auto (the default model when it is "
+                                                 "prepared); a unit that loses most episodes to max_len is an error")
+    q.add_argument("--max-len", type=int, help="training window for --fit (default: the profile's, else 1024)")
     q.add_argument("--json", action="store_true", help="print the build statistics as JSON")
     q.set_defaults(func=cmd_build)
 
 
+def _targets(text: str | None) -> dict:
+    from agent.errors import SwespotError
+
+    out = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        unit, _, n = item.partition("=")
+        if not n.strip().isdigit():
+            raise SwespotError(f"--targets wants unit=count pairs, e.g. design=200; got {item!r}")
+        out[unit.strip()] = int(n)
+    return out
+
+
+def _tokenizer(fit: str):
+    """The tokenizer --fit names, or None (never downloads: a folder on disk or the prepared default)."""
+    from agent.errors import SwespotError
+
+    if fit == "none":
+        return None
+    from trainer.default_model import default_hf_dir
+
+    where = default_hf_dir() if fit in ("default", "auto") else Path(fit)
+    if not (where / "config.json").is_file() and not (where / "tokenizer.json").is_file():
+        if fit == "auto":
+            return None
+        raise SwespotError(f"no tokenizer at {where} (for the default model run `swespot model prepare-default`)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(where)
+
+
 def cmd_build(args) -> int:
-    from trainer.experience.build import BuildOptions, build_experience
+    from trainer.experience.build import BuildOptions, build_experience, fit_report, format_table
     from trainer.store import state_dir
 
     out = args.out or state_dir(args.repo) / "experience"
-    opts = BuildOptions(cutoff=args.cutoff, units=tuple(u.strip() for u in args.units.split(",") if u.strip()), seed=args.seed,
-                        max_commits=args.max_commits, run_tests=args.run_tests, progress=not args.json)
+    settings, max_len = {}, 1024
+    if args.profile:
+        from trainer.pipeline import profile_settings
+
+        profile = profile_settings(args.profile)
+        settings = dict(profile["experience"])
+        max_len = profile.get("train", {}).get("max_len", max_len)
+    max_len = args.max_len or max_len
+    if args.units:
+        settings["units"] = args.units.split(",")
+    settings["units"] = tuple(u.strip() for u in settings.get("units", ("design", "implementation", "evolution", "text")) if u.strip())
+    if args.targets:
+        settings["targets"] = _targets(args.targets)
+    if args.max_commits:
+        settings["max_commits"] = args.max_commits
+    settings.setdefault("text_chunk_tokens", max_len)
+    opts = BuildOptions(cutoff=args.cutoff, seed=args.seed, run_tests=args.run_tests or settings.pop("run_tests", False),
+                        progress=not args.json, **settings)
     result = build_experience(args.repo, out, opts)
+    tokenizer = _tokenizer(args.fit)
+    if tokenizer is not None:
+        result.fit = fit_report(out, opts.units, tokenizer, max_len, check=False)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    print(f"experience: {result.out}  (cutoff {result.cutoff[:10]}, {result.seconds:.1f} s; shards made {result.shards_made}, "
-          f"reused {result.shards_reused}, removed {result.shards_removed})")
-    for unit, s in result.stats.items():
-        rejected = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
-        print(f"  {unit:15s} {s['episodes_on_disk']:6d} episodes ({s['made']} new, {s['verified']} verified); rejected: {rejected}")
-    if result.excluded:
-        print("  files excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(result.excluded.items())))
+    else:
+        print(f"experience: {result.out}  (cutoff {result.cutoff[:10]}, {result.seconds:.1f} s; shards made {result.shards_made}, "
+              f"reused {result.shards_reused}, removed {result.shards_removed})")
+        print("\n".join(format_table(result.to_dict()["table"])))
+        if tokenizer is None:
+            print("  (lengths not counted: no tokenizer; give --fit default or --fit HF_DIR)")
+        else:
+            print(f"  (lengths in {type(tokenizer).__name__} tokens after rendering, max_len {max_len})")
+        if result.excluded:
+            print("  files excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(result.excluded.items())))
+    if tokenizer is not None:
+        from trainer import data as D
+
+        D.check_lengths_table(result.fit, max_len)
     return 0

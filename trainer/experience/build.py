@@ -14,6 +14,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +23,13 @@ from agent.errors import SwespotError
 from agent.index import ParseCache, RepoIndex, is_test_file
 from agent.tools import CommandPolicy, Workspace
 from trainer.experience import history as H
+from trainer.experience import text as T
 from trainer.experience import units as U
 from trainer.experience.files import ignored_paths, select_files
 from trainer.experience.snapshot import Snapshot
 from trainer.experience.testenv import repo_environment
 
-UNITS = ("design", "implementation", "evolution", "runtime")
+UNITS = ("design", "implementation", "evolution", "runtime", "text")
 STATIC_UNITS = ("design", "implementation", "evolution")
 MANIFEST = "experience.json"
 
@@ -42,6 +44,10 @@ class BuildOptions:
     max_commits: int | None = None
     run_tests: bool = False  # execute tests inside episodes (sandboxed; slower)
     max_mutations: int = 20  # runtime unit: functions mutated to see which tests fail (2 test runs each)
+    # the balanced mix: at most this many episodes per unit (absent or 0: no cap); files are taken in a
+    # seeded order and commits newest first until a unit's target is met (the paper: 2,048 each)
+    targets: dict = field(default_factory=dict)
+    text_chunk_tokens: int = 1024  # unit "text": about this many tokens per chunk (the training max_len)
     progress: bool = True
 
 
@@ -55,11 +61,59 @@ class BuildResult:
     shards_removed: int = 0
     seconds: float = 0.0
     excluded: dict = field(default_factory=dict)
+    fit: dict | None = None  # per unit, from ``fit_report``: sequences, dropped by length, trained tokens, lengths
 
     def to_dict(self) -> dict:
         return {"out": str(self.out), "cutoff": self.cutoff, "units": self.stats, "excluded_files": self.excluded,
                 "shards": {"made": self.shards_made, "reused": self.shards_reused, "removed": self.shards_removed},
-                "seconds": round(self.seconds, 2)}
+                "seconds": round(self.seconds, 2), "table": unit_table(self.stats, self.fit)}
+
+
+def unit_table(build_stats: dict, fit: dict | None = None) -> dict:
+    """What each unit made, verified and dropped (and why), and, with the tokenizer's counts (``fit``),
+    how many episodes the length limit dropped, the trained tokens and the rendered length distribution."""
+    rows = {}
+    for unit in sorted(set(build_stats) | set(fit or {})):
+        b, f = build_stats.get(unit, {}), (fit or {}).get(unit, {})
+        rows[unit] = {"episodes": b.get("episodes_on_disk", f.get("episodes", 0)), "made": b.get("made", 0),
+                      "verified": b.get("verified", 0), "dropped": dict(b.get("rejected", {})),
+                      "dropped_by_length": f.get("dropped_too_long"), "observations_cut": f.get("observations_cut"),
+                      "split_at_turn": f.get("split_at_turn"), "trained_tokens": f.get("trained_tokens"), "length": f.get("length")}
+    return rows
+
+
+def format_table(rows: dict) -> list[str]:
+    """The unit table as text lines (``swespot experience build`` prints it)."""
+    lines = [f"  {'unit':15s} {'episodes':>8s} {'new':>6s} {'verified':>8s} {'by length':>9s} {'cut/split':>9s} {'trained tok':>11s}  "
+             f"{'length p10/p50/p90/max':22s}  dropped while building"]
+    for unit, r in rows.items():
+        length = "/".join(str(r["length"][k]) for k in ("p10", "p50", "p90", "max")) if r["length"] else "-"
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(r["dropped"].items(), key=lambda kv: -kv[1])) or "none"
+        by_length = "-" if r["dropped_by_length"] is None else str(r["dropped_by_length"])
+        cut = "-" if r["observations_cut"] is None else f"{r['observations_cut']}/{r['split_at_turn']}"
+        trained = "-" if r["trained_tokens"] is None else str(r["trained_tokens"])
+        lines.append(f"  {unit:15s} {r['episodes']:8d} {r['made']:6d} {r['verified']:8d} {by_length:>9s} {cut:>9s} {trained:>11s}  "
+                     f"{length:22s}  {dropped}")
+    return lines
+
+
+def fit_report(out: Path, units, tokenizer, max_len: int, *, check: bool = True) -> dict:
+    """Render every episode of ``units`` on disk with the model's own tokenizer and renderer, as training
+    will (observations cut in the middle to fit, ``trainer/data.py``), and return the per-unit counts;
+    with ``check``, a unit that loses most of its episodes to ``max_len`` raises SwespotError."""
+    from agent.episode import load_episodes
+    from agent.render import Renderer
+    from trainer import data as D
+
+    render = Renderer.for_template(getattr(tokenizer, "chat_template", None)).render_with_spans
+    episodes = [ep for unit in units for shard in sorted((Path(out) / unit).glob("*.jsonl")) for ep in load_episodes(shard)]
+    _, stats = D.encode_all(episodes, tokenizer, render, max_len, check=False)
+    table = stats.per_unit()
+    for unit in table:
+        table[unit]["max_len"] = max_len
+    if check:
+        D.check_lengths(stats, max_len)
+    return table
 
 
 def _digest(*parts) -> str:
@@ -88,6 +142,29 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
         text, _why = decode_text(path.read_bytes())
         if rel in ignored or text is None or vendored_or_generated(rel, text) or secret_reason(rel, text):
             path.unlink()
+
+
+def _full(opts: BuildOptions, counts: Counter, unit: str) -> bool:
+    """Whether ``unit`` has reached its target number of episodes (the balanced mix)."""
+    target = (opts.targets or {}).get(unit)
+    return bool(target) and counts[unit] >= target
+
+
+def _claim(out: Path, unit: str, key: str, wanted: dict, counts: Counter, result: "BuildResult") -> Path | None:
+    """Mark a shard as wanted; a shard already on disk is reused (its episodes counted against the
+    unit's target) and None is returned; else the path to write it to."""
+    wanted[unit].add(key)
+    shard = out / unit / f"{key}.jsonl"
+    if shard.exists():
+        result.shards_reused += 1
+        counts[unit] += _episodes_in(shard)
+        return None
+    return shard
+
+
+def _episodes_in(shard: Path) -> int:
+    with open(shard, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 def why_none(unit_stats: dict) -> str:
@@ -146,9 +223,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         index = ws.index()
         runner = U.pytest_runner(ws) if opts.run_tests else None
         work = []
-        for path in sorted(index.files):
-            if path not in allowed:
-                continue
+        counts: Counter = Counter()  # episodes per unit kept so far (reused shards included), against the targets
+        for path in T.file_order([p for p in index.files if p in allowed], opts.seed, H.is_code):
             if "design" in opts.units:
                 work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path], _file_facts(index, path))))
             if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
@@ -157,10 +233,10 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                                                               path, blobs[path], [blobs.get(t) for t in tests], opts.run_tests)))
         bar = tqdm(work, desc="experience: design/implementation", unit="file", disable=not opts.progress, file=sys.stderr)
         for unit, path, key in bar:
-            wanted[unit].add(key)
-            shard = out / unit / f"{key}.jsonl"
-            if shard.exists():
-                result.shards_reused += 1
+            if _full(opts, counts, unit):
+                continue
+            shard = _claim(out, unit, key, wanted, counts, result)
+            if shard is None:
                 continue
             rng = random.Random(f"{opts.seed}:{unit}:{path}")
             if unit == "design":
@@ -168,8 +244,24 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
             else:
                 episodes = U.implementation_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.implementations_per_file,
                                                      test_runner=runner)
-            save_episodes(shard, episodes, dropped=stats[unit].rejected)
+            counts[unit] += save_episodes(shard, episodes, dropped=stats[unit].rejected)
             result.shards_made += 1
+
+        if "text" in opts.units:
+            texts = {f.path: f.text for f in selection.files if T.is_text_file(f.path)}
+            for path in tqdm(T.file_order(list(texts), opts.seed, H.is_code), desc="experience: text", unit="file",
+                             disable=not opts.progress, file=sys.stderr):
+                if _full(opts, counts, "text"):
+                    break
+                shard = _claim(out, "text", _digest(T.TEXT_VERSION, "text", path, blobs[path], opts.text_chunk_tokens),
+                               wanted, counts, result)
+                if shard is None:
+                    continue
+                episodes = T.text_episodes(path, texts[path], cutoff, opts.text_chunk_tokens)
+                for episode in episodes:
+                    stats["text"].add(episode)
+                counts["text"] += save_episodes(shard, episodes, dropped=stats["text"].rejected)
+                result.shards_made += 1
 
         if "evolution" in opts.units:
             hstats = H.HistoryStats()
@@ -179,28 +271,28 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
             touched = {sha: sorted({p for e in entries for p in (e.old_path, e.new_path) if p}) for sha, entries in raw.items()}
             # bug re-introduction works on today's (cutoff) code, before the snapshot moves back in time
             for commit, parent in candidates:
+                if _full(opts, counts, "evolution"):
+                    break
                 paths = touched.get(commit.hexsha, [])
                 if not U._FIX.search(commit.summary) or not paths or not all(p in allowed for p in paths if p in blobs):
                     continue
-                key = _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [blobs.get(p) for p in paths])
-                wanted["evolution"].add(key)
-                shard = out / "evolution" / f"{key}.jsonl"
-                if shard.exists():
-                    result.shards_reused += 1
+                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [blobs.get(p) for p in paths]),
+                               wanted, counts, result)
+                if shard is None:
                     continue
                 change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []), skip_trivial=True)
                 episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
-                save_episodes(shard, [episode] if episode else [], dropped=stats["evolution"].rejected)
+                counts["evolution"] += save_episodes(shard, [episode] if episode else [], dropped=stats["evolution"].rejected)
                 result.shards_made += 1
-            todo = []
-            for commit, parent in candidates:
-                key = _digest(U.GENERATOR_VERSION, "replay", commit.hexsha, opts.run_tests)
-                wanted["evolution"].add(key)
-                if (out / "evolution" / f"{key}.jsonl").exists():
-                    result.shards_reused += 1
-                else:
-                    todo.append((commit, parent, key))
-            for commit, parent, key in tqdm(todo, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr):
+            bar = tqdm(candidates, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr)
+            for commit, parent in bar:
+                if _full(opts, counts, "evolution"):
+                    hstats.skipped["over the unit's target"] += 1
+                    continue
+                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "replay", commit.hexsha, opts.run_tests),
+                               wanted, counts, result)
+                if shard is None:
+                    continue
                 change = H.change_of(commit, parent, hstats, raw=raw.get(commit.hexsha, []), skip_trivial=True)
                 episode = None
                 if change is not None:
@@ -218,8 +310,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                     ws.invalidate(touched_now)
                     ws.forget_changes()
                 completions = U.hunk_completions(change, stats["evolution"], allowed) if change is not None else []
-                save_episodes(out / "evolution" / f"{key}.jsonl", ([episode] if episode else []) + completions,
-                              dropped=stats["evolution"].rejected)
+                counts["evolution"] += save_episodes(shard, ([episode] if episode else []) + completions,
+                                                     dropped=stats["evolution"].rejected)
                 result.shards_made += 1
             for reason, n in hstats.skipped.items():
                 stats["evolution"].rejected[f"commit skipped: {reason}"] += n

@@ -1,0 +1,83 @@
+"""The repository itself as text: unit ``text`` (continued pre-training on the learnable files).
+
+The loss covers what the model writes, so code that only appears in tool observations never reaches the
+weights; this unit puts the files themselves into trained tokens, the densest signal per CPU second.
+
+The one format contract (``meta.format == "text"``), written here and read by ``trainer/data.py``:
+
+    {"unit": "text", "messages": [{"role": "user", "content": "# path: src/click/core.py\\n"},
+                                  {"role": "assistant", "content": <lines start_line..end_line of the file>}],
+     "tools": [], "verified": {"ok": true, "exact_file_text": true},
+     "meta": {"format": "text", "path", "start_line", "end_line", "chunk", "chunks"}}
+
+trained as plain text (no chat template): BOS, then ``header + chunk``, **every token after BOS a
+target**, header included. The chunks of one file, in order, are its text exactly (split at line
+boundaries). Chunks are sized at build time with a cheap estimate (``CHARS_PER_TOKEN``) to about
+``chunk_tokens``; ``data.py`` counts exactly with the model's tokenizer and splits a chunk that still
+does not fit ``max_len`` at line boundaries again (the header repeated), so nothing is dropped for length.
+
+The files are the same selection as the other units (tracked, not ignored, not secret, not vendored,
+generated or binary: ``files.select_files``). Shards are content-addressed per file (the blob, the chunk
+size and ``TEXT_VERSION``); how many chunks a build keeps is the profile's target for the unit, taken
+over the files in a seeded order, code files first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import PurePosixPath
+
+from agent.episode import new_episode
+
+TEXT = "text"  # meta.format and unit name
+TEXT_VERSION = 1
+CHARS_PER_TOKEN = 3.2  # Gemma's tokenizer: ~3.5 characters per token on Python and docs of three real repositories
+HEADER = "# path: {path}\n"
+
+
+def header(path: str) -> str:
+    return HEADER.format(path=path)
+
+
+def chunk_lines(text: str, max_chars: int) -> list[tuple[int, int, str]]:
+    """``text`` cut at line boundaries into pieces of at most ``max_chars`` characters (a single longer
+    line is a piece of its own): ``(start_line, end_line, piece)``, 1-based and inclusive; the pieces,
+    joined, are ``text`` exactly."""
+    lines = text.splitlines(keepends=True)
+    out: list[tuple[int, int, str]] = []
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        if i > start and size + len(line) > max_chars:
+            out.append((start + 1, i, "".join(lines[start:i])))
+            start, size = i, 0
+        size += len(line)
+    if start < len(lines):
+        out.append((start + 1, len(lines), "".join(lines[start:])))
+    return out
+
+
+def text_episodes(path: str, text: str, commit: str, chunk_tokens: int) -> list[dict]:
+    """One file as ``text`` episodes of about ``chunk_tokens`` tokens each (see the module docstring)."""
+    head = header(path)
+    budget = max(64, int(chunk_tokens * CHARS_PER_TOKEN) - len(head))
+    pieces = [p for p in chunk_lines(text, budget) if p[2].strip()]
+    return [new_episode(TEXT, commit, [{"role": "user", "content": head}, {"role": "assistant", "content": piece}], [],
+                        verified={"ok": True, "exact_file_text": True},
+                        meta={"format": TEXT, "path": path, "start_line": a, "end_line": b, "chunk": k, "chunks": len(pieces)})
+            for k, (a, b, piece) in enumerate(pieces)]
+
+
+def estimated_chunks(text: str, chunk_tokens: int) -> int:
+    return max(1, round(len(text) / (chunk_tokens * CHARS_PER_TOKEN)))
+
+
+def file_order(paths: list[str], seed: int, is_code) -> list[str]:
+    """The order a build takes files in until the unit's target is met: code files first, each group in
+    a seeded pseudo-random order that does not change when other files change."""
+    rank = lambda p: hashlib.sha256(f"{seed}:{TEXT}:{p}".encode()).hexdigest()  # noqa: E731
+    return sorted(paths, key=lambda p: (not is_code(p), rank(p)))
+
+
+def is_text_file(path: str) -> bool:
+    """Files worth reading as text: everything selected except data-like formats."""
+    return PurePosixPath(path).suffix.lower() not in {".json", ".csv", ".tsv", ".svg", ".lock", ".xml", ".ipynb"}
