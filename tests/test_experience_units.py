@@ -250,3 +250,17 @@ def test_the_checker_catches_an_action_taken_from_the_answer(store):
     problems = ungrounded_actions({"messages": s.messages})
     assert any("pattern" in p for p in problems) and any("no thought" in p for p in problems)
     assert any("src/store/report.py" in p for p in problems)
+
+
+def test_a_wrong_first_look_is_corrected_by_what_the_tools_show(store, monkeypatch):
+    monkeypatch.setattr(U, "WRONG_LOOK_RATE", 1.0)
+    ws, index = _index(store)
+    episodes = U.design_episodes(ws, index, "src/store/core.py", "c", random.Random(2), U.UnitStats(), limit=40)
+    where = [e for e in episodes if e["meta"]["question"] == "where"]
+    assert where
+    for e in where:
+        first_call = e["messages"][2]["tool_calls"][0]["function"]
+        assert first_call["name"] == "find_definition" and e["messages"][3]["content"].startswith("no definition")
+        assert e["messages"][4]["tool_calls"][0]["function"]["name"] == "search"
+        assert json.loads(first_call["arguments"])["symbol"] in e["messages"][4]["content"]  # the thought says it was not there
+        assert ungrounded_actions(e) == []

@@ -56,8 +56,10 @@ def public(sym: Symbol) -> bool:
 def top_level_definitions(index: RepoIndex, path: str) -> list[Symbol]:
     """Every public top-level definition of a file, in file order."""
     fi = index.files.get(path)
+    if fi is None:
+        return []
     return [s for s in fi.symbols if s.parent is None and public(s) and s.name != "__init__"
-            and fi.enclosing(s.start_line) == s] if fi else []
+            and not any(o is not s and o.start_line <= s.start_line and o.end_line >= s.end_line for o in fi.symbols)]
 
 
 def module_doc(text: str, path: str) -> str | None:

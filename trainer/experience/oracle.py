@@ -144,7 +144,9 @@ def _argument_problems(name: str, args: dict, seen: str, anchors: set, slack: in
                 out.append(f"regex {pattern!r} names words never seen")
         elif pattern.lower() not in seen.lower():  # a word of the task, searched in the case the code uses
             out.append(f"pattern {pattern!r} was never seen")
-    if name in ("find_definition", "find_references") and not _words_seen(args.get("symbol", ""), seen):
+    # a symbol may be a guess put together from seen words (``load_config`` from "load the config")
+    parts = [w for w in re.split(r"[._]", args.get("symbol", "")) if len(w) >= 3]
+    if name in ("find_definition", "find_references") and not all(w.lower() in seen.lower() for w in parts):
         out.append(f"symbol {args.get('symbol')!r} was never seen")
     if name == "find_files" and not _words_seen(args.get("pattern", ""), seen):
         out.append(f"pattern {args.get('pattern')!r} was never seen")

@@ -146,7 +146,7 @@ def _where_episode(ws: Workspace, qa: D.DesignQA, commit: str, rng: random.Rando
         s.act([("find_definition", {"symbol": guess})], content=say(rng, [
             "Perhaps a function is named after it: `{guess}`?", "A guess first: maybe it is called `{guess}`."], guess=guess))
         first_thought = say(rng, ["No `{guess}` is defined. I'll search for the words themselves: \"{phrase}\".",
-                                  "Not under that name. Searching the text \"{phrase}\" instead."], guess=guess, phrase=phrase)
+                                  "Nothing is called `{guess}`. Searching the text \"{phrase}\" instead."], guess=guess, phrase=phrase)
     else:
         first_thought = say(rng, ["The sentence reads like a docstring; I'll search for \"{phrase}\".",
                                   "Searching for the words \"{phrase}\" should find the docstring that says this.",
