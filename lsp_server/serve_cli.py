@@ -33,7 +33,8 @@ def cmd_serve(args) -> int:
     # stdout is the protocol's: until the repository is known, log into the state root
     log_to(state_root() / "logs" / "serve.log")
     logging.getLogger("swespot.lsp").info("swespot serve starting; the log moves to the repository state dir once it is known")
-    from lsp_server.server import Utf8TolerantStdin, create_server
+    from lsp_server.framing import FramedStdin
+    from lsp_server.server import create_server
 
     if args.model and not Path(args.model).is_file():
         raise SwespotError(f"model file not found: {args.model}")
@@ -43,7 +44,7 @@ def cmd_serve(args) -> int:
             host, port = parse_host_port(args.tcp)
             server.start_tcp(host, port)
         else:
-            server.start_io(stdin=Utf8TolerantStdin(sys.stdin.buffer), stdout=sys.stdout.buffer)
+            server.start_io(stdin=FramedStdin(sys.stdin.buffer), stdout=sys.stdout.buffer)
     finally:
         server.close()
     return 0

@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -34,9 +35,10 @@ import attrs
 import cattrs
 from cattrs.v import format_exception
 from lsprotocol import types as lsp
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
 
 from agent.errors import SwespotError
 from lsp_server import protocol as P
@@ -75,9 +77,36 @@ def validation_reasons(exc: cattrs.ClassValidationError) -> str:
     return "; ".join(cattrs.transform_error(exc, format_exception=describe))
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """Free text of a request with every lone surrogate (``"\\udc80"`` in the JSON: valid JSON, not valid
+    Unicode, and unencodable as UTF-8) replaced by U+FFFD, so a prompt holding one is answered instead of
+    failing deep inside with -32603. (Open documents keep theirs: the text check refuses those.)"""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_lone_surrogates(v) for v in value]
+    return value
+
+
+_BODY_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+
+
 class SwespotProtocol(LanguageServerProtocol):
-    """pygls' protocol, except that a request whose parameters cannot be parsed is answered with
-    InvalidParams (pygls drops it, and the client would wait forever)."""
+    """pygls' protocol, with the answers a confused or hostile client is owed:
+
+    - a request whose parameters cannot be parsed is answered with InvalidParams (pygls drops it, and the
+      client would wait forever);
+    - a request before ``initialize`` is answered with ServerNotInitialized (-32002, as LSP says), and a
+      notification before it is dropped (pygls ran them against a server with no workspace);
+    - a request without ``params`` (valid JSON-RPC) to one of our methods gets ``params: null``;
+    - a ``didChange`` whose version is older than the document's is refused: versions never go back, so
+      a task naming an old version is refused too.
+    """
 
     @attrs.define
     class MalformedRequest:
@@ -87,6 +116,9 @@ class SwespotProtocol(LanguageServerProtocol):
         jsonrpc: str = "2.0"
 
     def structure_message(self, data: dict[str, Any]):
+        if (isinstance(data, dict) and "jsonrpc" in data and isinstance(data.get("method"), str) and "params" not in data
+                and self.get_message_type(data["method"]) is None):
+            data = {**data, "params": None}  # JSON-RPC may omit params; pygls' fallback types require them
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -97,6 +129,17 @@ class SwespotProtocol(LanguageServerProtocol):
             raise
 
     def handle_message(self, message):
+        method = getattr(message, "method", None)
+        if method is not None and not getattr(self._server, "configured", True) and method not in (lsp.INITIALIZE, lsp.EXIT):
+            msg_id = getattr(message, "id", None)
+            if msg_id is None:
+                log.warning("dropped %s: it came before initialize", method)
+                return
+            why = getattr(self._server, "initialize_error", None)
+            text = f"{method} before initialize: " + (f"initialize failed ({why})" if why else "send initialize first")
+            log.warning("refused %s", text)
+            self._send_response(msg_id, error=JsonRpcServerNotInitialized(text).to_response_error())
+            return
         if isinstance(message, self.MalformedRequest):
             log.warning("malformed %s request %s: %s", message.method, message.id, message.reason)
             error = JsonRpcInvalidParams(f"invalid parameters for {message.method}: {message.reason}")
@@ -104,26 +147,17 @@ class SwespotProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
-
-class Utf8TolerantStdin:
-    """stdin for pygls that never lets a message with bytes that are not UTF-8 kill the connection: such
-    a body is decoded with ``surrogateescape`` (the bad bytes become lone surrogates), so the message is
-    handled and the text check refuses the document with a clear error instead."""
-
-    def __init__(self, raw) -> None:
-        self.raw = raw
-
-    def readline(self) -> bytes:
-        return self.raw.readline()
-
-    def read(self, n: int) -> bytes | str:
-        body = self.raw.read(n)
-        try:
-            body.decode("utf-8")
-            return body
-        except UnicodeDecodeError:
-            log.warning("a message held bytes that are not UTF-8")
-            return body.decode("utf-8", errors="surrogateescape")
+    @lsp_method(lsp.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: lsp.DidChangeTextDocumentParams):
+        doc = self.workspace.text_documents.get(params.text_document.uri)
+        new, old = params.text_document.version, doc.version if doc is not None else None
+        if isinstance(new, int) and isinstance(old, int) and new < old:
+            text = (f"refused a change of {params.text_document.uri} to version {new}: the document is at version {old} "
+                    "and versions never go back (the change was not applied)")
+            log.warning("%s", text)
+            self.notify(lsp.WINDOW_LOG_MESSAGE, lsp.LogMessageParams(lsp.MessageType.Warning, f"SWE-Spot: {text}"))
+            return
+        yield from super().lsp_text_document__did_change(params)
 
 
 class SwespotServer(LanguageServer):
@@ -158,6 +192,8 @@ class SwespotServer(LanguageServer):
         self._message: str | None = None
         self._swap_ms: float | None = None
         self._ids = itertools.count(1)
+        self.configured = False  # initialize succeeded: requests may be served (SwespotProtocol.handle_message)
+        self.initialize_error: str | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------
     def configure(self, params: lsp.InitializeParams) -> None:
@@ -178,6 +214,7 @@ class SwespotServer(LanguageServer):
         self.heartbeat = Heartbeat(state)
         self.feedback = FeedbackLog(state)
         self.update_settings(params.initialization_options, where="initializationOptions")
+        self.configured = True
 
     def start(self) -> None:
         """After ``initialized``: load the model, build the index, watch the store."""
@@ -303,6 +340,8 @@ class SwespotServer(LanguageServer):
             self._between_jobs()
         except SwespotError:
             pass
+        if self._state == "loading" and self.runtime is not None:  # loaded earlier: "loading" must not stick
+            self.set_state("ready")
 
     async def run_model_job(self, fn: Callable[[threading.Event], Any], cancel: threading.Event | None = None) -> Any:
         """Run ``fn(cancel)`` on the model thread. If the request is cancelled ($/cancelRequest, shutdown)
@@ -773,7 +812,7 @@ class SwespotServer(LanguageServer):
         if not isinstance(raw, dict):
             raise JsonRpcInvalidParams(f"invalid parameters for {method}: expected an object, got {type(raw).__name__}")
         try:
-            return self.protocol._converter.structure(raw, cls)
+            return self.protocol._converter.structure(replace_lone_surrogates(raw), cls)
         except cattrs.ClassValidationError as exc:
             raise JsonRpcInvalidParams(f"invalid parameters for {method}: {validation_reasons(exc)}") from exc
         except (TypeError, ValueError, KeyError) as exc:
@@ -799,6 +838,19 @@ class SwespotServer(LanguageServer):
             raise
         log.info("answered in %.0f ms", (time.perf_counter() - started) * 1e3)
         return result
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """A message pygls could not read (a body cut by a wrong Content-Length, or not JSON): answer its
+        request, if its id can still be read, with a parse error (-32700), so the client does not wait
+        forever; and show the client what happened."""
+        if isinstance(error, json.JSONDecodeError):
+            found = _BODY_ID.search(error.doc or "")
+            log.warning("unreadable message (%s)%s", error, f", answering id {found.group(1)}" if found else "")
+            if found:
+                msg_id = json.loads(found.group(1))
+                self.protocol._send_response(msg_id, error=lsp.ResponseError(
+                    code=-32700, message=f"the message could not be read ({error.msg}): was its Content-Length right?"))
+        super().report_server_error(error, source)
 
     # ---- shutdown ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -879,6 +931,7 @@ def create_server(*, model: str | None = None, repo: str | Path | None = None) -
         try:
             ls.configure(params)
         except SwespotError as exc:
+            ls.initialize_error = str(exc)
             raise JsonRpcException(message=str(exc), code=P.REQUEST_FAILED) from exc
 
     @server.feature(lsp.INITIALIZED)
