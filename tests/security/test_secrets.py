@@ -128,6 +128,11 @@ def test_planted_repository_gives_episodes_without_any_planted_secret(tmp_path):
     commit(root, "Add deployment settings", {"deploy/settings.py": SETTINGS})
     commit(root, "Add the cache and the payments client", {"ledger/cache.py": CACHE, "ledger/client.py": CLIENT})
     commit(root, "Connect to the database", {"ledger/db.py": DB})
+    # a file the ignore rules match, force-added: neither its contents nor its commit's replay are learned
+    commit(root, "Ignore local settings", {".gitignore": "local_settings.py\n"})
+    (root / "local_settings.py").write_text("MODE = 'ignored-local-value'\n")
+    git(root, "add", "-f", "local_settings.py")
+    git(root, "commit", "-qm", "Add local settings")
     # a clean change whose commit message carries the secret: the message is the replay's task text
     commit(root, f"Rotate deploy key {AWS_ID} and add fees",
            {"ledger/fees.py": '"""Fees."""\n\n\ndef fee(amount):\n    """One percent."""\n    return amount // 100\n'})
@@ -137,6 +142,7 @@ def test_planted_repository_gives_episodes_without_any_planted_secret(tmp_path):
     text = "\n".join(p.read_text() for p in out.rglob("*.jsonl"))
     assert text.count('"unit"') > 20  # the clean files still teach
     assert [s for s in PLANTED if s in text] == []
+    assert "ignored-local-value" not in text
     # file-level exclusion holds (four files with secrets), and the commit message was caught at the door
     assert sum(result.excluded.values()) >= 4
     assert result.stats["evolution"]["rejected"].get(SECRET_DROPPED, 0) >= 1

@@ -294,6 +294,10 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 if shard is None:
                     continue
                 change = H.change_of(commit, parent, hstats, raw=raw.get(commit.hexsha, []), skip_trivial=True)
+                if change is not None and any(p in ignored for fc in change.files for p in (fc.old_path, fc.new_path) if p):
+                    # a force-added file the ignore rules match (local settings...): never learned from
+                    hstats.skipped["touches a file the ignore rules match"] += 1
+                    change = None
                 episode = None
                 if change is not None:
                     # newest first: the snapshot steps back one commit at a time (a small diff each)
