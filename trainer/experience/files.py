@@ -35,7 +35,7 @@ SECRET_NAMES = re.compile(
 )
 SECRET_PATTERNS = KEY_SHAPES  # private key blocks and known token formats (agent/secret_scan.py)
 SECRET_ASSIGNMENT = re.compile(
-    r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth|credential)[\w\-]*"
+    r"(?i)(password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|auth(?!or)|credential)[\w\-]*"
     r"['\"]?\s*[:=]\s*[rbuf]?['\"]([^'\"\s]{16,})['\"]"
 )
 
