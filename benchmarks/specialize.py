@@ -46,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent import gitsafe  # noqa: E402
 from agent.errors import SwespotError  # noqa: E402
 
 CONDITIONS = ("rcl", "task-centric", "text", "mix")
@@ -128,7 +129,7 @@ def stdlib_repository(dest: Path, count: int = CONTROL_MODULES) -> Path:
         if 100 <= lines <= 400 and not path.name.startswith("_"):
             picked.append(path)
     dest.mkdir(parents=True)
-    git = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True, env=GIT_ENV)  # noqa: E731
+    git = lambda *a: subprocess.run(["git", *a], cwd=dest, check=True, capture_output=True, env=gitsafe.safe_env(GIT_ENV))  # noqa: E731
     git("init", "-q", "-b", "main")
     (dest / "stdlib").mkdir()
     (dest / "stdlib" / "__init__.py").write_text('"""Modules of the Python standard library."""\n')
