@@ -222,10 +222,12 @@ class Workspace:
             files = dict(self._index.files)
             for rel in self._dirty:
                 files.pop(rel, None)
+                if is_git_metadata(rel) or not self._is_own_file(rel):
+                    continue  # gone, or now a link out of the repository: no longer indexed
                 try:
                     text = (self.root / rel).read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError):
-                    continue  # deleted or unreadable: no longer indexed
+                    continue  # unreadable: no longer indexed
                 fi = self.parse_cache.get_or_parse(rel, text, persist=False)  # edits are transient
                 if fi is not None:
                     files[rel] = fi

@@ -85,3 +85,14 @@ def test_a_workspace_edit_never_targets_git_metadata_or_a_path_through_a_link(re
             build_workspace_edit(repo, [FileChange(rel, None, "x\n")], {}, {}, "utf-16")
     edit = build_workspace_edit(repo, [FileChange("docs/new.md", None, "x\n")], {}, {}, "utf-16")
     assert len(edit.document_changes) == 2  # create, then its text
+
+
+def test_a_file_turned_into_a_link_out_of_the_repository_leaves_the_index(repo):
+    """What code running in place (the experience builder's snapshot) may do between two tool calls."""
+    ws = Workspace(repo)
+    assert ws.index().definitions("f")
+    (repo / "mod.py").unlink()
+    os.symlink(repo.parent / "outside" / "secret.py", repo / "mod.py")
+    ws.invalidate(["mod.py"], listing=False)
+    assert not ws.index().definitions("private_helper_7f3a")
+    assert "mod.py" not in {d.path for d in ws.index().definitions("f")}
