@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.errors import SwespotError  # noqa: E402
-from benchmarks.specialize import (LOSS_FAMILIES, Repo, Work, eval_rows, family_scores, fmt_minutes, paired,  # noqa: E402
-                                   pct, run_cli, say, tasks_for, verdict)
+from benchmarks.specialize import (Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired,  # noqa: E402
+                                   pct, run_cli, say, tasks_for)
 
 
 def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> list[str]:
@@ -95,8 +95,8 @@ def summary(repo: Repo, commits: list[str], work: Work) -> dict:
         row = {key: rec[key] for key in ("commit", "published", "reason", "version", "continued_from", "shards",
                                          "trained_steps", "trained_tokens", "families", "minutes")}
         row["refresh"], row["cumulative_trained_tokens"] = k, cumulative
-        row["vs_base"] = paired(rec["rows"], base["rows"], LOSS_FAMILIES) if base else None
-        row["vs_previous"] = paired(rec["rows"], previous["rows"], LOSS_FAMILIES) if previous else None
+        row["vs_base"] = paired(rec["rows"], base["rows"]) if base else None
+        row["vs_previous"] = paired(rec["rows"], previous["rows"]) if previous else None
         out["refreshes"].append(row)
         previous = rec
     return out
@@ -107,12 +107,12 @@ def print_table(result: dict) -> None:
 
     rows = []
     if result["base"]:
-        rows.append({"refresh": "base", **{f"{f} loss": s["loss"] for f, s in result["base"]["families"].items()}})
+        rows.append({"refresh": "base", **family_columns(result["base"]["families"])})
     for r in result["refreshes"]:
         rows.append({"refresh": r["refresh"], "commit": r["commit"][:10], "version": r["version"] or "–",
                      "from": r["continued_from"] or "–", "steps": r["trained_steps"], "trained tok": r["trained_tokens"],
-                     "cum. tok": r["cumulative_trained_tokens"], **{f"{f} loss": s["loss"] for f, s in r["families"].items()},
-                     "line+body vs base": pct(r["vs_base"]), "verdict": verdict(r["vs_base"]),
+                     "cum. tok": r["cumulative_trained_tokens"], **family_columns(r["families"]),
+                     "line+body vs base": pct(r["vs_base"]), "verdict": r["vs_base"]["verdict"] if r["vs_base"] else "–",
                      "vs previous": pct(r["vs_previous"]) if r["vs_previous"] else "", "refresh min": r["minutes"]["refresh"],
                      "eval min": r["minutes"]["eval"]})
     print_rows(f"Continued training over {len(result['commits'])} refreshes; held-out tasks after {result['tasks_after'][:10]}", rows)

@@ -52,7 +52,6 @@ from agent.errors import SwespotError  # noqa: E402
 CONDITIONS = ("rcl", "task-centric", "text", "mix")
 RCL_UNITS = ("design", "implementation", "evolution", "runtime")
 TEXT_UNITS = ("text",)
-LOSS_FAMILIES = ("line", "body")  # the headline: held-out code, line and body completion
 STEP_CAP = 64  # a condition trained to a token budget stops at the latest after this many times N steps
 CONTROL_MODULES = 80  # stdlib modules (100-400 lines each) in the single-repository control
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@e", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@e",
@@ -200,8 +199,9 @@ def condition_units(condition: str, profile: str, rcl_units: tuple[str, ...]) ->
     return {"rcl": rcl_units, "task-centric": rcl_units, "text": TEXT_UNITS, "mix": profile_units(profile)}[condition]
 
 
-def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ...]):
-    """The repository's experience up to the cutoff: the profile's settings, the units asked for."""
+def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ...], targets: dict | None = None):
+    """The repository's experience up to the cutoff: the profile's settings (its per-unit episode
+    targets updated by ``targets``), the units asked for."""
     from trainer.experience.build import UNITS, BuildOptions, build_experience
     from trainer.pipeline import profile_settings
 
@@ -209,6 +209,8 @@ def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ..
     if missing:
         raise SwespotError(f"the experience builder has no unit(s) {sorted(missing)} (it has {', '.join(UNITS)})")
     settings = {**profile_settings(profile)["experience"], "units": tuple(units)}
+    if targets:
+        settings["targets"] = {**settings.get("targets", {}), **targets}
     return build_experience(path, out, BuildOptions(cutoff=cutoff, progress=True, **settings))
 
 
@@ -232,6 +234,8 @@ def train_condition(data: Path, out: Path, args, steps: int, max_trained_tokens:
 
     settings = profile_settings(args.profile)
     overrides = dict(settings.get("train", {}))
+    if args.gpu_recipe:  # the GPU recipe's own lengths, batch and learning rate; only the profile's mix stays
+        overrides = {k: v for k, v in overrides.items() if k == "unit_weights"}
     overrides.pop("epochs", None)
     if condition != "mix":
         overrides.pop("unit_weights", None)  # the profile's sampling weights are part of its mix only
@@ -272,49 +276,30 @@ def eval_rows(repo: Repo, tasks: list, base_gguf: Path, name: str, adapter: Path
     from trainer.evaluation import Evaluator, ModelSpec
 
     rows = Evaluator(base_gguf, [ModelSpec(name, adapter)], args.eval_profile, args.progress).run(tasks, repo.path)
-    keep = ("task", "family", "loss", "tokens", "exact", "similarity", "seconds")
+    keep = ("task", "family", "loss", "tokens", "exact", "similarity", "seconds", "resolved")
     return [{k: r.get(k) for k in keep} for r in rows]
 
 
 def family_scores(rows: list[dict]) -> dict:
-    """Per family: tasks, token-weighted mean loss, exact match and edit similarity."""
-    out: dict = {}
-    for fam in dict.fromkeys(r["family"] for r in rows):
-        rs = [r for r in rows if r["family"] == fam and r["loss"] is not None and not math.isnan(r["loss"])]
-        tok = sum(r["tokens"] for r in rs)
-        out[fam] = {"tasks": len(rs), "tokens": tok, "loss": round(sum(r["loss"] * r["tokens"] for r in rs) / max(tok, 1), 4),
-                    "exact": round(sum(float(r["exact"]) for r in rs) / max(len(rs), 1), 4),
-                    "similarity": round(sum(r["similarity"] for r in rs) / max(len(rs), 1), 4)}
-    return out
+    """Per family: tasks, token-weighted mean loss, accuracy/exact match and edit similarity (over the
+    tasks that were generated), each with its own 95% interval (the evaluation's ``summarize``), and
+    the target tokens the loss is averaged over."""
+    from trainer.evaluation import ModelSpec, summarize
+
+    fams = summarize([{**r, "model": "m"} for r in rows], [ModelSpec("m", None)])["m"]["families"]
+    for fam, entry in fams.items():
+        entry["tokens"] = sum(r["tokens"] or 0 for r in rows if r["family"] == fam)
+    return fams
 
 
-def paired(candidate: list[dict], reference: list[dict], families: tuple[str, ...], seed: int = 0, n: int = 2000) -> dict | None:
-    """Candidate − reference in token-weighted mean loss over the tasks of ``families`` that both
-    models answered, with a paired bootstrap 95% interval over tasks (absolute, and relative to the
-    reference's loss)."""
-    import numpy as np
+def paired(candidate: list[dict], reference: list[dict]) -> dict:
+    """Candidate against reference over the tasks both answered (the evaluation's paired bootstrap):
+    ``headline`` the token-weighted line+body loss, ``families`` every metric, each with its 95%
+    interval (absolute and relative) and verdict."""
+    from trainer.evaluation import paired_comparison
 
-    ref = {r["task"]: r for r in reference if r["family"] in families and _scored(r)}
-    pairs = [(r, ref[r["task"]]) for r in candidate if r["task"] in ref and _scored(r)]
-    if not pairs:
-        return None
-    c = np.array([p[0]["loss"] for p in pairs])
-    b = np.array([p[1]["loss"] for p in pairs])
-    w = np.array([p[1]["tokens"] for p in pairs], dtype=float)
-    idx = np.random.default_rng(seed).integers(0, len(pairs), size=(n, len(pairs)))
-    ws = w[idx]
-    mc, mb = (c[idx] * ws).sum(1) / ws.sum(1), (b[idx] * ws).sum(1) / ws.sum(1)
-    delta, rel = mc - mb, (mc - mb) / mb
-    point_c, point_b = float((c * w).sum() / w.sum()), float((b * w).sum() / w.sum())
-    lo, hi = np.percentile(delta, [2.5, 97.5])
-    rlo, rhi = np.percentile(rel, [2.5, 97.5])
-    return {"tasks": len(pairs), "candidate": round(point_c, 4), "reference": round(point_b, 4),
-            "delta": round(point_c - point_b, 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4),
-            "rel": round((point_c - point_b) / point_b, 4), "rel_lo": round(float(rlo), 4), "rel_hi": round(float(rhi), 4)}
-
-
-def _scored(row: dict) -> bool:
-    return row["loss"] is not None and not math.isnan(row["loss"]) and row["tokens"] > 0
+    rows = [{**r, "model": "candidate"} for r in candidate] + [{**r, "model": "reference"} for r in reference]
+    return paired_comparison(rows, "candidate", "reference")
 
 
 # ---- costs and the plan -------------------------------------------------------------------------
@@ -341,7 +326,8 @@ def plan(repos: list[Repo], run_repos: list[Repo], pools: list[Repo], work: Work
     needs), then per budget, per repository: the base evaluation, the reference condition, the rest."""
     todo: list[tuple] = []
     for repo in pools:
-        if work.get("experience", repo.key) is None:
+        built = work.get("experience", repo.key)
+        if built is None or not set(experience_units(args)) <= set(built["units"]):
             todo.append(("experience", repo, None, None))
     for steps in args.steps:
         for repo in run_repos:
@@ -368,11 +354,15 @@ def fmt_minutes(seconds: float) -> str:
 
 
 # ---- one piece of work --------------------------------------------------------------------------
+def experience_units(args) -> tuple[str, ...]:
+    """Every unit some condition trains on: a repository's experience is built once, for all of them."""
+    return tuple(dict.fromkeys(u for c in CONDITIONS for u in condition_units(c, args.profile, args.units)))
+
+
 def do_experience(repo: Repo, work: Work, args) -> dict:
-    units = tuple(dict.fromkeys(u for c in CONDITIONS if c in args.conditions or c == args.reference or c == "task-centric"
-                                for u in condition_units(c, args.profile, args.units)))
+    units = experience_units(args)
     started = time.perf_counter()
-    result = build(repo.path, work.repo_dir(repo) / "experience", repo.cutoff, args.profile, units)
+    result = build(repo.path, work.repo_dir(repo) / "experience", repo.cutoff, args.profile, units, args.targets)
     return work.add({"kind": "experience", "repo": repo.key, "cutoff": repo.cutoff, "units": list(units),
                      "episodes": {u: s.get("episodes_on_disk", 0) for u, s in result.stats.items()},
                      "minutes": {"experience": round((time.perf_counter() - started) / 60, 3)}})
@@ -420,16 +410,6 @@ def do_run(repo: Repo, steps: int, condition: str, pools: list[Repo], work: Work
 
 
 # ---- summary: table, JSON, plot -----------------------------------------------------------------
-def verdict(interval: dict | None) -> str:
-    if not interval:
-        return "–"
-    if interval["hi"] < 0:
-        return "better"
-    if interval["lo"] > 0:
-        return "worse"
-    return "no measurable change"
-
-
 def summary(repos: list[Repo], work: Work, args) -> dict:
     out = {"settings": json.loads((work.root / "settings.json").read_text()), "repos": {}}
     for repo in repos:
@@ -447,21 +427,30 @@ def summary(repos: list[Repo], work: Work, args) -> dict:
                 row = {k: run[k] for k in ("steps", "condition", "budget_tokens", "trained_steps", "trained_tokens", "tokens", "units", "sources",
                                            "loss_first", "loss_last", "sequences", "families", "minutes")}
                 if base:
-                    row["vs_base"] = {"line+body": paired(run["rows"], base["rows"], LOSS_FAMILIES)}
-                    for fam in run["families"]:
-                        row["vs_base"][fam] = paired(run["rows"], base["rows"], (fam,))
+                    row["vs_base"] = paired(run["rows"], base["rows"])
                 control = work.get("run", repo.key, steps, "task-centric")
                 if condition == "rcl" and control is not None:
-                    row["vs_task_centric"] = {"line+body": paired(run["rows"], control["rows"], LOSS_FAMILIES)}
+                    row["vs_task_centric"] = paired(run["rows"], control["rows"])
                 entry["runs"].append(row)
         out["repos"][repo.key] = entry
     return out
 
 
-def pct(iv: dict | None) -> str:
-    if not iv:
+def pct(comparison: dict | None) -> str:
+    """The headline (line+body loss) change relative to the reference, with its 95% interval."""
+    iv = (comparison or {}).get("headline")
+    if not iv or iv.get("rel") is None:
         return "–"
+    if iv.get("rel_lo") is None:
+        return f"{100 * iv['rel']:+.1f}% (too few tasks)"
     return f"{100 * iv['rel']:+.1f}% [{100 * iv['rel_lo']:+.1f}, {100 * iv['rel_hi']:+.1f}]"
+
+
+def family_columns(families: dict) -> dict:
+    """Loss of every family; accuracy of the question families (design, facts)."""
+    out = {f"{f} loss": s.get("loss") for f, s in families.items()}
+    out.update({f"{f} acc": s.get("exact") for f, s in families.items() if f in ("design", "facts")})
+    return out
 
 
 def print_table(result: dict) -> None:
@@ -471,14 +460,14 @@ def print_table(result: dict) -> None:
     for name, entry in result["repos"].items():
         if entry["base"]:
             fams = entry["base"]["families"]
-            rows.append({"repo": name, "steps": 0, "condition": "base", "trained tok": 0,
-                         **{f"{f} loss": fams[f]["loss"] for f in fams}, "eval min": entry["base"]["minutes"]})
+            rows.append({"repo": name, "steps": 0, "condition": "base", "trained tok": 0, **family_columns(fams),
+                         "eval min": entry["base"]["minutes"],
+                         "experience min": entry["experience"]["minutes"] if entry["experience"] else ""})
         for run in entry["runs"]:
-            lb = (run.get("vs_base") or {}).get("line+body")
-            tc = (run.get("vs_task_centric") or {}).get("line+body")
+            vs_base, vs_tc = run.get("vs_base"), run.get("vs_task_centric")
             rows.append({"repo": name, "steps": run["steps"], "condition": run["condition"], "trained tok": run["trained_tokens"],
-                         **{f"{f} loss": s["loss"] for f, s in run["families"].items()},
-                         "line+body vs base": pct(lb), "verdict": verdict(lb), "rcl vs task-centric": pct(tc) if tc else "",
+                         **family_columns(run["families"]), "line+body vs base": pct(vs_base),
+                         "verdict": vs_base["verdict"] if vs_base else "–", "rcl vs task-centric": pct(vs_tc) if vs_tc else "",
                          "train min": run["minutes"]["train"], "eval min": run["minutes"]["eval"]})
     if rows:
         print_rows("Held-out loss per family (nats/token); line+body relative to the base, paired 95% interval", rows)
@@ -497,14 +486,14 @@ def plot(result: dict, out: Path) -> None:
     for ax, name in zip(axes[0], names):
         runs = result["repos"][name]["runs"]
         for condition in CONDITIONS:
-            pts = [(r["trained_tokens"], r["vs_base"]["line+body"]) for r in runs
-                   if r["condition"] == condition and (r.get("vs_base") or {}).get("line+body")]
+            pts = sorted((r["trained_tokens"], r["vs_base"]["headline"]) for r in runs if r["condition"] == condition
+                         and ((r.get("vs_base") or {}).get("headline") or {}).get("rel") is not None)
             if not pts:
                 continue
-            pts.sort(key=lambda p: p[0])
             x = [p[0] for p in pts]
             y = [100 * p[1]["rel"] for p in pts]
-            err = [[100 * (p[1]["rel"] - p[1]["rel_lo"]) for p in pts], [100 * (p[1]["rel_hi"] - p[1]["rel"]) for p in pts]]
+            err = [[100 * (p[1]["rel"] - p[1]["rel_lo"]) if p[1]["rel_lo"] is not None else 0 for p in pts],
+                   [100 * (p[1]["rel_hi"] - p[1]["rel"]) if p[1]["rel_hi"] is not None else 0 for p in pts]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=condition)
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
@@ -531,6 +520,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--reference", default="rcl", choices=CONDITIONS, help="the condition whose trained tokens the others match")
     ap.add_argument("--repos", help="names (folder names) of the repositories to run now; the others still feed task-centric")
     ap.add_argument("--units", default=",".join(RCL_UNITS), help="the agentic units of rcl and task-centric")
+    ap.add_argument("--targets", default="", help="episodes per unit instead of the profile's targets, e.g. text=1024,design=256 "
+                    "(a condition whose unit runs out of episodes repeats them to reach the token budget)")
     ap.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M) or a local HF folder")
     ap.add_argument("--profile", default="quick", help="pipeline profile: experience settings, training settings, the mix")
     ap.add_argument("--gpu-recipe", action="store_true", help="train with the GPU recipe (needs CUDA)")
@@ -538,7 +529,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--eval-profile", default=None, help="evaluation sizes (default: the profile's, quick or full)")
     ap.add_argument("--families", default=",".join(f for f in ("line", "body", "design", "facts") if f in FAMILIES),
                     help="held-out task families")
-    ap.add_argument("--max-minutes", type=float, help="start no piece that would end after this many minutes (resume later)")
+    ap.add_argument("--max-minutes", type=float, help="start no piece (after the first) that would end after this many minutes; run again to continue")
     ap.add_argument("--estimate", action="store_true", help="print the plan and its estimated duration, then stop")
     ap.add_argument("--json", type=Path, help="write the summary as JSON")
     ap.add_argument("--plot", type=Path, help="write the learning curves as a PNG")
@@ -548,6 +539,10 @@ def parse_args(argv: list[str] | None):
     args.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     args.units = tuple(u.strip() for u in args.units.split(",") if u.strip())
     args.families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    try:
+        args.targets = {u.strip(): int(n) for u, _, n in (t.partition("=") for t in args.targets.split(",") if t.strip())}
+    except ValueError as exc:
+        raise SwespotError(f"--targets takes unit=count pairs, e.g. text=1024,design=256 ({exc})") from exc
     bad = set(args.conditions) - set(CONDITIONS)
     if bad:
         raise SwespotError(f"unknown condition(s) {sorted(bad)} (choose from {', '.join(CONDITIONS)})")
@@ -587,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "repos": {r.name: {"path": str(r.path), "cutoff": r.cutoff} for r in repos}, "base": args.base,
         "base_gguf": str(base_gguf), "profile": args.profile,
         "train_profile": args.train_profile, "eval_profile": args.eval_profile, "families": list(args.families),
-        "units": list(args.units), "reference": args.reference})
+        "units": list(args.units), "targets": args.targets, "reference": args.reference})
     pools = list(repos)
     if "task-centric" in args.conditions and len(repos) == 1:
         control = work.root / "control-repo"
@@ -620,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         # the estimates, scaled by how long the pieces done so far took against their estimates
         ratio = elapsed / sum(seconds[:i]) if i and sum(seconds[:i]) > 0 else 1.0
         left = sum(seconds[i:]) * ratio
-        if args.max_minutes is not None and elapsed + secs * ratio > args.max_minutes * 60:
+        if args.max_minutes is not None and i and elapsed + secs * ratio > args.max_minutes * 60:  # one piece at least
             say(f"stopping before {kind} {repo.name} {steps or ''} {condition or ''}: it would end after --max-minutes "
                 f"{args.max_minutes:g} ({len(todo) - i} piece(s) left); run the same command again to continue")
             break

@@ -69,7 +69,7 @@ def test_learning_curve_compares_conditions_at_equal_trained_tokens_and_resumes(
     ledger, shapes = repos
     work, out_json, out_png = tmp_path / "work", tmp_path / "curve.json", tmp_path / "curve.png"
     conditions = ["rcl", "task-centric", "mix"] + (["text"] if "text" in UNITS else [])
-    common = [f"{ledger}@2", f"{shapes}@1", "--work", str(work), "--repos", "ledger", "--base", str(tiny_hf_dir),
+    common = [f"{ledger}@3", f"{shapes}@1", "--work", str(work), "--repos", "ledger", "--base", str(tiny_hf_dir),
               "--profile", "tiny", "--steps", "2,3", "--quiet", "--device", "cpu"]
     # first only the reference condition, as a lead running the benchmark in pieces would
     assert bench.main(common + ["--conditions", "rcl"]) == 0
@@ -94,15 +94,17 @@ def test_learning_curve_compares_conditions_at_equal_trained_tokens_and_resumes(
 
     result = json.loads(out_json.read_text())
     entry = result["repos"]["ledger"]
-    assert set(result["repos"]) == {"ledger"} and entry["cutoff"] == git(ledger, "rev-parse", "HEAD~2")
+    assert set(result["repos"]) == {"ledger"} and entry["cutoff"] == git(ledger, "rev-parse", "HEAD~3")
     base = entry["base"]["families"]
     assert {"line", "body"} <= set(base) and all(0 < f["loss"] < 20 for f in base.values())
     for run in entry["runs"]:
-        iv = run["vs_base"]["line+body"]
+        iv = run["vs_base"]["headline"]  # line+body loss, paired over the same tasks
+        assert iv["families"] == ["line", "body"] and iv["tasks"] == base["line"]["tasks"] + base["body"]["tasks"]
         assert iv["lo"] <= iv["delta"] <= iv["hi"] and iv["rel_lo"] <= iv["rel"] <= iv["rel_hi"]
         assert iv["reference"] == pytest.approx(_line_body_loss(base), abs=1e-3)
+        assert run["vs_base"]["verdict"] in ("better", "worse", "no measurable change")
     rcl = [r for r in entry["runs"] if r["condition"] == "rcl"]
-    assert all("line+body" in r["vs_task_centric"] for r in rcl)
+    assert all(r["vs_task_centric"]["headline"]["tasks"] == iv["tasks"] for r in rcl)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "line+body vs base" in printed and "task-centric" in printed
@@ -150,7 +152,8 @@ def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixe
     assert [r["version"] for r in steps] == ["v0001", "v0002", "v0003"]
     assert [r["continued_from"] for r in steps] == [None, "v0001", "v0002"]  # each continued from the one before
     assert steps[-1]["cumulative_trained_tokens"] == sum(r["trained_tokens"] for r in steps) > 0
-    assert steps[0]["vs_previous"] is None and all(r["vs_previous"]["tasks"] == r["vs_base"]["tasks"] > 0 for r in steps[1:])
+    assert steps[0]["vs_previous"] is None
+    assert all(r["vs_previous"]["headline"]["tasks"] == r["vs_base"]["headline"]["tasks"] > 0 for r in steps[1:])
     assert "vs previous" in capsys.readouterr().out
     # run again: everything is in the work dir, nothing is retrained
     lines = (work / "results.jsonl").read_text().splitlines()
