@@ -290,10 +290,12 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
     finally:
         (ws.root / sym.path).write_text(original, encoding="utf-8")
         ws.invalidate([sym.path])
-    if not after.tests:
-        stats.rejected["mutation run failed"] += 1
+    broken = {e.split("::")[0] for e in after.errors}  # a module the mutation broke at import: its tests all fail
+    if not after.tests and not broken:
+        stats.rejected[f"mutation run failed ({after.summary()[:80]})"] += 1
         return None
-    failing = sorted(t for t in tests if after.tests.get(t) in (FAILED, ERROR))
+    failing = sorted(t for t in tests if after.tests.get(t) in (FAILED, ERROR)
+                     or (t not in after.tests and (t.split("::")[0] in broken or "." in broken or "" in broken)))
     changed = match.group(0).strip()
     s = OracleSession(ws, f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?", read_only=True)
     refs = s.act([("find_references", {"symbol": sym.name})], content=say(rng, [
@@ -346,7 +348,9 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
             episodes += sum(1 for _ in open(shard))
             continue
         change = H.change_of(commit, parent)
-        if change is None or not _reproducible(change) or not all(fc.path in allowed for fc in change.files if fc.new_path):
+        # the files the episode shows and writes must be learnable (the commit's changelog fragments or docs
+        # need not be: the episode never opens them)
+        if change is None or not _reproducible(change) or not all(fc.path in allowed for fc in _test_changes(change) + _code_changes(change)):
             continue
         if time.monotonic() - started > UNIT_SECONDS:
             stats.rejected["runtime time budget spent (reproductions)"] += 1
