@@ -85,8 +85,10 @@ def _forest(comparison: dict) -> str | None:
     loss = ([(head["label"] + " (headline)", head)] if head else []) + [
         (f"{fam} loss", entry["metrics"]["loss"]) for fam, entry in comparison["families"].items() if "loss" in entry["metrics"]]
     loss = [(label, st) for label, st in loss if st.get("rel") is not None]
-    scores = [(f"{fam} {key}" if fam not in ("design", "facts") or key != "exact" else f"{fam} accuracy", st)
-              for fam, entry in comparison["families"].items() for key, st in entry["metrics"].items() if key != "loss"]
+    from trainer.evaluation import metric_label
+
+    scores = [(metric_label(fam, key), st) for fam, entry in comparison["families"].items()
+              for key, st in entry["metrics"].items() if key != "loss"]
     panels = [(rows, kind) for rows, kind in ((loss, "loss"), (scores, "score")) if rows]
     if not panels:
         return None
