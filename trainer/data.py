@@ -65,6 +65,7 @@ class DataStats:
     split_units: Counter = field(default_factory=Counter)  # per unit, cut at a turn boundary to fit
     trained: Counter = field(default_factory=Counter)  # per unit, trained tokens
     lengths: dict = field(default_factory=dict)  # per unit: rendered length of each episode before any cut
+    form_lengths: dict = field(default_factory=dict)  # per unit, per form (agentic, completion, text): the same
 
     def to_dict(self) -> dict:
         return {
@@ -77,13 +78,17 @@ class DataStats:
         """Per unit: episodes read, sequences kept, dropped by length, trained tokens, length distribution."""
         out = {}
         for unit in sorted(self.episodes):
-            lengths = sorted(self.lengths.get(unit, []))
-            q = lambda f: lengths[min(len(lengths) - 1, int(f * len(lengths)))] if lengths else 0  # noqa: E731
             out[unit] = {"episodes": self.episodes[unit], "sequences": self.sequences[unit], "dropped_too_long": self.too_long[unit],
                          "observations_cut": self.cut_units[unit], "split_at_turn": self.split_units[unit],
                          "trained_tokens": self.trained[unit],
-                         "length": {"p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "max": lengths[-1] if lengths else 0}}
+                         "length": _quantiles(self.lengths.get(unit, [])),
+                         "length_by_form": {form: {"episodes": len(ls), **_quantiles(ls)}
+                                            for form, ls in sorted(self.form_lengths.get(unit, {}).items())}}
         return out
+
+    def _length(self, unit: str, form: str, n: int) -> None:
+        self.lengths.setdefault(unit, []).append(n)
+        self.form_lengths.setdefault(unit, {}).setdefault(form, []).append(n)
 
     def _keep(self, seq: "Sequence") -> None:
         self.sequences[seq.unit] += 1
@@ -94,6 +99,12 @@ class DataStats:
     def _too_long(self, unit: str) -> None:
         self.dropped_too_long += 1
         self.too_long[unit] += 1
+
+
+def _quantiles(values: list[int]) -> dict:
+    ls = sorted(values)
+    q = lambda f: ls[min(len(ls) - 1, int(f * len(ls)))] if ls else 0  # noqa: E731
+    return {"p10": q(0.1), "p50": q(0.5), "p90": q(0.9), "max": ls[-1] if ls else 0}
 
 
 MAX_LENGTH_LOSS = 0.5  # a unit that loses more than this share of its episodes to max_len is an error
@@ -269,17 +280,17 @@ def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, s
     form = (episode.get("meta") or {}).get("format")
     if form == TEXT:
         seqs = [Sequence(ids, labels, unit, str(episode.get("id", ""))) for ids, labels in encode_text(episode, tokenizer, max_len)]
-        stats.lengths.setdefault(unit, []).append(sum(len(s.input_ids) for s in seqs))
+        stats._length(unit, TEXT, sum(len(s.input_ids) for s in seqs))
         for seq in seqs:
             stats._keep(seq)
         return seqs
     if form == "completion":
         encoded = encode_completion(episode, tokenizer, max_len)
         if encoded is None:
-            stats.lengths.setdefault(unit, []).append(_count(tokenizer, "".join(m["content"] for m in messages)))
+            stats._length(unit, "completion", _count(tokenizer, "".join(m["content"] for m in messages)))
             stats._too_long(unit)
             return []
-        stats.lengths.setdefault(unit, []).append(len(encoded[0]))  # the prefix is cut to fit by design
+        stats._length(unit, "completion", len(encoded[0]))  # the prefix is cut to fit by design
         seqs = [Sequence(*encoded, unit, str(episode.get("id", "")))]
         for seq in seqs:
             stats._keep(seq)
@@ -289,7 +300,7 @@ def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, s
         stats.dropped_no_assistant += 1
         return []
     ids, labels = encode_messages(messages, tools, tokenizer, render)
-    stats.lengths.setdefault(unit, []).append(len(ids))
+    stats._length(unit, "agentic", len(ids))
     if len(ids) > max_len:
         fitted = fit_observations(messages, tools, tokenizer, render, max_len)
         if fitted is not None:

@@ -78,7 +78,8 @@ def unit_table(build_stats: dict, fit: dict | None = None) -> dict:
         rows[unit] = {"episodes": b.get("episodes_on_disk", f.get("episodes", 0)), "made": b.get("made", 0),
                       "verified": b.get("verified", 0), "dropped": dict(b.get("rejected", {})),
                       "dropped_by_length": f.get("dropped_too_long"), "observations_cut": f.get("observations_cut"),
-                      "split_at_turn": f.get("split_at_turn"), "trained_tokens": f.get("trained_tokens"), "length": f.get("length")}
+                      "split_at_turn": f.get("split_at_turn"), "trained_tokens": f.get("trained_tokens"), "length": f.get("length"),
+                      "length_by_form": f.get("length_by_form")}
     return rows
 
 
@@ -94,6 +95,9 @@ def format_table(rows: dict) -> list[str]:
         trained = "-" if r["trained_tokens"] is None else str(r["trained_tokens"])
         lines.append(f"  {unit:15s} {r['episodes']:8d} {r['made']:6d} {r['verified']:8d} {by_length:>9s} {cut:>9s} {trained:>11s}  "
                      f"{length:22s}  {dropped}")
+        for form, f in (r.get("length_by_form") or {}).items() if len(r.get("length_by_form") or {}) > 1 else ():
+            lines.append(f"  {'  ' + form:15s} {f['episodes']:8d} {'':6s} {'':8s} {'':9s} {'':9s} {'':11s}  "
+                         + "/".join(str(f[k]) for k in ("p10", "p50", "p90", "max")))
     return lines
 
 
