@@ -107,7 +107,8 @@ class TrainConfig:
 # practical on two cores; "tiny" is for the test model.
 PROFILES: dict[str, dict[str, Any]] = {
     "real": {},
-    "cpu": dict(lora_r=16, lora_alpha=32, max_len=512, batch_tokens=1024, lr=5e-4, checkpoint_every=25),
+    # max_len 2,048 holds a typical agentic episode in Gemma tokens (README, "Fitting the window")
+    "cpu": dict(lora_r=16, lora_alpha=32, max_len=2048, batch_tokens=2048, lr=5e-4, checkpoint_every=25),
     "tiny": dict(lora_r=8, lora_alpha=16, max_len=2048, batch_tokens=4096, lr=2e-3, lora_dropout=0.0,
                  gradient_checkpointing=False, checkpoint_every=10, warmup_ratio=0.0),
 }

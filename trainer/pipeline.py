@@ -38,14 +38,16 @@ OnPhase = Callable[[str, "float | None", dict], None]
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
-    "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 16,
-              # max_len holds the typical episode: on click, requests and attrs (README) the median rendered
-              # episode of every unit is under 1,024 Gemma tokens now that the system turn with the 13 compact
-              # tool schemas is ~370 (it was ~1,030); longer ones have observations cut in the middle.
-              # Without gradient checkpointing the whole run peaks at ~7 GB RSS. A short run at 5e-4 moved
-              # the model too far: held-out loss rose on every task family (benchmarks/specialize.py); at
-              # 1e-4 it fell on design questions and overall.
-              "train": {"max_len": 1024, "batch_tokens": 1024, "gradient_checkpointing": False, "lr": 1e-4,
+    "quick": {"train_profile": "cpu", "steps": 16, "continue_steps": 8,
+              # max_len holds the typical episode (README, "Fitting the window": rendered Gemma lengths on
+              # click, requests and attrs): the system turn with the 13 compact tool schemas is ~370 tokens
+              # (it was ~1,030); a design episode renders to ~850, an implementation episode with its
+              # thoughts to ~1,750, so at 1,024 every agentic implementation episode lost its edit to a
+              # turn-boundary split; at 2,048 nearly all fit whole and longer ones have observations cut in
+              # the middle. 16 steps of 2,048 positions train as many tokens as the former 32 of 1,024.
+              # A short run at 5e-4 moved the model too far: held-out loss rose on every task family
+              # (benchmarks/specialize.py); at 1e-4 it fell on design questions and overall.
+              "train": {"max_len": 2048, "batch_tokens": 2048, "gradient_checkpointing": False, "lr": 1e-4,
                         # the balanced mix: each unit's episodes once per epoch (the targets set the counts)
                         "unit_weights": {"design": 1.0, "implementation": 1.0, "evolution": 1.0, "runtime": 1.0,
                                          "feedback": 1.0, "text": 1.0}},
@@ -53,8 +55,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               # seeded spread of files until each is met; "text" is the repository itself as plain text
               # (chunks of ~max_len tokens, every token trained), its share of the mix set here
               "experience": {"units": ("design", "implementation", "evolution", "text"), "per_file": 4,
-                             "implementations_per_file": 3, "max_commits": 150, "text_chunk_tokens": 1024,
-                             "targets": {"design": 128, "implementation": 128, "evolution": 128, "text": 64}}},
+                             "implementations_per_file": 3, "max_commits": 150, "text_chunk_tokens": 2048,
+                             "targets": {"design": 128, "implementation": 128, "evolution": 128, "text": 32}}},
     "full": {"train_profile": "cpu", "steps": None, "continue_steps": None, "train": {"epochs": 1.0},
              "experience": {"units": ("design", "implementation", "evolution", "runtime", "text"), "run_tests": True,
                             "targets": {"design": 2048, "implementation": 2048, "evolution": 2048, "runtime": 2048,
