@@ -79,3 +79,23 @@ def test_a_bad_commit_is_a_clear_error(repo):
     with pytest.raises(SwespotError, match="cannot make a scratch copy"):
         with scratch_copy(repo, "nope"):
             pass
+
+
+def test_kernel_limits_bind_inside(tmp_path):
+    """File size (a sparse write past the limit fails without using disk), process count and CPU time
+    are rlimits the kernel enforces; /tmp is a tmpfs of bounded size."""
+    code = ("import resource, os, shutil\n"
+            "print(*(resource.getrlimit(getattr(resource, 'RLIMIT_' + n))[0] for n in ('NPROC', 'CPU', 'FSIZE')))\n"
+            "print(shutil.disk_usage('/tmp').total // 2**20)\n"
+            "f = open('sparse', 'wb')\n"
+            "f.seek(2 * 2**30)\n"
+            "try:\n"
+            "    f.write(b'x'); f.flush(); print('wrote')\n"
+            "except OSError as exc:\n"
+            "    print('refused', exc.errno)\n")
+    result = run_limited([sys.executable, "-c", code], tmp_path, timeout_s=10)
+    nproc, cpu, fsize, tmp_mb, outcome = result.output.split()[:5]
+    assert 0 < int(nproc) < 10**6 and 0 < int(cpu) <= 15 and int(fsize) == 2**30
+    assert "refused" in outcome or "wrote" not in result.output
+    if result.sandboxed:
+        assert int(tmp_mb) <= 1024
