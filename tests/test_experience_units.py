@@ -264,3 +264,19 @@ def test_a_wrong_first_look_is_corrected_by_what_the_tools_show(store, monkeypat
         assert e["messages"][4]["tool_calls"][0]["function"]["name"] == "search"
         assert json.loads(first_call["arguments"])["symbol"] in e["messages"][4]["content"]  # the thought says it was not there
         assert ungrounded_actions(e) == []
+
+
+def test_the_design_check_benchmark_rejects_a_wrong_caller_and_accepts_the_right_one(store):
+    from benchmarks.design_check import Checker, check
+
+    def episode(kind: str, symbol: str, answer: str) -> dict:
+        return {"meta": {"question": kind, "symbol": symbol, "path": "src/store/core.py"},
+                "messages": [{"role": "system", "content": ""}, {"role": "user", "content": "?"}, {"role": "tool", "content": answer}]}
+
+    checker = Checker(store)
+    right = "Reader.load is called by Reader.refresh (src/store/core.py:13), use_reader (src/store/core.py:31)."
+    assert check(checker, episode("callers", "Reader.load", right)) is None
+    # a method of the same name in another class: the bare-name answer this project used to give
+    wrong = "Reader.load is called by Writer.flush (src/store/core.py:25)."
+    assert "no call that Jedi resolves" in check(checker, episode("callers", "Reader.load", wrong))
+    assert check(checker, episode("where", "Reader.load", "In src/store/core.py:19, method Reader.load: def load(self)")) is not None
