@@ -7,9 +7,11 @@ where it can), which gives the command
 
 - its own mount namespace: the system (``/usr``, ``/bin``, ``/lib*``, ``/etc`` without its secrets) and
   this interpreter's prefix (the venv) read-only, the folder it runs in (and the caller's ``writable``
-  folders) read-write, the caller's ``readable`` folders read-only, a fresh ``/tmp`` (tmpfs, whose
-  ``/tmp/home`` is ``HOME``), a minimal ``/dev`` and a new ``/proc``. Nothing else exists inside: not the
-  user's home, not the real work tree, not other repositories, not other processes' ``/proc`` entries;
+  folders) read-write, the caller's ``readable`` folders and those the user lists in
+  ``SWESPOT_SANDBOX_READABLE`` read-only, a fresh ``/tmp`` (tmpfs, whose ``/tmp/home`` is ``HOME``), a
+  minimal ``/dev`` and a new ``/proc``; everything else is a read-only empty skeleton. Nothing else exists
+  inside: not the user's home, not the real work tree, not other repositories, not other processes'
+  ``/proc`` entries;
 - its own network namespace (only a loopback of its own; ``network=True`` keeps the host's), PID, IPC,
   UTS and user namespaces, no capabilities, no further user namespaces;
 - kernel limits: address space (``memory_mb``), CPU seconds, file size, processes (``RLIMIT_NPROC`` is
