@@ -97,6 +97,9 @@ def cmd_build(args) -> int:
             print("  (lengths not counted: no tokenizer; give --fit default or --fit HF_DIR)")
         else:
             print(f"  (lengths in {type(tokenizer).__name__} tokens after rendering, max_len {max_len})")
+        for unit, unit_stats in result.stats.items():
+            if unit_stats.get("why_none"):
+                print(f"  {unit}: no episodes: {unit_stats['why_none']}")
         if result.excluded:
             print("  files excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(result.excluded.items())))
     if tokenizer is not None:
