@@ -295,9 +295,13 @@ def _implementation_episode(ws, index, sym: Symbol, path: str, head: str, stub: 
     if behaviour:
         task += f" It should: {behaviour}."
     s = OracleSession(ws, task)
-    s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
+    found = s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
         "Where exactly is {qualname}? Let me find its definition.", "First I locate {qualname} in {path}.",
-        "I'll start from the definition of {qualname}."], qualname=sym.qualname, path=path))
+        "I'll start from the definition of {qualname}."], qualname=sym.qualname, path=path))[0]
+    if f"{path}:{sym.start_line}" not in found:  # a common name: the listing stops before this file
+        s.act([("search", {"pattern": f"def {sym.name}(", "path": path})], content=say(rng, [
+            "Many definitions share that name; I'll search {path} itself.", "Too many {name}s. Searching in {path} only."],
+            path=path, name=sym.name))
     refs = s.act([("find_references", {"symbol": sym.name})], content=say(rng, [
         "It is at {path}:{line}. How is `{name}` used elsewhere?",
         "{path}:{line} it is. The callers of `{name}` show what it must return.",
