@@ -126,8 +126,8 @@ def print_summary(report: dict, file=sys.stderr) -> None:
         console.print(f"[bold]{name} vs {comparison['reference']}[/] (paired, bootstrap 95% intervals over tasks):", highlight=False)
         for fam, entry in comparison["families"].items():
             for stats in entry["metrics"].values():
-                console.print(f"  {stats['line']}", highlight=False, markup=False)
-        console.print(f"  [bold]{comparison['line']}[/]", highlight=False)
+                console.print(f"  {stats['line']}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"  [bold]{comparison['line']}[/]", highlight=False, soft_wrap=True)
 
 
 # ---- swespot eval -----------------------------------------------------------------------------------

@@ -747,14 +747,25 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
         report["rows"] = rows
         report["models"] = summarize(rows, models)
         report["comparisons"] = {name: paired_comparison(rows, name, reference) for name in names if name != reference}
-        report["task_list"] = [{k: v for k, v in asdict(t).items() if k != "meta"} | {"meta": {k: v for k, v in t.meta.items() if k != "files"}}
-                               for t in tasks]
+        report["task_list"] = [_listed(t) for t in tasks]
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         from trainer.eval_report import write_report
 
         write_report(report, Path(out))
     return report
+
+
+PROMPT_CHARS = 1500  # the end of a line/body task's file prefix kept in report.json (to read the task by; it is huge otherwise)
+
+
+def _listed(task: Task) -> dict:
+    """A task as report.json lists it: the end of a code task's prefix, no replay file contents."""
+    out = asdict(task)
+    if task.family in ("line", "body"):
+        out["prompt"] = task.prompt[-PROMPT_CHARS:]
+    out["meta"] = {k: v for k, v in task.meta.items() if k != "files"}
+    return out
 
 
 def compare(report: dict, candidate: str, reference: str) -> dict:
