@@ -280,3 +280,20 @@ def test_the_design_check_benchmark_rejects_a_wrong_caller_and_accepts_the_right
     wrong = "Reader.load is called by Writer.flush (src/store/core.py:25)."
     assert "no call that Jedi resolves" in check(checker, episode("callers", "Reader.load", wrong))
     assert check(checker, episode("where", "Reader.load", "In src/store/core.py:19, method Reader.load: def load(self)")) is not None
+
+
+def test_other_languages_answer_only_for_names_defined_once(tmp_path):
+    root = tmp_path / "web"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(root, "web", {
+        "lib/parse.js": "// Parsing.\nfunction parseQuery(text) {\n  return text.split('&');\n}\n\nfunction run() {\n  return 1;\n}\n",
+        "lib/app.js": "function start(q) {\n  return parseQuery(q).length + run();\n}\n\nfunction run() {\n  return 2;\n}\n",
+    })
+    ws, index = _index(root)
+    resolver = Resolver(root, index)
+    parse = _sym(index, "lib/parse.js", "parseQuery")
+    callers = next(q for q in design_questions(index, parse, resolver) if q.kind == "callers")
+    assert callers.answer == "parseQuery is called by start (lib/app.js:2)."
+    runs = [s for s in index.symbols() if s.name == "run"]
+    assert len(runs) == 2 and all(design_questions(index, r, resolver) == [] for r in runs)
