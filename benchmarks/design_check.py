@@ -13,6 +13,9 @@ independently of the code that wrote it (Python's ``ast`` and a fresh Jedi proje
   with their lines, and the docstring sentence is the module's;
 - **extend**: each named subclass is a class at that line whose first base Jedi resolves to the class.
 
+For callers answers a second opinion by another Jedi path is reported next to the verdict: whether
+``get_references`` of the symbol's definition lists every cited call line.
+
 Prints a table (repo, sampled, right, wrong, %), the build figures (seconds, of which Jedi), wrong
 examples, and writes JSON. Goal: >= 95% right. Run heavy work under the shared lock:
 
@@ -133,6 +136,24 @@ class Checker:
         return False
 
 
+def references_agree(c: Checker, episode: dict) -> bool | None:
+    """A second opinion for callers answers, by another Jedi path: every cited call line is among
+    ``get_references`` of the symbol's definition (None for other questions)."""
+    meta = episode["meta"]
+    if meta["question"] != "callers":
+        return None
+    import jedi
+
+    path, symbol = meta["path"], meta["symbol"]
+    node = c.definitions(path)[symbol][0]
+    line = c.text(path).splitlines()[node.lineno - 1]
+    column = line.index(node.name, line.index("def " if not isinstance(node, ast.ClassDef) else "class ") + 3)
+    script = jedi.Script(c.text(path), path=c.root / path, project=c.project)
+    refs = {(Path(r.module_path).resolve(), r.line) for r in script.get_references(node.lineno, column, scope="project") if r.module_path}
+    cited = _CITED.findall(episode["messages"][-1]["content"].split(" is called by ", 1)[-1])
+    return all(((c.root / p).resolve(), int(ln)) in refs for _q, p, ln in cited)
+
+
 def first_sentence(doc: str | None) -> str | None:
     if not doc:
         return None
@@ -249,25 +270,35 @@ def main() -> None:
                 why = check(checker, e)
             except Exception as exc:  # noqa: BLE001 - a check that crashes counts as wrong, with its reason
                 why = f"check failed: {type(exc).__name__}: {exc}"
+            sampled = (k in picked) if args.all else True
+            try:
+                agree = references_agree(checker, e) if sampled else None
+            except Exception:  # noqa: BLE001 - no second opinion, counted as disagreement
+                agree = False
             every.append({"kind": e["meta"]["question"], "question": e["messages"][1]["content"],
-                          "answer": e["messages"][-1]["content"], "wrong": why, "sampled": (k in picked) if args.all else True})
+                          "answer": e["messages"][-1]["content"], "wrong": why, "sampled": sampled, "refs_agree": agree})
         verdicts = [v for v in every if v["sampled"]]
         right = sum(v["wrong"] is None for v in verdicts)
+        second = [v["refs_agree"] for v in verdicts if v["refs_agree"] is not None]
         rows.append({"repo": repo.name, "sampled": len(verdicts), "right": right, "wrong": len(verdicts) - right,
                      "%": round(100 * right / max(1, len(verdicts)), 1), "episodes": figures["episodes"],
+                     "callers also in get_references": f"{sum(second)}/{len(second)}",
                      "design s": figures["design_s"], "jedi s": figures["jedi_s"]})
         if args.all:
             all_right = sum(v["wrong"] is None for v in every)
             rows[-1].update({"all checked": len(every), "all right %": round(100 * all_right / max(1, len(every)), 1)})
         report[repo.name] = {**figures, "sampled": len(verdicts), "right": right,
                              "sampled_kinds": dict(Counter(v["kind"] for v in verdicts)),
-                             "wrong_examples": [v for v in every if v["wrong"]]}
+                             "wrong_examples": [v for v in every if v["wrong"]],
+                             "references_disagree": [v for v in verdicts if v["refs_agree"] is False]}
     print_rows("design answers checked against ast and a fresh Jedi project (goal >= 95% right)", rows)
     for name, r in report.items():
         print(f"{name}: {r['files']} files, {r['episodes']} episodes {r['kinds']}; index {r['index_s']} s, design unit {r['design_s']} s "
               f"(Jedi {r['jedi_s']} s over {r['files_resolved']} files); sampled {r['sampled_kinds']}; rejected {r['rejected']}")
         for v in r["wrong_examples"]:
             print(f"  WRONG{'' if v['sampled'] else ' (not sampled)'} [{v['kind']}] {v['question'][:100]}\n    answer: {v['answer'][:200]}\n    why: {v['wrong']}")
+        for v in r["references_disagree"]:
+            print(f"  get_references does not list every cited call: {v['question'][:100]}\n    answer: {v['answer'][:200]}")
     out = {"rows": rows, "repos": report, "sample": args.sample, "seed": args.seed}
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
