@@ -404,10 +404,10 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
         if script is None:
             stats.rejected["no unique edit script"] += 1
             return None
-        where = _edit_seen(s, ws, fc.old_path, fc.before, script, rng, stats)
-        if where is None:
+        changed: list[str] = []
+        if not _edit_seen(s, ws, fc.old_path, fc.before, script, rng, stats, changed):
             return None
-        touched.append(f"{fc.old_path} ({where})" if where else fc.old_path)
+        touched.append(f"{fc.old_path} ({', '.join(changed)})" if changed else fc.old_path)
     reached = all(_content(ws, fc.new_path) == fc.after for fc in change.files if fc.new_path) and all(
         not (ws.root / fc.old_path).exists() for fc in change.files if fc.kind in ("D", "R"))
     verified = {"ok": reached, "reaches_child": reached, "child": change.commit}
@@ -500,16 +500,16 @@ def _locate(s: OracleSession, ws: Workspace, path: str, task: str, rng: random.R
 
 
 def _edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: list[tuple[str, str]], rng: random.Random,
-               stats: UnitStats) -> str | None:
+               stats: UnitStats, changed: list[str] | None = None) -> bool:
     """Read the lines each replacement changes (starting where an observation showed a line of the file,
-    or at the enclosing definition an outline shows), then make the replacements. Returns the changed
-    definitions' names ("" at module level), None when the edit could not be made."""
+    or at the enclosing definition an outline shows), then make the replacements. False when the edit
+    could not be made; ``changed`` receives the qualified names of the definitions it changes."""
     spans = []
     for old, _new in script:
         at = before.find(old)
         if at < 0:
             stats.rejected["edit text not in the file"] += 1
-            return None
+            return False
         first = before.count("\n", 0, at) + 1
         spans.append((first, first + old.count("\n")))
     lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
@@ -534,7 +534,9 @@ def _edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: 
     s.act([("edit", {"path": path, "old": old, "new": new}) for old, new in script], content=say(rng, [
         "The change goes at line {line}{inside}.", "Now the edit at {path}:{line}{inside}.", "Line {line}{inside} is what has to change."],
         line=lo, path=path, inside=f", in {sym.qualname}" if sym else ""))
-    return ", ".join(names)
+    if changed is not None:
+        changed.extend(names)
+    return True
 
 
 MAX_HUNK_LINES = 12
@@ -591,8 +593,8 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
         if not _locate(s, ws, fc.path, task, rng):
             stats.rejected["file not reachable"] += 1
             return None
-        where = _edit_seen(s, ws, fc.path, buggy, fix, rng, stats)
-        if where is None:
+        changed: list[str] = []
+        if not _edit_seen(s, ws, fc.path, buggy, fix, rng, stats, changed):
             return None
         fixed = ws.read_text(fc.path) == current
         verified = {"ok": fixed, "restores_fix": fixed, "fix_commit": change.commit}
@@ -605,7 +607,7 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
             stats.rejected["bug not fixed"] += 1
             return None
         s.thought_before_submit = say(rng, ["The cause was in {path}; fixed.", "{path} is fixed."], path=fc.path)
-        return _finish(s, f"Fixed: {change.subject} (in {fc.path}{': ' + where if where else ''})", "evolution", commit, stats,
+        return _finish(s, f"Fixed: {change.subject} (in {fc.path}{': ' + ', '.join(changed) if changed else ''})", "evolution", commit, stats,
                        {"form": "reintroduced bug", "fix_commit": change.commit, "path": fc.path}, verified)
     finally:
         ws.write_text(fc.path, current)
