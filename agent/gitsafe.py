@@ -13,8 +13,11 @@ calls it, so importing any part of SWE-Spot is enough. ``run()`` is ``subprocess
 same settings even when the caller passes its own ``env``. Diffs and logs add ``--no-ext-diff
 --no-textconv`` (``DIFF_FLAGS``): ``diff.external`` has no value that means "none".
 
-What stays the user's: filter drivers (``filter.<name>.smudge``) cannot be switched off by name; they
-only come from configuration files, which the agent's tools and sandboxed code can no longer write.
+Filter drivers (``filter.<name>.clean/smudge/process``, named by ``.gitattributes`` and defined in a
+configuration file) run when git writes or hashes work-tree files (``checkout-index``, ``read-tree -u``,
+``archive``, ``status``). They have no switch, so ``protect_repo()`` reads which names the configuration
+seen from a repository defines and adds empty drivers for them (an empty driver runs nothing and passes
+the content through); the snapshot and scratch copies call it before they check files out.
 """
 
 from __future__ import annotations
@@ -58,12 +61,15 @@ FIXED = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "c
 
 DIFF_FLAGS = ("--no-ext-diff", "--no-textconv")
 
+_filter_names: set[str] = set()  # filter drivers found by protect_repo: emptied in every git command
+
 
 def safe_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: ``os.environ``) with the safe settings on top. Configuration the caller's
     environment already passes through ``GIT_CONFIG_KEY_<n>`` is kept, unless it names one of our keys."""
     env = dict(os.environ if base is None else base)
-    ours = {key.lower() for key, _ in SAFE_CONFIG}
+    safe = list(SAFE_CONFIG) + _filter_overrides()
+    ours = {key.lower() for key, _ in safe}
     kept = []
     try:
         count = int(env.get("GIT_CONFIG_COUNT", "0") or 0)
@@ -76,7 +82,7 @@ def safe_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     for n in range(count):
         env.pop(f"GIT_CONFIG_KEY_{n}", None)
         env.pop(f"GIT_CONFIG_VALUE_{n}", None)
-    pairs = kept + list(SAFE_CONFIG)
+    pairs = kept + safe
     for n, (key, value) in enumerate(pairs):
         env[f"GIT_CONFIG_KEY_{n}"] = key
         env[f"GIT_CONFIG_VALUE_{n}"] = value
@@ -95,6 +101,24 @@ def protect_process() -> None:
     for key, value in wanted.items():
         if os.environ.get(key) != value:
             os.environ[key] = value
+
+
+def _filter_overrides() -> list[tuple[str, str]]:
+    return [(f"filter.{name}.{key}", value) for name in sorted(_filter_names)
+            for key, value in (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))]
+
+
+def protect_repo(repo_dir: str | os.PathLike, git_dir: str | os.PathLike | None = None) -> None:
+    """Empty every filter driver the configuration of this repository (its own, the user's, included
+    files) defines, in this process and every git command it runs from now on. Reading configuration
+    runs nothing."""
+    where = ["--git-dir", str(git_dir)] if git_dir else []
+    done = subprocess.run(["git", *where, "config", "--name-only", "--get-regexp", r"^filter\..+\.(clean|smudge|process|required)$"],
+                          cwd=repo_dir, env=safe_env(), capture_output=True, text=True)
+    names = {key[len("filter."):].rsplit(".", 1)[0] for key in done.stdout.split("\n") if key.startswith("filter.")}
+    if names - _filter_names:
+        _filter_names.update(names)
+        protect_process()
 
 
 def run(args: Sequence[str], *, env: Mapping[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:

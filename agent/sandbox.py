@@ -370,6 +370,7 @@ def scratch_copy(repo: str | os.PathLike, commit: str = "HEAD", *, prefix: str =
     repo = Path(repo)
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
+        gitsafe.protect_repo(repo)  # git archive applies filter drivers: none runs
         with tempfile.TemporaryFile() as errors:
             archive = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=repo, stdout=subprocess.PIPE,
                                        stderr=errors, env=gitsafe.safe_env())

@@ -101,3 +101,24 @@ def test_a_planted_hook_does_not_run(repo, tmp_path):
     r.index.write()
     subprocess.run(["git", "add", "pkg/mod.py"], cwd=repo, check=True)  # any child of ours, too
     assert not marker.exists()
+
+
+def test_a_planted_filter_driver_runs_in_neither_the_snapshot_nor_a_scratch_copy(repo, tmp_path):
+    """Filter drivers have no switch: the ones a configuration defines are emptied by name."""
+    from agent.sandbox import scratch_copy
+
+    marker = tmp_path / "filter-ran"
+    (repo / ".gitattributes").write_text("*.py filter=planted\n")
+    subprocess.run(["git", "add", ".gitattributes"], cwd=repo, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "attributes"], cwd=repo, check=True)
+    command = f"sh -c 'echo ran >> {marker}; cat'"
+    for key in ("smudge", "clean"):
+        subprocess.run(["git", "config", f"filter.planted.{key}", command], cwd=repo, check=True)
+    with Snapshot(repo) as snap:
+        snap.checkout("HEAD")
+        assert (snap.tree / "pkg" / "mod.py").read_text() == "def f():\n    return 1\n"  # content passes through
+    with scratch_copy(repo) as copy:
+        assert (copy / "pkg" / "mod.py").read_text() == "def f():\n    return 1\n"
+    (repo / "pkg" / "mod.py").write_text("def f():\n    return 3\n")
+    assert git.Repo(repo).is_dirty()  # status hashes the changed file: the clean filter would run here
+    assert not marker.exists()

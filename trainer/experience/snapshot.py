@@ -32,6 +32,7 @@ class Snapshot:
             self.close()
             raise SwespotError(f"{self.repo_dir} is not a git repository")
         self.git_dir = done.stdout.strip()
+        gitsafe.protect_repo(self.repo_dir, self.git_dir)  # checkouts write files: no filter driver runs
 
     def _git(self, *args: str) -> str:
         env = dict(os.environ, GIT_INDEX_FILE=str(self.index_file), GIT_WORK_TREE=str(self.tree))
