@@ -197,3 +197,67 @@ def test_an_empty_trace_is_a_named_failure(tmp_path):
     assert stats["episodes_on_disk"] == 0
     assert stats["rejected"]["tests cannot run: tests/conftest.py does not import"] == 1
     assert "runtime trace is empty: no test could run (" in stats["why_none"] and "a_module_nobody_installed" in stats["why_none"]
+
+
+# ---- a teacher (issue 13 item 8): kept only when it verifies; the oracle otherwise -----------------------
+def _submit(summary: str) -> dict:
+    return {"content": "What the tests showed answers it.",
+            "tool_calls": [{"function": {"name": "submit", "arguments": {"summary": summary}}}]}
+
+
+def test_a_teacher_trajectory_is_kept_only_when_it_verifies(shadow_repo, tmp_path):
+    root, _ = shadow_repo
+    script = tmp_path / "teacher.json"
+    script.write_text(json.dumps([_submit("label('a b', 1) returns 'a b: 1'")] * 80))
+    spec = f"scripted:{script}"
+    result = build_experience(root, tmp_path / "exp", BuildOptions(units=("runtime",), progress=False, teacher=spec))
+    episodes = [e for shard in sorted((tmp_path / "exp" / "runtime").glob("*.jsonl")) for e in load_episodes(shard)]
+    taught = [e for e in episodes if e["meta"].get("teacher")]
+    assert [(e["meta"]["form"], e["meta"]["symbol"]) for e in taught] == [("predict output", "label")]
+    assert taught[0]["verified"] == {"ok": True, "observed": "test run", "teacher": spec}
+    assert taught[0]["messages"][-1]["content"].endswith("'a b: 1'")
+    # everywhere else the oracle's episode stands
+    assert {e["meta"]["form"] for e in episodes if not e["meta"].get("teacher")} == {
+        "predict output", "write a passing test", "which tests fail", "fail-to-pass reproduction"}
+    rejected = result.stats["runtime"]["rejected"]
+    assert rejected["teacher fell back to the oracle: answer lacks the observed value"] >= 1
+    assert rejected["teacher fell back to the oracle: wrote no test of the function"] >= 1
+    assert rejected["teacher fell back to the oracle: named other tests than those that fail"] >= 1
+    assert rejected["teacher fell back to the oracle: reproduction: no test written"] == 1
+
+
+def test_a_teacher_leaves_the_workspace_as_it_found_it(shadow_repo, tmp_path):
+    from agent.models import ScriptedModel
+    from agent.tools import CommandPolicy, Workspace
+    from trainer.experience.teacher import Teacher
+
+    root, _ = shadow_repo
+    snap = _snapshot(root, tmp_path / "snap")
+    ws = Workspace(snap, policy=CommandPolicy(approve=lambda _c: True), scratch_runs=False)
+    create = {"content": "A test file first.", "tool_calls": [{"function": {"name": "create_file", "arguments": {
+        "path": "tests/test_new.py", "content": "def test_new():\n    assert True\n"}}}]}
+    teacher = Teacher(ScriptedModel([create, _submit("done")]), "scripted")
+    seen = {}
+    episode = teacher.attempt(ws, "Add a test.", lambda r: seen.setdefault("ok", {"ok": (snap / "tests/test_new.py").is_file()}),
+                              unit="runtime", commit="c0ffee", meta={"form": "demo"})
+    assert episode["verified"] == {"ok": True, "teacher": "scripted"} and episode["repo_commit"] == "c0ffee"
+    assert not (snap / "tests/test_new.py").exists() and ws.originals == {}
+    assert teacher.to_dict() == {"model": "scripted", "tried": 1, "kept": 1, "rejected": {}}
+
+
+def test_a_tiny_model_teacher_falls_back_to_the_oracle(shadow_repo, tmp_path, tiny_gguf_f32):
+    from agent.loop import Budget
+    from agent.models import model_from_spec
+    from agent.tools import CommandPolicy, Workspace
+    from trainer.experience.teacher import Teacher
+
+    root, _ = shadow_repo
+    snap = _snapshot(root, tmp_path / "snap")
+    before = {p: p.read_text() for p in snap.rglob("*") if p.is_file()}
+    ws = Workspace(snap, policy=CommandPolicy(approve=lambda _c: True), scratch_runs=False)
+    teacher = Teacher(model_from_spec(str(tiny_gguf_f32), max_tokens=64), "tiny", Budget(max_steps=3, max_tokens=30_000))
+    episode = teacher.attempt(ws, f"What does `label('a b', 1)` return? (src/{PACKAGE}/__init__.py)",
+                              lambda r: {"ok": True} if "'a b: 1'" in r.summary else "answer lacks the observed value",
+                              unit="runtime", commit="c0ffee", meta={}, read_only=True)
+    assert episode is None and teacher.tried == 1 and sum(teacher.rejected.values()) == 1
+    assert {p: p.read_text() for p in snap.rglob("*") if p.is_file()} == before

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-commits", type=int, help="replay at most this many commits (the newest before the cutoff)")
     q.add_argument("--run-tests", action="store_true", help="run the relevant tests inside episodes (sandboxed, slower)")
+    q.add_argument("--teacher", metavar="MODEL", help="runtime unit: a stronger model (a .gguf file or openai:URL[#model]) "
+                                                      "tries each task with the agent; its trajectory is kept when it "
+                                                      "verifies, the oracle's otherwise")
     q.add_argument("--fit", default="auto", help="count rendered lengths and trained tokens with this model's tokenizer: "
                                                  "default, a local HF folder, none, or auto (the default model when it is "
                                                  "prepared); a unit that loses most episodes to max_len is an error")
@@ -81,6 +84,8 @@ def cmd_build(args) -> int:
     if args.max_commits:
         settings["max_commits"] = args.max_commits
     settings.setdefault("text_chunk_tokens", max_len)
+    if args.teacher:
+        settings["teacher"] = args.teacher
     opts = BuildOptions(cutoff=args.cutoff, seed=args.seed, run_tests=args.run_tests or settings.pop("run_tests", False),
                         progress=not args.json, **settings)
     result = build_experience(args.repo, out, opts)

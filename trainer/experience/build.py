@@ -44,6 +44,9 @@ class BuildOptions:
     max_commits: int | None = None
     run_tests: bool = False  # execute tests inside episodes (sandboxed; slower)
     max_mutations: int = 20  # runtime unit: functions mutated to see which tests fail (2 test runs each)
+    # runtime unit: a teacher model (GGUF, openai:URL[#model], scripted:FILE) tries each task first; its
+    # trajectory is kept when it verifies, else the oracle's (trainer/experience/teacher.py)
+    teacher: str | None = None
     # the balanced mix: at most this many episodes per unit (absent or 0: no cap); files are taken in a
     # seeded order and commits newest first until a unit's target is met (the paper: 2,048 each)
     targets: dict = field(default_factory=dict)

@@ -30,6 +30,7 @@ from agent.errors import SwespotError
 from agent.index import is_test_file
 from trainer.experience import units as U
 from trainer.experience.oracle import OracleSession, say
+from trainer.experience.teacher import Teacher, teacher_for
 from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, run_pytest, sample, repo_environment
 
 TRACE_VERSION = 2  # 2: the repository's own test environment, a sampled subset, node ids and callers
@@ -113,12 +114,34 @@ def _test_home(ws, trace: dict) -> str:
     return folders.most_common(1)[0][0] if folders else "."
 
 
+def _teacher(opts) -> Teacher | None:
+    spec = getattr(opts, "teacher", None)
+    return teacher_for(spec) if spec else None
+
+
+def _taught(teacher: Teacher | None, stats: U.UnitStats, ws, task: str, verify, *, commit: str, meta: dict,
+            read_only: bool = False) -> dict | None:
+    """The teacher's verified episode for ``task``, or None (then the oracle's is made)."""
+    if teacher is None:
+        return None
+    rejected = Counter(teacher.rejected)
+    episode = teacher.attempt(ws, task, verify, unit="runtime", commit=commit, meta=meta, read_only=read_only)
+    for reason, n in (teacher.rejected - rejected).items():
+        stats.rejected[f"teacher fell back to the oracle: {reason}"] += n
+    if episode is not None:
+        stats.add(episode)
+    return episode
+
+
+def _says(text: str, literal: str) -> bool:
+    return re.search(rf"(?<![\w'\"]){re.escape(literal)}(?![\w'\"])", text) is not None
+
+
 def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict, trace: dict, commit: str,
-                     rng: random.Random, stats: U.UnitStats, limit: int = 6):
+                     rng: random.Random, stats: U.UnitStats, limit: int = 6, teacher: Teacher | None = None):
     out = []
     items = sorted(examples.items())
     rng.shuffle(items)
-    home = _test_home(ws, trace)
     for key, cases in items:
         if len(out) >= limit:
             break
@@ -128,6 +151,19 @@ def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict
             continue
         args, ret = cases[0]
         call = f"{sym.qualname}({', '.join(args)})"
+        meta = {"form": "predict output", "symbol": sym.qualname}
+        taught = _taught(teacher, stats, ws, f"What does `{call}` return? ({path})",
+                         lambda r, ret=ret: {"ok": True, "observed": "test run"} if _says(r.summary, ret) else "answer lacks the observed value",
+                         commit=commit, meta=meta, read_only=True)
+        if taught:
+            out.append(taught)
+        module = tenv.module_name(path)
+        if module and sym.parent is None and len(out) < limit:
+            episode = _written_test_episode(ws, tenv, sym, module, call, args, ret, _test_home(ws, trace), commit, rng, stats, teacher)
+            if episode:
+                out.append(episode)
+        if taught:
+            continue
         s = OracleSession(ws, f"What does `{call}` return? ({path})", read_only=True)
         s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
             "First, where is {name} defined?", "I'll look up the definition of {name}.", "Let me find {name}."], name=sym.qualname))
@@ -137,24 +173,37 @@ def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict
         s.thought_before_submit = say(rng, ["Following the code with {args}: it returns {ret}.",
                                             "With these arguments the body yields {ret}."], args=", ".join(args) or "no arguments", ret=ret)
         episode = U._finish(s, f"`{call}` returns `{ret}` (observed when the tests ran).", "runtime", commit, stats,
-                            {"form": "predict output", "symbol": sym.qualname}, {"ok": True, "observed": "test run"})
+                            meta, {"ok": True, "observed": "test run"})
         if episode:
             out.append(episode)
-        module = tenv.module_name(path)
-        if module and sym.parent is None and len(out) < limit:
-            episode = _written_test_episode(ws, tenv, sym, module, call, args, ret, home, commit, rng, stats)
-            if episode:
-                out.append(episode)
     return out
 
 
+def _new_tests(ws) -> list[str]:
+    return sorted(rel for rel, original in ws.originals.items() if original is None and rel.endswith(".py") and is_test_file(rel))
+
+
 def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret: str, home: str, commit: str,
-                          rng: random.Random, stats: U.UnitStats):
+                          rng: random.Random, stats: U.UnitStats, teacher: Teacher | None = None):
     test_path = str(PurePosixPath(home) / f"test_swespot_{sym.name}.py") if home != "." else f"test_swespot_{sym.name}.py"
     if (ws.root / test_path).exists():
         return None
+    task = f"Write a test for {sym.qualname} ({sym.path}) that pins what it returns for {', '.join(args) or 'no arguments'}."
+
+    def verify(result):
+        written = _new_tests(ws)
+        if not written or not any(sym.name in ws.read_text(p) for p in written):
+            return "wrote no test of the function"
+        run = run_pytest(tenv, written, timeout_s=60)
+        passed = run.with_outcome(PASSED)
+        return {"ok": True, "test_passed": True} if passed and passed == set(run.tests) and not run.errors else "its test does not pass"
+
+    meta = {"form": "write a passing test", "symbol": sym.qualname}
+    taught = _taught(teacher, stats, ws, task, verify, commit=commit, meta=meta)
+    if taught:
+        return taught
     body = f"from {module} import {sym.name}\n\n\ndef test_{sym.name}_behaviour():\n    assert {call} == {ret}\n"
-    s = OracleSession(ws, f"Write a test for {sym.qualname} ({sym.path}) that pins what it returns for {', '.join(args) or 'no arguments'}.")
+    s = OracleSession(ws, task)
     try:
         s.act([("read_file", {"path": sym.path, "start_line": sym.start_line, "end_line": sym.end_line})], content=say(rng, [
             "I'll read {name} first.", "Reading {name} to see what it computes."], name=sym.name))
@@ -171,8 +220,7 @@ def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret
         stats.rejected["written test did not pass"] += 1
         return None
     s.thought_before_submit = say(rng, ["It passes.", "The test passes on the current code."])
-    return U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats,
-                     {"form": "write a passing test", "symbol": sym.qualname}, {"ok": True, "test_passed": True})
+    return U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats, meta, {"ok": True, "test_passed": True})
 
 
 def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.UnitStats, blobs: dict, opts) -> tuple[int, int]:
@@ -203,14 +251,16 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
             by_file.setdefault(path, {})[key] = cases
     made = reused = 0
     for path, examples in sorted(by_file.items()):
-        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "runtime", opts.seed, path, blobs[path], examples]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "runtime", opts.seed, path, blobs[path], examples,
+                                         getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         wanted.add(key)
         shard = out / "runtime" / f"{key}.jsonl"
         if shard.exists():
             reused += 1
             continue
         rng = random.Random(f"{opts.seed}:runtime:{path}")
-        save_episodes(shard, runtime_episodes(ws, index, tenv, path, examples, trace, commit, rng, stats), dropped=stats.rejected)
+        save_episodes(shard, runtime_episodes(ws, index, tenv, path, examples, trace, commit, rng, stats, teacher=_teacher(opts)),
+                      dropped=stats.rejected)
         made += 1
     m, r = mutation_shards(ws, index, tenv, trace, commit, out, wanted, stats, blobs, opts)
     return made + m, reused + r
@@ -245,7 +295,7 @@ def mutation_shards(ws, index, tenv: TestEnvironment, trace: dict, commit: str, 
     for sym, tests in mutation_targets(index, trace, blobs, opts.seed)[: opts.max_mutations]:
         files = sorted({t.split("::")[0] for t in tests})
         key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "mutation", sym.path, sym.qualname, blobs[sym.path],
-                                         [blobs.get(f) for f in files], tests]).encode()).hexdigest()[:20]
+                                         [blobs.get(f) for f in files], tests, getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         wanted.add(key)
         if (out / "runtime" / f"{key}.jsonl").exists():
             reused += 1
@@ -262,14 +312,14 @@ def mutation_shards(ws, index, tenv: TestEnvironment, trace: dict, commit: str, 
             stats.rejected["runtime time budget spent (mutations)"] += 1
             continue
         rng = random.Random(f"{opts.seed}:mutation:{sym.path}:{sym.qualname}")
-        episode = mutation_episode(ws, tenv, sym, [t for t in tests if t in stable], commit, stats, rng)
+        episode = mutation_episode(ws, tenv, sym, [t for t in tests if t in stable], commit, stats, rng, _teacher(opts))
         save_episodes(out / "runtime" / f"{key}.jsonl", [episode] if episode else [], dropped=stats.rejected)
         made += 1
     return made, reused
 
 
 def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: str, stats: U.UnitStats,
-                     rng: random.Random) -> dict | None:
+                     rng: random.Random, teacher: Teacher | None = None) -> dict | None:
     """Replace the function's first ``return ...`` with ``return None``, run the tests that called it and
     passed (twice: traced and not), and teach which of them fail. Every failure is the mutation's doing."""
     if not tests:
@@ -297,7 +347,19 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
     failing = sorted(t for t in tests if after.tests.get(t) in (FAILED, ERROR)
                      or (t not in after.tests and (t.split("::")[0] in broken or "." in broken or "" in broken)))
     changed = match.group(0).strip()
-    s = OracleSession(ws, f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?", read_only=True)
+    task = f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?"
+
+    def verify(result):
+        named = {t for t in tests if t in result.summary}
+        if named != set(failing):
+            return "named other tests than those that fail"
+        return {"ok": True, "executed": True, "failing": failing, "ran": tests}
+
+    meta = {"form": "which tests fail", "symbol": sym.qualname}
+    taught = _taught(teacher, stats, ws, task, verify, commit=commit, meta=meta, read_only=True)
+    if taught:
+        return taught
+    s = OracleSession(ws, task, read_only=True)
     refs = s.act([("find_references", {"symbol": sym.name})], content=say(rng, [
         "Which code uses {name}? The tests among its references are the candidates.", "I'll list the references to {name} first.",
         "Let me see where {name} is used."], name=sym.name))[0]
@@ -321,8 +383,7 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
         answer = f"None of the {len(tests)} tests that run it would fail: they do not check that result."
         s.thought_before_submit = say(rng, ["The tests run it but never look at what it returns.",
                                             "Nothing checks that value."])
-    return U._finish(s, answer, "runtime", commit, stats, {"form": "which tests fail", "symbol": sym.qualname},
-                     {"ok": True, "executed": True, "failing": failing, "ran": tests})
+    return U._finish(s, answer, "runtime", commit, stats, meta, {"ok": True, "executed": True, "failing": failing, "ran": tests})
 
 
 # ---- fail-to-pass reproductions of historical fixes, newest first ----------------------------------------
@@ -339,7 +400,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
             break
         if not U._FIX.search(commit.summary):
             continue
-        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "repro", commit.hexsha]).encode()).hexdigest()[:20]
+        key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "repro", commit.hexsha, getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         shard = out / "runtime" / f"{key}.jsonl"
         if shard.exists():
             wanted.add(key)
@@ -357,7 +418,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
             break
         tried += 1
         wanted.add(key)
-        episode = repro_episode(ws, snap, change, stats, scrub)
+        episode = repro_episode(ws, snap, change, stats, scrub, _teacher(opts))
         save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
         episodes += episode is not None
         made += 1
@@ -390,7 +451,24 @@ def fail_to_pass(before: PytestRun, after: PytestRun) -> list[str]:
                   and (before.tests.get(t) in (FAILED, ERROR) or (t not in before.tests and t.split("::")[0] in broken_files)))
 
 
-def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
+def _fail_to_pass_runs(ws, tenv: TestEnvironment, code: list, test_paths: list[str]) -> tuple[list[str], str]:
+    """Run ``test_paths`` on the code as it is, then with the fix's code in place (put back after):
+    (the tests that fail before and pass after, why there are none)."""
+    before = run_pytest(tenv, test_paths, timeout_s=120)
+    for fc in code:
+        (ws.root / fc.path).write_text(fc.after, encoding="utf-8")
+    try:
+        after = run_pytest(tenv, test_paths, timeout_s=120)
+    finally:
+        for fc in code:
+            (ws.root / fc.path).write_text(fc.before, encoding="utf-8")
+    f2p = fail_to_pass(before, after)
+    if f2p:
+        return f2p, ""
+    return [], "its tests do not run after the fix" if not after.with_outcome(PASSED) else "its tests already pass before the fix"
+
+
+def repro_episode(ws, snap, change, stats: U.UnitStats, scrub, teacher: Teacher | None = None) -> dict | None:
     tests, code = _test_changes(change), _code_changes(change)
     rng = random.Random(f"repro:{change.commit}")
     moved = snap.checkout(change.parent)
@@ -401,7 +479,19 @@ def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
     ws.run_env = tenv.run_env()
     test_paths = [fc.new_path for fc in tests]
     task = f"Write a test that reproduces this bug, failing on the current code:\n\n{change.task}"
+    meta = {"form": "fail-to-pass reproduction", "fix_commit": change.commit}
+
+    def verify(result):
+        written = sorted(rel for rel in ws.originals if rel.endswith(".py") and is_test_file(rel))
+        f2p, why = _fail_to_pass_runs(ws, tenv, code, written) if written else ([], "no test written")
+        if not f2p:
+            return f"reproduction: {why}"
+        return {"ok": True, "fails_before": True, "passes_after": True, "fail_to_pass": f2p}
+
     try:
+        taught = _taught(teacher, stats, ws, task, verify, commit=change.parent, meta=meta)
+        if taught:
+            return taught
         s = OracleSession(ws, task)
         target = code[0]
         if U._locate(s, ws, target.path, change.task, rng):
@@ -427,18 +517,8 @@ def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
             if not U._edit_seen(s, ws, fc.new_path, fc.before, script, rng, stats):
                 return None
         # executed outside the episode, by node id: before the fix, then with the fix's code in place
-        before = run_pytest(tenv, test_paths, timeout_s=120)
-        for fc in code:
-            (ws.root / fc.path).write_text(fc.after, encoding="utf-8")
-        try:
-            after = run_pytest(tenv, test_paths, timeout_s=120)
-        finally:
-            for fc in code:
-                (ws.root / fc.path).write_text(fc.before, encoding="utf-8")
-        f2p = fail_to_pass(before, after)
+        f2p, why = _fail_to_pass_runs(ws, tenv, code, test_paths)
         if not f2p:
-            why = ("its tests do not run after the fix" if not after.with_outcome(PASSED)
-                   else "its tests already pass before the fix")
             stats.rejected[f"reproduction: {why}"] += 1
             return None
         command = "python -m pytest -q -p no:cacheprovider " + " ".join(shlex.quote(t) for t in f2p[:MAX_LISTED])
@@ -450,8 +530,7 @@ def repro_episode(ws, snap, change, stats: U.UnitStats, scrub) -> dict | None:
         s.thought_before_submit = say(rng, ["They fail as expected: the bug is reproduced.", "Failing, as they should before the fix."])
         named = ", ".join(f2p[:MAX_LISTED]) + (f" and {len(f2p) - MAX_LISTED} more" if len(f2p) > MAX_LISTED else "")
         return U._finish(s, f"{named} reproduce{'s' if len(f2p) == 1 else ''} it: failing on the current code, passing once fixed.",
-                         "runtime", change.parent, stats, {"form": "fail-to-pass reproduction", "fix_commit": change.commit},
-                         {"ok": True, "fails_before": True, "passes_after": True, "fail_to_pass": f2p})
+                         "runtime", change.parent, stats, meta, {"ok": True, "fails_before": True, "passes_after": True, "fail_to_pass": f2p})
     finally:
         U._undo_files(ws.root, change)
         ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
