@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import resource
 import selectors
@@ -44,6 +45,8 @@ from typing import Iterable, Iterator, Sequence
 
 from agent import gitsafe
 from agent.errors import SwespotError
+
+log = logging.getLogger(__name__)
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing answers
 UNSAFE_OPT_IN = "SWESPOT_UNSAFE_NO_SANDBOX"
@@ -110,12 +113,21 @@ def unsafe_opted_in() -> bool:
 
 def require_sandbox() -> None:
     """Raise the one clear message when repository code cannot run isolated and the user did not opt in."""
-    if sandbox_available() or unsafe_opted_in():
+    if sandbox_available():
+        return
+    if unsafe_opted_in():
+        _warn_unsafe()
         return
     raise SwespotError(
         f"running repository code needs the bubblewrap sandbox (bwrap), which {_bwrap()[2]}; install it "
         f"(Debian/Ubuntu: apt-get install bubblewrap; scripts/setup does it when run as root), or set "
         f"{UNSAFE_OPT_IN}=1 to run repository code without isolation at your own risk")
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_unsafe() -> None:
+    log.warning("%s=1: repository code runs WITHOUT the sandbox (bubblewrap %s): it can read and write "
+                "whatever this user can", UNSAFE_OPT_IN, _bwrap()[2])
 
 
 @functools.lru_cache(maxsize=1)
