@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ap.add_argument("--eval-profile", help="evaluation sizes (default: the profile's)")
     ap.add_argument("--families", default=",".join(f for f in ("line", "body", "design", "facts") if f in FAMILIES))
+    ap.add_argument("--max-minutes", type=float, help="start no refresh (after the first) that would end after this many "
+                    "minutes; run again to continue")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -159,11 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.specialize import do_base
 
         do_base(repo, work, args, base_gguf)
+    done_here = 0
     for k, commit in enumerate(commits, 1):
         if work.get("refresh", repo.key, k) is not None:
             continue
-        say(f"[{k}/{len(commits)}] refresh at {commit[:10]} (elapsed {fmt_minutes(time.perf_counter() - started)})")
+        elapsed = time.perf_counter() - started
+        if args.max_minutes is not None and done_here and elapsed * (done_here + 1) / done_here > args.max_minutes * 60:
+            say(f"stopping before refresh {k}: it would end after --max-minutes {args.max_minutes:g}; run the same command "
+                "again to continue")
+            break
+        say(f"[{k}/{len(commits)}] refresh at {commit[:10]} (elapsed {fmt_minutes(elapsed)})")
         refresh_at(k, commit, repo, work, args, base_gguf)
+        done_here += 1
     result = summary(repo, commits, work)
     print_table(result)
     if args.json:

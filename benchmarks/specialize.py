@@ -19,8 +19,10 @@ each adapter is compared with the base, and rcl with the task-centric control, b
 bootstrap over those tasks.
 
 Everything lands in ``--work`` (experience, tasks, adapters, ``results.jsonl``): a run that is killed, or
-stopped by ``--max-minutes``, continues where it stopped when the same command is run again. The plan
-and its estimated duration are printed first; ``--estimate`` stops there.
+stopped by ``--max-minutes``, continues where it stopped when the same command is run again. Every
+piece names all the repositories (they make the task-centric control) with the same cutoffs, base,
+profile and families; ``--repos``, ``--conditions``, ``--steps`` and ``--max-minutes`` may change from
+one piece to the next. The plan and its estimated duration are printed first; ``--estimate`` stops there.
 
     .venv/bin/python benchmarks/specialize.py /tmp/click /tmp/requests@500 /tmp/attrs@v22.2.0 \\
         --work /tmp/bench-spec --steps 32,128,512 --json spec.json --plot spec.png [--repos click]
@@ -56,9 +58,11 @@ STEP_CAP = 64  # a condition trained to a token budget stops at the latest after
 CONTROL_MODULES = 80  # stdlib modules (100-400 lines each) in the single-repository control
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@e", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@e",
            "PATH": "/usr/bin:/bin"}
-# Seconds per unit of work before anything was measured in the work dir (embedded Gemma 3 270M on 2 CPU
-# cores, quick profile); replaced by what the work dir's own runs took as soon as there are some.
-DEFAULT_COSTS = {"train_step": 6.0, "train_fixed": 60.0, "eval_task": 1.5, "experience": 600.0}
+# Seconds per unit of work before anything was measured in the work dir, as measured on click (embedded
+# Gemma 3 270M, 2 shared CPU cores, quick profile: 4.8 s/step on the agentic units, 11.6 s/step on text,
+# ~15 s to load, export and verify per run, 0.87 s per evaluated task, 31 s for the experience at the
+# quick targets); replaced by what the work dir's own runs took as soon as there are some.
+DEFAULT_COSTS = {"train_step": 6.0, "train_fixed": 15.0, "eval_task": 0.9, "experience": 60.0}
 
 
 def say(msg: str) -> None:
@@ -473,9 +477,9 @@ def print_table(result: dict) -> None:
         print_rows("Held-out loss per family (nats/token); line+body relative to the base, paired 95% interval", rows)
 
 
-def plot(result: dict, out: Path) -> None:
-    """One panel per repository: held-out line+body loss relative to the base against trained tokens,
-    one line per condition, the paired 95% intervals as error bars."""
+def plot(result: dict, out: Path, x_axis: str = "tokens") -> None:
+    """One panel per repository: held-out line+body loss relative to the base against trained tokens
+    (or training minutes), one line per condition, the paired 95% intervals as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -486,7 +490,8 @@ def plot(result: dict, out: Path) -> None:
     for ax, name in zip(axes[0], names):
         runs = result["repos"][name]["runs"]
         for condition in CONDITIONS:
-            pts = sorted((r["trained_tokens"], r["vs_base"]["headline"]) for r in runs if r["condition"] == condition
+            pts = sorted((r["trained_tokens"] if x_axis == "tokens" else r["minutes"]["train"], r["vs_base"]["headline"])
+                         for r in runs if r["condition"] == condition
                          and ((r.get("vs_base") or {}).get("headline") or {}).get("rel") is not None)
             if not pts:
                 continue
@@ -498,7 +503,7 @@ def plot(result: dict, out: Path) -> None:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_title(name)
-        ax.set_xlabel("trained tokens")
+        ax.set_xlabel("trained tokens" if x_axis == "tokens" else "training minutes")
         ax.set_ylabel("line+body loss vs base (%)")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -533,6 +538,7 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--estimate", action="store_true", help="print the plan and its estimated duration, then stop")
     ap.add_argument("--json", type=Path, help="write the summary as JSON")
     ap.add_argument("--plot", type=Path, help="write the learning curves as a PNG")
+    ap.add_argument("--plot-x", choices=["tokens", "minutes"], default="tokens", help="the plot's x axis: trained tokens or training minutes")
     ap.add_argument("--quiet", action="store_true", help="no progress bars (the piece lines stay)")
     args = ap.parse_args(argv)
     args.steps = [int(s) for s in args.steps.split(",") if s.strip()]
@@ -633,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     if args.plot:
-        plot(result, args.plot)
+        plot(result, args.plot, args.plot_x)
     return 0
 
 
