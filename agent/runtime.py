@@ -13,12 +13,15 @@ worker threads. Nothing here imports torch.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -26,6 +29,7 @@ from typing import Iterator, Sequence
 from agent.errors import SwespotError
 
 log = logging.getLogger(__name__)
+THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
 
 GGML_TYPE_F32 = 0  # ggml_type enum value; f32 KV cache makes logits comparable to transformers
 
@@ -58,7 +62,37 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    return choose_threads()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def recent_load() -> float:
+    """Runnable processes over the last minute (0.0 where the platform does not say)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(setting: int = 0, *, cores: int | None = None, load: float | None = None, own: float = 0.0) -> int:
+    """llama.cpp threads for this machine now. The editor's setting wins when it names a count (capped at
+    the usable cores: more threads than cores only contend). Otherwise one thread per core that the
+    load leaves free, at least one: llama.cpp's threads spin-wait for each other, so a thread that
+    shares its core with another busy process stalls every token (on a loaded 2-core machine 2 threads
+    fell to 1-6 tokens/s while 1 thread held 13-48). ``load`` is the 1-minute load average; ``own`` is
+    the part of it that is this process's own generation (counted back, or it would starve itself)."""
+    cores = usable_cores() if cores is None else max(1, cores)
+    if setting > 0:
+        return min(setting, cores)
+    load = recent_load() if load is None else load
+    return max(1, min(cores, int(cores - max(0.0, load - own) + 0.5)))
 
 
 def _check_gguf_file(path: Path, what: str) -> None:
@@ -96,7 +130,8 @@ class LlamaRuntime:
         kwargs: dict = dict(
             model_path=str(self.model_path),
             n_ctx=n_ctx,
-            n_threads=n_threads or default_threads(),
+            n_threads=choose_threads(n_threads or 0),
+            n_threads_batch=choose_threads(n_threads or 0),
             n_gpu_layers=n_gpu_layers,
             logits_all=logits_all,
             seed=seed,
@@ -112,6 +147,10 @@ class LlamaRuntime:
                 "architecture this llama.cpp build does not know, or not a model (an adapter?)."
             ) from exc
         self._lock = threading.RLock()
+        # 0: the thread count follows the machine's load (re-chosen between generations); >0: fixed
+        self.thread_setting = max(0, n_threads or 0)
+        self.n_threads = kwargs["n_threads"]
+        self._own_load, self._own_at, self._fitted_at = 0.0, time.monotonic(), time.monotonic()
         self._adapters: dict[str, LoadedAdapter] = {}
         self._active: list[tuple[str, float]] = []
         self._sha256: str | None = None
@@ -317,7 +356,7 @@ class LlamaRuntime:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted = "", 0
         hold = max((len(s) for s in stop), default=0)
-        with self._lock:
+        with self._lock, self._busy():
             if cancel is not None and not self._prefill(tokens[:-1], cancel):
                 stats["finish_reason"] = "cancelled"
                 return
@@ -350,6 +389,34 @@ class LlamaRuntime:
                 text += decoder.decode(b"", final=True)
             if len(text) > emitted:
                 yield text[emitted:]
+
+    @contextlib.contextmanager
+    def _busy(self):
+        """Around one generation: re-choose the thread count first (at most every THREAD_REFIT_S, and
+        only when no count was set), and afterwards count the time spent into this process's own share
+        of the load average (decayed like the kernel's 1-minute average)."""
+        now = time.monotonic()
+        if not self.thread_setting and now - self._fitted_at >= THREAD_REFIT_S:
+            self._fitted_at = now
+            self.set_threads(choose_threads(own=self._own_share(now)))
+        try:
+            yield
+        finally:
+            end = time.monotonic()
+            self._own_load = self._own_share(end) + self.n_threads * (1 - math.exp(-(end - now) / 60))
+            self._own_at = end
+
+    def _own_share(self, now: float) -> float:
+        return self._own_load * math.exp(-(now - self._own_at) / 60)
+
+    def set_threads(self, n: int) -> None:
+        """Use ``n`` threads for generation and prompt batches from the next token on."""
+        n = max(1, n)
+        if n != self.n_threads:
+            with self._lock:
+                self._llama_cpp.llama_set_n_threads(self._llm._ctx.ctx, n, n)
+                log.info("llama.cpp threads: %d -> %d", self.n_threads, n)
+                self.n_threads = n
 
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Evaluate a long prompt batch by batch, checking ``cancel`` between batches (llama.cpp's own

@@ -21,7 +21,7 @@ class Settings:
     model: str = field(default="", metadata={"help": "base model GGUF; empty: --model or the embedded default"})
     agent_model: str = field(default="", metadata={
         "help": "model for chat and tasks when it is not the served GGUF: scripted:FILE or openai:URL[#model]"})
-    threads: int = field(default=0, metadata={"help": "llama.cpp threads (0: all cores)", "min": 0})
+    threads: int = field(default=0, metadata={"help": "llama.cpp threads (0: chosen from the usable cores and the load, re-chosen as the load changes)", "min": 0})
     context_size: int = field(default=8192, metadata={"help": "context window in tokens", "min": 256})
     gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1: all)", "min": -1})
     background_training: bool = field(default=False, metadata={"help": "run `swespot daemon` for this repository"})
