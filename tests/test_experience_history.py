@@ -9,7 +9,7 @@ import git
 import pytest
 
 from agent.errors import SwespotError
-from trainer.experience.history import HistoryStats, candidate_commits, changes, uninformative, walk
+from trainer.experience.history import VERSION_SUBJECT, HistoryStats, candidate_commits, changes, uninformative, walk
 
 ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e",
        "GIT_AUTHOR_DATE": "2026-01-01T00:00:00", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00", "PATH": "/usr/bin:/bin"}
@@ -145,6 +145,15 @@ def test_trivial_commits_are_skipped_and_each_reason_counted(tmp_path):
 ])
 def test_uninformative_subjects(subject, says_nothing):
     assert uninformative(subject) is says_nothing
+
+
+@pytest.mark.parametrize("subject, bump", [
+    ("Release 8.1.7", True), ("start version 8.2.0", True), ("Bump version to 2.0.0.dev0", True), ("8.1.3", True),
+    ("release version 8.1.8", True), ("Update to Python 3.12", False), ("Support Python 3.13", False),
+    ("Update tests for pytest 8.0", False), ("3.0 compatibility", False),
+])
+def test_version_bump_subjects(subject, bump):
+    assert bool(VERSION_SUBJECT.match(subject)) is bump
 
 
 def test_the_task_text_is_subject_body_and_the_changelog_entry(tmp_path):

@@ -47,7 +47,9 @@ NOISE_SUBJECT = re.compile(
     r"(?:typos?|tests?|lint(?:ing)?|style|format(?:ting)?|reformat|wip|cleanup|clean[- ]?up|tweaks?|changes?|fix(?:es)?"
     r"|updates?|docs?|documentation|changelog(?: entry)?|comments?|whitespace|oops|refactor(?:ing)?|misc|stuff|pep ?8"
     r"|flake8|black|isort|ruff|mypy|ci|build|requirements|dependencies|deps|review|feedback|nits?|\.+)$", re.I)
-VERSION_SUBJECT = re.compile(r"^(?:(?:bump|release|prepare|start|set|update|tag)\b.{0,40}?)?\bv?\d+\.\d+(?:\.\d+)*\S*$|^bump version\b", re.I)
+VERSION_SUBJECT = re.compile(r"^(?:(?:bump|release|releasing|prepare|preparing|start|set|update|tag|version)"
+                             r"(?:\s+(?:the|a|new|next|version|release|dev|development|cycle|to|for|of|v))*\s*:?\s*)?"
+                             r"v?\d+\.\d+(?:\.\d+)*(?:[-.]?[a-z]+\d*)?\.?$|^bump version\b", re.I)
 VERSION_LINE = re.compile(r"""^\s*(?:__version__|version|VERSION|"version"|release)\s*[:=]\s*["']?v?\d+\.\d+""")
 TRAILER = re.compile(r"^[A-Z][\w-]+(?:-by|-authored-by)?: .+$")
 
