@@ -1,17 +1,29 @@
-"""Training benchmark: tokens/s and peak memory of ``swespot train`` against a plain
-``transformers.Trainer`` + peft baseline on the same sequences, LoRA settings and batch shapes.
+"""Training benchmark: trained tokens per minute of ``swespot train`` against a plain
+``transformers.Trainer`` + peft baseline, one pass over the same sequences with the same LoRA settings.
 
-Each measurement runs in its own process (peak memory is per process). Works on CPU and, unchanged, on a
-GPU when one is present (device auto-selection; bf16 where supported).
+The sequences are real experience (what ``specialize`` trains on): a folder given with ``--data``, or
+the quick-profile experience built from ``--repo`` (default: a synthetic repository generated here). In
+agent episodes most tokens are context (system prompt, tool schemas, observations) and about a tenth
+are trained, so the figure that matters is trained tokens per minute; tokens seen per minute is shown
+too. ``--dense-lengths`` adds the old rows: equal-length episodes whose every answer token is trained.
 
-    .venv/bin/python benchmarks/train.py [--models tiny,gemma] [--lengths 512,2048] [--steps 4] [--json out.json]
+Rows: ``ours`` (packed rows: common prefix once, no padding, each sequence cut after its last trained
+token, the vocabulary projection only where a target is predicted), ``ours_padded`` (the same with
+length-grouped padded batches) and ``trainer`` (``transformers.Trainer``, grouped by length, the
+model's own loss). Each measurement runs in its own process; the rate is over the training loop only
+(model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
+
+    .venv/bin/python benchmarks/train.py [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48]
+        [--max-len 1024] [--batch-tokens 4096] [--dense-lengths 512] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -20,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-BATCH_TOKENS = 2048
+WORKERS = ("ours", "ours_padded", "trainer")
 
 
 def source_text() -> str:
@@ -30,20 +42,47 @@ def source_text() -> str:
     return "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))[:40])
 
 
-def write_episodes(data: Path, tokenizer, length: int, count: int) -> None:
-    """Episodes whose rendered length is about ``length`` tokens: a short request, a long answer."""
-    ids = tokenizer(source_text(), add_special_tokens=False).input_ids
-    body = length - 40
+def write_dense_episodes(data: Path, length: int, count: int) -> None:
+    """Episodes of about ``length`` characters/4 tokens: a short request, a long answer (all trained)."""
+    text = source_text()
+    body = 4 * (length - 40)
     unit = data / "implementation"
     unit.mkdir(parents=True)
     with open(unit / "bench.jsonl", "w") as fh:
         for i in range(count):
-            chunk = tokenizer.decode(ids[i * body : (i + 1) * body])
             fh.write(json.dumps({
                 "id": f"bench-{i}", "unit": "implementation", "repo_commit": "0" * 40, "tools": [], "verified": {}, "meta": {},
                 "messages": [{"role": "user", "content": "Write the next part of the module."},
-                             {"role": "assistant", "content": chunk}],
+                             {"role": "assistant", "content": text[i * body : (i + 1) * body]}],
             }) + "\n")
+
+
+def experience_sample(source: Path, out: Path, episodes: int, seed: int = 0) -> Path:
+    """A seeded sample of ``episodes`` episodes across the units of an experience folder."""
+    from trainer import data as D
+
+    rng = random.Random(seed)
+    every = D.read_episodes(source)
+    chosen = rng.sample(every, min(episodes, len(every)))
+    for unit in sorted({e.get("unit", "unknown") for e in chosen}):
+        (out / unit).mkdir(parents=True)
+        with open(out / unit / "sample.jsonl", "w") as fh:
+            for e in chosen:
+                if e.get("unit", "unknown") == unit:
+                    fh.write(json.dumps(e) + "\n")
+    return out
+
+
+def build_experience(repo: Path | None, where: Path) -> Path:
+    """The quick profile's experience of ``repo`` (a small synthetic repository when None)."""
+    from trainer.pipeline import build_repo_experience
+
+    if repo is None:
+        from benchmarks.experience import make_repo
+
+        repo = make_repo(where, lines=4000, commits=60)
+    build_repo_experience(repo, where / "experience", "HEAD", "quick", progress=False)
+    return where / "experience"
 
 
 def base_dir(model: str) -> str:
@@ -57,37 +96,35 @@ def base_dir(model: str) -> str:
 
 
 def worker(args) -> dict:
-    """One measurement in this process: ours or the Trainer baseline."""
+    """One measurement in this process: one pass over the sequences, ours or the Trainer baseline."""
     import torch
     from transformers import AutoTokenizer
 
     from trainer import data as D
     from trainer.config import config_for
-    from trainer.train import make_renderer
+    from trainer.train import make_renderer, peak_memory_mb
 
     hf = base_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(hf)
+    sequences, stats = D.encode_all(D.read_episodes(Path(args.data)), tokenizer, make_renderer(tokenizer), args.max_len)
+    tokens, trained = stats.tokens, sum(s.trained_tokens for s in sequences)
+    mean_len = tokens / len(sequences)
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-"))
-    per_batch = max(1, BATCH_TOKENS // args.length)
-    write_episodes(tmp / "data", tokenizer, args.length, per_batch * (args.steps + 1))
-    cfg = config_for("cpu", data=str(tmp / "data"), base=hf, out=str(tmp / "out"), steps=args.steps + 1,
-                     max_len=args.length, batch_tokens=per_batch * args.length, export_gguf=False,
-                     checkpoint_every=10_000, lora_r=16, lora_alpha=32, warmup_ratio=0.0)
-    if args.worker == "ours":
+    cfg = config_for("cpu", data=str(args.data), base=hf, out=str(tmp / "out"), epochs=1.0, max_len=args.max_len,
+                     batch_tokens=args.batch_tokens, export_gguf=False, checkpoint_every=1_000_000, lora_r=16, lora_alpha=32,
+                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker == "ours")
+    row = {"sequences": len(sequences), "tokens": tokens, "trained_tokens": trained,
+           "after_last_target": sum(len(s.input_ids) - D.trained_end(s) for s in sequences)}
+    if args.worker != "trainer":
         from trainer.train import train
 
-        result = train(cfg, progress=False)
-        # the first step includes one-off costs (allocation, graph warm-up): leave it out of the rate
-        first = result.report["seconds"] / result.report["steps"]
-        return {"tokens_per_s": result.report["tokens"] / result.report["seconds"], "peak_memory_mb": result.report["peak_memory_mb"],
-                "seconds": result.report["seconds"], "steps": result.report["steps"], "approx_first_step_s": first}
+        report = train(cfg, progress=False).report
+        return {**row, "seconds": report["seconds"], "steps": report["steps"], "computed_tokens": report["computed_tokens"],
+                "peak_memory_mb": report["peak_memory_mb"]}
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from trainer.train import peak_memory_mb
-
-    sequences, _ = D.encode_all(D.read_episodes(tmp / "data"), tokenizer, make_renderer(tokenizer), args.length)
     rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in sequences]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
@@ -104,63 +141,81 @@ def worker(args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                              target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    per_batch = max(1, round(args.batch_tokens / mean_len))
     targs = TrainingArguments(
-        output_dir=str(tmp / "hf"), per_device_train_batch_size=per_batch, max_steps=args.steps + 1,
+        output_dir=str(tmp / "hf"), per_device_train_batch_size=per_batch, num_train_epochs=1, train_sampling_strategy="group_by_length",
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, adam_beta2=cfg.beta2, max_grad_norm=cfg.grad_clip,
-        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="no", report_to=[], logging_steps=1000, dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=True, seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing, save_strategy="no", report_to=[], logging_steps=1_000_000,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True, seed=cfg.seed,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate)
     started = time.perf_counter()
-    trainer.train()
+    out = trainer.train()
     seconds = time.perf_counter() - started
-    tokens = sum(len(r["input_ids"]) for r in rows[: per_batch * (args.steps + 1)])
-    return {"tokens_per_s": tokens / seconds, "peak_memory_mb": peak_memory_mb("cuda" if torch.cuda.is_available() else "cpu"),
-            "seconds": seconds, "steps": args.steps + 1}
+    padded = sum(b["input_ids"].numel() for b in trainer.get_train_dataloader())
+    return {**row, "seconds": seconds, "steps": out.global_step, "computed_tokens": padded,
+            "peak_memory_mb": peak_memory_mb("cuda" if torch.cuda.is_available() else "cpu")}
 
 
-def run_one(model: str, length: int, which: str, steps: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", which, "--model", model, "--length", str(length), "--steps", str(steps)]
+def run_one(which: str, model: str, data: Path, max_len: int, batch_tokens: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", which, "--model", model, "--data", str(data), "--max-len", str(max_len),
+           "--batch-tokens", str(batch_tokens)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        raise SystemExit(f"{which} {model} {length} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{which} {model} {data} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(model: str, name: str, data: Path, max_len: int, batch_tokens: int, workers: list[str]) -> list[dict]:
+    results = {w: run_one(w, model, data, max_len, batch_tokens) for w in workers}
+    rows = []
+    for which, r in results.items():
+        minutes = r["seconds"] / 60
+        rows.append({"model": model, "data": name, "run": which, "sequences": r["sequences"], "steps": r["steps"],
+                     "trained_share": round(r["trained_tokens"] / r["tokens"], 3),
+                     "computed_per_seen": round(r["computed_tokens"] / r["tokens"], 2),
+                     "tokens_per_min": round(r["tokens"] / minutes), "trained_tokens_per_min": round(r["trained_tokens"] / minutes),
+                     "peak_mb": round(r["peak_memory_mb"]), "seconds": round(r["seconds"], 1)})
+    if "trainer" in results:
+        for row in rows:
+            row["speedup_vs_trainer"] = round(results["trainer"]["seconds"] / results[row["run"]]["seconds"], 2)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,gemma")
-    parser.add_argument("--lengths", default="512,2048")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--data", type=Path, help="an experience folder (<unit>/<shard>.jsonl)")
+    parser.add_argument("--repo", type=Path, help="build the quick-profile experience of this repository instead")
+    parser.add_argument("--episodes", type=int, default=48, help="seeded sample of the experience (all runs use the same)")
+    parser.add_argument("--max-len", type=int, default=1024)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--dense-lengths", default="", help="also rows of equal-length, fully trained episodes, e.g. 512")
+    parser.add_argument("--runs", default=",".join(WORKERS), help=f"which of {', '.join(WORKERS)}")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
+    tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-train-"))
+    source = args.data or build_experience(args.repo, tmp)
+    datasets = [("experience", experience_sample(source, tmp / "sample", args.episodes), args.max_len)]
+    for length in [int(x) for x in args.dense_lengths.split(",") if x]:
+        write_dense_episodes(tmp / f"dense-{length}", length, max(4, args.batch_tokens // length) * 4)
+        datasets.append((f"dense-{length}", tmp / f"dense-{length}", length))
     rows = []
     for model in args.models.split(","):
-        for length in [int(x) for x in args.lengths.split(",")]:
-            ours = run_one(model, length, "ours", args.steps)
-            base = run_one(model, length, "baseline", args.steps)
-            rows.append({"model": model, "seq_len": length, "batch": max(1, BATCH_TOKENS // length),
-                         "ours_tok_s": round(ours["tokens_per_s"], 1), "trainer_tok_s": round(base["tokens_per_s"], 1),
-                         "speed_ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 2),
-                         "ours_peak_mb": round(ours["peak_memory_mb"]), "trainer_peak_mb": round(base["peak_memory_mb"])})
-    from rich.console import Console
-    from rich.table import Table
+        for name, data, max_len in datasets:
+            rows.extend(measure(model, name, data, max_len, args.batch_tokens, args.runs.split(",")))
+    from benchmarks.table import print_rows
 
-    table = Table(title="LoRA training throughput (r=16, all projections, gradient checkpointing)")
-    for key in rows[0]:
-        table.add_column(key, justify="right")
-    for row in rows:
-        table.add_row(*[str(v) for v in row.values()])
-    Console(width=160).print(table)
+    print_rows(f"LoRA training, one pass over the same sequences (r=16, all projections, batch_tokens {args.batch_tokens})", rows)
     if args.json:
-        args.json.write_text(json.dumps({"meta": {"machine": platform.machine(), "python": platform.python_version()}, "rows": rows}, indent=2))
+        load = os.getloadavg()
+        args.json.write_text(json.dumps({"meta": {"machine": platform.machine(), "python": platform.python_version(),
+                                                  "cpus": os.cpu_count(), "loadavg": load, "data": str(source)}, "rows": rows}, indent=2))
     return 0
 
 

@@ -318,7 +318,7 @@ def separate_and_packed(model, seqs):
     separate.backward()
     expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
-    packed = trained_token_loss(model, D.collate_packed(seqs))
+    packed = trained_token_loss(model, D.collate_packed(seqs, 2048))
     packed.backward()
     got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
@@ -336,10 +336,11 @@ def test_a_packed_row_gives_the_loss_and_gradient_of_its_sequences_run_separatel
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
-    batch = D.packed_batches(seqs, 2600, __import__("random").Random(0))[0]
-    row = D.collate_packed(batch)
-    assert len(batch) > 1 and int((row["segment_ids"] == 0).sum()) > 100  # the system prompt is shared
-    assert row["input_ids"].shape[1] < sum(len(s.input_ids) for s in batch)
+    batch = D.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0]
+    rows = D.collate_packed(batch, 2048)
+    assert len(batch) > 2 and rows["input_ids"].shape[0] == 2 and (rows["segment_ids"] < 0).any()  # two rows, one padded
+    assert int((rows["segment_ids"][0] == 0).sum()) > 100  # the system prompt is shared
+    assert rows["input_ids"].numel() < sum(len(s.input_ids) for s in batch)
     torch.manual_seed(0)
     tiny = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation=attention)
     window = 48

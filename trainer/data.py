@@ -14,8 +14,8 @@ Two plain-text forms skip the chat template: the completion form (``agent.episod
 loss on the target only, the prefix shortened from its start) and the repository as text
 (``trainer.experience.text``: every token a target, split at line boundaries to fit).
 
-Batches are packed (``packed_batches``/``collate_packed``: one row per batch, the batch's common prefix
-computed once, per-sequence positions and a block mask so no sequence sees another) or length-grouped
+Batches are packed (``packed_batches``/``collate_packed``: rows of up to ``max_len`` positions, each row's
+common prefix computed once, per-sequence positions and a block mask so no sequence sees another) or length-grouped
 (sequences of similar length padded together, up to a token budget). Either way a sequence ends at its
 last trained token: what follows it gets no loss and changes nothing before it.
 """
@@ -417,62 +417,88 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def packed_batches(sequences: list[Sequence], batch_tokens: int, rng: random.Random) -> list[list[Sequence]]:
+def pack_rows(sequences: list[Sequence], row_tokens: int) -> list[list[Sequence]]:
+    """Consecutive sequences into rows of at most ``row_tokens`` positions: a row holds its sequences'
+    common prefix once, then each one's rest up to its last trained token (``collate_packed``)."""
+    rows: list[list[Sequence]] = []
+    row: list[Sequence] = []
+    ends: list[int] = []
+    shared = 0
+    for seq in sequences:
+        end = trained_end(seq)
+        if row:
+            narrower = min(shared, common_prefix(row[0].input_ids, seq.input_ids), end - 1)
+            if narrower + sum(e - narrower for e in ends) + end - narrower <= row_tokens:
+                row.append(seq)
+                ends.append(end)
+                shared = narrower
+                continue
+            rows.append(row)
+        row, ends, shared = [seq], [end], end - 1
+    if row:
+        rows.append(row)
+    return rows
+
+
+def packed_batches(sequences: list[Sequence], batch_tokens: int, max_len: int, rng: random.Random) -> list[list[Sequence]]:
     """Shuffle, sort windows of 64 by their tokens (neighbours then share the longest prefixes: the system
-    prompt and tool schemas of agent episodes, a file's head for completions), and fill each batch up to
-    ``batch_tokens`` positions of one packed row: the batch's common prefix once, then each sequence's
-    rest up to its last trained token (``collate_packed``). The batches are shuffled."""
+    prompt and tool schemas of agent episodes, a file's head for completions), pack them into rows of at
+    most ``max_len`` positions (``pack_rows``; rows, not one long row, because attention over a row costs
+    its length squared whatever the mask hides) and take ``batch_tokens // max_len`` rows per batch. The
+    batches are shuffled."""
     order = sequences[:]
     rng.shuffle(order)
+    per_batch = max(1, batch_tokens // max_len)
     batches: list[list[Sequence]] = []
     for w in range(0, len(order), 64):
-        window = sorted(order[w : w + 64], key=lambda s: s.input_ids)
-        batch: list[Sequence] = []
-        ends: list[int] = []
-        shared = 0
-        for seq in window:
-            end = trained_end(seq)
-            if batch:
-                narrower = min(shared, common_prefix(batch[0].input_ids, seq.input_ids), end - 1)
-                if narrower + sum(e - narrower for e in ends) + end - narrower <= batch_tokens:
-                    batch.append(seq)
-                    ends.append(end)
-                    shared = narrower
-                    continue
-                batches.append(batch)
-            batch, ends, shared = [seq], [end], end - 1
-        if batch:
-            batches.append(batch)
+        rows = pack_rows(sorted(order[w : w + 64], key=lambda s: s.input_ids), max_len)
+        for r in range(0, len(rows), per_batch):
+            batches.append([seq for row in rows[r : r + per_batch] for seq in row])
     rng.shuffle(batches)
     return batches
 
 
-def collate_packed(batch: list[Sequence]):
-    """One row holding the batch's sequences without padding: their common prefix once, then each one's
-    rest (up to its last trained token). ``position_ids`` restart at 0 for each sequence (the prefix is
-    every sequence's start), ``segment_ids`` are 0 on the shared prefix and i+1 on sequence i's rest: a
-    token sees the earlier tokens of its own segment and of the prefix (``packed_attention_masks``).
-    ``predict_at`` and ``targets`` pair each trained token with the row position that predicts it (the
-    prefix's last position may predict one token per sequence)."""
+def collate_packed(batch: list[Sequence], max_len: int):
+    """Rows holding the batch's sequences (``pack_rows``), padded to the longest row: per row the common
+    prefix once, then each sequence's rest up to its last trained token. ``position_ids`` restart at 0 for
+    each sequence (the prefix is each one's start); ``segment_ids`` are 0 on the shared prefix, 1, 2, ...
+    on the sequences' rests and negative on padding: a token sees the earlier tokens of its own segment
+    and of the prefix (``train.packed_attention_masks``). ``predict_row``/``predict_at`` and ``targets``
+    pair each trained token with the position that predicts it (the prefix's last position may predict
+    one token per sequence)."""
     import torch
 
-    ends = [trained_end(s) for s in batch]
-    shared = min([e - 1 for e in ends] + [common_prefix(batch[0].input_ids, s.input_ids) for s in batch[1:]])
-    ids, pos, seg = list(batch[0].input_ids[:shared]), list(range(shared)), [0] * shared
+    rows = pack_rows(batch, max_len)
+    columns = {k: [] for k in ("input_ids", "position_ids", "segment_ids")}
+    predict_row: list[int] = []
     predict_at: list[int] = []
     targets: list[int] = []
-    for i, (s, end) in enumerate(zip(batch, ends)):
-        start = len(ids)
-        ids.extend(s.input_ids[shared:end])
-        pos.extend(range(shared, end))
-        seg.extend([i + 1] * (end - shared))
-        for j in range(1, end):
-            if s.labels[j] != IGNORE:
-                predict_at.append(j - 1 if j - 1 < shared else start + j - 1 - shared)
-                targets.append(s.labels[j])
-    as_row = lambda xs: torch.tensor([xs], dtype=torch.long)  # noqa: E731
-    return {"input_ids": as_row(ids), "position_ids": as_row(pos), "segment_ids": as_row(seg),
-            "predict_at": torch.tensor(predict_at, dtype=torch.long), "targets": torch.tensor(targets, dtype=torch.long)}
+    for r, row in enumerate(rows):
+        ends = [trained_end(s) for s in row]
+        shared = min([e - 1 for e in ends] + [common_prefix(row[0].input_ids, s.input_ids) for s in row[1:]])
+        ids, pos, seg = list(row[0].input_ids[:shared]), list(range(shared)), [0] * shared
+        for i, (s, end) in enumerate(zip(row, ends)):
+            start = len(ids)
+            ids.extend(s.input_ids[shared:end])
+            pos.extend(range(shared, end))
+            seg.extend([i + 1] * (end - shared))
+            for j in range(1, end):
+                if s.labels[j] != IGNORE:
+                    predict_row.append(r)
+                    predict_at.append(j - 1 if j - 1 < shared else start + j - 1 - shared)
+                    targets.append(s.labels[j])
+        for k, v in (("input_ids", ids), ("position_ids", pos), ("segment_ids", seg)):
+            columns[k].append(v)
+    width = max(len(v) for v in columns["input_ids"])
+    for r in range(len(rows)):  # padding: each pad position its own segment, seeing only itself
+        n = width - len(columns["input_ids"][r])
+        columns["input_ids"][r] += [0] * n
+        columns["position_ids"][r] += [0] * n
+        columns["segment_ids"][r] += list(range(-1, -n - 1, -1))
+    out = {k: torch.tensor(v, dtype=torch.long) for k, v in columns.items()}
+    for k, v in (("predict_row", predict_row), ("predict_at", predict_at), ("targets", targets)):
+        out[k] = torch.tensor(v, dtype=torch.long)
+    return out
 
 
 def epoch_batches(sequences, replay, cfg, epoch: int) -> list[list[Sequence]]:
@@ -480,7 +506,7 @@ def epoch_batches(sequences, replay, cfg, epoch: int) -> list[list[Sequence]]:
     rng = random.Random(f"{cfg.seed}:{epoch}")
     epoch_seqs = mix(sequences, cfg.unit_weights, replay, cfg.replay_share, rng)
     if getattr(cfg, "packing", False):
-        return packed_batches(epoch_seqs, cfg.batch_tokens, rng)
+        return packed_batches(epoch_seqs, cfg.batch_tokens, cfg.max_len, rng)
     return length_grouped_batches(epoch_seqs, cfg.batch_tokens, rng)
 
 

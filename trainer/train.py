@@ -144,16 +144,22 @@ def steps_for_budget(cfg: TrainConfig, sequences, replay, processes: int) -> int
 
 
 def packed_loss(model, tensors: dict):
-    """``trained_token_loss`` of a packed row: the same mean over the trained tokens of its sequences."""
+    """``trained_token_loss`` of packed rows: the same mean over the trained tokens of their sequences.
+    The vocabulary projection runs only on the final hidden states that predict a target (rows differ in
+    where their targets are, so ``logits_to_keep`` cannot pick them)."""
     import torch
 
-    keep, which = torch.unique(tensors["predict_at"], return_inverse=True)
     config = model.config
     dtype = next(p for p in model.parameters()).dtype
     masks = packed_attention_masks(config, tensors["position_ids"], tensors["segment_ids"], dtype)
-    logits = model(input_ids=tensors["input_ids"], position_ids=tensors["position_ids"], attention_mask=masks,
-                   logits_to_keep=keep).logits[0]
-    return torch.nn.functional.cross_entropy(logits[which].float(), tensors["targets"])
+    out = model(input_ids=tensors["input_ids"], position_ids=tensors["position_ids"], attention_mask=masks,
+                logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1][tensors["predict_row"], tensors["predict_at"]]
+    logits = getattr(model, "module", model).get_output_embeddings()(hidden)  # "module": under DDP
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return torch.nn.functional.cross_entropy(logits.float(), tensors["targets"])
 
 
 def peak_memory_mb(device: str) -> float:
@@ -308,7 +314,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         index += 1
         if (index - 1) % accelerator.num_processes != accelerator.process_index:
             continue  # another rank's batch
-        tensors = {k: v.to(accelerator.device) for k, v in (D.collate_packed(batch) if packing else D.collate(batch, pad_id)).items()}
+        tensors = {k: v.to(accelerator.device) for k, v in (D.collate_packed(batch, cfg.max_len) if packing else D.collate(batch, pad_id)).items()}
         with accelerator.accumulate(model):
             loss = trained_token_loss(model, tensors)
             accelerator.backward(loss)
