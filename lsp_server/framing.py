@@ -69,8 +69,15 @@ class FramedStdin:
         return line
 
     def read(self, n: int) -> bytes | str:
-        while len(self.buf) < n and self._fill(self.idle_s):
-            pass
+        scanned = 0
+        while len(self.buf) < n:
+            # stop waiting as soon as the next message's header shows up (a huge wrong length must not
+            # hold a chatty client's messages back); new bytes only, with room for a header cut in two
+            if HEADER.search(self.buf, max(0, scanned - 64)):
+                break
+            scanned = len(self.buf)
+            if not self._fill(self.idle_s):
+                break
         if len(self.buf) < n and not self.eof:
             log.warning("framing: the body stopped after %d of the %d bytes its Content-Length announced", len(self.buf), n)
         body = bytes(self.buf[:n])
