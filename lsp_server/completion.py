@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,104 @@ def trim_completion(text: str, ctx: CompletionContext) -> str:
             break
     out = "\n".join(kept)
     return out.rstrip() if "\n" in out else out.rstrip("\n")
+
+
+def stop_point(text: str, ctx: CompletionContext) -> int | None:
+    """Where the streamed ``text`` stops being this completion, or None while it may go on. Checked as
+    tokens arrive, so the model stops generating there instead of writing lines that are thrown away.
+
+    Mid-line (code before the cursor on its line): at the line's end, once the line got more text. At a
+    line's start (only indentation before the cursor), and mid-line when the model ends the line at
+    once (the line was complete; what follows is the next lines): before the first line that leaves
+    the indented block, i.e. a non-blank line indented less than the block's first line."""
+    head = ctx.prefix.rsplit("\n", 1)[-1]
+    if head.strip():
+        end = text.find("\n")
+        if end < 0:
+            return None
+        if text[:end].strip():
+            return end
+        block = text[end + 1:]
+        first = next((line for line in block.split("\n") if line.strip()), None)
+        if first is None:  # the block's indentation is not known yet
+            return None
+        indent, pos = len(first) - len(first.lstrip()), end
+    else:
+        indent, pos = len(head) - len(head.lstrip()), text.find("\n")
+    while pos >= 0:
+        nxt = text.find("\n", pos + 1)
+        following = text[pos + 1:] if nxt < 0 else text[pos + 1:nxt]
+        if following.strip() and len(following) - len(following.lstrip()) < indent:
+            return pos
+        pos = nxt
+    return None
+
+
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
+
+
+def fit_to_line_rest(text: str, ctx: CompletionContext) -> str:
+    """Cut the first line of ``text`` where it would repeat the code after the cursor on the cursor's
+    line (only closing brackets, quotes and punctuation get a completion there, see worth_completing):
+    at a bracket that closes one opened before the cursor, when the rest of the line starts with that
+    bracket, or at the end when it ends with the rest of the line. The suggestion is inserted, so what
+    follows the cursor stays, once."""
+    rest = ctx.line_after_cursor.strip()
+    if not rest:
+        return text
+    first, newline, more = text.partition("\n")
+    depth = 0
+    for i, ch in enumerate(first):
+        if ch in "([{":
+            depth += 1
+        elif ch in _CLOSERS:
+            if depth == 0:
+                if rest.startswith(ch):
+                    return first[:i].rstrip()
+                break
+            depth -= 1
+    stripped = first.rstrip()
+    if stripped.endswith(rest):
+        return stripped[: -len(rest)]
+    return first + newline + more
+
+
+class SuggestionCache:
+    """Answers per document position, and the rest of a shown suggestion while the user types along it.
+
+    Keyed by the document's text before and after the cursor (so an edit elsewhere or a moved cursor
+    misses): a request whose prefix is an earlier request's prefix plus the start of that request's
+    answer, with the same text after the cursor, gets the answer's remainder without a model call."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, uri: str, ctx: CompletionContext, text: str) -> None:
+        with self._lock:
+            self._entries[(uri, ctx.prefix, ctx.suffix)] = text
+            self._entries.move_to_end((uri, ctx.prefix, ctx.suffix))
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def get(self, uri: str, ctx: CompletionContext) -> str | None:
+        """The cached answer at this position ("" when the model had nothing), or the untyped rest of a
+        suggestion the user is typing along, or None (ask the model)."""
+        with self._lock:
+            exact = self._entries.get((uri, ctx.prefix, ctx.suffix))
+            if exact is not None:
+                self._entries.move_to_end((uri, ctx.prefix, ctx.suffix))
+                return exact
+            for (u, prefix, suffix), text in reversed(self._entries.items()):
+                if (u == uri and suffix == ctx.suffix and len(prefix) < len(ctx.prefix) < len(prefix) + len(text)
+                        and ctx.prefix.startswith(prefix) and text.startswith(ctx.prefix[len(prefix):])):
+                    return text[len(ctx.prefix) - len(prefix):]
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def stop_strings(fim: tuple[str, str, str] | None) -> list[str]:

@@ -48,7 +48,10 @@ from lsp_server.completion import (
     FIM_TOKENS,
     CompletionContext,
     SnippetIndex,
+    SuggestionCache,
     build_prompt,
+    fit_to_line_rest,
+    stop_point,
     stop_strings,
     trim_completion,
     worth_completing,
@@ -183,6 +186,7 @@ class SwespotServer(LanguageServer):
         self._loop_thread: int | None = None
         self._cancels: set[threading.Event] = set()
         self._completion_cancel: dict[str, CompletionTicket] = {}
+        self.suggestions = SuggestionCache()  # answers per position; cleared when the model or adapter changes
         self._served: OrderedDict[str, dict] = OrderedDict()
         self._symbols: tuple[tuple | None, Any] = (None, None)  # (uri, version, length) -> the file's symbol index
         self._swap_pending = threading.Event()
@@ -270,6 +274,7 @@ class SwespotServer(LanguageServer):
                 self.publish_status(message=f"kept the current adapter: {exc}")
                 return
             if swap is not None:
+                self.suggestions.clear()
                 self._swap_ms = swap.seconds * 1e3
                 if swap.version is None:
                     self.publish_status(message="serving the base model (no adapter is published)")
@@ -304,6 +309,7 @@ class SwespotServer(LanguageServer):
         if old is not None:
             old.close()
         self.runtime = runtime
+        self.suggestions.clear()
         self.runtime_key = settings.model_key
         self._failed_key = None
         self.runtime_error = None
@@ -642,6 +648,10 @@ class SwespotServer(LanguageServer):
         previous = self._completion_cancel.get(uri)
         if previous is not None:
             previous.supersede()
+        cached = self.suggestions.get(uri, ctx)  # typing along a shown suggestion, or a position seen before
+        if cached is not None:
+            log.info("completion from the cache (%d chars): no model call", len(cached))
+            return self._inline_item(uri, ctx, position, cached, cached=True) if cached else []
         self._completion_cancel[uri] = mine
         try:
             if self.settings.completion_debounce_ms > 0 and await mine.superseded_within(self.settings.completion_debounce_ms / 1e3):
@@ -650,11 +660,17 @@ class SwespotServer(LanguageServer):
         finally:
             if self._completion_cancel.get(uri) is mine:
                 del self._completion_cancel[uri]
-        if not text or mine.cancel.is_set():
+        if text is None or mine.cancel.is_set():
             return []
+        self.suggestions.put(uri, ctx, text)
+        return self._inline_item(uri, ctx, position, text, cached=False) if text else []
+
+    def _inline_item(self, uri: str, ctx: CompletionContext, position: lsp.Position, text: str, *,
+                     cached: bool) -> list[lsp.InlineCompletionItem]:
+        """The suggestion as an insertion at the cursor (an empty range: it never replaces what follows)."""
         completion_id = f"c{next(self._ids)}"
         self._remember(completion_id, {"kind": "inlineCompletion", "uri": uri, "text": text, "adapter": self._adapter_name(),
-                                       "prefix_tail": ctx.prefix[-200:]})
+                                       "prefix_tail": ctx.prefix[-200:], "cached": cached})
         accepted = lsp.Command(title="SWE-Spot: completion accepted", command=P.CMD_COMPLETION_ACCEPTED, arguments=[completion_id])
         return [lsp.InlineCompletionItem(insert_text=text, range=lsp.Range(position, position), command=accepted)]
 
@@ -666,22 +682,38 @@ class SwespotServer(LanguageServer):
         offset = min(pygls_doc.offset_at_position(position), len(doc.text))
         return CompletionContext(self.rel(doc.path), pygls_doc.language_id or "", doc.text[:offset], doc.text[offset:])
 
-    def _complete(self, ctx: CompletionContext, cancel: threading.Event) -> str:
+    def _complete(self, ctx: CompletionContext, cancel: threading.Event) -> str | None:
+        """The model's suggestion (None when cancelled). Generation stops at the stop rules
+        (``stop_point``: the line's end mid-line, the indented block's end otherwise) and once
+        ``completionMaxMs`` of model work has passed, keeping what came."""
+        started = time.perf_counter()
         runtime = self.runtime
         fim = self._fim_tokens(runtime)
         snippets = self.snippets.snippets(ctx, self._read_for_snippet, self._is_excluded) if self.snippets else []
         prompt = build_prompt(ctx, snippets, fim)
         stats: dict = {}
-        pieces = []
-        for piece in runtime.generate(prompt, max_tokens=self.settings.completion_max_tokens, stop=stop_strings(fim),
-                                      cancel=cancel, stats=stats):
-            pieces.append(piece)
-            self.heartbeat.beat()
-        log.info("completion: %d prompt tokens, %d generated, %s", stats.get("prompt_tokens", 0),
-                 stats.get("completion_tokens", 0), stats.get("finish_reason"))
+        budget = self.settings.completion_max_ms / 1e3
+        text, ended = "", None
+        stream = runtime.generate(prompt, max_tokens=self.settings.completion_max_tokens, stop=stop_strings(fim),
+                                  cancel=cancel, stats=stats)
+        try:
+            for piece in stream:
+                text += piece
+                self.heartbeat.beat()
+                cut = stop_point(text, ctx)
+                if cut is not None:
+                    text, ended = text[:cut], "stop rule"
+                    break
+                if budget and time.perf_counter() - started >= budget:
+                    ended = "time budget"
+                    break
+        finally:
+            stream.close()  # releases the model at once when a stop rule or the budget ended it
+        log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms", stats.get("prompt_tokens", 0),
+                 stats.get("completion_tokens", 0), ended or stats.get("finish_reason"), (time.perf_counter() - started) * 1e3)
         if stats.get("finish_reason") == "cancelled":
-            return ""
-        return trim_completion("".join(pieces), ctx)
+            return None
+        return trim_completion(fit_to_line_rest(text, ctx), ctx)
 
     def _fim_tokens(self, runtime) -> tuple[str, str, str] | None:
         """The FIM token texts of this model, if it has FIM tokens at all (``runtime.has_fim``): the

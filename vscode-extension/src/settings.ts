@@ -18,6 +18,7 @@ export const SERVER_SETTING_KEYS = [
   'feedbackLogging',
   'completionMaxTokens',
   'completionDebounceMs',
+  'completionMaxMs',
   'chatMaxTokens',
   'chatMaxSteps',
   'taskMaxSteps',
