@@ -261,3 +261,23 @@ def test_a_tiny_model_teacher_falls_back_to_the_oracle(shadow_repo, tmp_path, ti
                               unit="runtime", commit="c0ffee", meta={}, read_only=True)
     assert episode is None and teacher.tried == 1 and sum(teacher.rejected.values()) == 1
     assert {p: p.read_text() for p in snap.rglob("*") if p.is_file()} == before
+
+
+def test_doctests_carry_the_unit_when_the_test_folder_cannot_import(tmp_path):
+    """requests at an older commit: its tests/ need a urllib3 older than the installed one, but its pytest
+    configuration collects doctests, and those run."""
+    root = tmp_path / "olddeps"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    util = 'def quote(text):\n    """Wrap in quotes.\n\n    >>> quote("a")\n    \'"a"\'\n    """\n    return \'"\' + text + \'"\'\n'
+    commit(root, "Start", {"pytest.ini": "[pytest]\naddopts = -p no:warnings --doctest-modules\n",
+                           "pkg/__init__.py": "", "pkg/util.py": util,
+                           "tests/__init__.py": "from urllib3.exceptions import SNIMissingWarning\n",
+                           "tests/conftest.py": "", "tests/test_util.py": "from pkg.util import quote\n\n\ndef test_quote():\n    assert quote('b') == '\"b\"'\n"})
+    result = build_experience(root, tmp_path / "exp", BuildOptions(units=("runtime",), progress=False))
+    stats = result.stats["runtime"]
+    assert stats["rejected"]["tests cannot run: tests/conftest.py does not import"] == 1
+    episodes = [e for shard in sorted((tmp_path / "exp" / "runtime").glob("*.jsonl")) for e in load_episodes(shard)]
+    assert {e["meta"]["form"] for e in episodes} >= {"predict output", "write a passing test", "which tests fail"}, stats
+    mutation = next(e for e in episodes if e["meta"]["form"] == "which tests fail")
+    assert mutation["verified"]["failing"] == ["pkg/util.py::pkg.util.quote"]
