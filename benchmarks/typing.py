@@ -1,0 +1,431 @@
+"""Typing benchmark: how much typing inline completion saves a user, and how long each keystroke waits.
+
+Held-out code of a real repository (function bodies and added lines of commits after a knowledge
+cutoff, taken with trainer/evaluation.py's ``body_tasks`` and ``line_tasks``) is typed again, character
+by character, into a real ``swespot serve`` process through a real LSP client (pygls). The document is
+the file as the commit left it with the held-out code removed, so the code after the cursor is there
+as the user would have it. After every keystroke the client asks for an inline completion and waits for
+the answer (a typist who waits: a faster one sees fewer suggestions). When the suggestion starts with
+what comes next, the user accepts its longest matching prefix (``--granularity char``; ``word`` cuts
+that back to a word boundary, as accepting word by word would) with one keystroke (Tab), if it covers
+at least 2 characters; otherwise the user types the next character. Indentation is typed like any other
+character (no editor auto-indent).
+
+Reported per model (the base, and an adapter side by side in the same run, in two servers asked in
+turn task by task, so machine load hits both alike):
+- chars saved per char typed: (characters of the held-out code - keystrokes) / characters;
+- the share of shown suggestions that were (partly) accepted;
+- per-keystroke latency as the user sees it (the change sent to the answer received), p50/p95;
+- model calls per keystroke (from the server's own log: the rest came from its cache or its rules);
+- paired over tasks, the adapter's minus the base's chars-saved ratio and the ratio of their total
+  characters saved, each with a 95% bootstrap interval (numpy, resampling tasks).
+
+The server serves the repository checked out at the cutoff (its snippets see no held-out code); the
+adapter is published into a private store for that checkout. Nothing is downloaded.
+
+    .venv/bin/python benchmarks/typing.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
+        [--tasks 10] [--max-chars 200] [--max-minutes 8] [--granularity char] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# run as a script, this file's folder comes first on sys.path, and its name is the standard library's
+# ``typing``: drop the folder before anything imports ``typing``
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+from agent.errors import SwespotError  # noqa: E402
+
+MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
+_WORD_CHAR = re.compile(r"\w")
+
+
+@dataclass
+class TypingTask:
+    id: str
+    family: str
+    path: str
+    before: str  # the file up to the held-out code
+    target: str  # the held-out code, typed by the user
+    after: str  # the file after it
+
+
+@dataclass
+class Replay:
+    chars: int = 0
+    keystrokes: int = 0
+    shown: int = 0
+    accepted: int = 0
+    accepted_chars: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def saved(self) -> int:
+        return self.chars - self.keystrokes
+
+    @property
+    def ratio(self) -> float:
+        return self.saved / self.chars if self.chars else 0.0
+
+
+# ---- tasks --------------------------------------------------------------------------------------
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def resolve_cutoff(repo: Path, cutoff: str | None, back: int) -> str:
+    """The cutoff commit: ``cutoff`` as given, else the commit ``back`` first-parent steps before HEAD."""
+    if cutoff:
+        return git(repo, "rev-parse", "--verify", f"{cutoff}^{{commit}}").strip()
+    commits = git(repo, "rev-list", "--first-parent", "HEAD").split()
+    if len(commits) <= back:
+        raise SwespotError(f"{repo} has only {len(commits)} first-parent commits; --back {back} is too far")
+    return commits[back]
+
+
+def cap(target: str, max_chars: int) -> str:
+    """About ``max_chars`` of ``target``, always ending at a line end (the first line whole when it is
+    longer): the rest of a line left after the cursor would change what the user is doing."""
+    if len(target) <= max_chars:
+        return target
+    cut = target.rfind("\n", 0, max_chars)
+    if cut <= 0:
+        cut = target.find("\n")
+    return target[:cut] if cut > 0 else target
+
+
+def make_typing_tasks(repo: Path, cutoff: str, count: int, max_chars: int) -> list[TypingTask]:
+    """Function bodies first, then added lines, of Python files changed after the cutoff; each with the
+    file around it as the commit left it."""
+    import git as gitpython
+
+    from trainer.evaluation import body_tasks, line_tasks, post_cutoff_changes
+
+    changes = post_cutoff_changes(gitpython.Repo(repo), cutoff)
+    out: list[TypingTask] = []
+    for task in body_tasks(changes, count) + line_tasks(changes, count):
+        if len(out) >= count:
+            break
+        if not (task.path or "").endswith(".py"):
+            continue
+        whole = git(repo, "show", f"{task.commit}:{task.path}")
+        if not whole.startswith(task.prompt + task.target):
+            continue  # line endings or an encoding the evaluation normalised: skip rather than guess
+        after = whole[len(task.prompt) + len(task.target):]
+        target = cap(task.target, max_chars)
+        rest = task.target[len(target):]
+        out.append(TypingTask(task.id, task.family, task.path, task.prompt, target, rest + after))
+    return out
+
+
+# ---- the user -----------------------------------------------------------------------------------
+def accepted_length(suggestion: str, wanted: str, granularity: str) -> int:
+    """How much of ``suggestion`` the user takes: its longest prefix that is also the start of what
+    they are about to type; with ``word``, cut back to the last word boundary (unless all of it fits)."""
+    n = 0
+    for a, b in zip(suggestion, wanted):
+        if a != b:
+            break
+        n += 1
+    if granularity == "word" and n < len(suggestion):
+        while n > 0 and _WORD_CHAR.match(suggestion[n - 1]) and _WORD_CHAR.match(suggestion[n]):
+            n -= 1
+    return n
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+# ---- the server ---------------------------------------------------------------------------------
+class Server:
+    """One ``swespot serve`` over the checkout, with its own state root (its own adapter store)."""
+
+    def __init__(self, name: str, gguf: Path, repo: Path, state_root: Path, settings: dict, adapter: str | None = None) -> None:
+        self.name, self.gguf, self.repo, self.state_root, self.settings = name, gguf, repo, state_root, settings
+        self.adapter = adapter  # the version the server must be serving before the replay starts
+        self.version = 0
+
+    async def start(self) -> None:
+        from lsprotocol import types as lsp
+        from pygls.lsp.client import LanguageClient
+
+        from lsp_server.protocol import make_converter
+
+        self.lsp = lsp
+        self.client = LanguageClient("swespot-typing", "1", converter_factory=make_converter)
+        ready = asyncio.Event()
+        self.status: dict = {}
+
+        def on_status(params) -> None:
+            self.status = params
+            served = (params.get("adapter") or {}).get("version")
+            if params.get("state") == "ready" and params.get("model") and served == self.adapter:
+                ready.set()
+
+        self.client.feature("swespot/status")(on_status)
+        self.client.feature(lsp.WORKSPACE_CONFIGURATION)(lambda params: [self.settings for _ in params.items])
+        env = {**os.environ, "SWESPOT_STATE_DIR": str(self.state_root), "SWESPOT_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
+        await self.client.start_io(sys.executable, "-m", "agent.cli", "serve", "--model", str(self.gguf),
+                                   "--repo", str(self.repo), env=env)
+        caps = lsp.ClientCapabilities(workspace=lsp.WorkspaceClientCapabilities(configuration=True))
+        await self.client.initialize_async(lsp.InitializeParams(capabilities=caps, root_uri=self.repo.as_uri(),
+                                                                initialization_options=self.settings))
+        self.client.initialized(lsp.InitializedParams())
+        try:
+            await asyncio.wait_for(ready.wait(), 120)
+        except TimeoutError:
+            raise SwespotError(f"the {self.name} server did not get ready (adapter {self.adapter}): {self.status}") from None
+
+    def log_path(self) -> Path:
+        from trainer.store import state_dir
+
+        old = os.environ.get("SWESPOT_STATE_DIR")
+        os.environ["SWESPOT_STATE_DIR"] = str(self.state_root)
+        try:
+            return state_dir(self.repo) / "serve.log"
+        finally:
+            if old is None:
+                del os.environ["SWESPOT_STATE_DIR"]
+            else:
+                os.environ["SWESPOT_STATE_DIR"] = old
+
+    def model_calls(self) -> int:
+        path = self.log_path()
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return len(re.findall(r"completion: \d+ prompt tokens", text))
+
+    async def replay(self, task: TypingTask, granularity: str) -> Replay:
+        """Type ``task.target`` into the document, accepting what matches (see the module's text)."""
+        lsp = self.lsp
+        uri = (self.repo / task.path).as_uri()
+        out = Replay(chars=len(task.target))
+        self.version += 1
+        self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
+            lsp.TextDocumentItem(uri, "python", self.version, task.before + task.after)))
+        typed = 0
+        while True:
+            before = task.before + task.target[:typed]
+            line = before.count("\n")
+            character = len(before.rsplit("\n", 1)[-1].encode("utf-16-le")) // 2
+            started = time.perf_counter()
+            result = await self.client.protocol.send_request_async(
+                "swespot/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
+            out.latencies_ms.append((time.perf_counter() - started) * 1e3)
+            if typed >= len(task.target):
+                break
+            suggestion = result["items"][0]["insertText"] if result["items"] else ""
+            take = 0
+            if suggestion:
+                out.shown += 1
+                take = accepted_length(suggestion, task.target[typed:], granularity)
+            if take >= MIN_ACCEPT:
+                out.accepted += 1
+                out.accepted_chars += take
+                typed += take
+            else:
+                typed += 1
+            out.keystrokes += 1
+            self.version += 1
+            self.client.text_document_did_change(lsp.DidChangeTextDocumentParams(
+                lsp.VersionedTextDocumentIdentifier(version=self.version, uri=uri),
+                [lsp.TextDocumentContentChangeWholeDocument(text=task.before + task.target[:typed] + task.after)]))
+        self.client.text_document_did_close(lsp.DidCloseTextDocumentParams(lsp.TextDocumentIdentifier(uri)))
+        return out
+
+    async def stop(self) -> None:
+        await self.client.shutdown_async(None)
+        self.client.exit(None)
+        await self.client.stop()
+
+
+# ---- the adapter --------------------------------------------------------------------------------
+def adapter_version_dir(spec: str, repo: Path) -> Path:
+    """``current``: the published version of ``repo``'s store; else a version folder or its adapter.gguf."""
+    from trainer.store import AdapterStore, check_version_dir
+
+    if spec == "current":
+        version = AdapterStore.for_repo(repo).current()
+        if version is None:
+            raise SwespotError(f"no adapter is published for {repo} (swespot adapters list --repo {repo})")
+        return version.path
+    path = Path(spec).expanduser().resolve()
+    folder = path.parent if path.is_file() else path
+    manifest, why = check_version_dir(folder)
+    if manifest is None:
+        raise SwespotError(f"--adapter {spec}: not a published adapter version folder ({why})")
+    return folder
+
+
+def publish_into(state_root: Path, repo: Path, version_dir: Path) -> str:
+    from trainer.store import AdapterStore, state_dir
+
+    old = os.environ.get("SWESPOT_STATE_DIR")
+    os.environ["SWESPOT_STATE_DIR"] = str(state_root)
+    try:
+        return AdapterStore(state_dir(repo)).publish(version_dir).name
+    finally:
+        if old is None:
+            del os.environ["SWESPOT_STATE_DIR"]
+        else:
+            os.environ["SWESPOT_STATE_DIR"] = old
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int = 2000) -> dict:
+    """The adapter's minus the base's mean per-task chars-saved ratio, and the ratio of their total
+    characters saved, each with a 95% percentile-bootstrap interval over tasks (paired resampling)."""
+    import numpy as np
+
+    from trainer.evaluation import MIN_PAIRED_TASKS, _resamples
+
+    b = np.array([r.ratio for r in base])
+    c = np.array([r.ratio for r in cand])
+    bs = np.array([r.saved for r in base], dtype=float)
+    cs = np.array([r.saved for r in cand], dtype=float)
+    out: dict = {"tasks": len(b), "ratio_difference": round(float((c - b).mean()), 4) if len(b) else None,
+                 "saved_ratio": round(float(cs.sum() / bs.sum()), 3) if bs.sum() > 0 else None}
+    if len(b) < MIN_PAIRED_TASKS:
+        out["note"] = f"fewer than {MIN_PAIRED_TASKS} paired tasks: no interval"
+        return out
+    idx = _resamples(len(b), seed, resamples)
+    lo, hi = np.percentile((c[idx] - b[idx]).mean(1), [2.5, 97.5])
+    out["ratio_difference_ci95"] = [round(float(lo), 4), round(float(hi), 4)]
+    base_sums = bs[idx].sum(1)
+    ok = base_sums > 0
+    if ok.any():
+        lo, hi = np.percentile(cs[idx].sum(1)[ok] / base_sums[ok], [2.5, 97.5])
+        out["saved_ratio_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
+        out["saved_ratio_resamples_without_base_savings"] = int((~ok).sum())
+    return out
+
+
+def summary(name: str, replays: list[Replay], calls: int) -> dict:
+    chars = sum(r.chars for r in replays)
+    keys = sum(r.keystrokes for r in replays)
+    shown = sum(r.shown for r in replays)
+    lat = [x for r in replays for x in r.latencies_ms]
+    return {"model": name, "tasks": len(replays), "chars": chars, "keystrokes": keys,
+            "chars_saved_per_char": round((chars - keys) / chars, 4) if chars else None,
+            "shown": shown, "accepted_share": round(sum(r.accepted for r in replays) / shown, 4) if shown else None,
+            "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "requests": len(lat),
+            "model_calls_per_request": round(calls / len(lat), 3) if lat else None}
+
+
+# ---- main ---------------------------------------------------------------------------------------
+async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: Path, adapter_dir: Path | None) -> dict:
+    settings = {"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
+                "adapterPollS": 0.5}
+    servers = [Server("base", gguf, checkout, work / "state-base", settings)]
+    if adapter_dir is not None:
+        root = work / "state-adapter"
+        name = publish_into(root, checkout, adapter_dir)
+        servers.append(Server(f"adapter {adapter_dir.name}", gguf, checkout, root, settings, adapter=name))
+    for server in servers:
+        await server.start()
+    results: dict[str, list[Replay]] = {s.name: [] for s in servers}
+    rows = []
+    deadline = time.monotonic() + args.max_minutes * 60
+    try:
+        for n, task in enumerate(tasks):
+            if time.monotonic() > deadline:
+                print(f"time cap reached after {n} tasks", file=sys.stderr)
+                break
+            order = servers if n % 2 == 0 else servers[::-1]  # alternate who goes first
+            row = {"task": task.id, "family": task.family, "path": task.path, "chars": len(task.target)}
+            for server in order:
+                replay = await server.replay(task, args.granularity)
+                results[server.name].append(replay)
+                row[server.name] = {"saved_per_char": round(replay.ratio, 4), "keystrokes": replay.keystrokes,
+                                    "shown": replay.shown, "accepted": replay.accepted,
+                                    "p50_ms": percentile(replay.latencies_ms, 50)}
+            rows.append(row)
+            print(f"task {n + 1}/{len(tasks)} {task.path} ({task.family}, {len(task.target)} chars): "
+                  + ", ".join(f"{s.name} {row[s.name]['saved_per_char']:.3f}" for s in servers), file=sys.stderr)
+        calls = {s.name: s.model_calls() for s in servers}
+    finally:
+        for server in servers:
+            await server.stop()
+    report = {"models": [summary(s.name, results[s.name], calls[s.name]) for s in servers], "tasks": rows}
+    if adapter_dir is not None:
+        report["paired"] = paired(results["base"], results[servers[1].name])
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True, help="a git repository this project did not write")
+    parser.add_argument("--cutoff", help="the knowledge cutoff commit (default: --back first-parent commits before HEAD)")
+    parser.add_argument("--back", type=int, default=300)
+    parser.add_argument("--model", type=Path, help="base GGUF (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--adapter", help="'current' (the published version of --repo's store) or a version folder / adapter.gguf")
+    parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument("--max-chars", type=int, default=200, help="characters typed per task at most")
+    parser.add_argument("--max-minutes", type=float, default=8.0, help="start no task after this much time")
+    parser.add_argument("--granularity", choices=("char", "word"), default="char")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-ms", type=int, default=700, help="the server's completionMaxMs")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--work", type=Path, help="keep the checkout and the servers' logs here (an empty folder)")
+    args = parser.parse_args()
+    try:
+        repo = args.repo.resolve()
+        cutoff = resolve_cutoff(repo, args.cutoff, args.back)
+        adapter_dir = adapter_version_dir(args.adapter, repo) if args.adapter else None
+        if args.model:
+            gguf = args.model.resolve()
+        else:
+            from agent.default_model import ensure_default_gguf
+
+            gguf = Path(ensure_default_gguf())
+        tasks = make_typing_tasks(repo, cutoff, args.tasks, args.max_chars)
+        if not tasks:
+            raise SwespotError(f"no Python function or added line after the cutoff {cutoff[:10]} to type")
+        with tempfile.TemporaryDirectory(prefix="swespot-typing-") as tmp:
+            work = args.work.resolve() if args.work else Path(tmp)
+            if work.exists() and any(work.iterdir()):
+                raise SwespotError(f"--work {work} is not empty")
+            checkout = work / repo.name
+            subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo), str(checkout)], check=True)
+            subprocess.run(["git", "-C", str(checkout), "checkout", "-q", "--detach", cutoff], check=True)
+            started = time.perf_counter()
+            report = asyncio.run(run(args, tasks, checkout, gguf, work, adapter_dir))
+    except SwespotError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report.update(repo=str(repo), cutoff=cutoff, model=str(gguf), granularity=args.granularity,
+                  max_chars=args.max_chars, wall_s=round(time.perf_counter() - started, 1),
+                  settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms},
+                  cores=len(os.sched_getaffinity(0)), load_1min=round(os.getloadavg()[0], 2))
+    from benchmarks.table import print_rows
+
+    print_rows(f"typing replay of {len(report['tasks'])} held-out tasks ({repo.name}, cutoff {cutoff[:10]}, {args.granularity}-granular acceptance)",
+               report["models"])
+    if "paired" in report:
+        print(json.dumps({"adapter vs base (paired over tasks)": report["paired"]}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
