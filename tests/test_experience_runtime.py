@@ -281,3 +281,18 @@ def test_doctests_carry_the_unit_when_the_test_folder_cannot_import(tmp_path):
     assert {e["meta"]["form"] for e in episodes} >= {"predict output", "write a passing test", "which tests fail"}, stats
     mutation = next(e for e in episodes if e["meta"]["form"] == "which tests fail")
     assert mutation["verified"]["failing"] == ["pkg/util.py::pkg.util.quote"]
+
+
+def test_the_mutation_replaces_a_whole_return_statement():
+    from trainer.experience.runtime import first_return
+
+    source = ('def outer(x):\n    def inner():\n        return 1\n    if x:\n        return (\n            x,\n'
+              '            "é",\n        )\n    return None\n\n\ndef short(): return 2\n')
+    start, end, text = first_return(source, 1, 9)
+    assert text == 'return ( x, "é", )'
+    mutated = source[:start] + "return None" + source[end:]
+    compile(mutated, "m.py", "exec")  # still valid Python: the continuation lines went with it
+    assert "        return None\n    return None" in mutated and "return 1" in mutated
+    start, end, text = first_return(source, 12, 12)
+    assert text == "return 2" and source[:start].endswith("def short(): ")
+    assert first_return("def f():\n    return None\n", 1, 2) is None

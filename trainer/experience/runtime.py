@@ -16,6 +16,7 @@ pass before the mutation", ...), so a build that makes no runtime episode says w
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import random
@@ -33,7 +34,7 @@ from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, teacher_for
 from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, run_pytest, sample, repo_environment
 
-TRACE_VERSION = 2  # 2: the repository's own test environment, a sampled subset, node ids and callers
+TRACE_VERSION = 3  # 2: the repository's own test environment, a sampled subset, node ids and callers; 3: whole-statement mutations
 TEST_FILES = 10  # test files sampled for the traced run (seeded)
 DOCTEST_FILES = 4  # modules sampled for their doctests, where the configuration collects them
 TRACE_SECONDS = 150  # the traced run starts no test after this
@@ -267,7 +268,39 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
 
 
 # ---- mutations: which tests break when a function's result is dropped (executed, not guessed) ---------
-_RETURN = re.compile(r"^([ \t]*)return\b.*$", re.M)
+def first_return(source: str, start_line: int, end_line: int) -> tuple[int, int, str] | None:
+    """The first ``return <value>`` of the function spanning these lines, not inside a nested function:
+    (start offset, end offset, its text on one line); None when there is none (or only ``return None``)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    func = next((n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and start_line <= n.lineno <= end_line), None)
+    if func is None:
+        return None
+    found = []
+    todo = list(func.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Return):
+            found.append(node)
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(node))
+    found = [r for r in found if r.value is not None and not (isinstance(r.value, ast.Constant) and r.value.value is None)]
+    if not found:
+        return None
+    node = min(found, key=lambda r: (r.lineno, r.col_offset))
+    starts = [0]
+    for line in source.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    # ast offsets are in UTF-8 bytes of the line
+    def offset(line: int, col: int) -> int:
+        text = source[starts[line - 1]:starts[line]]
+        return starts[line - 1] + len(text.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
+
+    start, end = offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset)
+    return start, end, " ".join(source[start:end].split())
 
 
 def mutation_targets(index, trace: dict, blobs: dict, seed) -> list[tuple]:
@@ -326,27 +359,25 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
         stats.rejected["tests do not pass before the mutation"] += 1
         return None
     original = ws.read_text(sym.path)
-    lines = original.splitlines(keepends=True)
-    body = "".join(lines[sym.body_start_line - 1 : sym.end_line])
-    match = _RETURN.search(body)
-    if match is None or match.group(0).strip() == "return None":
+    found = first_return(original, sym.start_line, sym.end_line)
+    if found is None:
         stats.rejected["no return value to drop"] += 1
         return None
-    mutated_body = body[: match.start()] + f"{match.group(1)}return None" + body[match.end():]
-    mutated = "".join(lines[: sym.body_start_line - 1]) + mutated_body + "".join(lines[sym.end_line:])
-    (ws.root / sym.path).write_text(mutated, encoding="utf-8")
+    start, end, changed = found
+    (ws.root / sym.path).write_text(original[:start] + "return None" + original[end:], encoding="utf-8")
     try:
         after = run_pytest(tenv, tests, timeout_s=120)
     finally:
         (ws.root / sym.path).write_text(original, encoding="utf-8")
         ws.invalidate([sym.path])
-    broken = {e.split("::")[0] for e in after.errors}  # a module the mutation broke at import: its tests all fail
-    if not after.tests and not broken:
-        stats.rejected[f"mutation run failed ({after.summary()[:80]})"] += 1
+    if after.timed_out:
+        stats.rejected["mutation run timed out"] += 1
         return None
+    # the baseline passed, so a run that collects nothing failed because of the mutation: the package (or a
+    # conftest importing it) no longer imports, and every test fails
+    broken = {e.split("::")[0] for e in after.errors} | ({""} if not after.tests else set())
     failing = sorted(t for t in tests if after.tests.get(t) in (FAILED, ERROR)
-                     or (t not in after.tests and (t.split("::")[0] in broken or "." in broken or "" in broken)))
-    changed = match.group(0).strip()
+                     or (t not in after.tests and (t.split("::")[0] in broken or broken & {".", ""})))
     task = f"In {sym.path}, if `{changed}` in {sym.qualname} became `return None`, which tests would fail?"
 
     def verify(result):
