@@ -12,7 +12,7 @@ Resumable: the store, the experience and ``results.jsonl`` live in ``--work``; a
 with the refresh it was in (training resumes from its checkpoint), and a finished refresh whose
 evaluation was lost is evaluated, not trained again.
 
-    .venv/bin/python benchmarks/accumulate.py /tmp/click --work /tmp/bench-acc [--last 100] [--stride 20]
+    .venv/bin/python -m benchmarks.accumulate /tmp/click --work /tmp/bench-acc [--last 100] [--stride 20]
         [--refreshes 5] [--profile quick] [--steps N] [--gate none|loss] [--json acc.json]
 """
 
@@ -121,6 +121,7 @@ def print_table(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     from trainer.eval_cli import serving_base
     from trainer.evaluation import FAMILIES
+    from trainer.pipeline import profile_settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     base_gguf = serving_base(args.base)
     work = Work(args.work.resolve(), {"repo": str(path), "commits": commits, "base": args.base, "base_gguf": str(base_gguf),
                                       "profile": args.profile, "steps": args.steps, "gate": args.gate,
-                                      "eval_profile": args.eval_profile, "families": list(args.families)})
+                                      "eval_profile": args.eval_profile, "families": list(args.families),
+                                      "profile_settings": json.loads(json.dumps(profile_settings(args.profile), default=str))})
     started = time.perf_counter()
     if work.get("base", repo.key) is None:
         say(f"evaluating the base on the tasks after {commits[-1][:10]}")

@@ -24,7 +24,7 @@ piece names all the repositories (they make the task-centric control) with the s
 profile and families; ``--repos``, ``--conditions``, ``--steps`` and ``--max-minutes`` may change from
 one piece to the next. The plan and its estimated duration are printed first; ``--estimate`` stops there.
 
-    .venv/bin/python benchmarks/specialize.py /tmp/click /tmp/requests@500 /tmp/attrs@v22.2.0 \\
+    .venv/bin/python -m benchmarks.specialize /tmp/click /tmp/requests@500 /tmp/attrs@v22.2.0 \\
         --work /tmp/bench-spec --steps 32,128,512 --json spec.json --plot spec.png [--repos click]
         [--conditions rcl,task-centric] [--max-minutes 120] [--estimate]
 
@@ -59,10 +59,11 @@ CONTROL_MODULES = 80  # stdlib modules (100-400 lines each) in the single-reposi
 GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@e", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "b@e",
            "PATH": "/usr/bin:/bin"}
 # Seconds per unit of work before anything was measured in the work dir, as measured on click (embedded
-# Gemma 3 270M, 2 shared CPU cores, quick profile: 4.8 s/step on the agentic units, 11.6 s/step on text,
-# ~15 s to load, export and verify per run, 0.87 s per evaluated task, 31 s for the experience at the
-# quick targets); replaced by what the work dir's own runs took as soon as there are some.
-DEFAULT_COSTS = {"train_step": 6.0, "train_fixed": 15.0, "eval_task": 0.9, "experience": 60.0}
+# Gemma 3 270M, 2 shared CPU cores, quick profile): at 1,024 tokens per step 4.8 s/step on the agentic
+# units and 11.6 s/step on text; at 2,048 (quick since c9fa86c) ~20 s/step on the profile's mix, on a
+# loaded machine; ~15 s to load, export and verify per run, 0.87 s per evaluated task, 31 s for the
+# experience at the quick targets. Replaced by the work dir's own runs as soon as there are some.
+DEFAULT_COSTS = {"train_step": 12.0, "train_fixed": 15.0, "eval_task": 0.9, "experience": 60.0}
 
 
 def say(msg: str) -> None:
@@ -588,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         "repos": {r.name: {"path": str(r.path), "cutoff": r.cutoff} for r in repos}, "base": args.base,
         "base_gguf": str(base_gguf), "profile": args.profile,
         "train_profile": args.train_profile, "eval_profile": args.eval_profile, "families": list(args.families),
-        "units": list(args.units), "targets": args.targets, "reference": args.reference})
+        "units": list(args.units), "targets": args.targets, "reference": args.reference,
+        # what the profile meant when the results were made: a later change of the profile is other settings
+        "profile_settings": json.loads(json.dumps(settings, default=str))})
     pools = list(repos)
     if "task-centric" in args.conditions and len(repos) == 1:
         control = work.root / "control-repo"

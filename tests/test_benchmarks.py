@@ -70,7 +70,7 @@ def test_learning_curve_compares_conditions_at_equal_trained_tokens_and_resumes(
     work, out_json, out_png = tmp_path / "work", tmp_path / "curve.json", tmp_path / "curve.png"
     conditions = ["rcl", "task-centric", "mix"] + (["text"] if "text" in UNITS else [])
     common = [f"{ledger}@3", f"{shapes}@1", "--work", str(work), "--repos", "ledger", "--base", str(tiny_hf_dir),
-              "--profile", "tiny", "--steps", "2,3", "--quiet", "--device", "cpu"]
+              "--profile", "tiny", "--steps", "1,2", "--quiet", "--device", "cpu"]
     # first only the reference condition, as a lead running the benchmark in pieces would
     assert bench.main(common + ["--conditions", "rcl"]) == 0
     first = (work / "results.jsonl").read_text().splitlines()
@@ -80,10 +80,10 @@ def test_learning_curve_compares_conditions_at_equal_trained_tokens_and_resumes(
     records = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
     assert records[: len(first)] == [json.loads(line) for line in first]  # kept, not redone
     runs = [r for r in records if r["kind"] == "run"]
-    assert sorted((r["steps"], r["condition"]) for r in runs) == sorted((s, c) for s in (2, 3) for c in conditions)
+    assert sorted((r["steps"], r["condition"]) for r in runs) == sorted((s, c) for s in (1, 2) for c in conditions)
     built = {r["repo"] for r in records if r["kind"] == "experience"}
     assert built == {"ledger", "shapes"}  # the control's experience was built for task-centric
-    for steps in (2, 3):
+    for steps in (1, 2):
         ref = next(r for r in runs if r["steps"] == steps and r["condition"] == "rcl")
         assert ref["trained_steps"] == steps and ref["budget_tokens"] is None
         for run in (r for r in runs if r["steps"] == steps and r["condition"] != "rcl"):
@@ -142,7 +142,7 @@ def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixe
     ledger, _ = repos
     work, out_json = tmp_path / "acc", tmp_path / "acc.json"
     args = [str(ledger), "--work", str(work), "--last", "1", "--stride", "1", "--refreshes", "3", "--profile", "tiny",
-            "--steps", "2", "--base", str(tiny_hf_dir), "--device", "cpu", "--quiet", "--json", str(out_json)]
+            "--steps", "1", "--base", str(tiny_hf_dir), "--device", "cpu", "--quiet", "--json", str(out_json)]
     assert accumulate.main(args) == 0
     result = json.loads(out_json.read_text())
     commits = [git(ledger, "rev-parse", f"HEAD~{n}") for n in (3, 2, 1)]
