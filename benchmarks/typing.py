@@ -373,7 +373,8 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, required=True, help="a git repository this project did not write")
-    parser.add_argument("--cutoff", help="the knowledge cutoff commit (default: --back first-parent commits before HEAD)")
+    parser.add_argument("--cutoff", help="the knowledge cutoff commit (default: the commit the adapter was trained up to, "
+                                         "else --back first-parent commits before HEAD)")
     parser.add_argument("--back", type=int, default=300)
     parser.add_argument("--model", type=Path, help="base GGUF (default: the embedded Gemma 3 270M)")
     parser.add_argument("--adapter", help="'current' (the published version of --repo's store) or a version folder / adapter.gguf")
@@ -389,8 +390,12 @@ def main() -> int:
     args = parser.parse_args()
     try:
         repo = args.repo.resolve()
-        cutoff = resolve_cutoff(repo, args.cutoff, args.back)
         adapter_dir = adapter_version_dir(args.adapter, repo) if args.adapter else None
+        trained_to = json.loads((adapter_dir / "manifest.json").read_text()).get("commit") if adapter_dir else None
+        if not args.cutoff and trained_to and subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{trained_to}^{{commit}}"],
+                                                            capture_output=True).returncode == 0:
+            args.cutoff = trained_to  # the adapter's own knowledge cutoff: everything after it is held out for it
+        cutoff = resolve_cutoff(repo, args.cutoff, args.back)
         if args.model:
             gguf = args.model.resolve()
         else:
