@@ -24,16 +24,20 @@ examples, and writes JSON. Goal: >= 95% right. Run heavy work under the shared l
 
 from __future__ import annotations
 
-import argparse
-import ast
-import json
-import random
-import re
 import sys
-import sysconfig
-import time
-from collections import Counter
 from pathlib import Path
+
+# run as a script, benchmarks/ is first on sys.path: its modules must not shadow the standard library's
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import sysconfig  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
