@@ -73,6 +73,7 @@ class Replay:
     shown: int = 0
     accepted: int = 0
     accepted_chars: int = 0
+    model_calls: int = 0  # completions the server generated for this replay (its log)
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -213,11 +214,13 @@ class Server:
         text = path.read_text(errors="replace") if path.exists() else ""
         return len(re.findall(r"completion: \d+ prompt tokens", text))
 
-    async def replay(self, task: TypingTask, granularity: str) -> Replay:
-        """Type ``task.target`` into the document, accepting what matches (see the module's text)."""
+    async def replay(self, task: TypingTask, granularity: str, deadline: float = float("inf")) -> Replay | None:
+        """Type ``task.target`` into the document, accepting what matches (see the module's text); None
+        when ``deadline`` (time.monotonic) passes first."""
         lsp = self.lsp
         uri = (self.repo / task.path).as_uri()
         out = Replay(chars=len(task.target))
+        calls_before = self.model_calls()
         self.version += 1
         self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
             lsp.TextDocumentItem(uri, "python", self.version, task.before + task.after)))
@@ -230,7 +233,7 @@ class Server:
             result = await self.client.protocol.send_request_async(
                 "swespot/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
             out.latencies_ms.append((time.perf_counter() - started) * 1e3)
-            if typed >= len(task.target):
+            if typed >= len(task.target) or time.monotonic() > deadline:
                 break
             suggestion = result["items"][0]["insertText"] if result["items"] else ""
             take = 0
@@ -249,7 +252,9 @@ class Server:
                 lsp.VersionedTextDocumentIdentifier(version=self.version, uri=uri),
                 [lsp.TextDocumentContentChangeWholeDocument(text=task.before + task.target[:typed] + task.after)]))
         self.client.text_document_did_close(lsp.DidCloseTextDocumentParams(lsp.TextDocumentIdentifier(uri)))
-        return out
+        await self.client.protocol.send_request_async("swespot/getStatus", None)  # the log holds all of this replay
+        out.model_calls = self.model_calls() - calls_before
+        return out if typed >= len(task.target) else None
 
     async def stop(self) -> None:
         await self.client.shutdown_async(None)
@@ -318,11 +323,12 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
     return out
 
 
-def summary(name: str, replays: list[Replay], calls: int) -> dict:
+def summary(name: str, replays: list[Replay]) -> dict:
     chars = sum(r.chars for r in replays)
     keys = sum(r.keystrokes for r in replays)
     shown = sum(r.shown for r in replays)
     lat = [x for r in replays for x in r.latencies_ms]
+    calls = sum(r.model_calls for r in replays)
     return {"model": name, "tasks": len(replays), "chars": chars, "keystrokes": keys,
             "chars_saved_per_char": round((chars - keys) / chars, 4) if chars else None,
             "shown": shown, "accepted_share": round(sum(r.accepted for r in replays) / shown, 4) if shown else None,
@@ -344,6 +350,7 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
     results: dict[str, list[Replay]] = {s.name: [] for s in servers}
     rows = []
     deadline = time.monotonic() + args.max_minutes * 60
+    hard_deadline = deadline + args.max_minutes * 15  # a task still running then is dropped, for every model
     try:
         for n, task in enumerate(tasks):
             if time.monotonic() > deadline:
@@ -351,8 +358,17 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
                 break
             order = servers if n % 2 == 0 else servers[::-1]  # alternate who goes first
             row = {"task": task.id, "family": task.family, "path": task.path, "chars": len(task.target)}
+            done = {}
             for server in order:
-                replay = await server.replay(task, args.granularity)
+                replay = await server.replay(task, args.granularity, hard_deadline)
+                if replay is None:
+                    break
+                done[server.name] = replay
+            if len(done) < len(servers):
+                print(f"time cap reached during task {n + 1}: dropped", file=sys.stderr)
+                break
+            for server in order:
+                replay = done[server.name]
                 results[server.name].append(replay)
                 row[server.name] = {"saved_per_char": round(replay.ratio, 4), "keystrokes": replay.keystrokes,
                                     "shown": replay.shown, "accepted": replay.accepted,
@@ -360,11 +376,10 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
             rows.append(row)
             print(f"task {n + 1}/{len(tasks)} {task.path} ({task.family}, {len(task.target)} chars): "
                   + ", ".join(f"{s.name} {row[s.name]['saved_per_char']:.3f}" for s in servers), file=sys.stderr)
-        calls = {s.name: s.model_calls() for s in servers}
     finally:
         for server in servers:
             await server.stop()
-    report = {"models": [summary(s.name, results[s.name], calls[s.name]) for s in servers], "tasks": rows}
+    report = {"models": [summary(s.name, results[s.name]) for s in servers], "tasks": rows}
     if adapter_dir is not None:
         report["paired"] = paired(results["base"], results[servers[1].name])
     return report
@@ -380,7 +395,7 @@ def main() -> int:
     parser.add_argument("--adapter", help="'current' (the published version of --repo's store) or a version folder / adapter.gguf")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--max-chars", type=int, default=200, help="characters typed per task at most")
-    parser.add_argument("--max-minutes", type=float, default=8.0, help="start no task after this much time")
+    parser.add_argument("--max-minutes", type=float, default=8.0, help="start no task after this much time; a task still running a quarter later is dropped")
     parser.add_argument("--granularity", choices=("char", "word"), default="char")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
     parser.add_argument("--max-tokens", type=int, default=64)
