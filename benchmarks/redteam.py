@@ -21,15 +21,20 @@ Heavy-ish (a server with the tiny test model, an experience build, ~60 sandboxed
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+import sys
+
+# run as a script, this folder comes first on sys.path, where benchmarks/typing.py would shadow the
+# standard library's typing: drop it (the repository root is added below)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json
 import resource
 import secrets as pysecrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import threading

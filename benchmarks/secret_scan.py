@@ -11,10 +11,16 @@ false positive. Prints a table and, with ``--json``, writes the figures.
 
 from __future__ import annotations
 
-import argparse
+import os
+import sys
+
+# run as a script, this folder comes first on sys.path, where benchmarks/typing.py would shadow the
+# standard library's typing: drop it (the repository root is added below)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
