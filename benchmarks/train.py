@@ -13,7 +13,7 @@ length-grouped padded batches) and ``trainer`` (``transformers.Trainer``, groupe
 model's own loss). Each measurement runs in its own process; the rate is over the training loop only
 (model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
 
-    .venv/bin/python benchmarks/train.py [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48]
+    .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48]
         [--max-len 1024] [--batch-tokens 4096] [--dense-lengths 512] [--json out.json]
 """
 
@@ -158,7 +158,8 @@ def worker(args) -> dict:
 
 
 def run_one(which: str, model: str, data: Path, max_len: int, batch_tokens: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", which, "--model", model, "--data", str(data), "--max-len", str(max_len),
+    # as a module from the checkout's root: a script's own folder first on sys.path may shadow the stdlib
+    cmd = [sys.executable, "-m", "benchmarks.train", "--worker", which, "--model", model, "--data", str(data), "--max-len", str(max_len),
            "--batch-tokens", str(batch_tokens)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
