@@ -34,16 +34,20 @@ A repository is ``PATH`` (cutoff ``--holdout`` first-parent commits back), ``PAT
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import shutil
-import subprocess
 import sys
-import sysconfig
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+# run as a script, benchmarks/ is first on sys.path: its modules (typing.py) must not shadow the standard library's
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sysconfig  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -604,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
 
     todo = plan(repos, run_repos, build_for, work, args)
     costs = measured_costs(work)
-    ntasks = {r.key: sum((work.get("base", r.key) or {}).get("tasks", {}).values()) or _default_tasks(args) for r in repos}
+    ntasks = {r.key: sum((work.get("base", r.key) or {}).get("tasks", {}).values()) or _default_tasks(args) for r in pools}
     seconds = [estimate(p, costs, ntasks[p[1].key]) for p in todo]
     say(f"{len(todo)} piece(s) to do ({sum(p[0] == 'run' for p in todo)} trainings), estimated {fmt_minutes(sum(seconds))} "
         f"(per step {costs['train_step']:.1f} s, per evaluated task {costs['eval_task']:.2f} s, per experience build "
