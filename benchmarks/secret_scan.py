@@ -14,10 +14,6 @@ from __future__ import annotations
 import os
 import sys
 
-# run as a script, this folder comes first on sys.path, where benchmarks/typing.py would shadow the
-# standard library's typing: drop it (the repository root is added below)
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse  # noqa: E402
 import json
 import subprocess

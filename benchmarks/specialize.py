@@ -37,9 +37,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# run as a script, benchmarks/ is first on sys.path: its modules (typing.py) must not shadow the standard library's
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402

@@ -1,4 +1,4 @@
-"""The typing benchmark's user model and statistics (the replay itself runs in benchmarks/typing.py)."""
+"""The typing benchmark's user model and statistics (the replay itself runs in benchmarks/keystrokes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("typing_benchmark", ROOT / "benchmarks" / "typing.py")
+    spec = importlib.util.spec_from_file_location("typing_benchmark", ROOT / "benchmarks" / "keystrokes.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)

@@ -23,7 +23,7 @@ turn task by task, so machine load hits both alike):
 The server serves the repository checked out at the cutoff (its snippets see no held-out code); the
 adapter is published into a private store for that checkout. Nothing is downloaded.
 
-    .venv/bin/python benchmarks/typing.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
+    .venv/bin/python benchmarks/keystrokes.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
         [--tasks 10] [--max-chars 200] [--max-minutes 8] [--granularity char] [--json out.json]
 """
 
@@ -31,11 +31,6 @@ from __future__ import annotations
 
 import os
 import sys
-
-# run as a script, this file's folder comes first on sys.path, and its name is the standard library's
-# ``typing``: drop the folder before anything imports ``typing``
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
