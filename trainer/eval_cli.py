@@ -101,13 +101,13 @@ def resolve_adapters(values: list[str], repo: Path):
     return specs
 
 
-def print_summary(report: dict, file=sys.stderr) -> None:
+def print_summary(report: dict, file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from trainer.eval_report import METRICS, cell
 
-    console = Console(file=file)
+    console = Console(file=file if file is not None else sys.stderr)  # resolved per call: sys.stderr may be replaced
     if not report["models"]:
         console.print("no held-out tasks after the cutoff: nothing was evaluated")
         return
