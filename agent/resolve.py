@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import layout
 from agent.index import RepoIndex, Symbol, is_test_file
 
 
@@ -58,15 +59,10 @@ class Callers:
 
 
 def source_roots(root: Path) -> list[Path]:
-    """Folders that hold the repository's importable top-level packages: ``src/`` (when it holds a
-    package) before the root itself."""
+    """The folders that hold the repository's importable code, most specific first and the root itself
+    last, as its build configuration says (``agent.layout``; the runtime unit's tests use the same)."""
     root = Path(root)
-    roots = []
-    src = root / "src"
-    if src.is_dir() and any(p.is_dir() and (p / "__init__.py").exists() or p.suffix == ".py" for p in src.iterdir()):
-        roots.append(src)
-    roots.append(root)
-    return roots
+    return [root / rel for rel in layout.source_roots(root)]
 
 
 def _call_columns(line_text: str, name: str) -> list[int]:

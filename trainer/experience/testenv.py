@@ -23,18 +23,17 @@ called them). Its output is never parsed from pytest's terminal lines.
 
 from __future__ import annotations
 
-import configparser
 import fnmatch
 import json
 import random
 import re
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
+from agent.layout import as_list, dig, read_ini, read_toml, source_roots
 from agent.sandbox import clean_env, run_limited
 
 PLUGIN_MODULE = "_swespot_pytest"
@@ -189,124 +188,27 @@ def pytest_unconfigure(config):
 
 
 # ---- reading the repository's configuration --------------------------------------------------------
-def _toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return {}
-
-
-def _ini(path: Path) -> configparser.ConfigParser | None:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, configparser.Error):
-        return None
-    return parser
-
-
-def _dig(data: dict, *keys: str):
-    for key in keys:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
-
-
-def _as_list(value) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return value.split()
-    return [str(v) for v in value]
-
-
 def pytest_config(root: Path) -> tuple[str | None, dict]:
     """(the file pytest takes its configuration from, its options), found as pytest finds them at the
     root: pytest.toml, pytest.ini, pyproject.toml with a pytest table, tox.ini [pytest], setup.cfg
     [tool:pytest]. Values are strings (ini files) or TOML values."""
     for name in ("pytest.toml", ".pytest.toml"):
         if (root / name).is_file():
-            data = _toml(root / name)
+            data = read_toml(root / name)
             return name, dict(data.get("pytest", data))
     for name in ("pytest.ini", ".pytest.ini"):
         if (root / name).is_file():
-            parser = _ini(root / name)
+            parser = read_ini(root / name)
             return name, dict(parser["pytest"]) if parser is not None and parser.has_section("pytest") else {}
-    project = _toml(root / "pyproject.toml")
-    for table in (_dig(project, "tool", "pytest", "ini_options"), _dig(project, "tool", "pytest")):
+    project = read_toml(root / "pyproject.toml")
+    for table in (dig(project, "tool", "pytest", "ini_options"), dig(project, "tool", "pytest")):
         if isinstance(table, dict):
             return "pyproject.toml", {k: v for k, v in table.items() if k != "ini_options"}
     for name, section in (("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
-        parser = _ini(root / name) if (root / name).is_file() else None
+        parser = read_ini(root / name) if (root / name).is_file() else None
         if parser is not None and parser.has_section(section):
             return name, dict(parser[section])
     return None, {}
-
-
-def _has_python(folder: Path) -> bool:
-    try:
-        return folder.is_dir() and any(p.suffix == ".py" or (p / "__init__.py").is_file() for p in folder.iterdir())
-    except OSError:
-        return False
-
-
-def _parent_of_packages(paths: list[str]) -> list[str]:
-    """``src/attr`` (a package folder a build tool names) → ``src``, the folder that must be on the path."""
-    return [str(PurePosixPath(p.rstrip("/")).parent) for p in paths if p and "/" in p.rstrip("/")]
-
-
-def source_roots(root: Path) -> list[str]:
-    """The folders (relative to ``root``) that hold the repository's importable code, most specific first
-    and the root itself last, taken from its build configuration, else from an ``src/`` layout."""
-    found: list[str] = []
-    project = _toml(root / "pyproject.toml")
-    tool = project.get("tool", {}) if isinstance(project.get("tool"), dict) else {}
-    setuptools = tool.get("setuptools", {}) if isinstance(tool.get("setuptools"), dict) else {}
-    package_dir = setuptools.get("package-dir")
-    if isinstance(package_dir, dict):
-        found += [v for k, v in package_dir.items() if k == "" and isinstance(v, str)]
-        found += _parent_of_packages([v for k, v in package_dir.items() if k and isinstance(v, str) and v.rstrip("/").endswith(k.split(".")[-1])])
-    found += _as_list(_dig(setuptools, "packages", "find", "where"))
-    hatch_wheel = _dig(tool, "hatch", "build", "targets", "wheel") or {}
-    found += _parent_of_packages(_as_list(hatch_wheel.get("packages") if isinstance(hatch_wheel, dict) else None))
-    for sources in (hatch_wheel.get("sources") if isinstance(hatch_wheel, dict) else None, _dig(tool, "hatch", "build", "sources")):
-        if isinstance(sources, dict):
-            found += [k for k, v in sources.items() if v in ("", "/")]
-        elif isinstance(sources, list):
-            found += [str(s) for s in sources]
-    for spec in _dig(tool, "poetry", "packages") or []:
-        if isinstance(spec, dict) and isinstance(spec.get("from"), str):
-            found.append(spec["from"])
-    pdm_dir = _dig(tool, "pdm", "build", "package-dir")
-    if isinstance(pdm_dir, str):
-        found.append(pdm_dir)
-    flit_name = _dig(tool, "flit", "module", "name") or (_dig(project, "project", "name") if "flit" in str(_dig(project, "build-system", "build-backend")) else None)
-    if isinstance(flit_name, str) and (root / "src" / flit_name.replace("-", "_")).exists():
-        found.append("src")
-    cfg = _ini(root / "setup.cfg") if (root / "setup.cfg").is_file() else None
-    if cfg is not None:
-        if cfg.has_option("options", "package_dir"):
-            for line in cfg.get("options", "package_dir").splitlines():
-                name, _, where = line.partition("=")
-                if where.strip() and not name.strip():
-                    found.append(where.strip())
-        if cfg.has_option("options.packages.find", "where"):
-            found += cfg.get("options.packages.find", "where").split()
-    try:
-        setup_py = (root / "setup.py").read_text(encoding="utf-8") if (root / "setup.py").is_file() else ""
-    except (OSError, UnicodeDecodeError):
-        setup_py = ""
-    found += re.findall(r"""package_dir\s*=\s*\{\s*['"]{2}\s*:\s*['"]([\w./-]+)['"]""", setup_py)
-    found += re.findall(r"""find(?:_namespace)?_packages\(\s*(?:where\s*=\s*)?['"]([\w./-]+)['"]""", setup_py)
-    if _has_python(root / "src"):
-        found.append("src")
-    out: list[str] = []
-    for rel in found:
-        rel = str(PurePosixPath(rel.strip().strip("/") or "."))
-        if rel != "." and rel not in out and not rel.startswith("..") and (root / rel).is_dir():
-            out.append(rel)
-    return out + ["."]
 
 
 def needed_plugins(config: dict) -> list[str]:
@@ -318,8 +220,8 @@ def needed_plugins(config: dict) -> list[str]:
         dist = ep.dist.name if ep.dist is not None else ""
         plugins[ep.name] = (ep.value.split(":")[0], re.sub(r"[-_.]+", "-", dist).lower())
     wanted: list[str] = []
-    required = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]).lower() for r in _as_list(config.get("required_plugins"))}
-    addopts = _as_list(config.get("addopts"))
+    required = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]).lower() for r in as_list(config.get("required_plugins"))}
+    addopts = as_list(config.get("addopts"))
     named = {addopts[i + 1] for i, opt in enumerate(addopts[:-1]) if opt == "-p"}
     named |= {opt[2:] for opt in addopts if opt.startswith("-p") and len(opt) > 2}
     keys = {str(k).lower() for k in config}
@@ -377,8 +279,8 @@ class TestEnvironment:
 
     def test_files(self, files: list[str]) -> list[str]:
         """The files among ``files`` that pytest would collect as tests under this configuration."""
-        patterns = _as_list(self.config.get("python_files")) or ["test_*.py", "*_test.py"]
-        where = [p.strip("/") for p in _as_list(self.config.get("testpaths"))]
+        patterns = as_list(self.config.get("python_files")) or ["test_*.py", "*_test.py"]
+        where = [p.strip("/") for p in as_list(self.config.get("testpaths"))]
         out = []
         for path in files:
             name = PurePosixPath(path).name
