@@ -197,3 +197,29 @@ def test_merges_replay_the_merged_commits_once_at_the_merge(tmp_path):
     assert stats.skipped == {"merge commit": 2, "root commit": 1}
     replayed = [c.subject for c in changes(git.Repo(root), "HEAD")]
     assert replayed == ["Use h in f", "Let h take an argument", "Add helper h", "Add g to app"]
+
+
+def test_recent_activity_ranks_files_by_decayed_changes_up_to_the_cutoff(tmp_path):
+    """The text and design units take files in this order: the files changed most, most recently, before
+    the cutoff first; a merge counts with its first-parent diff; nothing after the cutoff is read."""
+    from trainer.experience.history import recent_activity
+    from trainer.experience.text import file_order
+
+    root = _repo(tmp_path)
+    commit(root, "Add b", {"b.py": "B = 1\n", "old.py": "O = 1\n"})
+    for n in range(3):
+        commit(root, f"Tune a {n}", {"a.py": f"A = {n}\n"})
+    git_(root, "checkout", "-q", "-b", "side")
+    commit(root, "Add c on a branch", {"c.py": "C = 1\n"})
+    git_(root, "checkout", "-q", "main")
+    git_(root, "merge", "-q", "--no-ff", "side", "-m", "Merge branch side")
+    cutoff = git_(root, "rev-parse", "HEAD")
+    commit(root, "After the cutoff", {"later.py": "L = 1\n"})
+    score = recent_activity(root, cutoff, half_life=2)
+    assert "later.py" not in score
+    assert score["c.py"] == pytest.approx(1.0)  # the merge, age 0
+    assert score["a.py"] == pytest.approx(0.5 ** 0.5 + 0.5 + 0.5 ** 1.5)
+    assert score["a.py"] > score["b.py"] > 0 and score["b.py"] == score["old.py"]
+    order = file_order(["README.md", "old.py", "b.py", "a.py", "c.py", "app.py"], 0, lambda p: p.endswith(".py"), score)
+    assert order[:2] == ["a.py", "c.py"] and order[-1] == "README.md"
+    assert set(order[2:4]) == {"b.py", "old.py"}

@@ -231,7 +231,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         runner = U.pytest_runner(ws) if opts.run_tests else None
         work = []
         counts: Counter = Counter()  # episodes per unit kept so far (reused shards included), against the targets
-        for path in T.file_order([p for p in index.files if p in allowed], opts.seed, H.is_code):
+        activity = H.recent_activity(repo_path, cutoff)  # newest activity first: the future lands there
+        for path in T.file_order([p for p in index.files if p in allowed], opts.seed, H.is_code, activity):
             if "design" in opts.units:
                 work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path], _file_facts(index, path))))
             if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
@@ -256,7 +257,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
 
         if "text" in opts.units:
             texts = {f.path: f.text for f in selection.files if T.is_text_file(f.path)}
-            for path in tqdm(T.file_order(list(texts), opts.seed, H.is_code), desc="experience: text", unit="file",
+            for path in tqdm(T.file_order(list(texts), opts.seed, H.is_code, activity), desc="experience: text", unit="file",
                              disable=not opts.progress, file=sys.stderr):
                 if _full(opts, counts, "text"):
                     break

@@ -277,6 +277,32 @@ def walk(repo_path, cutoff: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+ACTIVITY_COMMITS = 300  # how far back along the first-parent line recent activity looks
+ACTIVITY_HALF_LIFE = 50  # commits: a file changed 50 first-parent commits before the cutoff counts half
+
+
+def recent_activity(repo_path, cutoff: str, *, commits: int = ACTIVITY_COMMITS,
+                    half_life: float = ACTIVITY_HALF_LIFE) -> dict[str, float]:
+    """Where the repository has been moving just before ``cutoff``: for each path, the sum over the last
+    ``commits`` first-parent commits that changed it of ``0.5 ** (age / half_life)`` (age 0 = the cutoff;
+    a merge counts with its whole first-parent diff). Only history up to the cutoff is read, so ranking
+    files by it never looks at what the evaluation holds out. Paths are as of each commit (a file renamed
+    since is credited under both names; the caller keeps the names that exist at the cutoff)."""
+    from agent import gitsafe
+
+    done = gitsafe.run(["log", "--first-parent", "--diff-merges=first-parent", "--no-renames", "--name-only",
+                        "--format=%x00", "-n", str(commits), cutoff, "--"],
+                       cwd=repo_path, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        raise SwespotError(f"git log failed: {done.stderr.strip()}")
+    score: Counter = Counter()
+    for age, block in enumerate(done.stdout.split("\0")[1:]):
+        weight = 0.5 ** (age / half_life)
+        for path in {p for p in block.splitlines() if p.strip()}:
+            score[path] += weight
+    return dict(score)
+
+
 def _cheap_skip(sha: str, message: str, raw: list[RawEntry] | None) -> str | None:
     """Reasons to skip a commit that need no diff: no code file touched, a version bump, a subject that
     says nothing (unless the body, or a changelog entry the commit adds, says something)."""

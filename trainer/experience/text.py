@@ -71,11 +71,14 @@ def estimated_chunks(text: str, chunk_tokens: int) -> int:
     return max(1, round(len(text) / (chunk_tokens * CHARS_PER_TOKEN)))
 
 
-def file_order(paths: list[str], seed: int, is_code) -> list[str]:
-    """The order a build takes files in until the unit's target is met: code files first, each group in
-    a seeded pseudo-random order that does not change when other files change."""
+def file_order(paths: list[str], seed: int, is_code, activity: dict[str, float] | None = None) -> list[str]:
+    """The order a build takes files in until the unit's target is met: code files first; within each
+    group the files the repository changed most just before the cutoff first (``activity``, see
+    ``history.recent_activity``: where the next commits are likely to land), then a seeded pseudo-random
+    order that does not change when other files change."""
+    activity = activity or {}
     rank = lambda p: hashlib.sha256(f"{seed}:{TEXT}:{p}".encode()).hexdigest()  # noqa: E731
-    return sorted(paths, key=lambda p: (not is_code(p), rank(p)))
+    return sorted(paths, key=lambda p: (not is_code(p), -round(activity.get(p, 0.0), 6), rank(p)))
 
 
 def is_text_file(path: str) -> bool:
