@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 # key -> value that runs nothing. Not here: diff.external (an empty value makes every `git diff` fail with
 # "cannot run", and no value means "none"); external diffs and textconv drivers only run where porcelain

@@ -19,9 +19,9 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 INDEX_VERSION = 1
 QUERIES = Path(__file__).resolve().parent / "queries"
@@ -82,7 +82,7 @@ class FileIndex:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "FileIndex":
+    def from_json(cls, data: dict) -> FileIndex:
         return cls(
             data["path"], data["language"], [Symbol(**s) for s in data["symbols"]],
             [Reference(**r) for r in data["references"]], data["imports"], data.get("error"),
@@ -99,7 +99,7 @@ class FileIndex:
 
 
 # ---- parsing ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parser_and_query(language: str):
     import tree_sitter
     import tree_sitter_language_pack as pack
@@ -262,7 +262,7 @@ class RepoIndex:
                 self._refs[ref.name].append(ref)
 
     @classmethod
-    def build(cls, files: Iterable[tuple[str, str]], cache: ParseCache | None = None) -> "RepoIndex":
+    def build(cls, files: Iterable[tuple[str, str]], cache: ParseCache | None = None) -> RepoIndex:
         """From (path, text) pairs: the caller decides which files may be read (see
         ``trainer.experience.files`` for training, the tools' own filters for the agent)."""
         cache = cache or ParseCache()
@@ -274,7 +274,7 @@ class RepoIndex:
         return cls(indexed)
 
     @classmethod
-    def from_directory(cls, root: Path, paths: Iterable[str], cache: ParseCache | None = None) -> "RepoIndex":
+    def from_directory(cls, root: Path, paths: Iterable[str], cache: ParseCache | None = None) -> RepoIndex:
         def read():
             for rel in paths:
                 if language_of(rel) is None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import configparser
 import re
-import tomllib
 from pathlib import Path, PurePosixPath
+
+import tomllib
 
 
 def read_toml(path: Path) -> dict:
@@ -82,7 +83,8 @@ def source_roots(root: Path) -> list[str]:
     pdm_dir = dig(tool, "pdm", "build", "package-dir")
     if isinstance(pdm_dir, str):
         found.append(pdm_dir)
-    flit_name = dig(tool, "flit", "module", "name") or (dig(project, "project", "name") if "flit" in str(dig(project, "build-system", "build-backend")) else None)
+    flit_backend = "flit" in str(dig(project, "build-system", "build-backend"))
+    flit_name = dig(tool, "flit", "module", "name") or (dig(project, "project", "name") if flit_backend else None)
     if isinstance(flit_name, str) and (root / "src" / flit_name.replace("-", "_")).exists():
         found.append("src")
     cfg = read_ini(root / "setup.cfg") if (root / "setup.cfg").is_file() else None

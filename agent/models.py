@@ -13,9 +13,10 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from agent.errors import SwespotError
 
@@ -72,7 +73,7 @@ class ScriptedModel:
     position: int = field(default=0)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "ScriptedModel":
+    def from_file(cls, path: str | os.PathLike) -> ScriptedModel:
         """A JSON list of turns (strings in the model's text format, or assistant message dicts), or an
         episode file (``.jsonl``): its first episode's assistant messages are replayed, which re-runs a
         recorded episode against the tools."""

@@ -80,7 +80,7 @@ class Renderer:
         self._template = _compile(template)
 
     @classmethod
-    def for_template(cls, template: str | None, **special: str | None) -> "Renderer":
+    def for_template(cls, template: str | None, **special: str | None) -> Renderer:
         """The model's own template when it renders tools in our call format (Qwen2.5/Qwen3 style), else
         the fallback: a template that knows tools in another call format would need its own parser."""
         if template and "tools" in template and CALL_OPEN in template:
@@ -88,7 +88,7 @@ class Renderer:
         return cls.fallback()
 
     @classmethod
-    def fallback(cls) -> "Renderer":
+    def fallback(cls) -> Renderer:
         return cls(FALLBACK_TEMPLATE.read_text(encoding="utf-8"))
 
     # ---- messages → text ----------------------------------------------------------------------

@@ -36,7 +36,8 @@ KEY_SHAPES = [
     ("jwt", re.compile(r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\b")),
 ]
 
-_WORD = r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|auth[_-]?key|client[_-]?secret|credentials?|contrase[ñn]a)"
+_WORD = (r"(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|auth[_-]?key"
+         r"|client[_-]?secret|credentials?|contrase[ñn]a)")
 # a secret-sounding name, then = : := => and a quoted value
 ASSIGNMENT = re.compile(
     r"(?i)" + _WORD + r"[\w.\-]*['\"\]]?\s*(?::=|=>|[:=])\s*[rbuf]?(['\"`])([^'\"`\n]{6,})\1"

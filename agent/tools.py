@@ -13,21 +13,20 @@ as a unified diff whether or not the root is a git repository.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import json
 import logging
-import contextlib
 import os
 import posixpath
-import shutil
-import tempfile
 import re
 import shlex
-import subprocess
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from agent import gitsafe
 from agent.errors import SwespotError
@@ -363,8 +362,8 @@ class Workspace:
         if count == 0:
             lines = text.splitlines()
             first = old.strip().splitlines()[0] if old.strip() else old
-            close = difflib.get_close_matches(first.strip(), [l.strip() for l in lines], n=3, cutoff=0.6)
-            where = [f"line {i + 1}: {lines[i].strip()}" for i, l in enumerate(lines) if l.strip() in close][:3]
+            close = difflib.get_close_matches(first.strip(), [line.strip() for line in lines], n=3, cutoff=0.6)
+            where = [f"line {i + 1}: {lines[i].strip()}" for i, line in enumerate(lines) if line.strip() in close][:3]
             hint = ("; closest lines: " + " | ".join(where)) if where else "; read the file again and copy the text exactly"
             raise SwespotError(f"old text not found in {path}{hint}")
         starts = [m.start() for m in re.finditer(re.escape(old), text)]

@@ -18,19 +18,17 @@ evaluation was lost is evaluated, not trained again.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys
 import time  # noqa: E402
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.errors import SwespotError  # noqa: E402
-from benchmarks.specialize import (Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired,  # noqa: E402
-                                   pct, run_cli, say, tasks_for)
+from benchmarks.specialize import Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired, pct, run_cli, say, tasks_for  # noqa: E402
 
 
 def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> list[str]:

@@ -24,17 +24,16 @@ examples, and writes JSON. Goal: >= 95% right. Run heavy work under the shared l
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse  # noqa: E402
 import ast  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
+import sys
 import sysconfig  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -221,7 +220,7 @@ def check(c: Checker, episode: dict) -> str | None:
     if kind == "layers":
         links = _CITED.findall(answer)
         chain = [(q, p, int(ln)) for q, p, ln in links] + [(symbol, path, None)]
-        for (caller, cpath, cline), (callee, dpath, dline) in zip(chain, chain[1:]):
+        for (caller, cpath, cline), (callee, dpath, _dline) in zip(chain, chain[1:]):
             if c.innermost(cpath, cline) != caller:
                 return f"{cpath}:{cline} is not inside {caller}"
             callee_path = dpath
@@ -297,7 +296,8 @@ def main() -> None:
         print(f"{name}: {r['files']} files, {r['episodes']} episodes {r['kinds']}; index {r['index_s']} s, design unit {r['design_s']} s "
               f"(Jedi {r['jedi_s']} s over {r['files_resolved']} files); sampled {r['sampled_kinds']}; rejected {r['rejected']}")
         for v in r["wrong_examples"]:
-            print(f"  WRONG{'' if v['sampled'] else ' (not sampled)'} [{v['kind']}] {v['question'][:100]}\n    answer: {v['answer'][:200]}\n    why: {v['wrong']}")
+            print(f"  WRONG{'' if v['sampled'] else ' (not sampled)'} [{v['kind']}] {v['question'][:100]}\n"
+                  f"    answer: {v['answer'][:200]}\n    why: {v['wrong']}")
         for v in r["references_disagree"]:
             print(f"  get_references does not list every cited call: {v['question'][:100]}\n    answer: {v['answer'][:200]}")
     out = {"rows": rows, "repos": report, "sample": args.sample, "seed": args.seed}

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
 
-WORDS = "account balance cache client config engine event filter handler index ledger market order parser queue record report route schema session store stream task token user vault widget".split()
+WORDS = ("account balance cache client config engine event filter handler index ledger market order parser queue record report route "
+         "schema session store stream task token user vault widget").split()
 
 
 def make_module(rng: random.Random, n_funcs: int, module: str) -> str:

@@ -29,14 +29,13 @@ adapter is published into a private store for that checkout. Nothing is download
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import os
 import re  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402

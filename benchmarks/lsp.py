@@ -210,7 +210,7 @@ def direct_complete(new_text: str, line: int, character: int) -> tuple[float, st
 
     runtime, index, repo = _DIRECT["runtime"], _DIRECT["index"], _DIRECT["repo"]
     started = time.perf_counter()
-    offset = sum(len(l) + 1 for l in new_text.split("\n")[:line]) + character
+    offset = sum(len(text) + 1 for text in new_text.split("\n")[:line]) + character
     ctx = CompletionContext(TARGET_FILE, "python", new_text[:offset], new_text[offset:])
     snippets = index.snippets(ctx, lambda rel: (repo / rel).read_text(), lambda _rel: False)
     text = "".join(runtime.generate(build_prompt(ctx, snippets, None), max_tokens=_DIRECT["max_tokens"], stop=stop_strings(None)))

@@ -21,24 +21,23 @@ Heavy-ish (a server with the tiny test model, an experience build, ~60 sandboxed
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse  # noqa: E402
 import json
+import os
 import resource
 import secrets as pysecrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,7 +56,7 @@ class Outcome:
 class Probe:
     name: str
     category: str
-    fn: Callable[["Lab"], Outcome]
+    fn: Callable[[Lab], Outcome]
 
 
 PROBES: list[Probe] = []

@@ -11,12 +11,10 @@ false positive. Prints a table and, with ``--json``, writes the figures.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse  # noqa: E402
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 

@@ -34,17 +34,15 @@ A repository is ``PATH`` (cutoff ``--holdout`` first-parent commits back), ``PAT
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys
 import sysconfig  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -14,15 +14,14 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget, Cancelled, Submitted
 from agent.models import Model, Reply
 from agent.tools import MAX_FILE_BYTES, Workspace, is_git_metadata, make_tools, symlink_on_path
-
 from lsp_server.documents import DocumentSnapshot, FileChange, is_excluded
 
 log = logging.getLogger(__name__)

@@ -110,7 +110,7 @@ def test_the_comparison_gives_a_verdict_per_family_and_a_headline_over_code_task
 
 # ---- the gate -------------------------------------------------------------------------------------
 def test_the_gate_refuses_an_adapter_the_interval_shows_worse_and_records_the_interval():
-    from trainer.evaluation import compare, summarize, ModelSpec
+    from trainer.evaluation import ModelSpec, compare, summarize
 
     def report(delta):
         rng = np.random.default_rng(5)

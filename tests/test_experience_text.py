@@ -176,7 +176,7 @@ def test_the_build_table_counts_lengths_with_the_model_tokenizer(geo, tmp_path, 
                  "design=4", "--fit", str(tiny_hf_dir), "--max-len", "2048", "--json"]) == 0
     table = json.loads(capsys.readouterr().out)["table"]
     assert set(table) == {"design", "text"}
-    for unit, row in table.items():
+    for row in table.values():
         assert row["episodes"] > 0 and row["dropped_by_length"] == 0 and row["trained_tokens"] > 0
         assert row["length"]["p10"] <= row["length"]["p50"] <= row["length"]["p90"] <= row["length"]["max"]
     from transformers import AutoTokenizer

@@ -9,17 +9,16 @@ import random
 from pathlib import Path
 
 import pytest
-from daemon_support import commit, git  # real git in a test repository
 
 from agent.episode import load_episodes
 from agent.resolve import Resolver, source_roots
 from agent.tools import Workspace
+from daemon_support import commit, git  # real git in a test repository
 from trainer.experience import units as U
 from trainer.experience.build import BuildOptions, build_experience
 from trainer.experience.design import design_questions, module_question
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.oracle import ungrounded_actions
-
 
 STORE = '''"""Readers and writers of the record store."""
 

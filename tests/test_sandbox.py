@@ -60,8 +60,8 @@ def test_no_network_inside(tmp_path):
         server.listen()
         port = server.getsockname()[1]
         code = ("import socket\n"
-                "for where in [('127.0.0.1', %d), ('192.0.2.1', 80)]:\n"
-                "    s = socket.socket(); s.settimeout(2); print(s.connect_ex(where))") % port
+                f"for where in [('127.0.0.1', {port}), ('192.0.2.1', 80)]:\n"
+                "    s = socket.socket(); s.settimeout(2); print(s.connect_ex(where))")
         result = run_limited([sys.executable, "-c", code], tmp_path)
     assert result.network_isolated
     host_loopback, elsewhere = result.output.split()

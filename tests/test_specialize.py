@@ -243,8 +243,9 @@ def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, 
     lock.acquire(root)
     try:
         with pytest.raises(SwespotError, match="trainer daemon is already running"):
-            from trainer.eval_cli import cmd_specialize
             import argparse
+
+            from trainer.eval_cli import cmd_specialize
             cmd_specialize(argparse.Namespace(path=root, model="default", profile="tiny", cutoff=None, holdout=None, steps=1,
                                               no_eval=True, force=False, device="cpu", json=False))
     finally:

@@ -73,8 +73,8 @@ def test_the_loss_mask_covers_only_what_the_assistant_wrote(experience, tiny_hf_
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     episode = D.read_episodes(experience)[0]
     seq, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 2048)[0]
-    trained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l != D.IGNORE])
-    untrained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l == D.IGNORE])
+    trained = tokenizer.decode([t for t, label in zip(seq.input_ids, seq.labels) if label != D.IGNORE])
+    untrained = tokenizer.decode([t for t, label in zip(seq.input_ids, seq.labels) if label == D.IGNORE])
     assert '"name": "find_definition"' in trained and "returns the unit price" in trained
     assert trained.count("<|im_end|>") == 3  # each assistant turn's end is learned
     for observation in ("shop/inventory.py:4-6 function price_of", "What does price_of do?", "You are SWE-Spot"):
@@ -115,13 +115,13 @@ def test_completion_form_episodes_train_plain_text_with_the_loss_on_the_target(t
     prefix = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(40)) + "def price_of(sku):\n"
     episode = completion_episode("implementation", "abc", prefix, "    return PRICES[sku]")
     seq, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 2048)[0]
-    trained = tokenizer.decode([t for t, l in zip(seq.input_ids, seq.labels) if l != D.IGNORE])
+    trained = tokenizer.decode([t for t, label in zip(seq.input_ids, seq.labels) if label != D.IGNORE])
     assert trained == "    return PRICES[sku]"
     assert "<|im_start|>" not in tokenizer.decode(seq.input_ids)  # no chat template
     assert tokenizer.decode(seq.input_ids).endswith("def price_of(sku):\n    return PRICES[sku]")
     short, = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 64)[0]
     assert len(short.input_ids) == 64
-    assert tokenizer.decode([t for t, l in zip(short.input_ids, short.labels) if l != D.IGNORE]) == "    return PRICES[sku]"
+    assert tokenizer.decode([t for t, label in zip(short.input_ids, short.labels) if label != D.IGNORE]) == "    return PRICES[sku]"
     assert len(episode["messages"][0]["content"]) <= 3000 and episode["messages"][0]["content"].startswith("def helper_")
 
 

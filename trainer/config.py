@@ -24,7 +24,8 @@ class TrainConfig:
     # --- how long ---
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the data when steps is 0"})
-    max_trained_tokens: int | None = field(default=None, metadata={"help": "stop once this many target (trained) tokens were trained; replaces epochs, and with steps whichever comes first"})
+    max_trained_tokens: int | None = field(default=None, metadata={
+        "help": "stop once this many target (trained) tokens were trained; replaces epochs, and with steps whichever comes first"})
     # --- optimisation (defaults: the LoRA recipe that matched full fine-tuning) ---
     lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to lr * this"})
@@ -35,7 +36,8 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clipping (0: off)"})
     batch_tokens: int = field(default=8192, metadata={"help": "tokens per micro-batch (padded), length-grouped"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    packing: bool = field(default=True, metadata={"help": "pack each batch into one row (common prefix once, block mask, no padding) instead of padding length-grouped sequences"})
+    packing: bool = field(default=True, metadata={
+        "help": "pack each batch into one row (common prefix once, block mask, no padding) instead of padding length-grouped sequences"})
     max_len: int = field(default=4096, metadata={"help": "longest sequence; longer episodes are split at turn boundaries or dropped"})
     # --- LoRA ---
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -58,7 +60,7 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0: all cores)"})
     export_gguf: bool = field(default=True, metadata={"help": "export adapter.gguf and verify it in llama.cpp"})
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if not self.data:
             raise SwespotError("no training data given (--data EXPERIENCE_DIR)")
         if not self.out:
@@ -88,7 +90,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(values) - names
         if unknown:
@@ -96,7 +98,7 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_file(cls, path: Path) -> "TrainConfig":
+    def from_file(cls, path: Path) -> TrainConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except ValueError as exc:

@@ -96,7 +96,7 @@ def _forest(comparison: dict) -> str | None:
     height = 0.9 + 0.32 * max(len(rows) for rows, _ in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), height), dpi=110, squeeze=False)
     for ax, (rows, kind) in zip(axes[0], panels):
-        for y, (label, st) in enumerate(reversed(rows)):
+        for y, (_label, st) in enumerate(reversed(rows)):
             scale, lo_key, hi_key, mid_key = ((100, "rel_lo", "rel_hi", "rel") if kind == "loss" else (100, "lo", "hi", "delta"))
             mid = scale * st[mid_key]
             colour = VERDICT_COLOURS.get(st["verdict"], "#616161")
@@ -152,7 +152,7 @@ def _verdicts(comparison: dict) -> str:
             f"<p class='headline {comparison['verdict'].split()[0]}'>{html.escape(comparison['line'])}</p>"
             f"<p>Paired over the same tasks; 95% intervals from {comparison['resamples']:,} bootstrap resamples of the tasks "
             "(for the token-weighted loss the ratio is recomputed on each); the verdict is read from the interval, "
-            "never from the point estimate.</p><ul>{items}</ul>")
+            f"never from the point estimate.</p><ul>{items}</ul>")
 
 
 def _examples(report: dict, per_family: int = 3) -> str:

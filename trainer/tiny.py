@@ -16,7 +16,6 @@ of a version string and a hash of every input (this file, the corpus, the chat t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sysconfig

@@ -10,8 +10,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -207,7 +208,7 @@ def apply_text_edits(text: str, edits: list[dict]) -> str:
             return len(text)
         line = lines[pos["line"]]
         units = line.encode("utf-16-le")[: 2 * pos["character"]].decode("utf-16-le")
-        return sum(len(l) for l in lines[: pos["line"]]) + len(units)
+        return sum(len(prev) for prev in lines[: pos["line"]]) + len(units)
 
     spans = sorted(((offset(e["range"]["start"]), offset(e["range"]["end"]), e["newText"]) for e in edits), reverse=True)
     for start, end, new in spans:

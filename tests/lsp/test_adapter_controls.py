@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from pygls.exceptions import JsonRpcException
-
 from test_robustness import tiny_adapter_dir  # noqa: F401 - a module-scoped fixture, shared
 
 pytestmark = pytest.mark.asyncio

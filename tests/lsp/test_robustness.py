@@ -8,7 +8,6 @@ import json
 import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
-
 from test_session import _inline
 
 pytestmark = pytest.mark.asyncio

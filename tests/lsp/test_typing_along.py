@@ -9,8 +9,9 @@ import asyncio
 import re
 from pathlib import Path
 
-from conftest import WAIT_S
 import pytest
+
+from conftest import WAIT_S
 
 pytestmark = pytest.mark.asyncio
 

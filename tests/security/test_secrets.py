@@ -4,7 +4,6 @@ contents; the probe's six leaks are each caught, placeholders are not."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
