@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.errors import SwespotError
 
@@ -70,7 +70,7 @@ def completion_episode(unit: str, repo_commit: str, prefix: str, target: str, *,
                        meta={**(meta or {}), "format": COMPLETION})
 
 
-def _fail(where: str, what: str) -> None:
+def _fail(where: str, what: str) -> NoReturn:
     raise SwespotError(f"invalid episode ({where}): {what}")
 
 

@@ -105,12 +105,18 @@ def _parser_and_query(language: str):
     import tree_sitter_language_pack as pack
 
     query_file = QUERIES / f"{_QUERY_FOR.get(language, language)}.scm"
-    return pack.get_parser(language), tree_sitter.Query(pack.get_language(language), query_file.read_text())
+    # the language pack types its argument as a Literal of every name; ours come from language_of()
+    return pack.get_parser(language), tree_sitter.Query(pack.get_language(language), query_file.read_text())  # type: ignore[arg-type]
 
 
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text(node) -> str:
+    """A tree-sitter node's source text (nodes of a parsed tree always carry it)."""
+    return (node.text or b"").decode("utf-8", errors="replace")
 
 
 def _body(node):
@@ -131,7 +137,7 @@ def _python_doc_and_body_line(body) -> tuple[str | None, int | None]:
         first.named_children[0] if first.type == "expression_statement" and first.named_children
         and first.named_children[0].type == "string" else None)
     if string is not None:
-        raw = string.text.decode("utf-8", errors="replace")
+        raw = _text(string)
         doc = raw.strip("rbuRBU").strip("\"'").strip()
         nxt = statements[1].start_point[0] + 1 if len(statements) > 1 else None
         return doc, nxt
@@ -146,7 +152,7 @@ def _enclosing_class(node) -> str | None:
             if target is None:
                 return None
             name = target.child_by_field_name("name") or target.child_by_field_name("type")
-            return name.text.decode("utf-8", errors="replace") if name is not None else None
+            return _text(name) if name is not None else None
         if parent.type in ("function_definition", "function_declaration"):
             return None  # a nested function belongs to a function, not a class
         parent = parent.parent
@@ -169,10 +175,10 @@ def parse_file(path: str, text: str) -> FileIndex | None:
     for _, caps in tree_sitter.QueryCursor(query).matches(tree.root_node):
         names = caps.get("name") or []
         if "import" in caps:
-            index.imports.extend(_one_line(n.text.decode("utf-8", errors="replace")) for n in caps["import"])
+            index.imports.extend(_one_line(_text(n)) for n in caps["import"])
         if not names:
             continue
-        name = names[0].text.decode("utf-8", errors="replace")
+        name = _text(names[0])
         if "reference.call" in caps:
             index.references.append(Reference(name, path, names[0].start_point[0] + 1))
             continue

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import configparser
 import re
+import sys
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there only)
+    import tomli as tomllib
 
 
 def read_toml(path: Path) -> dict:
@@ -30,12 +35,13 @@ def read_ini(path: Path) -> configparser.ConfigParser | None:
     return parser
 
 
-def dig(data: dict, *keys: str):
+def dig(data: dict, *keys: str) -> Any:
+    value: Any = data
     for key in keys:
-        if not isinstance(data, dict):
+        if not isinstance(value, dict):
             return None
-        data = data.get(key)
-    return data
+        value = value.get(key)
+    return value
 
 
 def as_list(value) -> list[str]:

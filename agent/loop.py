@@ -113,6 +113,7 @@ class Agent:
 
     def step(self) -> None:
         """Query the model once and execute its tool calls."""
+        assert self.tools is not None  # filled in by __post_init__
         if self.steps >= self.budget.max_steps:
             raise LimitsExceeded(f"step limit of {self.budget.max_steps} reached")
         if self.prompt_tokens + self.completion_tokens >= self.budget.max_tokens:

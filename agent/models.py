@@ -44,8 +44,12 @@ class Runtime(Protocol):
     """What ``LlamaModel`` needs of a local runtime; ``agent.runtime.LlamaRuntime`` is the one we ship
     (and the only module that imports llama_cpp)."""
 
-    model_path: str | os.PathLike
-    n_ctx: int
+    @property
+    def model_path(self) -> str | os.PathLike: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
     chat_template: str | None
     bos_token: str | None
     eos_token: str | None
@@ -130,10 +134,10 @@ def structured_message(raw: dict, id_prefix: str) -> tuple[dict, list[str]]:
     calls, errors = [], []
     for n, call in enumerate(raw.get("tool_calls") or []):
         fn = call.get("function") if isinstance(call, dict) else None
-        name = fn.get("name") if isinstance(fn, dict) else None
-        if not isinstance(name, str):
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             errors.append('a tool call must name a function: {"function": {"name": ..., "arguments": {...}}}')
             continue
+        name = fn["name"]
         try:
             arguments = canonical_arguments(fn.get("arguments") or {})
         except SwespotError:

@@ -141,7 +141,7 @@ def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None =
             body = body[end + len(THINK_CLOSE):].lstrip("\n")
     first = body.find(CALL_OPEN)
     content = body if first < 0 else body[:first]
-    calls = []
+    calls: list[dict] = []
     pos = first
     while pos >= 0:
         close = _closing(body, pos)
@@ -184,7 +184,7 @@ def _closing(body: str, pos: int) -> int:
 def _parse_call(raw: str, known_tools: set[str] | None) -> tuple[dict | None, str | None]:
     try:
         obj = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return None, f"a tool call is not valid JSON ({exc.msg} at character {exc.pos}): {raw[:200]}"
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None, 'a tool call must be {"name": <tool name>, "arguments": {...}}'

@@ -188,10 +188,10 @@ def bwrap_argv(argv: Sequence[str], cwd: str | os.PathLike, *, env: dict[str, st
                writable: Sequence[str | os.PathLike] = (), readable: Sequence[str | os.PathLike] = ()) -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` in ``cwd`` isolated as the module says. ``env`` is
     adjusted in place (``HOME``, ``TMPDIR``)."""
-    exe, flags, why = _bwrap()
+    exe, supported, why = _bwrap()
     if exe is None:
         raise SwespotError(f"bubblewrap {why}")
-    flags = [f for f in flags if f != "--size-ok"]
+    flags = [f for f in supported if f != "--size-ok"]
     if network:
         flags.insert(flags.index("--unshare-all") + 1, "--share-net")
     where = os.path.realpath(cwd)
@@ -276,6 +276,7 @@ class CappedOutput:
 
 def _pump(proc: subprocess.Popen, out: CappedOutput, deadline: float) -> bool:
     """Read the process's output until it ends or the deadline passes; True when it passed."""
+    assert proc.stdout is not None  # started with stdout=PIPE
     fd = proc.stdout.fileno()
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
@@ -346,8 +347,8 @@ def run_limited(
     isolated = not network
     if sandboxed:
         argv = bwrap_argv(argv, cwd, env=env, network=network, writable=writable, readable=readable)
-    elif not network and _unshare_flags():
-        argv = ["unshare", *_unshare_flags(), *argv]
+    elif not network and (unshare := _unshare_flags()):
+        argv = ["unshare", *unshare, *argv]
     else:
         isolated = False
     threads = _threads_now()
@@ -370,7 +371,8 @@ def run_limited(
     finally:
         if proc.poll() is None:
             _kill(proc)
-        proc.stdout.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
         proc.wait()
     return RunResult(None if timed_out else proc.returncode, out.text(), timed_out, time.perf_counter() - started,
                      isolated, out.truncated, sandboxed, out.total)
@@ -387,7 +389,8 @@ def scratch_copy(repo: str | os.PathLike, commit: str = "HEAD", *, prefix: str =
             archive = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=repo, stdout=subprocess.PIPE,
                                        stderr=errors, env=gitsafe.safe_env())
             tar = subprocess.run(["tar", "-x", "--no-same-owner", "-C", str(tmp)], stdin=archive.stdout, capture_output=True)
-            archive.stdout.close()
+            if archive.stdout is not None:
+                archive.stdout.close()
             if archive.wait() != 0:
                 errors.seek(0)
                 raise SwespotError(f"cannot make a scratch copy of {commit} in {repo}: {errors.read().decode(errors='replace').strip()}")

@@ -163,7 +163,8 @@ def _detect_secrets_ready() -> list:
         from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
         from detect_secrets.settings import get_settings
 
-        plugins = [cls for cls in get_mapping_from_secret_type_to_class().values() if cls.__name__ not in OFF_PLUGINS]
+        mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
+        plugins = [cls for cls in mapping.values() if cls.__name__ not in OFF_PLUGINS]
         get_settings().configure_plugins([{"name": cls.__name__} for cls in plugins])
         patterns = []
         for cls in plugins:

@@ -239,7 +239,7 @@ class Workspace:
         return self._index
 
     def diff(self) -> str:
-        chunks = []
+        chunks: list[str] = []
         for rel in sorted(self.originals):
             before = self.originals[rel]
             path = self.root / rel
@@ -297,7 +297,8 @@ class Workspace:
             raise SwespotError(f"bad regular expression: {exc}") from exc
         base = self.resolve(path)
         prefix = "" if base == self.root else self.rel(base)
-        results, files_hit = [], 0
+        results: list[str] = []
+        files_hit = 0
         for rel in self.files():
             if prefix and not (rel == prefix or rel.startswith(prefix + "/")):
                 continue

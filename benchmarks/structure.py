@@ -26,6 +26,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -66,8 +67,8 @@ def _imported_roots(node: ast.Import | ast.ImportFrom) -> list[str]:
     return ["." if node.level else (node.module or "").split(".")[0]]
 
 
-def _error_string_checks(tree: ast.AST) -> list[ast.AST]:
-    found: list[ast.AST] = []
+def _error_string_checks(tree: ast.AST) -> list[ast.expr]:
+    found: list[ast.expr] = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in STRING_METHODS
                 and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
@@ -81,7 +82,11 @@ def _error_string_checks(tree: ast.AST) -> list[ast.AST]:
 
 
 def measure(folders: tuple[str, ...], max_file: int, max_function: int, top: int, count_checks: bool = True) -> dict:
-    files, functions, local, checks, noqa = [], [], [], [], 0
+    files: list[dict[str, Any]] = []
+    functions: list[dict[str, Any]] = []
+    local: list[dict[str, Any]] = []
+    checks: list[dict[str, Any]] = []
+    noqa = 0
     for path in python_files(folders):
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text(encoding="utf-8")
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_column("measure")
     for name in SCOPES:
         summary.add_column(name, justify="right")
-    rows = [("python files", "files"), ("lines", "lines"), (f"files over {args.max_file} lines", f"files_over_{args.max_file}"),
+    rows: list[tuple[str, str | None]] = [("python files", "files"), ("lines", "lines"), (f"files over {args.max_file} lines", f"files_over_{args.max_file}"),
             (f"functions over {args.max_function} lines", f"functions_over_{args.max_function}"),
             ("function-local imports", "local_imports"), ("  of a heavy optional dependency", "local_imports_heavy"),
             ("  others", "local_imports_other"), ("# noqa comments", "noqa"), ("string-matched error checks", "error_string_checks")]
