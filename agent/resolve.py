@@ -78,6 +78,7 @@ class Resolver:
         self.root = Path(root).resolve()
         self.index = index
         self.trace_edges = trace_edges or set()
+        self.traced_sites: set[tuple[str, int, int]] = set()  # call sites only the runtime trace confirmed
         self.max_unresolved_share = max_unresolved_share
         self.seconds = 0.0
         self.files_resolved = 0
@@ -219,14 +220,22 @@ class Resolver:
                     continue
                 candidates += 1
                 inside = site.caller is not None and site.caller == sym
-                if site.target == sym or (not site.resolved and self._traced(site, sym)):
+                traced = not site.resolved and self._traced(site, sym)
+                if site.target == sym or traced:
                     if not inside:
                         confirmed.append(site)
+                    if traced:
+                        self.traced_sites.add((site.path, site.line, site.column))
                 elif not site.resolved:
                     unresolved += 1
         if candidates and unresolved > self.max_unresolved_share * candidates:
             return None
         return Callers(confirmed, candidates, unresolved)
+
+    @property
+    def trace_confirmed(self) -> int:
+        """How many call sites the answers rest on that Jedi could not pin and the runtime trace confirmed."""
+        return len(self.traced_sites)
 
     def _traced(self, site: CallSite, sym: Symbol) -> bool:
         return site.caller is not None and (site.caller.path, site.caller.qualname, sym.path, sym.qualname) in self.trace_edges

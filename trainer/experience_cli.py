@@ -22,9 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--max-commits", type=int, help="replay at most this many commits (the newest before the cutoff)")
     q.add_argument("--run-tests", action="store_true", help="run the relevant tests inside episodes (sandboxed, slower)")
-    q.add_argument("--teacher", metavar="MODEL", help="runtime unit: a stronger model (a .gguf file or openai:URL[#model]) "
-                                                      "tries each task with the agent; its trajectory is kept when it "
-                                                      "verifies, the oracle's otherwise")
+    q.add_argument("--teacher", metavar="MODEL", help="a stronger model (default, a .gguf file or openai:URL[#model]) tries each "
+                                                      "unit's task with the agent; its trajectory is kept when it verifies "
+                                                      "(design: names every grounded fact; implementation/evolution: the "
+                                                      "oracle's code or the deciding tests pass; runtime: the observed value, "
+                                                      "passing tests), the oracle's otherwise")
+    q.add_argument("--teacher-steps", type=int, default=12, help="the teacher's agent steps per task (default 12)")
     q.add_argument("--fit", default="auto", help="count rendered lengths and trained tokens with this model's tokenizer: "
                                                  "default, a local HF folder, none, or auto (the default model when it is "
                                                  "prepared); a unit that loses most episodes to max_len is an error")
@@ -86,6 +89,7 @@ def cmd_build(args) -> int:
     settings.setdefault("text_chunk_tokens", max_len)
     if args.teacher:
         settings["teacher"] = args.teacher
+        settings["teacher_steps"] = args.teacher_steps
     opts = BuildOptions(cutoff=args.cutoff, seed=args.seed, run_tests=args.run_tests or settings.pop("run_tests", False),
                         progress=not args.json, **settings)
     result = build_experience(args.repo, out, opts)

@@ -21,12 +21,14 @@ from pathlib import Path
 from agent.episode import save_episodes
 from agent.errors import SwespotError
 from agent.index import ParseCache, RepoIndex, is_test_file
+from agent.resolve import Resolver
 from agent.tools import CommandPolicy, Workspace
 from trainer.experience import history as H
 from trainer.experience import text as T
 from trainer.experience import units as U
 from trainer.experience.files import ignored_paths, select_files
 from trainer.experience.snapshot import Snapshot
+from trainer.experience.teacher import teacher_from_options
 from trainer.experience.testenv import repo_environment
 
 UNITS = ("design", "implementation", "evolution", "runtime", "text")
@@ -44,9 +46,10 @@ class BuildOptions:
     max_commits: int | None = None
     run_tests: bool = False  # execute tests inside episodes (sandboxed; slower)
     max_mutations: int = 20  # runtime unit: functions mutated to see which tests fail (2 test runs each)
-    # runtime unit: a teacher model (GGUF, openai:URL[#model], scripted:FILE) tries each task first; its
+    # a teacher model (GGUF, openai:URL[#model], default, scripted:FILE) tries each unit's task first; its
     # trajectory is kept when it verifies, else the oracle's (trainer/experience/teacher.py)
     teacher: str | None = None
+    teacher_steps: int = 12  # the teacher's agent steps per task
     # the balanced mix: at most this many episodes per unit (absent or 0: no cap); files are taken in a
     # seeded order and commits newest first until a unit's target is met (the paper: 2,048 each)
     targets: dict = field(default_factory=dict)
@@ -78,8 +81,11 @@ def unit_table(build_stats: dict, fit: dict | None = None) -> dict:
     rows = {}
     for unit in sorted(set(build_stats) | set(fit or {})):
         b, f = build_stats.get(unit, {}), (fit or {}).get(unit, {})
+        teacher = b.get("teacher") or {}
         rows[unit] = {"episodes": b.get("episodes_on_disk", f.get("episodes", 0)), "made": b.get("made", 0),
                       "verified": b.get("verified", 0), "dropped": dict(b.get("rejected", {})),
+                      "teacher_made": teacher.get("kept", 0), "oracle_made": b.get("made", 0) - teacher.get("kept", 0),
+                      "teacher_tried": teacher.get("tried", 0), "teacher_rejected": dict(teacher.get("rejected", {})),
                       "dropped_by_length": f.get("dropped_too_long"), "observations_cut": f.get("observations_cut"),
                       "split_at_turn": f.get("split_at_turn"), "trained_tokens": f.get("trained_tokens"), "length": f.get("length"),
                       "length_by_form": f.get("length_by_form")}
@@ -98,6 +104,10 @@ def format_table(rows: dict) -> list[str]:
         trained = "-" if r["trained_tokens"] is None else str(r["trained_tokens"])
         lines.append(f"  {unit:15s} {r['episodes']:8d} {r['made']:6d} {r['verified']:8d} {by_length:>9s} {cut:>9s} {trained:>11s}  "
                      f"{length:22s}  {dropped}")
+        if r.get("teacher_tried"):
+            why = ", ".join(f"{k} {v}" for k, v in sorted(r["teacher_rejected"].items(), key=lambda kv: -kv[1])) or "none"
+            lines.append(f"  {'  teacher':15s} tried {r['teacher_tried']}, made (verified) {r['teacher_made']}, rejected "
+                         f"{r['teacher_tried'] - r['teacher_made']} ({why}); oracle made {r['oracle_made']}")
         for form, f in (r.get("length_by_form") or {}).items() if len(r.get("length_by_form") or {}) > 1 else ():
             lines.append(f"  {'  ' + form:15s} {f['episodes']:8d} {'':6s} {'':8s} {'':9s} {'':9s} {'':11s}  "
                          + "/".join(str(f[k]) for k in ("p10", "p50", "p90", "max")))
@@ -125,6 +135,12 @@ def fit_report(out: Path, units, tokenizer, max_len: int, *, check: bool = True)
 
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _given(*parts) -> list:
+    """The optional inputs of a shard that are set (a teacher, trace edges): absent ones leave the keys of
+    shards made without them unchanged."""
+    return [p for p in parts if p]
 
 
 def _file_facts(index: RepoIndex, path: str) -> list:
@@ -229,16 +245,30 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         ws.invalidate()
         index = ws.index()
         runner = U.pytest_runner(ws) if opts.run_tests else None
+        teacher = teacher_from_options(opts)
+        resolver = edges = None
+        if "design" in opts.units:
+            # calls the runtime trace saw confirm the call sites Jedi cannot pin (run now when the runtime unit
+            # is built, else only a trace already cached)
+            from trainer.experience import runtime as R
+
+            trace = R.load_trace(ws, repo_environment(snap.tree), blobs, opts, out, stats.get("runtime", U.UnitStats()),
+                                 run="runtime" in opts.units)
+            edges = R.trace_edges(trace, index)
+            resolver = Resolver(ws.root, index, trace_edges=edges)
         work = []
         counts: Counter = Counter()  # episodes per unit kept so far (reused shards included), against the targets
         activity = H.recent_activity(repo_path, cutoff)  # newest activity first: the future lands there
         for path in T.file_order([p for p in index.files if p in allowed], opts.seed, H.is_code, activity):
             if "design" in opts.units:
-                work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path], _file_facts(index, path))))
+                traced = sorted(e for e in edges if path in (e[0], e[2]))  # the runtime facts this file's answers may cite
+                work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path],
+                                                     _file_facts(index, path), *_given(traced, opts.teacher))))
             if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
                 tests = sorted({t for s in index.files[path].symbols for t in index.tests_for(s)})
                 work.append(("implementation", path, _digest(U.GENERATOR_VERSION, "impl", opts.seed, opts.implementations_per_file,
-                                                              path, blobs[path], [blobs.get(t) for t in tests], opts.run_tests)))
+                                                              path, blobs[path], [blobs.get(t) for t in tests], opts.run_tests,
+                                                              *_given(opts.teacher))))
         bar = tqdm(work, desc="experience: design/implementation", unit="file", disable=not opts.progress, file=sys.stderr)
         for unit, path, key in bar:
             if _full(opts, counts, unit):
@@ -248,10 +278,11 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 continue
             rng = random.Random(f"{opts.seed}:{unit}:{path}")
             if unit == "design":
-                episodes = U.design_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.per_file)
+                episodes = U.design_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.per_file, resolver=resolver,
+                                             teacher=teacher)
             else:
                 episodes = U.implementation_episodes(ws, index, path, cutoff, rng, stats[unit], limit=opts.implementations_per_file,
-                                                     test_runner=runner)
+                                                     test_runner=runner, teacher=teacher)
             counts[unit] += save_episodes(shard, episodes, dropped=stats[unit].rejected)
             result.shards_made += 1
 
@@ -284,12 +315,12 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 paths = touched.get(commit.hexsha, [])
                 if not U._FIX.search(commit.summary) or not paths or not all(p in allowed for p in paths if p in blobs):
                     continue
-                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [blobs.get(p) for p in paths]),
-                               wanted, counts, result)
+                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [blobs.get(p) for p in paths],
+                                                         *_given(opts.teacher)), wanted, counts, result)
                 if shard is None:
                     continue
                 change = H.change_of(commit, parent, raw=raw.get(commit.hexsha, []), skip_trivial=True)
-                episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner) if change else None
+                episode = U.bug_episode(ws, change, stats["evolution"], cutoff, test_runner=runner, teacher=teacher) if change else None
                 counts["evolution"] += save_episodes(shard, [episode] if episode else [], dropped=stats["evolution"].rejected)
                 result.shards_made += 1
             bar = tqdm(candidates, desc="experience: replay", unit="commit", disable=not opts.progress, file=sys.stderr)
@@ -297,7 +328,7 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 if _full(opts, counts, "evolution"):
                     hstats.skipped["over the unit's target"] += 1
                     continue
-                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "replay", commit.hexsha, opts.run_tests),
+                shard = _claim(out, "evolution", _digest(U.GENERATOR_VERSION, "replay", commit.hexsha, opts.run_tests, *_given(opts.teacher)),
                                wanted, counts, result)
                 if shard is None:
                     continue
@@ -313,9 +344,9 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                     _scrub(snap.tree, moved, ignored)
                     ws.invalidate(moved)
                     ws.forget_changes()
-                    episode = U.replay_episode(ws, change, stats["evolution"], test_runner=runner)
+                    episode = U.replay_episode(ws, change, stats["evolution"], test_runner=runner, teacher=teacher)
                     touched_now = sorted({p for fc in change.files for p in (fc.old_path, fc.new_path) if p})
-                    if episode is not None:
+                    if episode is not None and not episode["meta"].get("teacher"):  # a teacher's change was put back
                         snap.advance(change.commit)  # the tree now is the child commit's (verified)
                     else:
                         U._undo_files(snap.tree, change)
@@ -335,11 +366,11 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
 
             snap.checkout(cutoff)
             ws.invalidate()
-            made, reused = R.runtime_shards(ws, ws.index(), cutoff, out, wanted["runtime"], stats["runtime"], blobs, opts)
+            made, reused = R.runtime_shards(ws, ws.index(), cutoff, out, wanted["runtime"], stats["runtime"], blobs, opts, counts)
             result.shards_made += made
             result.shards_reused += reused
             made, reused = R.repro_shards(ws, snap, repo, cutoff, out, wanted["runtime"], stats["runtime"], allowed, opts,
-                                          lambda tree, moved: _scrub(tree, moved, ignored))
+                                          lambda tree, moved: _scrub(tree, moved, ignored), counts)
             result.shards_made += made
             result.shards_reused += reused
 
@@ -350,6 +381,9 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 shard.unlink()
                 result.shards_removed += 1
     result.stats = {u: s.to_dict() for u, s in stats.items()}
+    if resolver is not None:
+        # the runtime trace's part in the design answers: its call edges, and the call sites only it confirmed
+        result.stats["design"]["trace"] = {"edges": len(edges), "sites_confirmed": resolver.trace_confirmed}
     for u in opts.units:
         result.stats[u]["episodes_on_disk"] = sum(1 for shard in (out / u).glob("*.jsonl") for _ in open(shard)) if (out / u).exists() else 0
         if not result.stats[u]["episodes_on_disk"]:

@@ -31,10 +31,11 @@ from agent.errors import SwespotError
 from agent.index import is_test_file
 from trainer.experience import units as U
 from trainer.experience.oracle import OracleSession, say
-from trainer.experience.teacher import Teacher, teacher_for
+from trainer.experience.teacher import Teacher, taught, teacher_from_options
 from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, run_pytest, sample, repo_environment
 
-TRACE_VERSION = 3  # 2: the repository's own test environment, a sampled subset, node ids and callers; 3: whole-statement mutations
+TRACE_VERSION = 4  # 2: the repository's own test environment, a sampled subset, node ids and callers; 3: whole-statement mutations;
+# 4: caller -> callee edges between the repository's functions (they confirm the design unit's calls)
 TEST_FILES = 10  # test files sampled for the traced run (seeded)
 DOCTEST_FILES = 4  # modules sampled for their doctests, where the configuration collects them
 TRACE_SECONDS = 150  # the traced run starts no test after this
@@ -87,7 +88,51 @@ def traced_run(ws, tenv: TestEnvironment, files: list[str], stats: U.UnitStats) 
             break
         run = run_pytest(tenv, left, trace=True, timeout_s=TRACE_SECONDS + 90, budget_s=TRACE_SECONDS)
     return {"files": left, "tests": run.tests, "errors": run.errors, "examples": run.examples, "callers": run.callers,
-            "summary": run.summary(), "seconds": round(run.seconds, 1)}
+            "edges": run.edges, "summary": run.summary(), "seconds": round(run.seconds, 1)}
+
+
+def load_trace(ws, tenv: TestEnvironment, blobs: dict, opts, out: Path, stats: U.UnitStats, *, run: bool = True) -> dict | None:
+    """The traced run of this snapshot's sampled tests: from the cache (by the content of every learnable
+    file, the sample and the environment), else run now (``run``) and cached; None when there are no
+    tests to run (named in ``stats``) or, without ``run``, nothing is cached."""
+    files = _trace_sample(ws, tenv, blobs, opts.seed)
+    if not files:
+        if run:
+            stats.rejected["runtime trace is empty: no python tests to run"] += 1
+        return None
+    digest = hashlib.sha256(json.dumps([TRACE_VERSION, sorted(blobs.items()), files, tenv.describe()]).encode()).hexdigest()[:20]
+    cache = out / ".cache" / f"trace-{digest}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    if not run:
+        return None
+    trace = traced_run(ws, tenv, files, stats)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(trace))
+    return trace
+
+
+def _traced_symbol(index, key: str):
+    """The indexed definition a trace key ("path::co_qualname::first line") names: the definition of that
+    name starting at the line or just below it (decorators come first in the code object's line)."""
+    path, qualname, line = key.rsplit("::", 2)
+    entry = index.files.get(path)
+    if entry is None:
+        return None
+    name, line = qualname.rsplit(".", 1)[-1], int(line)
+    hits = sorted((s.start_line - line, s) for s in entry.symbols if s.name == name and 0 <= s.start_line - line <= 10)
+    return hits[0][1] if hits else None
+
+
+def trace_edges(trace: dict | None, index) -> set[tuple[str, str, str, str]]:
+    """The calls the traced tests made between the repository's definitions, as the resolver takes them:
+    (caller path, caller qualname, callee path, callee qualname)."""
+    out = set()
+    for caller_key, callee_key in (trace or {}).get("edges", []):
+        caller, callee = _traced_symbol(index, caller_key), _traced_symbol(index, callee_key)
+        if caller is not None and callee is not None and caller is not callee:
+            out.add((caller.path, caller.qualname, callee.path, callee.qualname))
+    return out
 
 
 def _empty_reason(trace: dict) -> str | None:
@@ -116,22 +161,13 @@ def _test_home(ws, trace: dict) -> str:
 
 
 def _teacher(opts) -> Teacher | None:
-    spec = getattr(opts, "teacher", None)
-    return teacher_for(spec) if spec else None
+    return teacher_from_options(opts)
 
 
 def _taught(teacher: Teacher | None, stats: U.UnitStats, ws, task: str, verify, *, commit: str, meta: dict,
             read_only: bool = False) -> dict | None:
     """The teacher's verified episode for ``task``, or None (then the oracle's is made)."""
-    if teacher is None:
-        return None
-    rejected = Counter(teacher.rejected)
-    episode = teacher.attempt(ws, task, verify, unit="runtime", commit=commit, meta=meta, read_only=read_only)
-    for reason, n in (teacher.rejected - rejected).items():
-        stats.rejected[f"teacher fell back to the oracle: {reason}"] += n
-    if episode is not None:
-        stats.add(episode)
-    return episode
+    return taught(teacher, stats, ws, task, verify, unit="runtime", commit=commit, meta=meta, read_only=read_only)
 
 
 def _says(text: str, literal: str) -> bool:
@@ -224,23 +260,36 @@ def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret
     return U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats, meta, {"ok": True, "test_passed": True})
 
 
-def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.UnitStats, blobs: dict, opts) -> tuple[int, int]:
+def _full(opts, counts: Counter | None) -> bool:
+    """Whether the runtime unit has reached its target number of episodes (the balanced mix)."""
+    target = (getattr(opts, "targets", None) or {}).get("runtime")
+    return bool(target) and counts is not None and counts["runtime"] >= target
+
+
+def _saved(shard: Path, episodes: list, stats: U.UnitStats, counts: Counter | None) -> None:
+    n = save_episodes(shard, episodes, dropped=stats.rejected)
+    if counts is not None:
+        counts["runtime"] += n
+
+
+def _reused(shard: Path, counts: Counter | None) -> int:
+    """A shard already on disk: its episodes count against the unit's target."""
+    n = sum(1 for line in open(shard, encoding="utf-8") if line.strip())
+    if counts is not None:
+        counts["runtime"] += n
+    return n
+
+
+def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.UnitStats, blobs: dict, opts,
+                   counts: Counter | None = None) -> tuple[int, int]:
     """Trace once (cached by content), then one shard per source file with observed calls, then the
-    mutations of functions the passing tests called."""
+    mutations of functions the passing tests called; no new shard once ``counts["runtime"]`` reaches the
+    profile's ``targets["runtime"]``."""
     tenv = repo_environment(ws.root)
     ws.run_env = tenv.run_env()  # the run tool in episodes: the same environment
-    files = _trace_sample(ws, tenv, blobs, opts.seed)
-    if not files:
-        stats.rejected["runtime trace is empty: no python tests to run"] += 1
+    trace = load_trace(ws, tenv, blobs, opts, out, stats)
+    if trace is None:
         return 0, 0
-    digest = hashlib.sha256(json.dumps([TRACE_VERSION, sorted(blobs.items()), files, tenv.describe()]).encode()).hexdigest()[:20]
-    cache = out / ".cache" / f"trace-{digest}.json"
-    if cache.exists():
-        trace = json.loads(cache.read_text())
-    else:
-        trace = traced_run(ws, tenv, files, stats)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(trace))
     why = _empty_reason(trace)
     if why:
         stats.rejected[f"runtime trace is empty: {why}"] += 1
@@ -252,18 +301,21 @@ def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.Unit
             by_file.setdefault(path, {})[key] = cases
     made = reused = 0
     for path, examples in sorted(by_file.items()):
+        if _full(opts, counts):
+            stats.rejected["over the unit's target"] += 1
+            continue
         key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "runtime", opts.seed, path, blobs[path], examples,
                                          getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         wanted.add(key)
         shard = out / "runtime" / f"{key}.jsonl"
         if shard.exists():
             reused += 1
+            _reused(shard, counts)
             continue
         rng = random.Random(f"{opts.seed}:runtime:{path}")
-        save_episodes(shard, runtime_episodes(ws, index, tenv, path, examples, trace, commit, rng, stats, teacher=_teacher(opts)),
-                      dropped=stats.rejected)
+        _saved(shard, runtime_episodes(ws, index, tenv, path, examples, trace, commit, rng, stats, teacher=_teacher(opts)), stats, counts)
         made += 1
-    m, r = mutation_shards(ws, index, tenv, trace, commit, out, wanted, stats, blobs, opts)
+    m, r = mutation_shards(ws, index, tenv, trace, commit, out, wanted, stats, blobs, opts, counts)
     return made + m, reused + r
 
 
@@ -321,17 +373,20 @@ def mutation_targets(index, trace: dict, blobs: dict, seed) -> list[tuple]:
 
 
 def mutation_shards(ws, index, tenv: TestEnvironment, trace: dict, commit: str, out: Path, wanted: set, stats: U.UnitStats,
-                    blobs: dict, opts) -> tuple[int, int]:
+                    blobs: dict, opts, counts: Counter | None = None) -> tuple[int, int]:
     started = time.monotonic()
     made = reused = 0
     todo = []
     for sym, tests in mutation_targets(index, trace, blobs, opts.seed)[: opts.max_mutations]:
+        if _full(opts, counts):
+            break
         files = sorted({t.split("::")[0] for t in tests})
         key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "mutation", sym.path, sym.qualname, blobs[sym.path],
                                          [blobs.get(f) for f in files], tests, getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         wanted.add(key)
         if (out / "runtime" / f"{key}.jsonl").exists():
             reused += 1
+            _reused(out / "runtime" / f"{key}.jsonl", counts)
         else:
             todo.append((sym, tests, key))
     if not todo:
@@ -344,9 +399,13 @@ def mutation_shards(ws, index, tenv: TestEnvironment, trace: dict, commit: str, 
         if time.monotonic() - started > UNIT_SECONDS:
             stats.rejected["runtime time budget spent (mutations)"] += 1
             continue
+        if _full(opts, counts):
+            wanted.discard(key)
+            stats.rejected["over the unit's target"] += 1
+            continue
         rng = random.Random(f"{opts.seed}:mutation:{sym.path}:{sym.qualname}")
         episode = mutation_episode(ws, tenv, sym, [t for t in tests if t in stable], commit, stats, rng, _teacher(opts))
-        save_episodes(out / "runtime" / f"{key}.jsonl", [episode] if episode else [], dropped=stats.rejected)
+        _saved(out / "runtime" / f"{key}.jsonl", [episode] if episode else [], stats, counts)
         made += 1
     return made, reused
 
@@ -418,7 +477,8 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
 
 
 # ---- fail-to-pass reproductions of historical fixes, newest first ----------------------------------------
-def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.UnitStats, allowed: set, opts, scrub) -> tuple[int, int]:
+def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.UnitStats, allowed: set, opts, scrub,
+                 counts: Counter | None = None) -> tuple[int, int]:
     """The seed paper's core runtime form: for each historical fix that came with tests, a reproduction
     test that fails on the pre-fix code and passes on the fixed code — both executed. The newest fixes
     before the cutoff first, at most ``MAX_REPROS`` episodes from ``REPRO_ATTEMPTS`` tries, in time."""
@@ -427,7 +487,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
     started = time.monotonic()
     made = reused = tried = episodes = 0
     for commit, parent in H.candidate_commits(repo, cutoff, limit=opts.max_commits):
-        if tried >= REPRO_ATTEMPTS or episodes >= MAX_REPROS:
+        if tried >= REPRO_ATTEMPTS or episodes >= MAX_REPROS or _full(opts, counts):
             break
         if not U._FIX.search(commit.summary):
             continue
@@ -437,7 +497,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
             wanted.add(key)
             reused += 1
             tried += 1
-            episodes += sum(1 for _ in open(shard))
+            episodes += _reused(shard, counts)
             continue
         change = H.change_of(commit, parent)
         # the files the episode shows and writes must be learnable (the commit's changelog fragments or docs
@@ -450,7 +510,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
         tried += 1
         wanted.add(key)
         episode = repro_episode(ws, snap, change, stats, scrub, _teacher(opts))
-        save_episodes(shard, [episode] if episode else [], dropped=stats.rejected)
+        _saved(shard, [episode] if episode else [], stats, counts)
         episodes += episode is not None
         made += 1
     if snap.commit != cutoff:

@@ -51,7 +51,8 @@ OUT = os.environ["SWESPOT_REPORT"]
 TRACE = os.environ.get("SWESPOT_TRACE") == "1"
 DEADLINE = float(os.environ.get("SWESPOT_DEADLINE") or 0)
 GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async generator
-TESTS, ERRORS, EXAMPLES, CALLERS, INFO, PENDING = {}, {}, {}, {}, {}, {}
+TESTS, ERRORS, EXAMPLES, CALLERS, INFO, PENDING, EDGES = {}, {}, {}, {}, {}, {}, set()
+MAX_EDGES = 20000
 STATE = {"current": None, "session": None, "flushed": time.time(), "stopped": None}
 SIMPLE = (int, str, bytes, bool, type(None))
 
@@ -104,6 +105,14 @@ def _profile(frame, event, arg):
             callers = CALLERS.setdefault(info[0], set())
             if len(callers) < 40:
                 callers.add(test)
+            # the repository function that made this call (caller -> callee, as the design unit resolves them)
+            back = frame.f_back
+            if back is not None and len(EDGES) < MAX_EDGES:
+                outer = INFO.get(back.f_code, 0)
+                if outer == 0:
+                    outer = INFO[back.f_code] = _info(back.f_code)
+                if outer is not None:
+                    EDGES.add((outer[0], info[0]))
         if not info[1]:
             return
         names = code.co_varnames[: code.co_argcount]
@@ -128,7 +137,7 @@ def _profile(frame, event, arg):
 
 def _flush():
     data = {"tests": TESTS, "errors": ERRORS, "examples": EXAMPLES, "stopped": STATE["stopped"],
-            "callers": {k: sorted(v) for k, v in CALLERS.items()}}
+            "callers": {k: sorted(v) for k, v in CALLERS.items()}, "edges": sorted(EDGES)}
     tmp = OUT + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(data, fh)
@@ -323,6 +332,7 @@ class PytestRun:
     output: str
     stopped: str | None = None
     reported: bool = True  # False: the plugin wrote nothing (pytest did not start, or was killed early)
+    edges: list = field(default_factory=list)  # [caller key, callee key]: calls between the repository's functions (traced)
 
     def with_outcome(self, *outcomes: str) -> set[str]:
         return {t for t, o in self.tests.items() if o in outcomes}
@@ -372,4 +382,4 @@ def run_pytest(tenv: TestEnvironment, args: list[str], *, trace: bool = False, t
                 data = {}
     return PytestRun(data.get("tests", {}), data.get("errors", {}), data.get("examples", {}), data.get("callers", {}),
                      result.returncode, result.timed_out, result.seconds, result.output, data.get("stopped"),
-                     reported=bool(data))
+                     reported=bool(data), edges=data.get("edges", []))

@@ -24,6 +24,7 @@ from trainer.experience import design as D
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.history import line_opcodes
 from trainer.experience.oracle import OracleSession, say, ungrounded_actions
+from trainer.experience.teacher import Teacher, changed_files, parses, same_code, taught, tests_decide
 
 GENERATOR_VERSION = 3  # 2: completion-form episodes next to the agentic ones; 3: resolver-grounded answers, honest actions, thoughts
 MAX_BODY_LINES = 40
@@ -39,14 +40,21 @@ class UnitStats:
     verified: int = 0
     rejected: Counter = field(default_factory=Counter)
     tokens: int = 0
+    taught: int = 0  # of ``made``, episodes a teacher made (and verified); the rest are the oracle's
+    teacher_tried: int = 0
+    teacher_rejected: Counter = field(default_factory=Counter)  # why a teacher's attempt fell back to the oracle
 
     def add(self, episode: dict) -> None:
         self.made += 1
         self.verified += bool(episode["verified"].get("ok"))
+        self.taught += bool(episode.get("meta", {}).get("teacher"))
         self.tokens += sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or "")) for m in episode["messages"]) // 4
 
     def to_dict(self) -> dict:
-        return {"made": self.made, "verified": self.verified, "rejected": dict(self.rejected), "tokens": self.tokens}
+        out = {"made": self.made, "verified": self.verified, "rejected": dict(self.rejected), "tokens": self.tokens}
+        if self.teacher_tried:
+            out["teacher"] = {"tried": self.teacher_tried, "kept": self.taught, "rejected": dict(self.teacher_rejected)}
+        return out
 
 
 # ---- unit 1: software design --------------------------------------------------------------------
@@ -62,17 +70,18 @@ def resolver_for(ws: Workspace, index: RepoIndex) -> Resolver:
 
 
 def design_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng: random.Random, stats: UnitStats, limit: int = 12,
-                    resolver: Resolver | None = None):
+                    resolver: Resolver | None = None, teacher: Teacher | None = None):
     """Explore-and-answer episodes about one file: what the module defines, where a behaviour lives, who
     calls a symbol, which chain of calls leads to it, how to extend a class. Only questions with one
-    grounded answer (``design.design_questions``); never about a held-out symbol."""
+    grounded answer (``design.design_questions``); never about a held-out symbol. With a ``teacher``, it
+    answers each question first, kept when its answer names every grounded fact (else the oracle's)."""
     if is_test_file(path):
         return []
     resolver = resolver or resolver_for(ws, index)
     out = []
     qa = D.module_question(index, path, ws.read_text(path))
     if qa is not None:
-        out.append(_module_episode(ws, qa, commit, rng, stats))
+        out.append(_taught_design(teacher, ws, qa, commit, stats) or _module_episode(ws, qa, commit, rng, stats))
     symbols = [x for x in index.files[path].symbols if D.public(x) and x.name != "__init__"]
     held = [x for x in symbols if is_heldout_fact(path, x.qualname)]
     if held:
@@ -83,8 +92,44 @@ def design_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng
         for qa in D.design_questions(index, sym, resolver):
             if len(out) >= limit:
                 break
-            out.append(_DESIGN_EPISODES[qa.kind](ws, qa, commit, rng, stats))
+            out.append(_taught_design(teacher, ws, qa, commit, stats) or _DESIGN_EPISODES[qa.kind](ws, qa, commit, rng, stats))
     return [e for e in out if e is not None]
+
+
+def _design_meta(qa: D.DesignQA) -> dict:
+    meta = {"question": qa.kind, "path": qa.path, "accept": qa.accept}
+    if qa.symbol:
+        meta["symbol"] = qa.symbol
+    return meta
+
+
+def _grounding(qa: D.DesignQA) -> str:
+    """What the answer's facts rest on: the resolver, or (for a call Jedi could not pin) the runtime trace."""
+    sites = qa.facts.get("sites") or qa.facts.get("chain") or []
+    return "resolver and runtime trace" if any(not site.resolved for site in sites) else "resolver"
+
+
+def _taught_design(teacher: Teacher | None, ws: Workspace, qa: D.DesignQA, commit: str, stats: UnitStats):
+    """The teacher's answer to a design question when it names every fact the grounded answer names."""
+    if teacher is None:
+        return None
+    from trainer.evaluation import names_any
+
+    # the wrong answers a search by name suggests: definitions that use the name without calling this symbol
+    decoys = set()
+    if qa.kind in ("callers", "layers"):
+        sym = next((x for x in ws.index().files[qa.path].symbols if x.qualname == qa.symbol), None)
+        decoys = {c.qualname for c in ws.index().callers(sym)} - set(qa.accept) if sym else set()
+
+    def verify(result):
+        missing = [a for a in qa.accept if not names_any(result.summary, [a])]
+        if missing:
+            return f"{qa.kind} answer misses {len(missing)} of {len(qa.accept)} facts"
+        if any(names_any(result.summary, [d]) for d in decoys):
+            return f"{qa.kind} answer names a definition that does not call it"
+        return {"ok": True, "grounded_in": _grounding(qa), "names": len(qa.accept)}
+
+    return taught(teacher, stats, ws, qa.question, verify, unit="design", commit=commit, meta=_design_meta(qa), read_only=True)
 
 
 def _design_session(ws: Workspace, qa: D.DesignQA) -> OracleSession:
@@ -96,10 +141,7 @@ def _submit_design(s: OracleSession, qa: D.DesignQA, thought: str, commit: str, 
         stats.rejected[rejected] += 1
         return None
     s.thought_before_submit = thought
-    meta = {"question": qa.kind, "path": qa.path, "accept": qa.accept}
-    if qa.symbol:
-        meta["symbol"] = qa.symbol
-    return _finish(s, qa.answer, "design", commit, stats, meta, {"ok": True, "grounded_in": "resolver"})
+    return _finish(s, qa.answer, "design", commit, stats, _design_meta(qa), {"ok": True, "grounded_in": _grounding(qa)})
 
 
 _TOP_LEVEL = r"(?m)^(async def|class|def) "
@@ -253,8 +295,9 @@ def _finish(session: OracleSession, answer: str, unit: str, commit: str, stats: 
 
 # ---- unit 2: contextual implementation ----------------------------------------------------------
 def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng: random.Random, stats: UnitStats,
-                            limit: int = 8, test_runner=None):
-    """Remove a Python function body; gather context with the tools; write it back with an edit."""
+                            limit: int = 8, test_runner=None, teacher: Teacher | None = None):
+    """Remove a Python function body; gather context with the tools; write it back with an edit. With a
+    ``teacher``, it writes the body first, kept when it verifies (``_code_verifier``), else the oracle's."""
     if not path.endswith(".py") or is_test_file(path):
         return []
     original = ws.read_text(path)
@@ -279,7 +322,8 @@ def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: 
         out.append(completion)
         ws.write_text(path, stubbed)
         try:
-            episode = _implementation_episode(ws, index, sym, path, head, stub, body, original, commit, rng, stats, test_runner)
+            episode = _implementation_episode(ws, index, sym, path, head, stub, body, original, commit, rng, stats, test_runner,
+                                              teacher)
             if episode is not None:
                 out.append(episode)
         finally:
@@ -289,11 +333,17 @@ def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: 
 
 
 def _implementation_episode(ws, index, sym: Symbol, path: str, head: str, stub: str, body: str, original: str, commit: str,
-                            rng: random.Random, stats: UnitStats, test_runner):
+                            rng: random.Random, stats: UnitStats, test_runner, teacher: Teacher | None = None):
     task = f"Implement {sym.qualname} in {path}; its body currently raises NotImplementedError."
     behaviour = D.first_sentence(sym.doc)
     if behaviour:
         task += f" It should: {behaviour}."
+    if teacher is not None:
+        tests = sorted({r.path for r in index.references(sym.name) if is_test_file(r.path) and r.path.endswith(".py")})[:3]
+        verify = _code_verifier(ws, {path: original}, {path: ws.read_text(path)}, tests, {"matches_original": True})
+        episode = taught(teacher, stats, ws, task, verify, unit="implementation", commit=commit, meta={"symbol": sym.qualname, "path": path})
+        if episode is not None:
+            return episode
     s = OracleSession(ws, task)
     found = s.act([("find_definition", {"symbol": sym.qualname})], content=say(rng, [
         "Where exactly is {qualname}? Let me find its definition.", "First I locate {qualname} in {path}.",
@@ -343,6 +393,30 @@ def _implementation_episode(ws, index, sym: Symbol, path: str, head: str, stub: 
                    "implementation", commit, stats, {"symbol": sym.qualname, "path": path}, verified)
 
 
+def _code_verifier(ws: Workspace, oracle: dict[str, str | None], start: dict[str, str | None], tests: list[str], same: dict,
+                   fixed: dict[str, str] | None = None):
+    """A teacher's code change verifies when it changed the files the oracle changes (and no other code
+    file), everything parses, and it is the oracle's code (``same``: the record then) or the tests decide
+    for it (``teacher.tests_decide``: the deciding tests pass, nothing the oracle passes fails)."""
+
+    def verify(result):
+        changes = changed_files(ws)
+        missing = [p for p in oracle if p not in changes]
+        if missing:
+            return "did not change the task's files"
+        if any(p not in oracle and p not in (fixed or {}) and not is_test_file(p) for p in changes):
+            return "changed other code files"
+        if not all(parses(text, p) for p, text in changes.items()):
+            return "its code does not parse"
+        if all(same_code(changes[p], text, p) for p, text in oracle.items()):
+            return {"ok": True, **same}
+        if not tests:
+            return "differs from the oracle's code and no test decides"
+        return tests_decide(ws, tests, oracle, start, fixed)
+
+    return verify
+
+
 # ---- unit 3: evolutionary replay ----------------------------------------------------------------
 def edit_script(before: str, after: str, opcodes: list | None = None) -> list[tuple[str, str]] | None:
     """(old, new) replacements that turn ``before`` into ``after``, each ``old`` unique in the text it is
@@ -373,12 +447,28 @@ def edit_script(before: str, after: str, opcodes: list | None = None) -> list[tu
 
 
 def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex | None = None, test_runner=None,
-                   rng: random.Random | None = None) -> dict | None:
+                   rng: random.Random | None = None, teacher: Teacher | None = None) -> dict | None:
     """A commit as a task: its message is the request, the parent is the start, the child is the goal.
     The episode finds each file from the words of the message (or by walking the folders), reads the
-    lines it changes, and edits them."""
+    lines it changes, and edits them. With a ``teacher``, it makes the change first, kept when it
+    verifies (the commit's code files reached, and the commit's code or its tests passing); the tree is
+    left at the parent then."""
     rng = rng or random.Random(change.commit)
     task = change.message.strip()
+    if teacher is not None:
+        code = [fc for fc in change.files if not is_test_file(fc.path)] or list(change.files)
+        oracle = {fc.new_path: fc.after for fc in code if fc.new_path}
+        oracle.update({fc.old_path: None for fc in code if fc.kind in ("D", "R")})
+        start = {fc.old_path: fc.before for fc in code if fc.old_path}
+        start.update({fc.new_path: None for fc in code if fc.kind in ("A", "R")})
+        fixed = {fc.new_path: fc.after for fc in change.files if fc not in code and fc.new_path and fc.after is not None
+                 and fc.new_path.endswith(".py")}
+        verify = _code_verifier(ws, oracle, start, sorted(p for p in fixed if PurePosixPath(p).name != "conftest.py"),
+                                {"reaches_child": True, "child": change.commit}, fixed)
+        episode = taught(teacher, stats, ws, task, verify, unit="evolution", commit=change.parent,
+                         meta={"commit": change.commit, "issue_refs": change.issue_refs, "files": [fc.path for fc in change.files]})
+        if episode is not None:
+            return episode
     s = OracleSession(ws, task)
     touched: list[str] = []
     for fc in change.files:
@@ -561,7 +651,8 @@ def hunk_completions(change, stats: UnitStats, allowed=None) -> list[dict]:
     return out
 
 
-def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_runner=None, rng: random.Random | None = None) -> dict | None:
+def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_runner=None, rng: random.Random | None = None,
+                teacher: Teacher | None = None) -> dict | None:
     """The seed paper's second form: put a historical fix's bug back into today's code (where the fix
     still applies in reverse) and have the episode find and fix it."""
     if not _FIX.search(change.subject):
@@ -589,6 +680,13 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
     ws.write_text(fc.path, buggy)
     try:
         task = f"Bug report: {change.subject}. Find the cause and fix it."
+        if teacher is not None:
+            tests = sorted({t.path for t in change.files if is_test_file(t.path) and t.path.endswith(".py") and (ws.root / t.path).exists()})
+            verify = _code_verifier(ws, {fc.path: current}, {fc.path: buggy}, tests, {"restores_fix": True, "fix_commit": change.commit})
+            episode = taught(teacher, stats, ws, task, verify, unit="evolution", commit=commit,
+                             meta={"form": "reintroduced bug", "fix_commit": change.commit, "path": fc.path})
+            if episode is not None:
+                return episode
         s = OracleSession(ws, task)
         if not _locate(s, ws, fc.path, task, rng):
             stats.rejected["file not reachable"] += 1
