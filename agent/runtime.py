@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from agent.errors import SwespotError
+from agent.errors import AdapterMismatch, SwespotError
 
 log = logging.getLogger(__name__)
 THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
@@ -235,13 +235,13 @@ class LlamaRuntime:
             )
         arch = meta.get("general.architecture")
         if arch != self.architecture:
-            raise SwespotError(
+            raise AdapterMismatch(
                 f"adapter {path} was made for a {arch!r} model, but the loaded base model is "
                 f"{self.architecture!r} ({self.model_path.name})"
             )
         want_sha = meta.get("swespot.base.sha256")
         if want_sha and want_sha != self.sha256:
-            raise SwespotError(
+            raise AdapterMismatch(
                 f"adapter {path} was trained for another base model (sha256 {want_sha[:12]}…), "
                 f"not {self.model_path.name} (sha256 {self.sha256[:12]}…)"
             )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.errors import SwespotError
+from agent.errors import AdapterMismatch, SwespotError
 from agent.runtime import LlamaRuntime, file_sha256
 from trainer.lora_export import export_lora_to_gguf
 
@@ -179,7 +179,7 @@ def test_adapter_for_another_base_is_refused_on_load(adapters, tiny_hf_dir, tiny
     peft_dir = adapters["plain"].with_suffix("")
     other = export_lora_to_gguf(peft_dir, tiny_hf_dir, tmp_path / "other.gguf", base_gguf_sha256="0" * 64).out_path
     with LlamaRuntime(tiny_gguf_f32, n_ctx=128, n_threads=2) as rt:
-        with pytest.raises(SwespotError, match="another base model"):
+        with pytest.raises(AdapterMismatch, match="another base model"):
             rt.load_adapter(other)
 
 
@@ -187,7 +187,7 @@ def test_adapter_of_another_architecture_is_refused_on_load(adapters):
     from agent.default_model import ensure_default_gguf
 
     with LlamaRuntime(ensure_default_gguf(), n_ctx=128, n_threads=2) as gemma:
-        with pytest.raises(SwespotError, match="made for a 'qwen3' model"):
+        with pytest.raises(AdapterMismatch, match="made for a 'qwen3' model"):
             gemma.load_adapter(adapters["plain"])
 
 
