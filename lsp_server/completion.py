@@ -267,22 +267,34 @@ class SnippetIndex:
     def ready(self) -> bool:
         return self._index is not None
 
-    def snippets(self, ctx: CompletionContext, read_text, excluded) -> list[Snippet]:
-        """Up to MAX_SNIPPETS definitions of names used in the lines above the cursor, from other
-        files, most recently used name first. ``read_text(rel)`` reads the editor's view of a file;
-        ``excluded(rel)`` hides the user's excluded paths."""
+    def snippets(self, ctx: CompletionContext, read_text, excluded, *, budget_tokens: int = 0,
+                 count_tokens=None) -> list[Snippet]:
+        """With ``budget_tokens``: first the stubs (signature, docstring line) of the definitions of the
+        names near the cursor (lsp_server/context.py), then generic snippets, all within that many
+        tokens (``count_tokens(text)``). Generic snippets: up to MAX_SNIPPETS definitions of names used
+        in the lines above the cursor, from other files, most recently used name first.
+        ``read_text(rel)`` reads the editor's view of a file; ``excluded(rel)`` hides the user's
+        excluded paths."""
         with self._lock:
             index = self._index
         if index is None:
             return []
+        stubs, budget, tokens_left = [], SNIPPET_CHARS, None
+        if budget_tokens > 0 and count_tokens is not None:
+            from lsp_server.context import definition_stubs
+
+            shown = prefix_window(ctx.prefix) + "\n".join(ctx.suffix.split("\n")[:SUFFIX_LINES])
+            language = ctx.language or _SUFFIX_TO_LANGUAGE.get(Path(ctx.rel).suffix, "")
+            found, used = definition_stubs(index, ctx.rel, language, ctx.prefix, shown, budget_tokens, count_tokens, excluded)
+            stubs = [Snippet(path, text) for path, text in found]
+            tokens_left = budget_tokens - used
         # names from the lines above the cursor's line: typing on the line does not change the choice, so
         # the prompt's start (and the KV cache behind it) stays put
         names = list(dict.fromkeys(reversed(_WORD.findall("\n".join(ctx.prefix.split("\n")[-13:-1])))))
         out: list[Snippet] = []
-        budget = SNIPPET_CHARS
-        for name in names:
+        for name in names if tokens_left is None or tokens_left > 0 else []:
             for symbol in index.definitions(name)[:1]:
-                if symbol.path == ctx.rel or excluded(symbol.path):
+                if symbol.path == ctx.rel or excluded(symbol.path) or any(f"{symbol.signature}:" in s.text for s in stubs):
                     continue
                 try:
                     lines = read_text(symbol.path).split("\n")
@@ -290,10 +302,15 @@ class SnippetIndex:
                     continue
                 end = min(symbol.end_line, symbol.start_line + SNIPPET_LINES - 1)
                 text = "\n".join(lines[symbol.start_line - 1:end])[:budget]
+                if tokens_left is not None:
+                    from lsp_server.context import fit_to_tokens
+
+                    text, cost = fit_to_tokens(text, f"Related code from {symbol.path}:", tokens_left, count_tokens)
+                    tokens_left -= cost
                 if text.strip():
                     out.append(Snippet(symbol.path, text))
                     budget -= len(text)
             if len(out) >= MAX_SNIPPETS or budget <= 0:
                 break
         # a stable order keeps the prompt's start (and so the KV cache) the same while the user types
-        return sorted(out, key=lambda s: (s.path, s.text))
+        return stubs + sorted(out, key=lambda s: (s.path, s.text))

@@ -689,7 +689,8 @@ class SwespotServer(LanguageServer):
         started = time.perf_counter()
         runtime = self.runtime
         fim = self._fim_tokens(runtime)
-        snippets = self.snippets.snippets(ctx, self._read_for_snippet, self._is_excluded) if self.snippets else []
+        snippets = self.snippets.snippets(ctx, self._read_for_snippet, self._is_excluded, budget_tokens=self.settings.completion_context_tokens,
+                                          count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if self.snippets else []
         prompt = build_prompt(ctx, snippets, fim)
         stats: dict = {}
         budget = self.settings.completion_max_ms / 1e3

@@ -49,10 +49,11 @@ async def test_typing_along_a_suggestion_asks_the_model_nothing(start_server, st
         assert rest == shown[n:]
     assert len(model_calls(state)) == calls, "typing along the suggestion asked the model"
     # back at a position seen before: its answer comes from the cache too
-    assert await suggest(session, uri, BODY, AFTER, 100) == shown
+    version = 2 + len(shown)  # newer than every change above (an older version is refused)
+    assert await suggest(session, uri, BODY, AFTER, version) == shown
     assert len(model_calls(state)) == calls
     # typing something else asks the model again
-    await suggest(session, uri, BODY + "zz", AFTER, 101)
+    await suggest(session, uri, BODY + "zz", AFTER, version + 1)
     assert len(model_calls(state)) == calls + 1
 
 
