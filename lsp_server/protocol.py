@@ -268,7 +268,8 @@ class RetrainResult:
 
 
 # ---- wire format -----------------------------------------------------------------------------------
-def _camel(name: str) -> str:
+def camel(name: str) -> str:
+    """``chat_id`` -> ``chatId``: field names on the wire (and the editor's setting keys)."""
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
 
@@ -285,9 +286,9 @@ def register_hooks(converter) -> None:
 
     for cls in PROTOCOL_TYPES:
         fields = attrs.fields(cls)
-        overrides = {f.name: cattrs.gen.override(rename=_camel(f.name), omit_if_default=f.default is None) for f in fields}
+        overrides = {f.name: cattrs.gen.override(rename=camel(f.name), omit_if_default=f.default is None) for f in fields}
         converter.register_unstructure_hook(cls, cattrs.gen.make_dict_unstructure_fn(cls, converter, **overrides))
-        structure = {f.name: cattrs.gen.override(rename=_camel(f.name)) for f in fields}
+        structure = {f.name: cattrs.gen.override(rename=camel(f.name)) for f in fields}
         converter.register_structure_hook(cls, cattrs.gen.make_dict_structure_fn(cls, converter, **structure))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.errors import SwespotError
+from lsp_server.protocol import camel
 
 SECTION = "swespot"
 
@@ -49,11 +50,6 @@ class Settings:
     def model_key(self) -> tuple:
         """The settings that need the model reloaded when they change."""
         return (self.model, self.threads, self.context_size, self.gpu_layers)
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 _FIELDS = {camel(f.name): f for f in fields(Settings)}

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
 from agent.errors import SwespotError
+from agent.state import FEEDBACK_FILE, HEARTBEAT_FILE, write_heartbeat
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_FILE = "heartbeat.json"
-FEEDBACK_FILE = "feedback.jsonl"
 
 
 class Heartbeat:
@@ -25,7 +22,8 @@ class Heartbeat:
     a recent ``updated_at`` with ``generating: true`` as "the editor is busy"."""
 
     def __init__(self, state: Path, interval: float = 1.0) -> None:
-        self.path = Path(state) / HEARTBEAT_FILE
+        self.state = Path(state)
+        self.path = self.state / HEARTBEAT_FILE
         self.interval = interval
         self._since: float | None = None
         self._last = 0.0
@@ -48,13 +46,9 @@ class Heartbeat:
 
     def _write(self, generating: bool) -> None:
         self._last = time.time()
-        data = {"pid": os.getpid(), "generating": generating, "since": self._since, "updated_at": self._last}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)  # readers never see half a file; no fsync: it is only a hint
-        except OSError as exc:
+            write_heartbeat(self.state, generating, self._since)
+        except SwespotError as exc:
             log.warning("could not write the heartbeat %s: %s", self.path, exc)
 
 

@@ -34,8 +34,6 @@ server only through the state folder: the adapter store (``current``), ``status.
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -46,14 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SwespotError
-from trainer.store import AdapterStore, read_status, state_dir, write_status
+from agent.state import (PHASES, RETRAIN_REQUEST, DaemonLock, editor_generating, lock_holder, read_status, state_dir,
+                         write_status)
+from trainer.store import AdapterStore
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "daemon.lock"
-HEARTBEAT_FILE = "heartbeat.json"  # written by lsp_server/state_files.py
-RETRAIN_REQUEST = "retrain.request"  # written by the language server (swespot/retrain): train now
-PHASES = ("experience", "train", "export", "gate", "publish")
 # share of a run's time per phase before a run has been measured (then the last run's times are used)
 DEFAULT_PHASE_SECONDS = {"experience": 10.0, "train": 60.0, "export": 10.0, "gate": 10.0, "publish": 1.0}
 IN_PROGRESS = ("rebase-merge", "rebase-apply", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "BISECT_LOG")
@@ -90,60 +86,6 @@ class DaemonOptions:
         if self.quiet_s < 0 or self.keep < 1:
             raise SwespotError("--quiet must be >= 0 and --keep >= 1")
         return self
-
-
-# ---- the lock ---------------------------------------------------------------------------------------
-class DaemonLock:
-    """``<state>/daemon.lock``: an exclusive flock held for the daemon's life, with the holder's pid in the
-    file. The kernel drops the flock when its process dies, however it dies, so a lock left by kill -9 is
-    recovered by the next start (which says so); a live holder makes a second daemon refuse politely."""
-
-    def __init__(self, state: Path) -> None:
-        self.path = Path(state) / LOCK_FILE
-        self.fd: int | None = None
-        self.recovered: dict | None = None  # what a holder that died without releasing left behind
-
-    def _read(self, fd: int) -> dict:
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            value = json.loads(os.read(fd, 65536) or b"{}")
-            return value if isinstance(value, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def acquire(self, repo: Path, who: str = "trainer daemon") -> None:
-        """Hold the lock or refuse politely. ``who`` names the holder in the refusal a second process
-        gets (``swespot specialize`` takes the same lock, so the two never train into one state dir)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._read(fd)
-            os.close(fd)
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started_at", 0)))
-            raise SwespotError(f"a {holder.get('who', 'trainer daemon')} is already running for {repo} (pid {holder.get('pid', '?')}, "
-                               f"since {since}); not starting a second one") from None
-        previous = self._read(fd)
-        if previous.get("pid"):
-            self.recovered = previous
-            log.warning("recovered the lock of daemon pid %s, which ended without releasing it", previous["pid"])
-        record = json.dumps({"pid": os.getpid(), "repo": str(repo), "started_at": time.time(), "who": who}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record, 0)
-        os.fsync(fd)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.ftruncate(self.fd, 0)  # an empty lock file: the last holder exited cleanly
-        except OSError:
-            pass
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
 
 
 # ---- git ------------------------------------------------------------------------------------------
@@ -280,28 +222,6 @@ class GitWatcher:
 
 
 # ---- the machine and the editor ---------------------------------------------------------------------
-def editor_generating(state: Path, stale_s: float) -> bool:
-    """Whether the language server's heartbeat says the user is waiting on the model right now. A heartbeat
-    older than ``stale_s``, or from a process that no longer exists, does not count."""
-    try:
-        beat = json.loads((Path(state) / HEARTBEAT_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(beat, dict) or not beat.get("generating"):
-        return False
-    if time.time() - float(beat.get("updated_at") or 0) > stale_s:
-        return False
-    pid = beat.get("pid")
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-    return True
-
-
 def machine_busy(device: str, max_load: float | None, min_gpu_free: float) -> str | None:
     """Why the machine is too busy to train now, or None."""
     if device == "cuda":
@@ -767,24 +687,3 @@ class Daemon:
 
 def run_daemon(opts: DaemonOptions) -> int:
     return Daemon(opts).serve()
-
-
-def lock_holder(state: Path) -> dict | None:
-    """The live daemon holding ``state``'s lock (its record), or None."""
-    path = Path(state) / LOCK_FILE
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                return json.loads(os.read(fd, 65536) or b"{}")
-            except ValueError:
-                return {}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from agent.errors import SwespotError
+from agent.errors import NothingPublished, SwespotError
+from agent.state import EXPERIENCE_DIR, WORK_DIR
+from agent.state import PHASES as PHASES  # a refresh's phases, as status.json names them
 from trainer.train import Interrupted  # noqa: F401  (re-exported: callers stop a refresh with it)
 
 log = logging.getLogger(__name__)
 
-PHASES = ("experience", "train", "export", "gate", "publish")
 OnPhase = Callable[[str, "float | None", dict], None]
 
 # What a profile means for a whole refresh: the training preset, how long to train, and how much
@@ -222,7 +223,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         raise SwespotError(f"repository not found: {repo} (was it moved or deleted?)")
     state = Path(opts.state) if opts.state else state_dir(repo)
     store = AdapterStore(state)
-    experience = state / "experience"
+    experience = state / EXPERIENCE_DIR
     phases = _Phases(on_phase)
     try:
         commit = H.resolve(git.Repo(repo), opts.cutoff).hexsha
@@ -266,7 +267,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     if opts.train_overrides.get("max_trained_tokens") and not opts.steps:
         steps = None  # the budget decides how long
     key = _digest(commit, base.name, opts.profile, steps, *([sorted(opts.train_overrides.items())] if opts.train_overrides else []), continuing and current.name, sorted(s.name for s in new), sorted(s.name for s in replay))
-    work = state / "work"
+    work = state / WORK_DIR
     run_dir = work / f"run-{key}"
     for stale in work.glob("run-*") if work.is_dir() else []:
         if stale != run_dir:
@@ -294,7 +295,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     try:
         result = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control))
     except OSError as exc:
-        raise SwespotError(f"training failed writing to {run_dir}: {exc} (is the disk full?); nothing was published") from exc
+        raise NothingPublished(f"training failed writing to {run_dir}: {exc} (is the disk full?)") from exc
     from trainer.experience.build import unit_table
 
     # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,

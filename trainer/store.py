@@ -4,7 +4,7 @@ language server. Torch-free (the language server reads it).
     <state>/experience/<unit>/<shard>.jsonl   episodes
     <state>/adapters/<version>/               adapter_model.safetensors, adapter.gguf, manifest.json
     <state>/adapters/current                  the published version (temp file, fsync, rename)
-    <state>/status.json                       daemon state
+    <state>/status.json                       daemon state (agent/state.py owns the folder's contract)
 
 ``<state>`` lives outside the work tree (platformdirs user data dir, keyed by the repository's path), so
 watching the repository never sees our own writes. Every write is a temp file or folder renamed into
@@ -13,7 +13,6 @@ place: a crash at any point leaves ``current`` naming the last good version.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.errors import SwespotError
+from agent.errors import NothingPublished, SwespotError
+from agent.state import ADAPTERS_DIR, fsync_dir, read_json_object, write_atomic
+
+# the state folder's contract lives in agent/state.py; these names stay importable from here for callers
+from agent.state import read_status as read_status
+from agent.state import state_dir as state_dir
+from agent.state import state_root as state_root
+from agent.state import status_path as status_path
+from agent.state import write_status as write_status
 
 log = logging.getLogger(__name__)
 
@@ -32,43 +39,9 @@ SELECTION = "selection.json"  # why ``current`` names what it names (branch-awar
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
-def state_root() -> Path:
-    override = os.environ.get("SWESPOT_STATE_DIR")
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("swespot", appauthor=False))
-
-
-def state_dir(repo: str | os.PathLike) -> Path:
-    """The state folder of one repository: ``<root>/repos/<name>-<hash of its absolute path>``."""
-    path = Path(repo).expanduser().resolve()
-    key = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    return state_root() / "repos" / f"{path.name or 'root'}-{key}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise SwespotError(f"could not write {path}: {exc}") from exc
+def _number(name: str) -> int:
+    """``v0012`` -> 12 (names already matched ``_VERSION``)."""
+    return int(name[1:])
 
 
 @dataclass
@@ -136,7 +109,7 @@ def git_ancestry(repo: str | os.PathLike):
             return False, f"commit {commit[:10]} is not in the repository (rewritten by a rebase or amend?)"
         if commit == head:
             return True, f"trained on {commit[:10]}, HEAD itself"
-        if r.is_ancestor(commit, head):
+        if r.is_ancestor(r.commit(commit), r.commit(head)):
             return True, f"trained on {commit[:10]}, an ancestor of HEAD"
         return False, f"commit {commit[:10]} is not an ancestor of HEAD (another branch, or rewritten)"
 
@@ -146,10 +119,10 @@ def git_ancestry(repo: str | os.PathLike):
 class AdapterStore:
     def __init__(self, state: str | os.PathLike) -> None:
         self.state = Path(state)
-        self.root = self.state / "adapters"
+        self.root = self.state / ADAPTERS_DIR
 
     @classmethod
-    def for_repo(cls, repo: str | os.PathLike) -> "AdapterStore":
+    def for_repo(cls, repo: str | os.PathLike) -> AdapterStore:
         return cls(state_dir(repo))
 
     @property
@@ -161,7 +134,7 @@ class AdapterStore:
         if not self.root.is_dir():
             return []
         names = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
-        return sorted(names, key=lambda n: int(_VERSION.match(n)[1]))
+        return sorted(names, key=_number)
 
     def get(self, name: str) -> Version:
         if not _VERSION.match(name):
@@ -206,7 +179,7 @@ class AdapterStore:
 
     # ---- writing ------------------------------------------------------------------------------
     def next_name(self) -> str:
-        numbers = [int(_VERSION.match(n)[1]) for n in self.version_names()]
+        numbers = [_number(n) for n in self.version_names()]
         return f"v{max(numbers, default=0) + 1:04d}"
 
     def publish(self, src: str | os.PathLike, *, make_current: bool = True, extra: dict | None = None) -> Version:
@@ -232,7 +205,7 @@ class AdapterStore:
             os.replace(incoming, self.root / name)
             fsync_dir(self.root)
         except OSError as exc:
-            raise SwespotError(f"could not publish into {self.root}: {exc}; nothing was published") from exc
+            raise NothingPublished(f"could not publish into {self.root}: {exc}") from exc
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
         if make_current:
@@ -271,16 +244,12 @@ class AdapterStore:
         return self.root / SELECTION
 
     def read_selection(self) -> dict:
-        try:
-            value = json.loads(self.selection_file.read_text())
-            return value if isinstance(value, dict) else {}
-        except (OSError, ValueError):
-            return {}
+        return read_json_object(self.selection_file)
 
     def write_selection(self, record: dict) -> None:
         write_atomic(self.selection_file, json.dumps({**record, "at": time.time()}, indent=2).encode())
 
-    def choose_for_head(self, repo: str | os.PathLike) -> "Choice":
+    def choose_for_head(self, repo: str | os.PathLike) -> Choice:
         """The version to serve for the repository's HEAD: the newest whole version trained on HEAD or an
         ancestor of it (a version trained on another branch, or on commits a rebase or amend replaced,
         would teach code that is not there). A version the user rolled back to stays while it fits."""
@@ -300,7 +269,7 @@ class AdapterStore:
             return Choice(None, reason, head, branch, explained)
         return Choice(self.get(fitting[0]), f"newest version trained on an ancestor of {where}", head, branch, explained)
 
-    def serve_for_head(self, repo: str | os.PathLike) -> "Choice":
+    def serve_for_head(self, repo: str | os.PathLike) -> Choice:
         """Point ``current`` at ``choose_for_head``'s version (or at nothing) and record why."""
         choice = self.choose_for_head(repo)
         if choice.version is None:
@@ -334,23 +303,3 @@ class AdapterStore:
                 shutil.rmtree(self.root / name, ignore_errors=True)
                 removed.append(name)
         return removed
-
-
-# ---- status.json ----------------------------------------------------------------------------------
-def status_path(state: Path) -> Path:
-    return Path(state) / "status.json"
-
-
-def write_status(state: Path, **fields) -> dict:
-    current = read_status(state)
-    current.update(fields, updated_at=time.time())
-    write_atomic(status_path(state), json.dumps(current, indent=2).encode())
-    return current
-
-
-def read_status(state: Path) -> dict:
-    try:
-        value = json.loads(status_path(state).read_text())
-        return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
-        return {}

@@ -28,12 +28,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from agent.episode import new_episode, save_episodes
+from agent.state import FEEDBACK_FILE as FEEDBACK_FILE  # written by lsp_server/state_files.py
 from trainer.experience.files import secret_reason
 
 log = logging.getLogger(__name__)
 
 UNIT = "feedback"
-FEEDBACK_FILE = "feedback.jsonl"  # written by lsp_server/state_files.py
 CONTRAST = ".feedback-contrast"
 GENERATOR_VERSION = 1
 MAX_ENTRIES = 5000  # the newest decisions considered; older ones have been trained on already
