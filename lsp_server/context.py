@@ -26,7 +26,9 @@ from agent.index import RepoIndex, Symbol, is_test_file
 NAME_LINES = 12  # lines above the cursor's line whose names are looked up
 MAX_CANDIDATES = 3  # a name with more equally good definitions than this is too ambiguous to show
 DOC_CHARS = 100
-_NAME = re.compile(r"(?:\b(self|cls)\s*\.\s*)?\b([A-Za-z_][A-Za-z0-9_]*)")
+_NAME = re.compile(r"(?:\b(self|cls)\s*\.\s*)?(\.\s*)?\b([A-Za-z_][A-Za-z0-9_]*)")
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'')
+_SIGNATURE_COMMENT = re.compile(r"(\)(?:\s*->[^#]*?)?)\s*:?\s*#.*$")
 _SKIP = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"self", "cls", "t", "typing"}
 
 
@@ -34,20 +36,38 @@ _SKIP = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"self", "cls", "
 class NameUse:
     name: str
     on_self: bool  # used as ``self.name`` / ``cls.name``: a member of the enclosing class first
+    attribute: bool = False  # used as ``obj.name``: a method or attribute, not a module-level name
+
+
+def _code_lines(prefix: str, lines: int) -> list[str]:
+    """The ``lines`` lines above the cursor's line with strings (docstrings too) and comments blanked:
+    names in prose are not names the code uses."""
+    all_lines = prefix.split("\n")
+    start = max(0, len(all_lines) - 1 - lines)
+    in_string = sum(prefix.count(q, 0, sum(len(x) + 1 for x in all_lines[:start])) for q in ('"""', "'''")) % 2 == 1
+    out = []
+    for line in all_lines[start:-1]:
+        parts = re.split(r'"""|\'\'\'', line)
+        code = []
+        for n, part in enumerate(parts):
+            if n:
+                in_string = not in_string
+            if not in_string:
+                code.append(_STRING.sub('""', part).split("#", 1)[0])
+        out.append(" ".join(code))
+    return out
 
 
 def names_near_cursor(prefix: str, lines: int = NAME_LINES) -> list[NameUse]:
-    """The names used in the ``lines`` lines above the cursor's line, the closest to the cursor first
-    (the last use on the closest line first), each once."""
-    above = prefix.split("\n")[-lines - 1:-1]
+    """The names the code uses in the ``lines`` lines above the cursor's line, the closest to the
+    cursor first (the last use on the closest line first), each once."""
     seen: OrderedDict[str, NameUse] = OrderedDict()
-    for line in reversed(above):
-        code = line.split("#", 1)[0]
+    for code in reversed(_code_lines(prefix, lines)):
         for m in reversed(list(_NAME.finditer(code))):
-            name = m.group(2)
+            name = m.group(3)
             if name in _SKIP or name in seen or len(name) < 2:
                 continue
-            seen[name] = NameUse(name, bool(m.group(1)))
+            seen[name] = NameUse(name, bool(m.group(1)), bool(m.group(2)))
     return list(seen.values())
 
 
@@ -84,10 +104,12 @@ def best_definition(index: RepoIndex, use: NameUse, rel: str, klass: str | None,
     """The definition a reader would look up: a member of the enclosing class for ``self.name``, else
     one in this file, else one in a module this file imports, else the only non-test one; None when
     the name is defined nowhere (or only in excluded files) or too ambiguously."""
-    candidates = [s for s in index.definitions(use.name) if not excluded(s.path)]
+    in_tests = is_test_file(rel)
+    # a bare name is a module-level function or class; ``obj.name`` is a member of some class
+    candidates = [s for s in index.definitions(use.name) if not excluded(s.path)
+                  and (s.parent is not None) == (use.on_self or use.attribute) and (in_tests or not is_test_file(s.path))]
     if not candidates:
         return None
-    in_tests = is_test_file(rel)
 
     def rank(s: Symbol) -> int:
         if use.on_self and klass and s.parent == klass:
@@ -96,7 +118,7 @@ def best_definition(index: RepoIndex, use: NameUse, rel: str, klass: str | None,
             return 1
         if _module_name(s.path) in imported:
             return 2
-        return 3 if in_tests or not is_test_file(s.path) else 4
+        return 3
 
     ranked = sorted(candidates, key=lambda s: (rank(s), s.path, s.start_line))
     best = rank(ranked[0])
@@ -117,14 +139,15 @@ def _visible(symbol: Symbol, rel: str, shown: str) -> bool:
 def render_stub(symbol: Symbol, language: str) -> str:
     """One definition as a stub: the signature, then the docstring's first line (Python), the body
     elided; a method indented under its class."""
-    doc = (symbol.doc or "").strip().split("\n", 1)[0].strip()
+    doc = " ".join((symbol.doc or "").strip().split("\n\n", 1)[0].split())  # the first paragraph
     if len(doc) > DOC_CHARS:
         doc = doc[: DOC_CHARS - 1].rstrip() + "…"
     if language != "python":
         return symbol.signature + "\n"
     pad = "    " if symbol.parent else ""
     body = pad + "    "
-    text = f"{pad}{symbol.signature}:\n"
+    signature = _SIGNATURE_COMMENT.sub(r"\1", symbol.signature)  # a trailing comment (``# type: ignore``) goes
+    text = f"{pad}{signature}:\n"
     if doc:
         text += f'{body}"""{doc.replace(chr(34) * 3, chr(39) * 3)}"""\n'
     if symbol.kind != "class":

@@ -150,3 +150,14 @@ def test_the_context_budget_is_a_setting_that_switches_the_definitions_off():
     assert merge(Settings(), {"completionContextTokens": 0}, where="test").completion_context_tokens == 0
     with pytest.raises(Exception, match="at least 0"):
         merge(Settings(), {"completionContextTokens": -1}, where="test")
+
+
+def test_only_names_the_code_uses_count_not_words_in_docstrings_strings_or_comments():
+    from lsp_server.context import names_near_cursor
+
+    prefix = ('def f(widget):\n    """Frobnicate the\n    gadget."""\n    label = "a sprocket"  # no cog\n'
+              '    return widget.scaled(helper(label))\n    ')
+    uses = {u.name: u for u in names_near_cursor(prefix)}
+    assert {"widget", "scaled", "helper", "label"} <= set(uses)
+    assert not {"Frobnicate", "gadget", "sprocket", "cog"} & set(uses)
+    assert uses["scaled"].attribute and not uses["helper"].attribute
