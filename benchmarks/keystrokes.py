@@ -179,7 +179,7 @@ class Server:
         self.client.feature("swespot/status")(on_status)
         self.client.feature(lsp.WORKSPACE_CONFIGURATION)(lambda params: [self.settings for _ in params.items])
         env = {**os.environ, "SWESPOT_STATE_DIR": str(self.state_root), "SWESPOT_LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
-        await self.client.start_io(sys.executable, "-m", "agent.cli", "serve", "--model", str(self.gguf),
+        await self.client.start_io(sys.executable, "-m", "swespot", "serve", "--model", str(self.gguf),
                                    "--repo", str(self.repo), env=env)
         caps = lsp.ClientCapabilities(workspace=lsp.WorkspaceClientCapabilities(configuration=True))
         await self.client.initialize_async(lsp.InitializeParams(capabilities=caps, root_uri=self.repo.as_uri(),

@@ -109,7 +109,7 @@ class Client:
 
     async def start(self, gguf: Path, repo: Path, env: dict) -> None:
         lsp = self.lsp
-        await self.client.start_io(sys.executable, "-m", "agent.cli", "serve", "--model", str(gguf), "--repo", str(repo), env=env)
+        await self.client.start_io(sys.executable, "-m", "swespot", "serve", "--model", str(gguf), "--repo", str(repo), env=env)
         caps = lsp.ClientCapabilities(workspace=lsp.WorkspaceClientCapabilities(configuration=True))
         await self.client.initialize_async(lsp.InitializeParams(capabilities=caps, root_uri=repo.as_uri()))
         self.client.initialized(lsp.InitializedParams())

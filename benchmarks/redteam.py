@@ -568,7 +568,7 @@ class Server:
         import select  # noqa: F401 - (used in read)
 
         env = {**os.environ, "SWESPOT_STATE_DIR": str(lab.base / "state"), "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--model", str(model), "--repo", str(lab.repo)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "swespot", "serve", "--model", str(model), "--repo", str(lab.repo)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
         self.buf = b""
         self.settings = settings

@@ -8,46 +8,66 @@ answering the editor meanwhile."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+
+from agent.errors import DaemonUnavailable, SwespotError
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10
 
 
-def daemon_command_available() -> bool:
-    """Whether this installation has ``swespot daemon`` (a later issue may not have landed): asks the
-    CLI's own parser, whose subcommand modules are import-light, instead of spawning a process."""
-    import argparse
+# What ``swespot daemon`` needs beyond the language server's own install: module -> the extra providing it
+DAEMON_NEEDS = {"watchdog": "daemon", "torch": "train"}
 
-    from agent.cli import build_parser
 
-    # argparse has no public way to list subcommands; its subparsers action holds them in ``choices``
-    return any(isinstance(action, argparse._SubParsersAction) and "daemon" in action.choices
-               for action in build_parser()._actions)
+def daemon_command(repo: Path) -> list[str]:
+    """The documented command that runs the trainer daemon for ``repo`` (``swespot daemon``, README)."""
+    return [sys.executable, "-m", "swespot", "daemon", "--repo", str(repo)]
+
+
+def check_daemon_installed() -> None:
+    """Raise ``DaemonUnavailable`` when this installation lacks the daemon's extras (the language server
+    runs without them; the daemon watches git with watchdog and trains with torch). Finds, never imports."""
+    missing = sorted({extra for module, extra in DAEMON_NEEDS.items() if importlib.util.find_spec(module) is None})
+    if missing:
+        raise DaemonUnavailable(f"background training needs the {' and '.join(missing)} extra"
+                                f"{'s' if len(missing) > 1 else ''}: pip install 'swespot[{','.join(missing)}]'")
 
 
 class DaemonProcess:
-    """``python -m agent.cli daemon --repo REPO``, its output appended to ``daemon.log`` in the state dir."""
+    """``daemon_command(repo)``, its output appended to ``daemon.log`` in the state dir. ``failure`` says why
+    it could not be started (``DaemonUnavailable`` when this installation cannot run it at all)."""
 
     def __init__(self, repo: Path, state: Path, on_change: Callable[[], None] | None = None) -> None:
         self.repo = repo
         self.state = state
         self.on_change = on_change  # called (on the daemon thread) after a start or stop
         self.proc: subprocess.Popen | None = None
-        self.error: str | None = None
+        self.failure: SwespotError | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swespot-daemon")
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def error(self) -> str | None:
+        """Why the daemon could not be started, in one line; None when nothing failed."""
+        return str(self.failure) if self.failure is not None else None
+
+    @property
+    def available(self) -> bool:
+        """False when this installation cannot run the daemon at all (not when one start failed)."""
+        return not isinstance(self.failure, DaemonUnavailable)
 
     def enable(self, on: bool) -> Future:
         """Start or stop the daemon without waiting for it (requests are handled in order)."""
@@ -69,24 +89,26 @@ class DaemonProcess:
         """Start the daemon unless it runs; False (with ``error`` set) when it cannot be started."""
         if self.running:
             return True
-        if not daemon_command_available():
-            self.error = "background training needs `swespot daemon`, which this installation does not have yet"
-            log.warning(self.error)
+        try:
+            check_daemon_installed()
+        except DaemonUnavailable as exc:
+            self.failure = exc
+            log.warning("%s", exc)
             return False
         self.state.mkdir(parents=True, exist_ok=True)
         out = open(self.state / "daemon.log", "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "daemon", "--repo", str(self.repo)],
+                daemon_command(self.repo),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
-            self.error = f"could not start the trainer daemon: {exc}"
-            log.error(self.error)
+            self.failure = SwespotError(f"could not start the trainer daemon: {exc}")
+            log.error("%s", self.failure)
             return False
         finally:
             out.close()
-        self.error = None
+        self.failure = None
         log.info("started the trainer daemon (pid %d)", self.proc.pid)
         return True
 

@@ -162,7 +162,7 @@ def make_repo(root: Path) -> str:
 
 
 def daemon_cmd(repo: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "agent.cli", "daemon", "--repo", str(repo), *extra]
+    return [sys.executable, "-m", "swespot", "daemon", "--repo", str(repo), *extra]
 
 
 def start_daemon(repo: Path, state_root: Path, log: Path, *extra: str) -> subprocess.Popen:

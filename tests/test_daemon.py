@@ -35,7 +35,7 @@ def fake_version(store: AdapterStore, tmp: Path, commit_sha: str):
 
 def cli(*args: str, state_root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SWESPOT_STATE_DIR": str(state_root), **GIT_ENV}
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "swespot", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 # ---- git ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_an
         assert "no commit yet" in read_json(status)["message"]
 
         second = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "daemon", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True,
+            [sys.executable, "-m", "swespot", "daemon", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True,
             env={**os.environ, "SWESPOT_STATE_DIR": str(state_root)}, timeout=120)
         assert second.returncode == 1
         assert f"a trainer daemon is already running for {repo} (pid {proc.pid}" in second.stderr
@@ -414,7 +414,7 @@ def test_a_folder_that_is_not_a_repository_is_refused_with_the_reason_in_status(
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "data"))
     folder = tmp_path / "plain"
     folder.mkdir()
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "daemon", "--repo", str(folder)], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "swespot", "daemon", "--repo", str(folder)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.strip() == f"swespot: error: {folder} is not a git repository"
     assert read_json(state_dir(folder) / "status.json")["error"] == f"{folder} is not a git repository"

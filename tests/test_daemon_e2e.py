@@ -67,7 +67,7 @@ def test_commits_become_published_versions_and_a_kill_during_training_changes_no
 
         # rollback through the command line
         env = {**os.environ, **GIT_ENV}
-        done = subprocess.run([sys.executable, "-m", "agent.cli", "adapters", "rollback", "v0001", "--repo", str(repo)],
+        done = subprocess.run([sys.executable, "-m", "swespot", "adapters", "rollback", "v0001", "--repo", str(repo)],
                               cwd=ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert store.current_name() == "v0001"

@@ -169,7 +169,7 @@ def test_a_unit_that_loses_most_episodes_to_the_length_limit_is_an_error(geo, ti
 
 
 def test_the_build_table_counts_lengths_with_the_model_tokenizer(geo, tmp_path, tiny_hf_dir, capsys):
-    from agent.cli import main
+    from swespot.cli import main
 
     out = tmp_path / "exp"
     assert main(["experience", "build", "--repo", str(geo), "--out", str(out), "--units", "design,text", "--targets",

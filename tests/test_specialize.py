@@ -195,7 +195,7 @@ def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geome
 
 @pytest.mark.slow
 def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_path, monkeypatch, capsys):
-    from agent.cli import main
+    from swespot.cli import main
     from agent.runtime import LlamaRuntime
     from trainer.store import AdapterStore, state_dir
 
@@ -233,7 +233,7 @@ def test_heldout_shards_are_stable_and_a_small_repository_is_gated_too(tmp_path)
 
 
 def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, tmp_path, monkeypatch):
-    from agent.cli import main
+    from swespot.cli import main
     from trainer.daemon import DaemonLock
     from trainer.store import state_dir
 

@@ -93,7 +93,7 @@ def test_status_is_merged_and_survives_a_corrupt_file(store):
 
 
 def test_adapters_cli_lists_marks_current_and_rolls_back(tmp_path, monkeypatch, capsys):
-    from agent.cli import main
+    from swespot.cli import main
 
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "data"))
     repo = tmp_path / "repo"

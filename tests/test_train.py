@@ -215,7 +215,7 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(experience, tiny_hf_d
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"checkpoint_every": 2}))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "agent.cli", "train", "--profile", "tiny", "--data", str(experience), "--base", str(tiny_hf_dir),
+    cmd = [sys.executable, "-m", "swespot", "train", "--profile", "tiny", "--data", str(experience), "--base", str(tiny_hf_dir),
            "--out", str(out), "--steps", "10", "--config", str(settings), "--no-export", "--json"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     # kill -9 as soon as the second checkpoint is on disk (watching the folder, not sleeping blindly)

@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a LoRA adapter on experience episodes and export it to GGUF",
         description="Train a LoRA adapter on <data>/<unit>/<shard>.jsonl episodes. Multi-GPU: "
-        "`accelerate launch -m agent.cli train ...` (same options).",
+        "`accelerate launch -m swespot train ...` (same options).",
     )
     p.add_argument("--data", required=True, type=Path, help="experience folder")
     p.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")

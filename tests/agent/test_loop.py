@@ -74,7 +74,7 @@ def test_cli_prints_json_and_saves_the_episode(repo, tmp_path):
     turns = tmp_path / "turns.json"
     turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
     episode = tmp_path / "ep.jsonl"
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
+    done = subprocess.run([sys.executable, "-m", "swespot", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
                            "--json", "--episode-out", str(episode), "Fix add()"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
@@ -213,7 +213,7 @@ def test_structured_replies_naming_unknown_tools_get_an_error_result(repo):
 def test_cli_prints_the_diff_and_a_summary_of_turns_and_tokens(repo, tmp_path):
     turns = tmp_path / "turns.json"
     turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
+    done = subprocess.run([sys.executable, "-m", "swespot", "agent", "--repo", str(repo), "--model", f"scripted:{turns}",
                            "Fix add()"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("--- a/calc/ops.py\n+++ b/calc/ops.py") and "+    return a + b" in done.stdout
@@ -222,7 +222,7 @@ def test_cli_prints_the_diff_and_a_summary_of_turns_and_tokens(repo, tmp_path):
 
 
 def test_cli_names_an_unknown_model_clearly(repo):
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "agent", "--repo", str(repo), "--model", "no-such-model", "x"],
+    done = subprocess.run([sys.executable, "-m", "swespot", "agent", "--repo", str(repo), "--model", "no-such-model", "x"],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "unknown model 'no-such-model'" in done.stderr and "Traceback" not in done.stderr
 
@@ -249,7 +249,7 @@ def test_the_agent_runs_without_llama_cpp_or_torch_loaded(repo, tmp_path):
     turns.write_text(json.dumps(FIX_TURNS[2:3] + FIX_TURNS[4:]))
     script = (
         "import sys\n"
-        "from agent.cli import main\n"
+        "from swespot.cli import main\n"
         f"code = main(['agent', '--repo', {str(repo)!r}, '--model', 'scripted:{turns}', '--json', 'Fix add()'])\n"
         "loaded = [m for m in ('llama_cpp', 'torch', 'transformers') if m in sys.modules]\n"
         "assert code == 0 and not loaded, (code, loaded)\n"

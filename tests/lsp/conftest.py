@@ -42,7 +42,7 @@ PROBE = (
     "import atexit, sys\n"
     "probe = sys.argv.pop(1)\n"
     "atexit.register(lambda: open(probe, 'w').write(repr(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))))\n"
-    "from agent.cli import main\n"
+    "from swespot.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

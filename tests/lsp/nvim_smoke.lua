@@ -8,7 +8,7 @@ end
 
 local ok, err = pcall(function()
   local repo = os.getenv("SWESPOT_SMOKE_REPO")
-  local cmd = { os.getenv("SWESPOT_SMOKE_PYTHON"), "-m", "agent.cli", "serve",
+  local cmd = { os.getenv("SWESPOT_SMOKE_PYTHON"), "-m", "swespot", "serve",
                 "--model", os.getenv("SWESPOT_SMOKE_MODEL"), "--repo", repo }
   local client_id = vim.lsp.start_client({ name = "swespot", cmd = cmd, root_dir = repo })
   if not client_id then return fail("the server did not start") end

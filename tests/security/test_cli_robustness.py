@@ -30,7 +30,7 @@ def repos(tmp_path_factory) -> tuple[Path, Path, str]:
 
 def swespot(tmp: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SWESPOT_STATE_DIR": str(tmp / "state"), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "swespot", *args], capture_output=True, text=True, env=env,
                           timeout=300, cwd=tmp)
 
 

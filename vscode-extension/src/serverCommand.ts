@@ -8,7 +8,7 @@ import * as path from 'path';
 export interface LaunchInput {
   /** `swespot.server.path`: the `swespot` executable, e.g. CHECKOUT/.venv/bin/swespot. */
   serverPath: string;
-  /** `swespot.server.python`: a Python that has SWE-Spot Local installed (runs `-m agent.cli`). */
+  /** `swespot.server.python`: a Python that has SWE-Spot Local installed (runs `-m swespot`). */
   python: string;
   /** `swespot.model`: a GGUF file, or empty for the server's default. */
   model: string;
@@ -62,7 +62,7 @@ export function resolveLaunch(input: LaunchInput): Launch {
     if (!input.isExecutable(input.python)) {
       throw new LaunchError(`swespot.server.python is ${input.python}, which is not an executable Python: choose the python of the virtual environment that has SWE-Spot Local installed (its .venv/bin/python).`, 'choosePython');
     }
-    return { command: input.python, args: ['-m', 'agent.cli', ...serve], repo, source: 'swespot.server.python' };
+    return { command: input.python, args: ['-m', 'swespot', ...serve], repo, source: 'swespot.server.python' };
   }
   for (const folder of input.folders) {
     const venv = path.join(folder, '.venv', 'bin', 'swespot');

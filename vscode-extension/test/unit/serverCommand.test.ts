@@ -39,7 +39,7 @@ describe('resolveLaunch', () => {
     const s = sandbox();
     const py = s.file('venv/bin/python', true);
     const launch = resolveLaunch(s.input({ python: py }));
-    assert.deepStrictEqual(launch.args.slice(0, 3), ['-m', 'agent.cli', 'serve']);
+    assert.deepStrictEqual(launch.args.slice(0, 3), ['-m', 'swespot', 'serve']);
   });
 
   it('falls back to the workspace .venv, then PATH', () => {

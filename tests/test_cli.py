@@ -1,0 +1,109 @@
+"""The entry point on top: ``swespot`` (and ``python -m swespot``) assembles every command from its layer's
+module, nothing below imports it, errors become exit codes at its one boundary, and the language server
+starts the trainer daemon with the documented command."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import DaemonUnavailable, NothingPublished, SwespotError
+from tests.daemon_support import FILES, ROOT, commit, git
+
+COMMANDS = {"model", "experience", "train", "adapters", "daemon", "eval", "specialize", "agent", "serve"}
+
+
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "swespot", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def subcommands(parser) -> set[str]:
+    return {name for action in parser._subparsers._group_actions for name in action.choices}
+
+
+def test_every_command_is_registered_once_from_its_own_module():
+    from swespot.cli import COMMAND_MODULES, build_parser
+
+    assert subcommands(build_parser()) >= COMMANDS
+    owners = {m.__name__.split(".")[0] for m in COMMAND_MODULES}
+    assert owners == {"agent", "trainer", "lsp_server"}
+
+
+def test_help_starts_without_the_heavy_libraries(tmp_path):
+    probe = ("import sys\nfrom swespot.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'llama_cpp', 'pygls') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "specialize" in done.stdout and done.stdout.strip().endswith("[]"), done.stdout
+
+
+def test_no_layer_imports_the_entry_point():
+    """agent <- trainer <- lsp_server <- swespot: the application package is on top, imported by nobody below."""
+    offenders = []
+    tracked = git(ROOT, "ls-files", "--", "agent/*.py", "trainer/*.py", "lsp_server/*.py").split()
+    assert len(tracked) > 30
+    for path in (ROOT / name for name in tracked if (ROOT / name).is_file()):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "swespot"]
+    assert offenders == []
+
+
+def test_a_swespot_error_is_one_line_and_its_kinds_exit_code(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "Start", FILES)
+    done = run("adapters", "rollback", "v0042", "--repo", str(repo), cwd=tmp_path, env={"SWESPOT_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == SwespotError.exit_code == 1, done.stderr
+    assert done.stderr.startswith("swespot: error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_nothing_published_says_so_once_and_keeps_the_cause():
+    exc = NothingPublished("could not publish into /x: [Errno 28] No space left on device")
+    assert str(exc) == "could not publish into /x: [Errno 28] No space left on device; nothing was published"
+    assert exc.detail == "could not publish into /x: [Errno 28] No space left on device"
+    assert isinstance(exc, SwespotError)
+
+
+def test_the_server_starts_the_daemon_with_the_documented_command(tmp_path):
+    """``daemon_command`` is what README documents (``swespot daemon --repo``); here with ``--status``, which
+    answers at once, through the very argv the language server runs."""
+    from lsp_server.daemon import daemon_command
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "Start", FILES)
+    argv = daemon_command(repo)
+    assert argv[:4] == [sys.executable, "-m", "swespot", "daemon"]
+    done = subprocess.run([*argv, "--status"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "SWESPOT_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["running"] is False
+
+
+def test_an_installation_without_the_daemon_extras_reports_it_unavailable(tmp_path, monkeypatch):
+    import lsp_server.daemon as D
+
+    monkeypatch.setattr(D, "DAEMON_NEEDS", {"swespot_no_such_module": "daemon"})
+    daemon = D.DaemonProcess(tmp_path, tmp_path / "state")
+    try:
+        assert daemon.start() is False and not daemon.running
+        assert isinstance(daemon.failure, DaemonUnavailable) and not daemon.available
+        assert daemon.error == "background training needs the daemon extra: pip install 'swespot[daemon]'"
+        with pytest.raises(DaemonUnavailable):
+            D.check_daemon_installed()
+    finally:
+        daemon.close()
+    monkeypatch.setattr(D, "DAEMON_NEEDS", {"json": "daemon"})  # present: nothing to report
+    D.check_daemon_installed()
