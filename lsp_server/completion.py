@@ -4,9 +4,11 @@ The prompt is ordered from the most stable part to the least stable one (reposit
 after the cursor, then the code before it), so that as the user types only the end of the prompt
 changes and llama.cpp reuses the cached keys and values of everything before it.
 
-Models with fill-in-the-middle tokens get the FIM layout. Models without them (the embedded Gemma base)
-complete left to right: the code after the cursor is shown as a commented block before the prefix, and
-the completion is cut where it starts repeating that code.
+Models with fill-in-the-middle tokens get the FIM layout (``agent/fim.py``), and so does a base without
+them (the embedded Gemma base) while the served adapter declares FIM tokens it was trained with
+(``serving_fim``: its manifest's ``fim``; a rollback or another branch's adapter without it switches
+back). Otherwise the model completes left to right: the code after the cursor is shown as a commented
+block before the prefix, and the completion is cut where it starts repeating that code.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.fim import FIM_FAMILIES, FimTokens, for_runtime
+
 log = logging.getLogger(__name__)
 
 PREFIX_CHARS = 3000
@@ -28,13 +32,7 @@ SNIPPET_CHARS = 1500
 MAX_SNIPPETS = 3
 MAX_COMPLETION_LINES = 8
 
-# (prefix, suffix, middle) token texts of the FIM families we know; used only when the model has them
-FIM_TOKENS = [
-    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, Qwen3-Coder
-    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder
-    ("<|fim▁begin|>", "<|fim▁hole|>", "<|fim▁end|>"),  # DeepSeek-Coder
-    ("<PRE>", "<SUF>", "<MID>"),  # CodeLlama
-]
+FIM_TOKENS = FIM_FAMILIES  # (prefix, suffix, middle) token texts of the FIM families we know
 
 LINE_COMMENT = {
     "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
@@ -103,7 +101,8 @@ def build_prompt(ctx: CompletionContext, snippets: list[Snippet], fim: tuple[str
     context = "".join(f"{mark} Related code from {s.path}:\n{s.text.rstrip()}\n\n" for s in snippets)
     if fim is not None:
         pre, suf, mid = fim
-        return f"{pre}{context}{mark} File: {ctx.rel}\n{prefix}{suf}{suffix}{mid}"
+        # the header as the repository-as-text unit trains it (trainer/experience/text.py: "# path: ...")
+        return f"{pre}{context}{mark} path: {ctx.rel}\n{prefix}{suf}{suffix}{mid}"
     after = ""
     if suffix.strip():
         commented = "\n".join(f"{mark} | {line}" for line in suffix.split("\n"))
@@ -226,6 +225,14 @@ class SuggestionCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def serving_fim(runtime, manifest: dict | None) -> tuple[str, str, str] | None:
+    """The FIM markers to build the prompt with, or None (left to right): those the served adapter's
+    manifest declares (``manifest["fim"]``, when each is one token of the runtime's vocabulary), else the
+    base model's own FIM tokens. ``manifest`` is None while the bare base model serves."""
+    tokens = for_runtime(runtime, FimTokens.from_manifest((manifest or {}).get("fim")))
+    return tokens.markers if tokens is not None else None
 
 
 def stop_strings(fim: tuple[str, str, str] | None) -> list[str]:

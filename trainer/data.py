@@ -12,7 +12,10 @@ never a silent loss.
 
 Two plain-text forms skip the chat template: the completion form (``agent.episode.completion_episode``:
 loss on the target only, the prefix shortened from its start) and the repository as text
-(``trainer.experience.text``: every token a target, split at line boundaries to fit).
+(``trainer.experience.text``: every token a target, split at line boundaries to fit). A text chunk that
+carries a fill-in-the-middle split is trained in the FIM layout (``encode_fim``) when the tokenizer has FIM
+tokens (``agent.fim.for_tokenizer``: its own, or three reserved ones); ``DataStats.fim`` records which,
+and the adapter's manifest declares them (``manifest["fim"]``) so the server knows the layout.
 
 Batches are packed (``packed_batches``/``collate_packed``: rows of up to ``max_len`` positions, each row's
 common prefix computed once, per-sequence positions and a block mask so no sequence sees another) or length-grouped
@@ -27,9 +30,9 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from agent.errors import SwespotError
 
@@ -65,14 +68,22 @@ class DataStats:
     split_units: Counter = field(default_factory=Counter)  # per unit, cut at a turn boundary to fit
     trained: Counter = field(default_factory=Counter)  # per unit, trained tokens
     lengths: dict = field(default_factory=dict)  # per unit: rendered length of each episode before any cut
-    form_lengths: dict = field(default_factory=dict)  # per unit, per form (agentic, completion, text): the same
+    form_lengths: dict = field(default_factory=dict)  # per unit, per form (agentic, completion, text, fim): the same
+    fim: dict | None = None  # the FIM tokens the sequences were encoded with (agent.fim.FimTokens.to_manifest)
+    fim_sequences: int = 0  # text chunks trained in the FIM layout
 
     def to_dict(self) -> dict:
         return {
             "episodes": dict(self.episodes), "sequences": dict(self.sequences), "split": self.split, "cut": self.cut,
             "dropped_too_long": self.dropped_too_long, "dropped_no_assistant": self.dropped_no_assistant,
             "tokens": self.tokens, "trained_tokens": self.trained_tokens, "units": self.per_unit(),
+            "fim": self.declared_fim(),
         }
+
+    def declared_fim(self) -> dict | None:
+        """What an adapter trained on these sequences declares: the FIM tokens and how many sequences
+        taught them, or None when no sequence was in the FIM layout (the server then completes left to right)."""
+        return {**self.fim, "sequences": self.fim_sequences} if self.fim and self.fim_sequences else None
 
     def per_unit(self) -> dict:
         """Per unit: episodes read, sequences kept, dropped by length, trained tokens, length distribution."""
@@ -90,7 +101,7 @@ class DataStats:
         self.lengths.setdefault(unit, []).append(n)
         self.form_lengths.setdefault(unit, {}).setdefault(form, []).append(n)
 
-    def _keep(self, seq: "Sequence") -> None:
+    def _keep(self, seq: Sequence) -> None:
         self.sequences[seq.unit] += 1
         self.tokens += len(seq.input_ids)
         self.trained_tokens += seq.trained_tokens
@@ -215,6 +226,24 @@ def encode_text(episode: dict, tokenizer, max_len: int) -> list[tuple[list[int],
     return out
 
 
+def encode_fim(episode: dict, tokenizer, max_len: int, fim) -> tuple[list[int], list[int]] | None:
+    """A text chunk with a split (``meta.fim``) in the FIM layout (``agent.fim``): BOS, prefix marker,
+    header and the code before, suffix marker, the code after, middle marker, the middle, EOS. Every token
+    is a target except BOS and the three markers (the server writes those); None when it does not fit
+    ``max_len`` (the chunk is then trained as plain text)."""
+    head, body = episode["messages"][0]["content"], episode["messages"][1]["content"]
+    split = episode["meta"]["fim"]
+    p, m = split["prefix_end"], split["middle_end"]
+    ids = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    pre, suf, mid = (ids(t)[0] for t in fim.markers)
+    parts = [(_bos(tokenizer), False), ([pre], False), (ids(head + body[:p]), True), ([suf], False), (ids(body[m:]), True),
+             ([mid], False), (ids(body[p:m]), True), ([tokenizer.eos_token_id], True)]
+    input_ids = [t for part, _ in parts for t in part]
+    if len(input_ids) > max_len:
+        return None
+    return input_ids, [t if trained else IGNORE for part, trained in parts for t in part]
+
+
 def _count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -271,13 +300,22 @@ def encode_episode(episode: dict, tokenizer, render: Render, max_len: int, stats
     return seqs[0] if seqs else None
 
 
-def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats) -> list[Sequence]:
-    """The sequences of one episode (several only for a long ``text`` chunk), counted in ``stats``."""
+def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats, fim=None) -> list[Sequence]:
+    """The sequences of one episode (several only for a long ``text`` chunk), counted in ``stats``.
+    ``fim`` (``agent.fim.FimTokens``): a text chunk with a split is encoded in the FIM layout with them."""
     from trainer.experience.text import TEXT
 
     messages, tools = episode["messages"], episode.get("tools") or []
     unit = episode.get("unit", "unknown")
     form = (episode.get("meta") or {}).get("format")
+    if form == TEXT and fim is not None and episode["meta"].get("fim"):
+        encoded = encode_fim(episode, tokenizer, max_len, fim)
+        if encoded is not None:
+            seq = Sequence(*encoded, unit, str(episode.get("id", "")))
+            stats._length(unit, "fim", len(seq.input_ids))
+            stats._keep(seq)
+            stats.fim, stats.fim_sequences = fim.to_manifest(), stats.fim_sequences + 1
+            return [seq]
     if form == TEXT:
         seqs = [Sequence(ids, labels, unit, str(episode.get("id", ""))) for ids, labels in encode_text(episode, tokenizer, max_len)]
         stats._length(unit, TEXT, sum(len(s.input_ids) for s in seqs))
@@ -333,14 +371,18 @@ def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, s
 
 
 def encode_all(episodes: Iterable[dict], tokenizer, render: Render, max_len: int, stats: DataStats | None = None, *,
-               check: bool = True):
+               check: bool = True, fim: bool = True):
     """Every episode's sequences and the statistics; with ``check``, a unit that loses most of its
-    episodes to ``max_len`` raises (``check_lengths``)."""
+    episodes to ``max_len`` raises (``check_lengths``). With ``fim``, text chunks that carry a split are
+    trained in the FIM layout when the tokenizer has FIM tokens (``agent.fim.for_tokenizer``)."""
+    from agent.fim import for_tokenizer
+
     stats = stats or DataStats()
+    tokens = for_tokenizer(tokenizer) if fim else None
     out = []
     for episode in episodes:
         stats.episodes[episode.get("unit", "unknown")] += 1
-        out.extend(encode_episode_all(episode, tokenizer, render, max_len, stats))
+        out.extend(encode_episode_all(episode, tokenizer, render, max_len, stats, tokens))
     if check:
         check_lengths(stats, max_len)
     return out, stats

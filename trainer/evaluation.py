@@ -7,6 +7,14 @@ Everything up to the cutoff may be learned; every task comes from the commits af
   per-token loss of the real line.
 - **body** (completion): Python functions a later commit added or changed, written from their
   signature; edit similarity and per-token loss of the real body.
+- **infill** (completion with the code after the cursor): the first lines (up to ``INFILL_MAX_LINES``) of
+  each hunk a later commit added inside a file, written between the code before and the code after, in
+  the prompt the language server builds (``lsp_server.completion.build_prompt``) and with the layout it
+  serves: fill-in-the-middle when the model has FIM tokens or the adapter's manifest declares ones it was
+  trained with (``serving_fim``), else left to right with the code after the cursor as a comment. Loss of
+  the real middle; exact match and edit similarity of the greedy suggestion trimmed as the server trims
+  it. A model scored in the FIM layout also gets ``ltr_loss``, the same tasks left to right, so the
+  layout's own effect can be read off (``layout_comparison``).
 - **design** (QA): questions about symbols defined after the cutoff, answered from the index of the
   newest commit (where is it defined, who calls it); accuracy of the generated answer and loss of the
   grounded answer. Asked without tools: it measures what the weights know.
@@ -53,10 +61,12 @@ from agent.errors import SwespotError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("line", "body", "design", "facts", "replay")
+FAMILIES = ("line", "body", "infill", "design", "facts", "replay")
 CODE_SUFFIXES = {".py", ".js", ".jsx", ".ts", ".tsx", ".go", ".rs", ".java", ".c", ".h", ".cc", ".cpp", ".rb", ".sh"}
 MIN_LINE_CHARS = 8
 MAX_BODY_LINES = 40
+INFILL_MAX_LINES = 8  # the middle of an infill task: at most this many lines (trainer/experience/text.py: FIM_MAX_MIDDLE_LINES)
+INFILL_SUFFIX_LINES = 12  # the code after the middle kept with a task (the server shows 12: completion.SUFFIX_LINES)
 DESIGN_SYSTEM = "You answer questions about this software repository briefly and exactly."
 
 # Sizes per profile. "quick" gives intervals worth reading (on the order of 100 line and 20 body tasks)
@@ -64,11 +74,11 @@ DESIGN_SYSTEM = "You answer questions about this software repository briefly and
 # agent task costs a minute, and one task measures nothing. generate_*: how many of the line/body tasks
 # are also completed greedily (exact match, edit similarity); the loss covers all of them.
 EVAL_PROFILES = {
-    "tiny": dict(line=8, body=3, design=6, facts=6, replay=1, generate_line=8, generate_body=3,
+    "tiny": dict(line=8, body=3, infill=4, design=6, facts=6, replay=1, generate_line=8, generate_body=3, generate_infill=4,
                  context_tokens=192, max_steps=3, replay_tokens=6000, n_ctx=2048),
-    "quick": dict(line=100, body=20, design=12, facts=24, replay=0, generate_line=30, generate_body=6,
+    "quick": dict(line=100, body=20, infill=40, design=12, facts=24, replay=0, generate_line=30, generate_body=6, generate_infill=12,
                   context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
-    "full": dict(line=400, body=100, design=60, facts=80, replay=20, generate_line=150, generate_body=40,
+    "full": dict(line=400, body=100, infill=150, design=60, facts=80, replay=20, generate_line=150, generate_body=40, generate_infill=50,
                  context_tokens=1024, max_steps=15, replay_tokens=60000, n_ctx=8192),
 }
 BOOTSTRAP_RESAMPLES = 2000
@@ -126,25 +136,29 @@ def _task_id(*parts) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
 
-def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
+def _code_files(changes):
+    """(change, file change, the file's lines after it) for the usable non-test code files a change touched."""
     from agent.index import is_test_file
 
-    tasks = []
     for change in changes:
         for fc in change.files:
-            if fc.after is None or not _usable(fc.path, fc.after) or is_test_file(fc.path):
-                continue
-            lines = fc.after.splitlines(keepends=True)
-            taken = 0
-            for j1, j2 in fc.added:
-                if taken >= per_file:
+            if fc.after is not None and _usable(fc.path, fc.after) and not is_test_file(fc.path):
+                yield change, fc, fc.after.splitlines(keepends=True)
+
+
+def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
+    tasks = []
+    for change, fc, lines in _code_files(changes):
+        taken = 0
+        for j1, j2 in fc.added:
+            if taken >= per_file:
+                break
+            for j in range(j1, min(j2, len(lines))):
+                if len(lines[j].strip()) >= MIN_LINE_CHARS and j > 0:
+                    tasks.append(Task(_task_id("line", change.commit, fc.path, j), "line", change.commit, fc.path,
+                                      "".join(lines[:j]), lines[j].rstrip("\n"), {"line": j + 1}))
+                    taken += 1
                     break
-                for j in range(j1, min(j2, len(lines))):
-                    if len(lines[j].strip()) >= MIN_LINE_CHARS and j > 0:
-                        tasks.append(Task(_task_id("line", change.commit, fc.path, j), "line", change.commit, fc.path,
-                                          "".join(lines[:j]), lines[j].rstrip("\n"), {"line": j + 1}))
-                        taken += 1
-                        break
     return _spread(tasks, limit)
 
 
@@ -170,6 +184,23 @@ def body_tasks(changes, limit: int) -> list[Task]:
                     continue
                 tasks.append(Task(_task_id("body", change.commit, fc.path, sym.qualname), "body", change.commit, fc.path,
                                   "".join(lines[: start - 1]), body.rstrip("\n"), {"symbol": sym.qualname, "line": start}))
+    return _spread(tasks, limit)
+
+
+def infill_tasks(changes, limit: int, per_file: int = 2) -> list[Task]:
+    """Hunks added inside a file (code before and after them): the prompt is the code before, the target
+    the hunk's first lines (whole lines), ``meta["suffix"]`` the code after (INFILL_SUFFIX_LINES lines)."""
+    tasks = []
+    for change, fc, lines in _code_files(changes):
+        taken = 0
+        for j1, j2 in fc.added:
+            end = min(j2, j1 + INFILL_MAX_LINES, len(lines))
+            middle, after = "".join(lines[j1:end]), lines[end:end + INFILL_SUFFIX_LINES]
+            if taken >= per_file or j1 == 0 or len(middle.strip()) < MIN_LINE_CHARS or not "".join(after).strip():
+                continue
+            tasks.append(Task(_task_id("infill", change.commit, fc.path, j1), "infill", change.commit, fc.path,
+                              "".join(lines[:j1]), middle, {"line": j1 + 1, "lines": end - j1, "suffix": "".join(after)}))
+            taken += 1
     return _spread(tasks, limit)
 
 
@@ -333,6 +364,8 @@ def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMIL
         tasks += _mark_generated(line_tasks(changes, sizes["line"]), sizes["generate_line"])
     if "body" in families:
         tasks += _mark_generated(body_tasks(changes, sizes["body"]), sizes["generate_body"])
+    if "infill" in families and sizes.get("infill"):
+        tasks += _mark_generated(infill_tasks(changes, sizes["infill"]), sizes.get("generate_infill", 0))
     if "design" in families:
         tasks += design_tasks(repo, changes, until, sizes["design"])
     if "facts" in families:
@@ -372,6 +405,7 @@ class Evaluator:
             raise SwespotError(f"unknown evaluation profile {profile!r} (choose {', '.join(EVAL_PROFILES)})")
         self.base_gguf, self.models, self.sizes = Path(base_gguf), models, EVAL_PROFILES[profile]
         self.progress, self.threads = progress, threads
+        self._fim: tuple[str, str, str] | None = None  # the FIM markers of the selected model (None: left to right)
 
     def _runtime(self, **kwargs):
         from agent.runtime import LlamaRuntime
@@ -385,6 +419,9 @@ class Evaluator:
 
     def _select(self, rt, names: dict, spec: ModelSpec) -> None:
         rt.set_adapters({names[spec.name]: 1.0} if spec.adapter is not None else None)
+        from lsp_server.completion import serving_fim
+
+        self._fim = serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
 
     def run(self, tasks: list[Task], repo_path: Path | None = None) -> list[dict]:
         from tqdm import tqdm
@@ -426,6 +463,8 @@ class Evaluator:
     def _text_task(self, rt, task: Task, renderer) -> dict:
         ctx = self.sizes["context_tokens"]
         generate = task.meta.get("generate", True)
+        if task.family == "infill":
+            return self._infill_task(rt, task, self._fim)
         if task.family in ("line", "body"):
             prefix = _left_truncate(rt, task.prompt, ctx)
             target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
@@ -451,6 +490,31 @@ class Evaluator:
         return {"loss": loss, "tokens": len(target), "exact": names_any(out.text, accept),
                 "similarity": edit_similarity(out.text.strip(), task.target), "completion": out.text,
                 "completion_tokens": out.completion_tokens}
+
+    def _infill_task(self, rt, task: Task, fim: tuple[str, str, str] | None) -> dict:
+        """An infill task in the server's own prompt (no snippets) and layout; see the module docstring."""
+        from lsp_server.completion import CompletionContext, build_prompt, fit_to_line_rest, stop_strings, trim_completion
+
+        keep = self.sizes["context_tokens"] * 3  # characters of the code before (about 3 per token of code)
+        prefix = task.prompt[-keep:]
+        prefix = prefix[prefix.find("\n") + 1:] if len(task.prompt) > keep and "\n" in prefix else prefix
+        ctx = CompletionContext(task.path or "", "", prefix, task.meta["suffix"])
+        target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
+
+        def loss_in(layout: tuple[str, str, str] | None) -> tuple[float, list[int]]:
+            prompt = rt.tokenize(build_prompt(ctx, [], layout), add_bos=True, special=layout is not None)
+            return (target_loss(rt, prompt, target) if target else float("nan")), prompt
+
+        loss, prompt = loss_in(fim)
+        row = {"loss": loss, "tokens": len(target), "layout": "fim" if fim else "ltr",
+               "ltr_loss": loss_in(None)[0] if fim else loss,
+               "exact": None, "similarity": None, "completion": None, "completion_tokens": 0}
+        if not task.meta.get("generate", True):
+            return row
+        out = rt.complete(prompt, max_tokens=min(96, 2 * len(target) + 8), stop=stop_strings(fim))
+        got = trim_completion(fit_to_line_rest(out.text, ctx), ctx)
+        return row | {"exact": got.strip() == task.target.strip(), "similarity": edit_similarity(got.rstrip(), task.target.rstrip()),
+                      "completion": got, "completion_tokens": out.completion_tokens}
 
     def _replay_task(self, rt, task: Task, repo_path: Path) -> dict:
         from agent.loop import Agent, Budget
@@ -491,6 +555,18 @@ class Evaluator:
                 "format_errors": result.format_errors}
 
 
+def adapter_manifest(spec: ModelSpec) -> dict | None:
+    """The manifest.json next to a model's adapter.gguf (the store's and the trainer's layout), if any."""
+    path = spec.adapter.parent / "manifest.json" if spec.adapter is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def _changed_lines(before: str | None, after: str | None) -> list[str]:
     a, b = (before or "").splitlines(), (after or "").splitlines()
     return [line for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---")]
@@ -509,6 +585,7 @@ def _run_tests(ws, tests: list[str]) -> bool:
 PAIRED_METRICS = (
     ("line", "loss", True), ("line", "exact", False), ("line", "similarity", False),
     ("body", "loss", True), ("body", "similarity", False), ("body", "exact", False),
+    ("infill", "loss", True), ("infill", "exact", False), ("infill", "similarity", False),
     ("design", "loss", True), ("design", "exact", False),
     ("facts", "loss", True), ("facts", "exact", False),
     ("replay", "resolved", False), ("replay", "similarity", False),
@@ -582,7 +659,7 @@ def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *
 
     weighted = metric == "loss" if weighted is None else weighted
     ref = {r["task"]: r for r in reference}
-    triples = []
+    triples: list[tuple[float, float, float]] = []
     for row in candidate:
         other = ref.get(row["task"])
         a, b = _value(row, metric), (None if other is None else _value(other, metric))
@@ -591,15 +668,15 @@ def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *
             triples.append((a, b, weight))
     if not triples:
         return None
-    c, b, w = (np.array(x, dtype=float) for x in zip(*triples))
-    point_c, point_b = _weighted(c, w), _weighted(b, w)
+    c, r, w = (np.array(x, dtype=float) for x in zip(*triples))
+    point_c, point_b = _weighted(c, w), _weighted(r, w)
     out = {"metric": metric, "tasks": len(triples), "lower_is_better": lower_is_better,
            "candidate": round(point_c, 4), "reference": round(point_b, 4), "delta": round(point_c - point_b, 4),
            "rel": round((point_c - point_b) / point_b, 4) if point_b else None,
            "lo": None, "hi": None, "rel_lo": None, "rel_hi": None, "candidate_ci": None, "reference_ci": None}
     if len(triples) >= MIN_PAIRED_TASKS:
         idx = _resamples(len(triples), seed, resamples)
-        mc, mb = _weighted(c, w, idx), _weighted(b, w, idx)
+        mc, mb = _weighted(c, w, idx), _weighted(r, w, idx)
         lo, hi = np.percentile(mc - mb, [2.5, 97.5])
         out.update(lo=round(float(lo), 4), hi=round(float(hi), 4),
                    candidate_ci=[round(float(v), 4) for v in np.percentile(mc, [2.5, 97.5])],
@@ -676,6 +753,17 @@ def paired_comparison(rows: list[dict], candidate: str, reference: str, *, seed:
             "resamples": resamples, "seed": seed}
 
 
+def layout_comparison(rows: list[dict], model: str, *, seed: int = BOOTSTRAP_SEED) -> dict | None:
+    """For a model scored in the FIM layout: its infill loss in that layout against the same tasks left
+    to right (``ltr_loss``), paired (``paired_interval``); None when it has no FIM-scored infill rows."""
+    mine = [r for r in rows if r["model"] == model and r["family"] == "infill" and r.get("layout") == "fim"]
+    if not mine:
+        return None
+    ltr = [{**r, "loss": r["ltr_loss"]} for r in mine]
+    stats = paired_interval(mine, ltr, "loss", lower_is_better=True, seed=seed)
+    return None if stats is None else stats | {"line": describe(stats, "infill loss, FIM layout vs left to right")}
+
+
 def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
     """Per model and family: tasks, seconds, and the means (loss token-weighted, scores over the tasks
     that have them), each with its own bootstrap 95% interval (``<metric>_ci``, for error bars)."""
@@ -688,6 +776,7 @@ def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
             if not rs:
                 continue
             entry: dict = {"tasks": len(rs), "seconds": round(sum(r["seconds"] for r in rs), 2)}
+            metrics: tuple[str, ...]
             if fam == "replay":
                 entry.update(turns=_mean([r["turns"] for r in rs]), tokens=_mean([r["prompt_tokens"] + r["completion_tokens"] for r in rs]))
                 metrics = ("resolved", "similarity")
@@ -738,7 +827,7 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
         "repo": str(repo_path), "cutoff": H.resolve(repo, cutoff).hexsha, "until": H.resolve(repo, until).hexsha,
         "profile": profile, "base_gguf": str(base_gguf), "created_at": time.time(),
         "tasks": {fam: sum(t.family == fam for t in tasks) for fam in families},
-        "generated": {fam: sum(t.family == fam and t.meta.get("generate", True) for t in tasks) for fam in ("line", "body")
+        "generated": {fam: sum(t.family == fam and t.meta.get("generate", True) for t in tasks) for fam in ("line", "body", "infill")
                       if fam in families},
         "models": {}, "comparisons": {}, "rows": [], "reference": reference, "task_seconds": task_seconds,
     }
@@ -746,8 +835,10 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
         rows = Evaluator(base_gguf, models, profile, progress).run(tasks, repo_path)
         report["rows"] = rows
         report["models"] = summarize(rows, models)
-        report["comparisons"] = {name: paired_comparison(rows, name, reference) for name in names if name != reference}
+        report["comparisons"] = {name: paired_comparison(rows, name, reference) for name in names
+                                 if reference is not None and name != reference}
         report["task_list"] = [_listed(t) for t in tasks]
+        report["layouts"] = {name: found for name in names if (found := layout_comparison(rows, name)) is not None}
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
         from trainer.eval_report import write_report
@@ -762,7 +853,7 @@ PROMPT_CHARS = 1500  # the end of a line/body task's file prefix kept in report.
 def _listed(task: Task) -> dict:
     """A task as report.json lists it: the end of a code task's prefix, no replay file contents."""
     out = asdict(task)
-    if task.family in ("line", "body"):
+    if task.family in ("line", "body", "infill"):
         out["prompt"] = task.prompt[-PROMPT_CHARS:]
     out["meta"] = {k: v for k, v in task.meta.items() if k != "files"}
     return out

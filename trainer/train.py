@@ -379,6 +379,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         "base": {"name": base.name, "hf_dir": str(base.hf_dir), "gguf": str(base.serve_gguf) if base.serve_gguf else None},
         "commit": commit,
         "data": {"dir": str(cfg.data), "fingerprint": data_fp, **stats.to_dict()},
+        "fim": stats.declared_fim(),  # the FIM layout this adapter taught (agent/fim.py), None: left to right only
         "config": cfg.to_dict(),
         "train": {k: v for k, v in report.items() if k != "loss_curve"},
         "final_loss": state["loss_curve"][-1][1] if state["loss_curve"] else None,

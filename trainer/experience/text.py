@@ -20,19 +20,32 @@ The files are the same selection as the other units (tracked, not ignored, not s
 generated or binary: ``files.select_files``). Shards are content-addressed per file (the blob, the chunk
 size and ``TEXT_VERSION``); how many chunks a build keeps is the profile's target for the unit, taken
 over the files in a seeded order, code files first.
+
+Fill-in-the-middle: about ``FIM_SHARE`` of the chunks (chosen by a hash of path and chunk) carry a split
+``meta.fim = {"prefix_end", "middle_end"}`` (character offsets into the chunk): the middle is 1 to
+``FIM_MAX_MIDDLE_LINES`` lines, followed by 1 to ``FIM_MAX_SUFFIX_LINES`` lines of suffix up to the chunk's
+end (as much as the server shows after the cursor), and half the time it starts inside its first line, as
+when the user types. ``data.py`` trains such a chunk in the FIM layout (``agent/fim.py``) when the
+tokenizer has FIM tokens (its own, or reserved ones an adapter can teach), else as plain text; either
+way every token of the chunk is a target.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import PurePosixPath
 
 from agent.episode import new_episode
+from agent.fim import contains_marker
 
 TEXT = "text"  # meta.format and unit name
-TEXT_VERSION = 1
+TEXT_VERSION = 2  # 2: meta.fim splits
 CHARS_PER_TOKEN = 3.2  # Gemma's tokenizer: ~3.5 characters per token on Python and docs of three real repositories
 HEADER = "# path: {path}\n"
+FIM_SHARE = 0.5  # of the chunks carry a fill-in-the-middle split (Bavarian et al. 2022: 50% costs no left-to-right skill)
+FIM_MAX_MIDDLE_LINES = 8
+FIM_MAX_SUFFIX_LINES = 12  # lsp_server.completion.SUFFIX_LINES: what the server shows after the cursor
 
 
 def header(path: str) -> str:
@@ -63,8 +76,32 @@ def text_episodes(path: str, text: str, commit: str, chunk_tokens: int) -> list[
     pieces = [p for p in chunk_lines(text, budget) if p[2].strip()]
     return [new_episode(TEXT, commit, [{"role": "user", "content": head}, {"role": "assistant", "content": piece}], [],
                         verified={"ok": True, "exact_file_text": True},
-                        meta={"format": TEXT, "path": path, "start_line": a, "end_line": b, "chunk": k, "chunks": len(pieces)})
+                        meta={"format": TEXT, "path": path, "start_line": a, "end_line": b, "chunk": k, "chunks": len(pieces),
+                              **({"fim": split} if (split := fim_split(piece, f"{path}:{k}")) else {})})
             for k, (a, b, piece) in enumerate(pieces)]
+
+
+def fim_split(piece: str, key: str) -> dict | None:
+    """For about FIM_SHARE of the chunks (by ``key``), where the chunk splits into prefix, middle and
+    suffix: ``{"prefix_end", "middle_end"}``, character offsets (see the module docstring); else None."""
+    rng = random.Random(hashlib.sha256(f"fim:{key}".encode()).digest())
+    if rng.random() >= FIM_SHARE or contains_marker(piece):
+        return None
+    lines = piece.splitlines(keepends=True)
+    if len(lines) < 3:
+        return None
+    n_suffix = rng.randint(1, min(FIM_MAX_SUFFIX_LINES, len(lines) - 2))
+    n_middle = rng.randint(1, min(FIM_MAX_MIDDLE_LINES, len(lines) - 1 - n_suffix))
+    start = len(lines) - n_suffix - n_middle
+    prefix_end = sum(map(len, lines[:start]))
+    middle_end = prefix_end + sum(map(len, lines[start:start + n_middle]))
+    first = lines[start].rstrip("\r\n")
+    indent = len(first) - len(first.lstrip())
+    if rng.random() < 0.5 and len(first) > indent + 1:  # the cursor inside the line, after its indentation
+        prefix_end += rng.randint(indent + 1, len(first) - 1)
+    if not piece[prefix_end:middle_end].strip():
+        return None
+    return {"prefix_end": prefix_end, "middle_end": middle_end}
 
 
 def estimated_chunks(text: str, chunk_tokens: int) -> int:

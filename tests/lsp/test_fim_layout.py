@@ -1,0 +1,87 @@
+"""The server's completion layout follows the served adapter (lsp_server/completion.serving_fim): the FIM
+layout while the adapter's manifest declares FIM tokens, left to right after a swap to an adapter without
+them (another branch) and FIM again after a rollback. Real adapter store, tracker and llama.cpp runtime."""
+
+from __future__ import annotations
+
+from test_robustness import tiny_adapter_dir  # noqa: F401 - a module-scoped fixture, shared
+
+from lsp_server.completion import CompletionContext, build_prompt, serving_fim
+
+
+def test_swapping_adapters_switches_the_layout_and_a_rollback_switches_it_back(tmp_path, tiny_gguf_q8, tiny_adapter_dir):  # noqa: F811
+    from agent.runtime import LlamaRuntime
+    from lsp_server.adapters import AdapterTracker
+    from trainer.store import AdapterStore
+
+    # the tiny vocabulary has no reserved tokens; its added marker tokens stand in (each is one token)
+    markers = {"prefix": "<think>", "suffix": "</think>", "middle": "<tool_call>", "source": "reserved"}
+    store = AdapterStore(tmp_path / "state")
+    store.publish(tiny_adapter_dir, extra={"fim": markers})
+    tracker = AdapterTracker(store)
+    with LlamaRuntime(tiny_gguf_q8, n_ctx=512, n_threads=1) as runtime:
+        def layout():
+            return serving_fim(runtime, tracker.active.manifest if tracker.active else None)
+
+        assert layout() is None
+        tracker.swap(runtime)
+        assert tracker.active_name == "v0001" and layout() == ("<think>", "</think>", "<tool_call>")
+        ctx = CompletionContext("calc/ops.py", "python", "def add(a, b):\n    ", "\n")
+        assert build_prompt(ctx, [], layout()).startswith("<think># path: calc/ops.py\n")
+        store.publish(tiny_adapter_dir, extra={"fim": None})  # e.g. another branch's adapter, trained without FIM
+        tracker.swap(runtime)
+        assert tracker.active_name == "v0002" and layout() is None
+        assert "<think>" not in build_prompt(ctx, [], layout())
+        store.rollback("v0001")
+        tracker.swap(runtime)
+        assert tracker.active_name == "v0001" and layout() == ("<think>", "</think>", "<tool_call>")
+
+
+OPS = "".join(f'def op_{i}(a, b):\n    """Operation {i}."""\n    return a * {i} + b\n\n\n' for i in range(8))
+
+
+def _git(root, *args) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@e", *args], cwd=root, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left_to_right(tmp_path, tiny_gguf_q8, tiny_adapter_dir):  # noqa: F811
+    import json
+    import shutil
+
+    from trainer.evaluation import ModelSpec, evaluate
+
+    root = tmp_path / "calc"
+    root.mkdir()
+    _git(root, "init", "-q", "-b", "main")
+    (root / "ops.py").write_text(OPS)
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "ops")
+    cutoff = _git(root, "rev-parse", "HEAD")
+    text = OPS
+    for i in range(6):  # each later commit adds a function between two existing ones
+        anchor = f"def op_{i + 1}("
+        text = text.replace(anchor, f'def extra_{i}(values):\n    total = sum(values) * {i}\n    return total\n\n\n{anchor}')
+        (root / "ops.py").write_text(text)
+        _git(root, "commit", "-qam", f"extra {i}")
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, adapter)
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    manifest["fim"] = {"prefix": "<think>", "suffix": "</think>", "middle": "<tool_call>", "source": "reserved"}
+    (adapter / "manifest.json").write_text(json.dumps(manifest))
+
+    report = evaluate(root, cutoff, tiny_gguf_q8, [ModelSpec("base", None), ModelSpec("adapter", adapter / "adapter.gguf")],
+                      families=("infill",), profile="tiny", progress=False)
+    rows = report["rows"]
+    assert report["tasks"] == {"infill": 4}
+    assert all(t["family"] == "infill" and t["meta"]["suffix"].strip() for t in report["task_list"])
+    base = [r for r in rows if r["model"] == "base"]
+    ours = [r for r in rows if r["model"] == "adapter"]
+    assert len(base) == len(ours) == 4
+    assert all(r["layout"] == "ltr" and r["ltr_loss"] == r["loss"] for r in base)
+    assert all(r["layout"] == "fim" and r["ltr_loss"] != r["loss"] and r["similarity"] is not None for r in ours)
+    assert "infill" in report["comparisons"]["adapter"]["families"]
+    assert report["layouts"]["adapter"]["tasks"] == 4 and "FIM layout vs left to right" in report["layouts"]["adapter"]["line"]
+    assert "base" not in report["layouts"]
