@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an adapter.gguf, a published version folder, or a version name of the repository's "
                    "store (v0003, current); repeatable")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model itself")
-    p.add_argument("--tasks", default="line,body,design,facts,replay", help="task families, comma-separated")
+    p.add_argument("--tasks", default="line,body,infill,design,facts,replay", help="task families, comma-separated")
     p.add_argument("--profile", default="quick", choices=["tiny", "quick", "full"], help="how many tasks and how long")
     p.add_argument("--out", type=Path, help="report folder (default: <state>/reports/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -128,6 +128,8 @@ def print_summary(report: dict, file=None) -> None:
             for stats in entry["metrics"].values():
                 console.print(f"  {stats['line']}", highlight=False, markup=False, soft_wrap=True)
         console.print(f"  [bold]{comparison['line']}[/]", highlight=False, soft_wrap=True)
+    for name, layout in (report.get("layouts") or {}).items():  # an adapter that declares FIM: the layout's own effect
+        console.print(f"{name}: {layout['line']}", highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- swespot eval -----------------------------------------------------------------------------------
