@@ -280,7 +280,7 @@ def eval_rows(repo: Repo, tasks: list, base_gguf: Path, name: str, adapter: Path
     from trainer.evaluation import Evaluator, ModelSpec
 
     rows = Evaluator(base_gguf, [ModelSpec(name, adapter)], args.eval_profile, args.progress).run(tasks, repo.path)
-    keep = ("task", "family", "loss", "tokens", "exact", "similarity", "seconds", "resolved")
+    keep = ("task", "family", "loss", "tokens", "exact", "similarity", "seconds", "resolved", "layout", "ltr_loss")
     return [{k: r.get(k) for k in keep} for r in rows]
 
 
