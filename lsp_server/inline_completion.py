@@ -1,0 +1,167 @@
+"""Inline completion as the editor asks for it: ``textDocument/inlineCompletion`` (LSP 3.18) and
+``swespot/inlineCompletion`` for older clients. The request side lives here (debounce, superseding,
+the suggestion cache, the model call with its stop rules and time budget); what to show the model and
+how to trim its answer are the plain rules of ``lsp_server.completion``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from lsprotocol import types as lsp
+
+from agent.errors import SwespotError
+from lsp_server import protocol as P
+from lsp_server.completion import (
+    FIM_TOKENS,
+    CompletionContext,
+    build_prompt,
+    fit_to_line_rest,
+    stop_point,
+    stop_strings,
+    trim_completion,
+    worth_completing,
+)
+from lsp_server.documents import DocumentSnapshot
+from lsp_server.model_thread import run_model_job
+
+if TYPE_CHECKING:
+    from lsp_server.server import SwespotServer
+
+log = logging.getLogger("swespot.lsp")
+
+
+class CompletionTicket:
+    """One inline-completion request of a document. A newer request for the document supersedes it at
+    once, whether it still waits out its debounce (it answers with no items) or already generates
+    (``cancel`` stops the model between tokens)."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self._woken = asyncio.Event()
+
+    def supersede(self) -> None:  # on the event loop's thread
+        self.cancel.set()
+        self._woken.set()
+
+    async def superseded_within(self, seconds: float) -> bool:
+        """Wait out the debounce; True as soon as a newer request supersedes this one."""
+        with contextlib.suppress(asyncio.TimeoutError):  # (not the builtin TimeoutError before Python 3.11)
+            await asyncio.wait_for(self._woken.wait(), seconds)
+        return self.cancel.is_set()
+
+
+async def inline_completion(ls: SwespotServer, uri: str, position: lsp.Position) -> list[lsp.InlineCompletionItem]:
+    doc = ls.document(uri)
+    ctx = completion_context(ls, doc, position)
+    why_not = worth_completing(ctx)
+    if why_not:
+        log.debug("no completion: %s", why_not)
+        return []
+    # a newer request for the same document supersedes an older one still waiting or generating
+    mine = CompletionTicket()
+    previous = ls.completion_tickets.get(uri)
+    if previous is not None:
+        previous.supersede()
+    cached = ls.suggestions.get(uri, ctx)  # typing along a shown suggestion, or a position seen before
+    if cached is not None:
+        log.info("completion from the cache (%d chars): no model call", len(cached))
+        return inline_item(ls, uri, ctx, position, cached, cached=True) if cached else []
+    ls.completion_tickets[uri] = mine
+    try:
+        debounce = ls.settings.completion_debounce_ms / 1e3
+        if debounce > 0 and await mine.superseded_within(debounce):
+            return []
+        text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel), mine.cancel)
+    finally:
+        if ls.completion_tickets.get(uri) is mine:
+            del ls.completion_tickets[uri]
+    if text is None or mine.cancel.is_set():
+        return []
+    ls.suggestions.put(uri, ctx, text)
+    return inline_item(ls, uri, ctx, position, text, cached=False) if text else []
+
+
+def inline_item(ls: SwespotServer, uri: str, ctx: CompletionContext, position: lsp.Position, text: str, *,
+                cached: bool) -> list[lsp.InlineCompletionItem]:
+    """The suggestion as an insertion at the cursor (an empty range: it never replaces what follows)."""
+    completion_id = ls.served.new_id("c")
+    ls.served.remember(completion_id, {"kind": "inlineCompletion", "uri": uri, "text": text, "adapter": ls.adapter_name,
+                                       "prefix_tail": ctx.prefix[-200:], "cached": cached})
+    accepted = lsp.Command(title="SWE-Spot: completion accepted", command=P.CMD_COMPLETION_ACCEPTED, arguments=[completion_id])
+    return [lsp.InlineCompletionItem(insert_text=text, range=lsp.Range(position, position), command=accepted)]
+
+
+def completion_context(ls: SwespotServer, doc: DocumentSnapshot, position: lsp.Position) -> CompletionContext:
+    pygls_doc = ls.workspace.text_documents.get(doc.uri) or ls.workspace.get_text_document(doc.uri)
+    lines = doc.text.split("\n")
+    if position.line < 0 or position.line > len(lines) or position.character < 0:
+        raise SwespotError(f"position {position.line}:{position.character} is outside {doc.uri}")
+    offset = min(pygls_doc.offset_at_position(position), len(doc.text))
+    return CompletionContext(ls.rel(doc.path), pygls_doc.language_id or "", doc.text[:offset], doc.text[offset:])
+
+
+def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event) -> str | None:
+    """The model's suggestion (None when cancelled), on the model thread. Generation stops at the stop
+    rules (``stop_point``: the line's end mid-line, the indented block's end otherwise) and once
+    ``completionMaxMs`` of model work has passed, keeping what came."""
+    started = time.perf_counter()
+    runtime = ls.runtime
+    assert runtime is not None and ls.heartbeat is not None  # the model job loaded it (or raised)
+    fim = fim_tokens(runtime)
+    snippets = ls.snippets.snippets(ctx, ls.read_for_snippet, ls.is_excluded, budget_tokens=ls.settings.completion_context_tokens,
+                                    count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if ls.snippets else []
+    stats: dict = {}
+    budget = ls.settings.completion_max_ms / 1e3
+    text, ended = "", None
+    stream = runtime.generate(build_prompt(ctx, snippets, fim), max_tokens=ls.settings.completion_max_tokens,
+                              stop=stop_strings(fim), cancel=cancel, stats=stats)
+    try:
+        for piece in stream:
+            text += piece
+            ls.heartbeat.beat()
+            cut = stop_point(text, ctx)
+            if cut is not None:
+                text, ended = text[:cut], "stop rule"
+                break
+            if budget and time.perf_counter() - started >= budget:
+                ended = "time budget"
+                break
+    finally:
+        stream.close()  # releases the model at once when a stop rule or the budget ended it
+    log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms", stats.get("prompt_tokens", 0),
+             stats.get("completion_tokens", 0), ended or stats.get("finish_reason"), (time.perf_counter() - started) * 1e3)
+    if stats.get("finish_reason") == "cancelled":
+        return None
+    return trim_completion(fit_to_line_rest(text, ctx), ctx)
+
+
+def fim_tokens(runtime) -> tuple[str, str, str] | None:
+    """The FIM token texts of this model, if it has FIM tokens at all (``runtime.has_fim``): the
+    first known family whose three markers are single tokens of its vocabulary."""
+    if not runtime.has_fim:
+        return None
+    for family in FIM_TOKENS:
+        if all(len(runtime.tokenize(t, special=True)) == 1 for t in family):
+            return family
+    return None
+
+
+def register(server: SwespotServer) -> None:
+    @server.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
+    async def on_inline_completion(ls: SwespotServer, params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList:
+        items = await ls.serve(lsp.TEXT_DOCUMENT_INLINE_COMPLETION,
+                               lambda: inline_completion(ls, params.text_document.uri, params.position))
+        return lsp.InlineCompletionList(items=items)
+
+    @server.feature(P.INLINE_COMPLETION)
+    async def on_custom_inline_completion(ls: SwespotServer, params: Any) -> P.InlineCompletionResult:
+        async def run() -> P.InlineCompletionResult:
+            parsed = ls.parse(params, P.InlineCompletionParams, P.INLINE_COMPLETION)
+            return P.InlineCompletionResult(await inline_completion(ls, parsed.text_document.uri, parsed.position))
+
+        return await ls.serve(P.INLINE_COMPLETION, run)
