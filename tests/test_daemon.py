@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon_support import (GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, start_daemon,
-                            stop_daemon, wait_for)
-from agent.errors import SwespotError
-from trainer.daemon import (Control, Daemon, DaemonLock, DaemonOptions, GitState, GitWatcher, describe_change,
-                            describe_error, editor_generating, read_git_state)
+from agent.errors import DiskFull, NothingPublished, SwespotError
+from agent.state import DaemonLock, editor_generating, request_retrain
+from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, start_daemon, stop_daemon, wait_for
+from trainer.daemon import Control, Daemon, DaemonOptions, GitState, GitWatcher, Run, describe_change, describe_error, read_git_state
 from trainer.store import AdapterStore, state_dir
 
 
@@ -163,16 +162,19 @@ def test_a_held_lock_refuses_and_a_dead_holders_lock_is_recovered(tmp_path):
     again.acquire(tmp_path / "repo")
     assert again.recovered is None  # a clean release leaves nothing to recover
     again.release()
-    # a holder killed with -9 never releases: the kernel drops its flock, its record stays
+    # a holder killed with -9 never releases: the kernel drops its flock, its record stays. It holds the
+    # lock until its stdin closes, so it cannot outlive this test even if the test process dies.
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from trainer.daemon import DaemonLock; "
-        "DaemonLock(Path(sys.argv[2])).acquire(Path('r')); print('locked', flush=True); time.sleep(600)"), str(ROOT), str(tmp_path)],
-        stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(SwespotError, match=f"pid {holder.pid}"):
-        DaemonLock(tmp_path).acquire(tmp_path / "repo")
-    holder.kill()
-    holder.wait()
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from agent.state import DaemonLock; "
+        "DaemonLock(Path(sys.argv[2])).acquire(Path('r')); print('locked', flush=True); sys.stdin.read()"), str(ROOT), str(tmp_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SwespotError, match=f"pid {holder.pid}"):
+            DaemonLock(tmp_path).acquire(tmp_path / "repo")
+    finally:
+        holder.kill()
+        holder.communicate()
     recovered = DaemonLock(tmp_path)
     recovered.acquire(tmp_path / "repo")
     assert recovered.recovered["pid"] == holder.pid
@@ -280,18 +282,15 @@ def test_training_pauses_while_the_editor_generates_and_stops_on_request(tmp_pat
 
 
 def test_status_reports_phase_progress_and_an_eta(tmp_path):
-    from trainer.daemon import _Run
-
     repo = tmp_path / "repo"
     c1 = make_repo(repo)
     daemon = Daemon(DaemonOptions(repo=repo), state=tmp_path / "state")
-    daemon.run = _Run(c1, 0.0)
+    daemon.run = Run(c1, 0.0)
+    daemon.status_writer.interval_s = 0.0  # every progress report is written (the daemon throttles them)
     seen = []
     for phase, fraction, detail in [("experience", 0.0, {}), ("experience", 1.0, {}), ("train", 0.0, {}),
                                     ("train", 0.5, {"step": 3, "total": 6}), ("train", 1.0, {"step": 6, "total": 6}),
                                     ("export", 0.0, {}), ("gate", 0.0, {}), ("publish", 0.0, {})]:
-        daemon._written.clear()
-        daemon._last_write = 0.0
         daemon.on_phase(phase, fraction, detail)
         seen.append(read_json(daemon.state / "status.json"))
     progress = [s["progress"] for s in seen]
@@ -300,12 +299,34 @@ def test_status_reports_phase_progress_and_an_eta(tmp_path):
     assert seen[-1]["phase"] == "publish"
 
 
+def test_a_signal_only_sets_the_stop_flag_and_a_run_stops_at_its_next_report_but_publishing_ends(tmp_path):
+    from trainer.pipeline import Interrupted
+
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    daemon = Daemon(DaemonOptions(repo=repo), state=tmp_path / "state")
+    daemon.run = Run(c1, 0.0)
+    daemon.on_phase("experience", 0.0, {})
+    daemon.on_signal(signal.SIGTERM, None)  # returns: nothing is raised wherever the main thread is
+    assert daemon.stop.is_set() and daemon.wake.is_set()
+    with pytest.raises(Interrupted):
+        daemon.on_phase("experience", 1.0, {})
+    assert daemon.run.phase == "experience"
+    daemon.on_phase("publish", 0.0, {})  # a publish already under way is let to end
+    with pytest.raises(Interrupted):
+        Control(daemon).between_steps(1, 10)
+
+
 def test_failures_are_one_line_that_says_nothing_was_published_and_names_a_full_disk(tmp_path):
-    message = describe_error(OSError(errno.ENOSPC, "No space left on device"), "train")
-    assert message == "disk full during train: [Errno 28] No space left on device; nothing was published"
-    assert describe_error(SwespotError("could not publish: x; nothing was published"), "publish", tmp_path) == \
-        "could not publish: x; nothing was published"
-    assert describe_error(RuntimeError("boom"), "gate", tmp_path) == "RuntimeError: boom during gate; nothing was published"
+    full = describe_error(OSError(errno.ENOSPC, "No space left on device"), "train")
+    assert isinstance(full, DiskFull)
+    assert str(full) == "disk full during train: [Errno 28] No space left on device; nothing was published"
+    wrapped = NothingPublished("training failed writing to w: [Errno 28] No space left on device (is the disk full?)")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert isinstance(describe_error(wrapped, "train", tmp_path), DiskFull)  # the kind, not the words, says so
+    published = describe_error(NothingPublished("could not publish: x"), "publish", tmp_path)
+    assert str(published) == "could not publish: x; nothing was published" and not isinstance(published, DiskFull)
+    assert str(describe_error(RuntimeError("boom"), "gate", tmp_path)) == "RuntimeError: boom during gate; nothing was published"
 
 
 # ---- feedback episodes ---------------------------------------------------------------------------------
@@ -354,8 +375,6 @@ def test_feedback_accepted_become_episodes_and_rejected_are_kept_apart_as_contra
 
 
 def test_a_retrain_request_from_the_editor_wakes_the_daemon_and_skips_the_schedule(tmp_path):
-    from trainer.store import write_atomic
-
     repo = tmp_path / "repo"
     c1 = make_repo(repo)
     daemon = Daemon(DaemonOptions(repo=repo, quiet_s=3600), state=tmp_path / "state")
@@ -365,8 +384,7 @@ def test_a_retrain_request_from_the_editor_wakes_the_daemon_and_skips_the_schedu
     daemon.start_watcher()
     try:
         daemon.wake.clear()
-        # what the language server's swespot/retrain writes
-        write_atomic(daemon.state / "retrain.request", json.dumps({"by": "swespot serve"}).encode())
+        request_retrain(daemon.state, by="swespot serve")  # what the language server's swespot/retrain does
         assert daemon.wake.wait(30), "the request did not wake the daemon"
     finally:
         daemon.watcher.stop()

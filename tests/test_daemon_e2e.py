@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_support import (GIT_ENV, NEXT_COMMITS, ROOT, commit, make_repo, read_json, start_daemon, stop_daemon,
-                            wait_for)
+from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, make_repo, read_json, start_daemon, stop_daemon, wait_for
 from trainer.store import AdapterStore, state_dir
 
 pytestmark = pytest.mark.slow
