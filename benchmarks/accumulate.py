@@ -118,7 +118,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.eval_cli import serving_base
+    from trainer.specialize import serving_base
     from trainer.evaluation import FAMILIES
     from trainer.pipeline import profile_settings
 

@@ -562,7 +562,7 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.eval_cli import serving_base
+    from trainer.specialize import serving_base
     from trainer.pipeline import GPU_TRAIN_PROFILE, profile_settings
 
     args = parse_args(argv)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from agent.errors import SwespotError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the language server the editor extension talks to (stdio)")
-    p.add_argument("--model", help="base model GGUF (default: the model setting, else the embedded Gemma)")
+    p.add_argument("--base", help="base model GGUF (default: the model setting, else the embedded Gemma)")
+    p.add_argument("--model", dest="base", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling of --base
     p.add_argument("--repo", type=Path, help="repository root (default: the editor's workspace root)")
     p.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (debugging)")
     p.set_defaults(func=cmd_serve)
@@ -36,15 +38,16 @@ def cmd_serve(args) -> int:
     from lsp_server.framing import FramedStdin
     from lsp_server.server import create_server
 
-    if args.model and not Path(args.model).is_file():
-        raise SwespotError(f"model file not found: {args.model}")
-    server = create_server(model=args.model, repo=args.repo)
+    if args.base and not Path(args.base).is_file():
+        raise SwespotError(f"model file not found: {args.base}")
+    server = create_server(model=args.base, repo=args.repo)
     try:
         if args.tcp:
             host, port = parse_host_port(args.tcp)
             server.start_tcp(host, port)
         else:
-            server.start_io(stdin=FramedStdin(sys.stdin.buffer), stdout=sys.stdout.buffer)
+            # FramedStdin is the part of a binary file pygls reads (readline, read)
+            server.start_io(stdin=cast(BinaryIO, FramedStdin(sys.stdin.buffer)), stdout=sys.stdout.buffer)
     finally:
         server.close()
     return 0

@@ -107,3 +107,39 @@ def test_an_installation_without_the_daemon_extras_reports_it_unavailable(tmp_pa
         daemon.close()
     monkeypatch.setattr(D, "DAEMON_NEEDS", {"json": "daemon"})  # present: nothing to report
     D.check_daemon_installed()
+
+
+def test_specialize_takes_repo_and_base_and_still_the_older_spellings(tmp_path):
+    from swespot.cli import build_parser
+    from trainer.eval_cli import specialize_options
+
+    parser = build_parser()
+    new = specialize_options(parser.parse_args(["specialize", "--repo", str(tmp_path), "--base", "m.gguf", "--no-eval"]))
+    old = specialize_options(parser.parse_args(["specialize", str(tmp_path), "--model", "m.gguf", "--no-eval"]))
+    assert new == old and new.repo == tmp_path.resolve() and new.base == "m.gguf" and not new.evaluate
+    assert specialize_options(parser.parse_args(["specialize"])).repo == Path(".").resolve()
+    with pytest.raises(SwespotError, match="two repositories"):
+        specialize_options(parser.parse_args(["specialize", str(tmp_path), "--repo", str(tmp_path / "other")]))
+    serve = parser.parse_args(["serve", "--model", "m.gguf"])
+    assert serve.base == "m.gguf" and parser.parse_args(["serve"]).base is None
+
+
+def test_adapter_commands_are_one_group(tmp_path):
+    from swespot.cli import build_parser
+
+    parser = build_parser()
+    names = subcommands(parser)
+    assert "adapters" in names and "adapter" in names  # the older name is an alias of the one group
+    export = parser.parse_args(["adapter", "export", "a", "--base", "hf", "--out", "a.gguf"])
+    assert export.func is parser.parse_args(["adapters", "export", "a", "--base", "hf", "--out", "a.gguf"]).func
+
+
+def test_adapters_rollback_and_prune_answer_in_json(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "Start", FILES)
+    done = run("adapters", "prune", "--keep", "2", "--repo", str(repo), "--json", cwd=tmp_path,
+               env={"SWESPOT_STATE_DIR": str(tmp_path / "state")})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"removed": []}

@@ -306,7 +306,7 @@ def _design_qa(folder) -> dict[str, str]:
 
 
 def test_specialize_holds_out_enough_history_for_the_profiles_line_tasks(tmp_path):
-    from trainer.eval_cli import auto_cutoff
+    from trainer.specialize import auto_cutoff
 
     root = tmp_path / "grow"
     root.mkdir()

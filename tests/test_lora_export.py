@@ -193,7 +193,7 @@ def test_adapter_of_another_architecture_is_refused_on_load(adapters):
 
 def test_cli_exports_and_checks_an_adapter(adapters, tiny_hf_dir, tiny_gguf_f32, tmp_path):
     out = tmp_path / "cli.gguf"
-    cmd = [sys.executable, "-m", "swespot", "adapter", "export", str(adapters["plain"].with_suffix("")),
+    cmd = [sys.executable, "-m", "swespot", "adapters", "export", str(adapters["plain"].with_suffix("")),
            "--base", str(tiny_hf_dir), "--out", str(out), "--base-gguf", str(tiny_gguf_f32)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr[-2000:]

@@ -195,13 +195,13 @@ def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geome
 
 @pytest.mark.slow
 def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_path, monkeypatch, capsys):
-    from swespot.cli import main
     from agent.runtime import LlamaRuntime
+    from swespot.cli import main
     from trainer.store import AdapterStore, state_dir
 
     root, revs = geometry
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "state"))
-    assert main(["specialize", str(root), "--model", str(tiny_hf_dir), "--profile", "tiny", "--holdout", "3", "--steps", "3"]) == 0
+    assert main(["specialize", "--repo", str(root), "--base", str(tiny_hf_dir), "--profile", "tiny", "--holdout", "3", "--steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "published v0001" in out and "report: " in out
     version = AdapterStore.for_repo(root).current()
@@ -235,6 +235,7 @@ def test_heldout_shards_are_stable_and_a_small_repository_is_gated_too(tmp_path)
 def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, tmp_path, monkeypatch):
     from swespot.cli import main
     from trainer.daemon import DaemonLock
+    from trainer.specialize import SpecializeOptions, specialize
     from trainer.store import state_dir
 
     root, _ = geometry
@@ -243,11 +244,7 @@ def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, 
     lock.acquire(root)
     try:
         with pytest.raises(SwespotError, match="trainer daemon is already running"):
-            import argparse
-
-            from trainer.eval_cli import cmd_specialize
-            cmd_specialize(argparse.Namespace(path=root, model="default", profile="tiny", cutoff=None, holdout=None, steps=1,
-                                              no_eval=True, force=False, device="cpu", json=False))
+            specialize(SpecializeOptions(repo=root, profile="tiny", steps=1, evaluate=False, device="cpu"), "HEAD")
     finally:
         lock.release()
     assert main(["adapters", "list", "--repo", str(root)]) == 0  # nothing was touched

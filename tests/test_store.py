@@ -108,5 +108,9 @@ def test_adapters_cli_lists_marks_current_and_rolls_back(tmp_path, monkeypatch, 
     assert listed["versions"][0]["manifest"]["commit"] == "c1"
     assert main(["adapters", "rollback", "v0001", "--repo", str(repo)]) == 0
     assert store.current().name == "v0001"
+    capsys.readouterr()
+    assert main(["adapters", "rollback", "v0002", "--repo", str(repo), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"current": "v0002", "commit": "c2"}
+    assert main(["adapters", "rollback", "v0001", "--repo", str(repo)]) == 0
     assert main(["adapters", "rollback", "v0009", "--repo", str(repo)]) == 1
     assert "no version v0009" in capsys.readouterr().err

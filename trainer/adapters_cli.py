@@ -1,15 +1,19 @@
-"""``swespot adapters list|rollback|prune --repo PATH``: the adapter store on the command line (torch-free)."""
+"""``swespot adapters list|rollback|prune --repo PATH`` (the adapter store, torch-free) and ``swespot adapters
+export`` (a peft LoRA adapter to a llama.cpp GGUF adapter: needs torch). ``swespot adapter ...`` is the
+older name of the same group."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("adapters", help="list, roll back or prune the published adapters of a repository")
+    p = sub.add_parser("adapters", aliases=["adapter"],
+                       help="list, roll back or prune the published adapters of a repository; export an adapter to GGUF")
     asub = p.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
 
     q = asub.add_parser("list", help="every version with its manifest; the current one is marked")
@@ -20,12 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = asub.add_parser("rollback", help="serve an earlier version again")
     q.add_argument("version")
     q.add_argument("--repo", type=Path, default=Path("."))
+    q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_rollback)
 
     q = asub.add_parser("prune", help="delete old versions (never the current one)")
     q.add_argument("--repo", type=Path, default=Path("."))
     q.add_argument("--keep", type=int, default=5)
+    q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_prune)
+
+    q = asub.add_parser("export", help="export a peft LoRA adapter to a llama.cpp GGUF adapter")
+    q.add_argument("adapter_dir", type=Path)
+    q.add_argument("--base", required=True, type=Path, help="the HF folder the adapter was trained on")
+    q.add_argument("--out", required=True, type=Path, help="output .gguf file")
+    q.add_argument("--base-gguf", type=Path, help="the GGUF the adapter will be served on: recorded (sha256) and loaded to check the adapter")
+    q.set_defaults(func=cmd_export)
 
 
 def serving_explained(store, repo: Path) -> dict:
@@ -90,7 +103,10 @@ def cmd_rollback(args) -> int:
     from trainer.store import AdapterStore
 
     version = AdapterStore.for_repo(args.repo).rollback(args.version)
-    print(f"current is now {version.name} (commit {(version.commit or '?')[:10]})")
+    if args.json:
+        print(json.dumps({"current": version.name, "commit": version.commit}, indent=2))
+    else:
+        print(f"current is now {version.name} (commit {(version.commit or '?')[:10]})")
     return 0
 
 
@@ -98,5 +114,23 @@ def cmd_prune(args) -> int:
     from trainer.store import AdapterStore
 
     removed = AdapterStore.for_repo(args.repo).prune(args.keep)
-    print("removed: " + (", ".join(removed) if removed else "nothing"))
+    if args.json:
+        print(json.dumps({"removed": removed}, indent=2))
+    else:
+        print("removed: " + (", ".join(removed) if removed else "nothing"))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from agent.runtime import LlamaRuntime, file_sha256
+    from trainer.lora_export import export_lora_to_gguf
+
+    sha = file_sha256(args.base_gguf) if args.base_gguf else None
+    report = export_lora_to_gguf(args.adapter_dir, args.base, args.out, base_gguf_sha256=sha)
+    if args.base_gguf:
+        runtime = LlamaRuntime(args.base_gguf, n_ctx=256)
+        runtime.set_adapters({runtime.load_adapter(report.out_path): 1.0})
+        runtime.close()
+        print(f"==> checked: {args.base_gguf.name} loads the adapter", file=sys.stderr, flush=True)
+    print(f"{report.out_path}: {report.tensors} LoRA pairs for {report.architecture}")
     return 0

@@ -94,8 +94,8 @@ def cmd_build(args) -> int:
                         progress=not args.json, **settings)
     result = build_experience(args.repo, out, opts)
     tokenizer = _tokenizer(args.fit)
-    if tokenizer is not None:
-        result.fit = fit_report(out, opts.units, tokenizer, max_len, check=False)
+    fit = fit_report(out, opts.units, tokenizer, max_len, check=False) if tokenizer is not None else None
+    result.fit = fit
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -111,8 +111,8 @@ def cmd_build(args) -> int:
                 print(f"  {unit}: no episodes: {unit_stats['why_none']}")
         if result.excluded:
             print("  files excluded: " + ", ".join(f"{k} {v}" for k, v in sorted(result.excluded.items())))
-    if tokenizer is not None:
+    if fit is not None:
         from trainer import data as D
 
-        D.check_lengths_table(result.fit, max_len)
+        D.check_lengths_table(fit, max_len)
     return 0

@@ -1,4 +1,4 @@
-"""``swespot model ...`` and ``swespot adapter export``: the model toolkit on the command line.
+"""``swespot model ...``: the model toolkit on the command line (``swespot adapters export`` is in adapters_cli).
 
 Top level stays import-light; every handler imports what it needs.
 """
@@ -41,36 +41,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = msub.add_parser("demo", help="load a GGUF model (default: the embedded Gemma) and complete a code prompt")
-    p.add_argument("--model", type=Path, help="GGUF file (default: the embedded default model)")
+    p.add_argument("--base", type=Path, help="GGUF file (default: the embedded default model)")
+    p.add_argument("--model", dest="base", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling of --base
     p.add_argument("--adapter", type=Path, help="GGUF LoRA adapter to apply")
     p.add_argument("--prompt", default=DEMO_PROMPT, help="code to complete")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=cmd_demo)
 
-    adapter = sub.add_parser("adapter", help="LoRA adapter tools")
-    asub = adapter.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
-    p = asub.add_parser("export", help="export a peft LoRA adapter to a llama.cpp GGUF adapter")
-    p.add_argument("adapter_dir", type=Path)
-    p.add_argument("--base", required=True, type=Path, help="the HF folder the adapter was trained on")
-    p.add_argument("--out", required=True, type=Path, help="output .gguf file")
-    p.add_argument("--base-gguf", type=Path, help="the GGUF the adapter will be served on: recorded (sha256) and loaded to check the adapter")
-    p.set_defaults(func=cmd_adapter_export)
 
-
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"==> {msg}", file=sys.stderr, flush=True)
 
 
 def cmd_prepare_default(args) -> int:
     from agent.default_model import ensure_default_gguf
 
-    gguf = ensure_default_gguf(_say)
+    gguf = ensure_default_gguf(say)
     result = {"gguf": str(gguf)}
     if not args.gguf_only:
         from trainer.default_model import prepare_default
 
-        result["hf_dir"] = str(prepare_default(_say))
+        result["hf_dir"] = str(prepare_default(say))
     print(json.dumps(result, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 
@@ -91,7 +83,7 @@ def cmd_build_tiny(args) -> int:
 def cmd_convert(args) -> int:
     from trainer.convert import convert_hf_to_gguf
 
-    _say(f"converting {args.hf_dir} to {args.quant}")
+    say(f"converting {args.hf_dir} to {args.quant}")
     print(convert_hf_to_gguf(args.hf_dir, args.out, outtype=args.quant))
     return 0
 
@@ -100,13 +92,13 @@ def cmd_demo(args) -> int:
     from agent.default_model import ensure_default_gguf
     from agent.runtime import LlamaRuntime
 
-    model_path = args.model or ensure_default_gguf(_say)
+    model_path = args.base or ensure_default_gguf(say)
     started = time.perf_counter()
     runtime = LlamaRuntime(model_path, n_ctx=2048, n_threads=args.threads)
     load_s = time.perf_counter() - started
     if args.adapter:
         runtime.set_adapters({runtime.load_adapter(args.adapter): 1.0})
-    _say(f"loaded {Path(model_path).name} in {load_s:.1f} s; completing:")
+    say(f"loaded {Path(model_path).name} in {load_s:.1f} s; completing:")
     sys.stdout.write(args.prompt)
     stats: dict = {}
     started = time.perf_counter()
@@ -115,26 +107,9 @@ def cmd_demo(args) -> int:
         sys.stdout.flush()
     elapsed = time.perf_counter() - started
     print()
-    _say(
+    say(
         f"{stats['completion_tokens']} tokens in {elapsed:.2f} s "
         f"({stats['completion_tokens'] / max(elapsed, 1e-9):.1f} tok/s incl. {stats['prompt_tokens']} prompt tokens)"
     )
     runtime.close()
-    return 0
-
-
-def cmd_adapter_export(args) -> int:
-    from agent.runtime import file_sha256
-    from trainer.lora_export import export_lora_to_gguf
-
-    sha = file_sha256(args.base_gguf) if args.base_gguf else None
-    report = export_lora_to_gguf(args.adapter_dir, args.base, args.out, base_gguf_sha256=sha)
-    if args.base_gguf:
-        from agent.runtime import LlamaRuntime
-
-        runtime = LlamaRuntime(args.base_gguf, n_ctx=256)
-        runtime.set_adapters({runtime.load_adapter(report.out_path): 1.0})
-        runtime.close()
-        _say(f"checked: {args.base_gguf.name} loads the adapter")
-    print(f"{report.out_path}: {report.tensors} LoRA pairs for {report.architecture}")
     return 0
