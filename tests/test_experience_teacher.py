@@ -193,3 +193,17 @@ def test_the_tiny_model_as_teacher_is_rejected_and_the_oracle_episodes_stand(sho
         assert all(e["verified"]["ok"] for e in episodes)
         assert sum(1 for e in episodes if e["meta"].get("teacher")) == teacher["kept"]
         assert any(not e["meta"].get("teacher") and e["meta"].get("format") != "completion" for e in episodes) or teacher["kept"]
+
+
+def test_a_teacher_replay_that_reaches_the_commits_code_is_kept(shop, tmp_path):
+    # the same program as the commit's, written differently (a comment, other blank lines): the same syntax tree
+    written = BILLING.replace('from shop.ops import total\n', 'from shop.ops import total  # the sum of prices\n\n')
+    spec = _script(tmp_path, [_call("create_file", "Invoices need a module of their own.", path="shop/billing.py", content=written),
+                              _submit("Added shop/billing.py with Invoice and render.")])
+    result = build_experience(shop, tmp_path / "exp", BuildOptions(units=("evolution",), progress=False, teacher=spec))
+    replays = [e for e in _episodes(tmp_path / "exp", "evolution") if e["meta"].get("format") != "completion"]
+    assert len(replays) == 1 and replays[0]["meta"]["teacher"] == spec
+    head = git(shop, "rev-parse", "HEAD")
+    assert replays[0]["verified"] == {"ok": True, "reaches_child": True, "child": head, "teacher": spec}
+    assert replays[0]["repo_commit"] == git(shop, "rev-parse", "HEAD~1")
+    assert result.stats["evolution"]["teacher"] == {"tried": 1, "kept": 1, "rejected": {}}
