@@ -11,20 +11,24 @@ that back to a word boundary, as accepting word by word would) with one keystrok
 at least 2 characters; otherwise the user types the next character. Indentation is typed like any other
 character (no editor auto-indent).
 
-Reported per model (the base, and an adapter side by side in the same run, in two servers asked in
-turn task by task, so machine load hits both alike):
+Reported per model (the base, and an adapter side by side in the same run, in servers asked in turn
+task by task, so machine load hits all alike; with ``--context both`` the base also runs without the
+definitions of the names near the cursor, lsp_server/context.py, to show whether they pay for their
+prompt tokens):
 - chars saved per char typed: (characters of the held-out code - keystrokes) / characters;
 - the share of shown suggestions that were (partly) accepted;
 - per-keystroke latency as the user sees it (the change sent to the answer received), p50/p95;
-- model calls per keystroke (from the server's own log: the rest came from its cache or its rules);
-- paired over tasks, the adapter's minus the base's chars-saved ratio and the ratio of their total
-  characters saved, each with a 95% bootstrap interval (numpy, resampling tasks).
+- model calls per keystroke (from the server's own log: the rest came from its cache or its rules),
+  the median prompt tokens of a call and the model's time per call (prompt evaluation included);
+- paired over tasks (adapter vs base; base with vs without definitions), the difference of the mean
+  chars-saved ratio, the ratio of the total characters saved, and the difference of the per-task
+  median keystroke latency, each with a 95% bootstrap interval (numpy, resampling tasks).
 
 The server serves the repository checked out at the cutoff (its snippets see no held-out code); the
 adapter is published into a private store for that checkout. Nothing is downloaded.
 
     .venv/bin/python benchmarks/keystrokes.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
-        [--tasks 10] [--max-chars 200] [--max-minutes 8] [--granularity char] [--json out.json]
+        [--tasks 10] [--max-chars 200] [--max-minutes 8] [--granularity char] [--context on|off|both] [--json out.json]
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
 from agent.errors import SwespotError  # noqa: E402
 
+NO_CONTEXT = "base, no definitions"
 MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
 _WORD_CHAR = re.compile(r"\w")
 
@@ -68,6 +73,8 @@ class Replay:
     accepted: int = 0
     accepted_chars: int = 0
     model_calls: int = 0  # completions the server generated for this replay (its log)
+    prompt_tokens: list[int] = field(default_factory=list)  # per model call (its log)
+    call_ms: list[float] = field(default_factory=list)  # model work per call, prompt evaluation included
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -203,10 +210,11 @@ class Server:
             else:
                 os.environ["SWESPOT_STATE_DIR"] = old
 
-    def model_calls(self) -> int:
+    def model_calls(self) -> list[tuple[int, float]]:
+        """(prompt tokens, ms) of every completion the server generated so far (its log)."""
         path = self.log_path()
         text = path.read_text(errors="replace") if path.exists() else ""
-        return len(re.findall(r"completion: \d+ prompt tokens", text))
+        return [(int(n), float(ms)) for n, ms in re.findall(r"completion: (\d+) prompt tokens, .*? in (\d+(?:\.\d+)?) ms", text)]
 
     async def replay(self, task: TypingTask, granularity: str, deadline: float = float("inf")) -> Replay | None:
         """Type ``task.target`` into the document, accepting what matches (see the module's text); None
@@ -214,7 +222,7 @@ class Server:
         lsp = self.lsp
         uri = (self.repo / task.path).as_uri()
         out = Replay(chars=len(task.target))
-        calls_before = self.model_calls()
+        calls_before = len(self.model_calls())
         self.version += 1
         self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
             lsp.TextDocumentItem(uri, "python", self.version, task.before + task.after)))
@@ -247,7 +255,10 @@ class Server:
                 [lsp.TextDocumentContentChangeWholeDocument(text=task.before + task.target[:typed] + task.after)]))
         self.client.text_document_did_close(lsp.DidCloseTextDocumentParams(lsp.TextDocumentIdentifier(uri)))
         await self.client.protocol.send_request_async("swespot/getStatus", None)  # the log holds all of this replay
-        out.model_calls = self.model_calls() - calls_before
+        calls = self.model_calls()[calls_before:]
+        out.model_calls = len(calls)
+        out.prompt_tokens = [n for n, _ in calls]
+        out.call_ms = [ms for _, ms in calls]
         return out if typed >= len(task.target) else None
 
     async def stop(self) -> None:
@@ -290,8 +301,9 @@ def publish_into(state_root: Path, repo: Path, version_dir: Path) -> str:
 
 # ---- statistics ---------------------------------------------------------------------------------
 def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int = 2000) -> dict:
-    """The adapter's minus the base's mean per-task chars-saved ratio, and the ratio of their total
-    characters saved, each with a 95% percentile-bootstrap interval over tasks (paired resampling)."""
+    """``cand``'s minus ``base``'s mean per-task chars-saved ratio, the ratio of their total characters
+    saved, and the difference of their per-task median keystroke latency (ms), each with a 95%
+    percentile-bootstrap interval over tasks (paired resampling)."""
     import numpy as np
 
     from trainer.evaluation import MIN_PAIRED_TASKS, _resamples
@@ -300,14 +312,20 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
     c = np.array([r.ratio for r in cand])
     bs = np.array([r.saved for r in base], dtype=float)
     cs = np.array([r.saved for r in cand], dtype=float)
+    bl = np.array([np.median(r.latencies_ms) if r.latencies_ms else np.nan for r in base])
+    cl = np.array([np.median(r.latencies_ms) if r.latencies_ms else np.nan for r in cand])
     out: dict = {"tasks": len(b), "ratio_difference": round(float((c - b).mean()), 4) if len(b) else None,
-                 "saved_ratio": round(float(cs.sum() / bs.sum()), 3) if bs.sum() > 0 else None}
+                 "saved_ratio": round(float(cs.sum() / bs.sum()), 3) if bs.sum() > 0 else None,
+                 "p50_ms_difference": round(float(np.nanmean(cl - bl)), 1) if len(b) and not np.isnan(cl - bl).all() else None}
     if len(b) < MIN_PAIRED_TASKS:
         out["note"] = f"fewer than {MIN_PAIRED_TASKS} paired tasks: no interval"
         return out
     idx = _resamples(len(b), seed, resamples)
     lo, hi = np.percentile((c[idx] - b[idx]).mean(1), [2.5, 97.5])
     out["ratio_difference_ci95"] = [round(float(lo), 4), round(float(hi), 4)]
+    if out["p50_ms_difference"] is not None:
+        lo, hi = np.nanpercentile(np.nanmean((cl - bl)[idx], 1), [2.5, 97.5])
+        out["p50_ms_difference_ci95"] = [round(float(lo), 1), round(float(hi), 1)]
     base_sums = bs[idx].sum(1)
     ok = base_sums > 0
     if ok.any():
@@ -323,18 +341,28 @@ def summary(name: str, replays: list[Replay]) -> dict:
     shown = sum(r.shown for r in replays)
     lat = [x for r in replays for x in r.latencies_ms]
     calls = sum(r.model_calls for r in replays)
+    prompt_tokens = [n for r in replays for n in r.prompt_tokens]
+    call_ms = [ms for r in replays for ms in r.call_ms]
     return {"model": name, "tasks": len(replays), "chars": chars, "keystrokes": keys,
             "chars_saved_per_char": round((chars - keys) / chars, 4) if chars else None,
             "shown": shown, "accepted_share": round(sum(r.accepted for r in replays) / shown, 4) if shown else None,
             "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "requests": len(lat),
-            "model_calls_per_request": round(calls / len(lat), 3) if lat else None}
+            "model_calls_per_request": round(calls / len(lat), 3) if lat else None,
+            "prompt_tokens_p50": percentile(prompt_tokens, 50), "model_call_p50_ms": percentile(call_ms, 50),
+            "model_call_p95_ms": percentile(call_ms, 95)}
 
 
 # ---- main ---------------------------------------------------------------------------------------
 async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: Path, adapter_dir: Path | None) -> dict:
     settings = {"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
                 "adapterPollS": 0.5}
+    if args.context in ("on", "off"):
+        settings["completionContextTokens"] = args.context_tokens if args.context == "on" else 0
+    else:  # both: every model with the definitions; the base also without them
+        settings["completionContextTokens"] = args.context_tokens
     servers = [Server("base", gguf, checkout, work / "state-base", settings)]
+    if args.context == "both":
+        servers.append(Server(NO_CONTEXT, gguf, checkout, work / "state-base-nocontext", {**settings, "completionContextTokens": 0}))
     if adapter_dir is not None:
         root = work / "state-adapter"
         name = publish_into(root, checkout, adapter_dir)
@@ -373,9 +401,11 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
     finally:
         for server in servers:
             await server.stop()
-    report = {"models": [summary(s.name, results[s.name]) for s in servers], "tasks": rows}
+    report = {"models": [summary(s.name, results[s.name]) for s in servers], "tasks": rows, "paired": {}}
     if adapter_dir is not None:
-        report["paired"] = paired(results["base"], results[servers[1].name])
+        report["paired"]["adapter vs base"] = paired(results["base"], results[servers[-1].name])
+    if args.context == "both":
+        report["paired"]["base: definitions vs none"] = paired(results[NO_CONTEXT], results["base"])
     return report
 
 
@@ -394,6 +424,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-ms", type=int, default=700, help="the server's completionMaxMs")
+    parser.add_argument("--context", choices=("on", "off", "both"), default="on",
+                        help="the definitions of the names near the cursor in the prompt (completionContextTokens); "
+                             "both: the base once with and once without them, paired")
+    parser.add_argument("--context-tokens", type=int, default=256, help="completionContextTokens when the context is on")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--work", type=Path, help="keep the checkout and the servers' logs here (an empty folder)")
     args = parser.parse_args()
@@ -428,14 +462,15 @@ def main() -> int:
         return 2
     report.update(repo=str(repo), cutoff=cutoff, model=str(gguf), granularity=args.granularity,
                   max_chars=args.max_chars, wall_s=round(time.perf_counter() - started, 1),
-                  settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms},
+                  settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
+                            "context": args.context, "completionContextTokens": args.context_tokens},
                   cores=len(os.sched_getaffinity(0)), load_1min=round(os.getloadavg()[0], 2))
     from benchmarks.table import print_rows
 
     print_rows(f"typing replay of {len(report['tasks'])} held-out tasks ({repo.name}, cutoff {cutoff[:10]}, {args.granularity}-granular acceptance)",
                report["models"])
-    if "paired" in report:
-        print(json.dumps({"adapter vs base (paired over tasks)": report["paired"]}, indent=1))
+    if report["paired"]:
+        print(json.dumps({"paired over tasks (X vs Y: X's minus Y's; saved_ratio: X's characters saved / Y's)": report["paired"]}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

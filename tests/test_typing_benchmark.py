@@ -45,3 +45,11 @@ def test_the_paired_interval_compares_the_same_tasks():
     lo, hi = out["ratio_difference_ci95"]
     assert 0 < lo <= out["ratio_difference"] <= hi
     assert "note" in bench.paired(base[:3], better[:3])  # too few tasks: no interval
+
+
+def test_the_paired_comparison_also_gives_the_latency_difference_per_task():
+    bench = load()
+    base = [bench.Replay(chars=10, keystrokes=8, latencies_ms=[100.0, 200.0, 300.0]) for _ in range(6)]
+    slower = [bench.Replay(chars=10, keystrokes=8, latencies_ms=[150.0, 250.0, 350.0]) for _ in range(6)]
+    out = bench.paired(base, slower)
+    assert out["p50_ms_difference"] == 50.0 and out["p50_ms_difference_ci95"] == [50.0, 50.0]
