@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from agent.errors import DaemonUnavailable, SwespotError
+from agent.state import DAEMON_LOG
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def check_daemon_installed() -> None:
 
 
 class DaemonProcess:
-    """``daemon_command(repo)``, its output appended to ``daemon.log`` in the state dir. ``failure`` says why
+    """``daemon_command(repo)``, its output appended to ``DAEMON_LOG`` in the state dir. ``failure`` says why
     it could not be started (``DaemonUnavailable`` when this installation cannot run it at all)."""
 
     def __init__(self, repo: Path, state: Path, on_change: Callable[[], None] | None = None) -> None:
@@ -96,7 +97,7 @@ class DaemonProcess:
             log.warning("%s", exc)
             return False
         self.state.mkdir(parents=True, exist_ok=True)
-        out = open(self.state / "daemon.log", "ab")
+        out = open(self.state / DAEMON_LOG, "ab")
         try:
             self.proc = subprocess.Popen(
                 daemon_command(self.repo),

@@ -35,11 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_daemon(args) -> int:
     import logging
 
-    from trainer.store import read_status, state_dir
+    from agent.state import lock_holder, read_status, state_dir
 
     if args.status:
-        from trainer.daemon import lock_holder
-
         state = state_dir(args.repo)
         print(json.dumps({**read_status(state), "running": lock_holder(state) is not None}, indent=2))
         return 0
