@@ -22,9 +22,9 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from agent.errors import AdapterMismatch, SwespotError
 
@@ -154,6 +154,10 @@ class LlamaRuntime:
         self._adapters: dict[str, LoadedAdapter] = {}
         self._active: list[tuple[str, float]] = []
         self._sha256: str | None = None
+        # llama-cpp-python's public surface only: the Llama object and the C API's functions on its
+        # ``ctx``/``model`` pointers (its ``_ctx``/``_model``/``_input_ids`` are private and move between releases)
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self.logits_all = logits_all
         self.metadata: dict[str, str] = dict(self._llm.metadata)
         self.architecture = self.metadata.get("general.architecture", "")
         self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
@@ -180,13 +184,12 @@ class LlamaRuntime:
     def _token_text(self, token: int) -> str | None:
         if token < 0:
             return None
-        return self._llm._model.token_get_text(token)
+        return self._llama_cpp.llama_vocab_get_text(self._vocab, token).decode("utf-8")
 
     def _fim_tokens_present(self) -> bool:
-        vocab = self._llama_cpp.llama_model_get_vocab(self._llm._model.model)
-        pre = self._llama_cpp.llama_vocab_fim_pre(vocab)
-        suf = self._llama_cpp.llama_vocab_fim_suf(vocab)
-        mid = self._llama_cpp.llama_vocab_fim_mid(vocab)
+        pre = self._llama_cpp.llama_vocab_fim_pre(self._vocab)
+        suf = self._llama_cpp.llama_vocab_fim_suf(self._vocab)
+        mid = self._llama_cpp.llama_vocab_fim_mid(self._vocab)
         return min(pre, suf, mid) >= 0
 
     # ---- tokens ---------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ class LlamaRuntime:
             if name in self._adapters:
                 return name
             _LOG_BRIDGE.errors.clear()
-            handle = self._llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(path).encode())
+            handle = self._llama_cpp.llama_adapter_lora_init(self._llm.model, str(path).encode())
             if not handle:
                 reason = "; ".join(_LOG_BRIDGE.errors) or "see the log for details"
                 raise SwespotError(f"llama.cpp could not load the adapter {path}: {reason}")
@@ -259,7 +262,7 @@ class LlamaRuntime:
                 *[self._adapters[name].handle for name, _ in pairs]
             )
             scales = (ctypes.c_float * max(n, 1))(*[float(s) for _, s in pairs])
-            rc = self._llama_cpp.llama_set_adapters_lora(self._llm._ctx.ctx, handles if n else None, n, scales if n else None)
+            rc = self._llama_cpp.llama_set_adapters_lora(self._llm.ctx, handles if n else None, n, scales if n else None)
             if rc != 0:
                 raise SwespotError(f"llama.cpp refused to activate adapters {[p[0] for p in pairs]} (code {rc})")
             self._active = pairs
@@ -281,13 +284,15 @@ class LlamaRuntime:
         """Forget every cached key/value (and llama-cpp-python's prefix bookkeeping)."""
         with self._lock:
             self._llm.reset()
-            self._llm._ctx.kv_cache_clear()
+            memory = self._llama_cpp.llama_get_memory(self._llm.ctx)
+            if memory is not None:  # (a model without a KV cache has none)
+                self._llama_cpp.llama_memory_clear(memory, True)
 
     # ---- evaluation ----------------------------------------------------------------------------
     def logits(self, tokens: Sequence[int]):
         """Next-token logits at every position of ``tokens`` (numpy array [n, vocab]). Needs
         ``logits_all=True`` at construction. Always evaluates from an empty cache."""
-        if not self._llm._logits_all:
+        if not self.logits_all:
             raise SwespotError("logits() needs a runtime created with logits_all=True")
         with self._lock:
             self.reset_cache()
@@ -315,19 +320,35 @@ class LlamaRuntime:
                 step = llm.n_batch
                 for start in range(0, len(tokens), step):
                     chunk = tokens[start: start + step]
-                    llm._batch.set_batch(chunk, n_past=start, logits_all=False)
                     wanted = [first - 1 <= start + i < len(tokens) - 1 for i in range(len(chunk))]
-                    for i, flag in enumerate(wanted):
-                        llm._batch.batch.logits[i] = flag
-                    llm._ctx.decode(llm._batch)
+                    self._decode(chunk, start, wanted)
                     for i in (i for i, flag in enumerate(wanted) if flag):
-                        row = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i),
+                        row = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm.ctx, i),
                                                     shape=(self.n_vocab,)).astype(np.float64)
                         peak = row.max()
                         out.append(row[tokens[start + i + 1]] - peak - np.log(np.exp(row - peak).sum()))
             finally:
                 self.reset_cache()
         return np.array(out)
+
+    def _decode(self, tokens: Sequence[int], n_past: int, want_logits: Sequence[bool]) -> None:
+        """Evaluate ``tokens`` at positions ``n_past``... into the cache, with logits only where
+        ``want_logits`` asks (a batch of the C API: llama-cpp-python's own batch object is private)."""
+        lib = self._llama_cpp
+        batch = lib.llama_batch_init(len(tokens), 0, 1)
+        try:
+            batch.n_tokens = len(tokens)
+            for i, (token, want) in enumerate(zip(tokens, want_logits)):
+                batch.token[i] = token
+                batch.pos[i] = n_past + i
+                batch.seq_id[i][0] = 0
+                batch.n_seq_id[i] = 1
+                batch.logits[i] = want
+            rc = lib.llama_decode(self._llm.ctx, batch)
+        finally:
+            lib.llama_batch_free(batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
 
     # ---- generation ----------------------------------------------------------------------------
     def generate(
@@ -339,7 +360,7 @@ class LlamaRuntime:
         temperature: float = 0.0,
         cancel: threading.Event | None = None,
         stats: dict | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Stream the completion of ``prompt`` as text pieces. Stops at end-of-generation tokens, at
         any ``stop`` string (which is not returned), after ``max_tokens``, or when ``cancel`` is set
         (checked between tokens, so cancellation really stops the model). ``stats``, if given, is
@@ -366,7 +387,7 @@ class LlamaRuntime:
                     if cancel is not None and cancel.is_set():
                         stats["finish_reason"] = "cancelled"
                         break
-                    if self._llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token):
+                    if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
                         stats["finish_reason"] = "stop"
                         break
                     stats["completion_tokens"] += 1
@@ -414,7 +435,7 @@ class LlamaRuntime:
         n = max(1, n)
         if n != self.n_threads:
             with self._lock:
-                self._llama_cpp.llama_set_n_threads(self._llm._ctx.ctx, n, n)
+                self._llama_cpp.llama_set_n_threads(self._llm.ctx, n, n)
                 log.info("llama.cpp threads: %d -> %d", self.n_threads, n)
                 self.n_threads = n
 
@@ -425,7 +446,7 @@ class LlamaRuntime:
         cache consistent, so generate then evaluates only what is left. False when cancelled."""
         llm = self._llm
         keep = 0
-        for cached, wanted in zip(llm._input_ids, tokens):
+        for cached, wanted in zip(llm.input_ids[: llm.n_tokens], tokens):
             if cached != wanted:
                 break
             keep += 1
