@@ -213,11 +213,14 @@ def resolve(repo, rev: str):
     where = repo.working_tree_dir or repo.git_dir
     try:
         commit = repo.commit(rev)
-        commit.size  # a full hex name is not looked up until read (forty zeros "resolve"): read it now
-        return commit
     except (BadName, BadObject, ValueError, GitCommandError) as exc:
-        why = "no such commit" if "could not be resolved" in str(exc) or isinstance(exc, BadObject) else str(exc).strip()
+        why = "no such commit" if isinstance(exc, BadObject) else str(exc).strip()
         raise SwespotError(f"{rev!r} is not a commit of {where}: {why}") from exc
+    try:
+        _ = commit.size  # a full hex name is not looked up until read (forty zeros "resolve"): read it now
+    except (BadObject, ValueError) as exc:  # the name was well-formed, the object is not in the repository
+        raise SwespotError(f"{rev!r} is not a commit of {where}: no such commit") from exc
+    return commit
 
 
 def shallow_boundary(repo) -> set[str]:
