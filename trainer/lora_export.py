@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SwespotError
+from agent.state import atomic_path
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -134,42 +135,36 @@ def export_lora_to_gguf(
     n_layers = config.num_hidden_layers
     pairs = load_lora_pairs(adapter_dir)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     report = ExportReport(out_path=out_path, architecture=arch, tensors=0)
-    writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        # 0 = "scales are already folded into lora_b" (llama.cpp then uses the user's scale as is)
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
-        writer.add_string("swespot.lora.scaling", "folded")
-        writer.add_uint32("swespot.lora.r", int(cfg.get("r", 8)))
-        writer.add_float32("swespot.lora.alpha", float(cfg.get("lora_alpha", 8)))
-        writer.add_bool("swespot.lora.rslora", bool(cfg.get("use_rslora")))
-        if base_gguf_sha256:
-            writer.add_string("swespot.base.sha256", base_gguf_sha256)
-        for module, (a, b) in pairs.items():
-            if cfg.get("fan_in_fan_out"):  # Conv1D-style weights store (in, out)
-                a, b = b.T.contiguous(), a.T.contiguous()
-            rank = a.shape[0]
-            scale = module_scaling(cfg, module, rank)
-            name = gguf_tensor_name(arch, n_layers, module + ".weight")
-            b_scaled = transform_for_gguf(arch, name, b * scale, config)
-            writer.add_tensor(name + ".lora_a", a.numpy().astype("float32"))
-            writer.add_tensor(name + ".lora_b", b_scaled.numpy().astype("float32"))
-            report.ranks[name] = rank
-            report.scalings[name] = scale
-            report.tensors += 1
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
+        with atomic_path(out_path) as tmp:
+            writer = gguf.GGUFWriter(str(tmp), arch)
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            # 0 = "scales are already folded into lora_b" (llama.cpp then uses the user's scale as is)
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+            writer.add_string("swespot.lora.scaling", "folded")
+            writer.add_uint32("swespot.lora.r", int(cfg.get("r", 8)))
+            writer.add_float32("swespot.lora.alpha", float(cfg.get("lora_alpha", 8)))
+            writer.add_bool("swespot.lora.rslora", bool(cfg.get("use_rslora")))
+            if base_gguf_sha256:
+                writer.add_string("swespot.base.sha256", base_gguf_sha256)
+            for module, (a, b) in pairs.items():
+                if cfg.get("fan_in_fan_out"):  # Conv1D-style weights store (in, out)
+                    a, b = b.T.contiguous(), a.T.contiguous()
+                rank = a.shape[0]
+                scale = module_scaling(cfg, module, rank)
+                name = gguf_tensor_name(arch, n_layers, module + ".weight")
+                b_scaled = transform_for_gguf(arch, name, b * scale, config)
+                writer.add_tensor(name + ".lora_a", a.numpy().astype("float32"))
+                writer.add_tensor(name + ".lora_b", b_scaled.numpy().astype("float32"))
+                report.ranks[name] = rank
+                report.scalings[name] = scale
+                report.tensors += 1
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
     except OSError as exc:
         raise SwespotError(f"could not write {out_path}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return report
