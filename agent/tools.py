@@ -586,6 +586,6 @@ def call_tool(tools: dict[str, Tool], name: str, arguments: str | dict) -> str:
         return f"error: {exc}"
     except (OSError, ValueError, TypeError) as exc:
         return f"error: {name} failed: {type(exc).__name__}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - the one boundary where tools never raise into the loop
+    except Exception as exc:  # the one boundary where tools never raise into the loop
         log.exception("tool %s failed on %s", name, arguments)
         return f"error: {name} failed unexpectedly ({type(exc).__name__}: {exc}); try another way"

@@ -18,11 +18,12 @@ evaluation was lost is evaluated, not trained again.
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 import sys
-import time  # noqa: E402
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -82,7 +83,7 @@ def refresh_at(k: int, commit: str, repo: Repo, work: Work, args, base_gguf: Pat
 
 def summary(repo: Repo, commits: list[str], work: Work) -> dict:
     base = work.get("base", repo.key)
-    out = {"repo": str(repo.path), "tasks_after": repo.cutoff, "commits": commits,
+    out: dict[str, Any] = {"repo": str(repo.path), "tasks_after": repo.cutoff, "commits": commits,
            "base": base and {"families": base["families"], "tasks": base["tasks"]}, "refreshes": []}
     previous = None
     cumulative = 0

@@ -24,20 +24,22 @@ examples, and writes JSON. Goal: >= 95% right. Run heavy work under the shared l
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import ast  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
+import argparse
+import ast
+import json
+import random
+import re
 import sys
-import sysconfig  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
+import sysconfig
+import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+
+Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
 def build_design(repo: Path, seed: int, per_file: int) -> tuple[list[dict], dict]:
@@ -52,7 +54,7 @@ def build_design(repo: Path, seed: int, per_file: int) -> tuple[list[dict], dict
     started = time.perf_counter()
     r = git.Repo(repo)
     head = r.head.commit.hexsha
-    paths = [i.path for i in r.commit(head).tree.traverse() if i.type == "blob"]
+    paths = [str(i.path) for i in r.commit(head).tree.traverse() if isinstance(i, git.Blob)]
     allowed = {f.path for f in select_files(r, head, ignored=ignored_paths(r, paths)).files}
     ws = Workspace(repo)
     index = ws.index()
@@ -94,9 +96,9 @@ class Checker:
             self._trees[path] = ast.parse(self.text(path))
         return self._trees[path]
 
-    def definitions(self, path: str) -> dict[str, list[ast.AST]]:
+    def definitions(self, path: str) -> dict[str, list[Definition]]:
         """qualified name (Class.method, nested functions by their own name chain) -> definitions."""
-        out: dict[str, list[ast.AST]] = {}
+        out: dict[str, list[Definition]] = {}
 
         def walk(node, prefix: str, in_class: bool):
             for child in ast.iter_child_nodes(node):
@@ -118,7 +120,7 @@ class Checker:
         best = None
         for qual, nodes in self.definitions(path).items():
             for n in nodes:
-                if n.lineno <= line <= n.end_lineno and (best is None or n.lineno >= best[1].lineno):
+                if n.lineno <= line <= (n.end_lineno or n.lineno) and (best is None or n.lineno >= best[1].lineno):
                     best = (qual, n)
         return best[0] if best else None
 
@@ -202,7 +204,8 @@ def check(c: Checker, episode: dict) -> str | None:
         m = re.match(r"In (\S+):(\d+), \w+ ([\w.]+)", answer)
         if not m or m.group(1) != path or m.group(3) != symbol or int(m.group(2)) != target_line:
             return f"answer {answer[:80]!r} is not {symbol} at {path}:{target_line}"
-        asked = re.search(r'"(.*)"\?$', episode["messages"][1]["content"]).group(1)
+        question = re.search(r'"(.*)"\?$', episode["messages"][1]["content"])
+        asked = question.group(1) if question else None
         node = c.definitions(path)[symbol][0]
         return None if first_sentence(ast.get_docstring(node)) == asked else "the docstring does not say the asked behaviour"
     name = symbol.rsplit(".", 1)[-1]
@@ -219,8 +222,9 @@ def check(c: Checker, episode: dict) -> str | None:
         return None
     if kind == "layers":
         links = _CITED.findall(answer)
-        chain = [(q, p, int(ln)) for q, p, ln in links] + [(symbol, path, None)]
+        chain: list[tuple[str, str, int | None]] = [(q, p, int(ln)) for q, p, ln in links] + [(symbol, path, None)]
         for (caller, cpath, cline), (callee, dpath, _dline) in zip(chain, chain[1:]):
+            assert cline is not None  # only the last link (the symbol itself) has no line, and it is never a caller
             if c.innermost(cpath, cline) != caller:
                 return f"{cpath}:{cline} is not inside {caller}"
             callee_path = dpath
@@ -231,14 +235,14 @@ def check(c: Checker, episode: dict) -> str | None:
     if kind == "extend":
         subs = re.findall(r"(\w+) \(([^():\s]+):(\d+)\)", answer.split(" as ", 1)[-1])
         for cls, cpath, cline in subs:
-            node = next((n for n in c.definitions(cpath).get(cls, []) if isinstance(n, ast.ClassDef) and n.lineno == int(cline)), None)
-            if node is None or not node.bases:
+            klass = next((n for n in c.definitions(cpath).get(cls, []) if isinstance(n, ast.ClassDef) and n.lineno == int(cline)), None)
+            if klass is None or not klass.bases:
                 return f"no class {cls} at {cpath}:{cline}"
-            base = node.bases[0]
-            col = base.end_col_offset - len(name) if isinstance(base, (ast.Name, ast.Attribute)) else None
-            import jedi  # noqa: F401
+            base = klass.bases[0]
+            col = (base.end_col_offset or 0) - len(name) if isinstance(base, (ast.Name, ast.Attribute)) else None
+            import jedi
 
-            script = c._scripts.get(cpath) or __import__("jedi").Script(c.text(cpath), path=c.root / cpath, project=c.project)
+            script = c._scripts.get(cpath) or jedi.Script(c.text(cpath), path=c.root / cpath, project=c.project)
             c._scripts[cpath] = script
             targets = script.goto(base.end_lineno, col, follow_imports=True) if col is not None else []
             if not targets or not all(t.module_path and Path(t.module_path).resolve() == (c.root / path).resolve()
@@ -268,12 +272,12 @@ def main() -> None:
         for k, e in enumerate(episodes if args.all else [episodes[k] for k in sorted(picked)]):
             try:
                 why = check(checker, e)
-            except Exception as exc:  # noqa: BLE001 - a check that crashes counts as wrong, with its reason
+            except Exception as exc:
                 why = f"check failed: {type(exc).__name__}: {exc}"
             sampled = (k in picked) if args.all else True
             try:
                 agree = references_agree(checker, e) if sampled else None
-            except Exception:  # noqa: BLE001 - no second opinion, counted as disagreement
+            except Exception:
                 agree = False
             every.append({"kind": e["meta"]["question"], "question": e["messages"][1]["content"],
                           "answer": e["messages"][-1]["content"], "wrong": why, "sampled": sampled, "refs_agree": agree})

@@ -132,8 +132,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="swespot-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="swespot-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         if not args.skip_self:
             rows.append(measure("swespot (this repo)", ROOT, tmp / "self-exp"))
         started = time.perf_counter()

@@ -66,8 +66,8 @@ def main() -> int:
 
     tiny = tiny_model_dir(default_cache_dir())
     rows = []
-    with tempfile.TemporaryDirectory(prefix="swespot-freshness-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="swespot-freshness-") as tmp_name:
+        tmp = Path(tmp_name)
         os.environ["SWESPOT_STATE_DIR"] = str(tmp / "data")
         from trainer.store import state_dir
 

@@ -179,8 +179,8 @@ async def bench_server(gguf: Path, repo: Path, state: Path, adapters: list[Path]
     swaps, server_swaps = [], []
     for n in range(repeats):
         mark, started = len(client.events), time.perf_counter()
-        version = store.publish(adapters[n % len(adapters)]).name
-        at = await client.wait("swespot/status", lambda s, v=version: (s.get("adapter") or {}).get("version") == v, mark)
+        published = store.publish(adapters[n % len(adapters)]).name
+        at = await client.wait("swespot/status", lambda s, v=published: (s.get("adapter") or {}).get("version") == v, mark)
         swaps.append(at - started)
         server_swaps.append(next(p["swapMs"] for t, m, p in client.events[mark:] if t == at and m == "swespot/status"))
     row["hot_swap_ms"] = round(statistics.median(swaps) * 1e3, 1)

@@ -21,7 +21,7 @@ Heavy-ish (a server with the tiny test model, an experience build, ~60 sandboxed
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
+import argparse
 import json
 import os
 import resource
@@ -575,6 +575,7 @@ class Server:
         self.ids = 0
 
     def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None  # started with stdin=PIPE
         self.proc.stdin.write(data)
         self.proc.stdin.flush()
 
@@ -585,6 +586,7 @@ class Server:
     def _read(self, timeout: float):
         import select
 
+        assert self.proc.stdout is not None  # started with stdout=PIPE
         end = time.monotonic() + timeout
         while True:
             head, sep, rest = self.buf.partition(b"\r\n\r\n")
@@ -925,7 +927,7 @@ def run_probes(only: set[str] | None, skip_lsp: bool) -> list[dict]:
             started = time.perf_counter()
             try:
                 outcome = p.fn(lab)
-            except Exception as exc:  # noqa: BLE001 - a probe that raises is a crash of the code it drove
+            except Exception as exc:
                 outcome = Outcome("crash", f"{type(exc).__name__}: {str(exc)[:120]}")
                 traceback.print_exc(file=sys.stderr)
             rows.append({"category": p.category, "probe": p.name, "verdict": outcome.verdict, "seconds": round(time.perf_counter() - started, 1),

@@ -16,10 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+T = TypeVar("T")
 PROMPT = (
     "import json\nimport os\n\n\nclass Store:\n    \"\"\"A tiny JSON key-value store kept in one file.\"\"\"\n\n"
     "    def __init__(self, path):\n        self.path = path\n        self.data = {}\n\n"
@@ -47,14 +50,15 @@ def make_adapter(hf_dir: Path, out: Path, base_gguf_sha: str | None, seed: int) 
     )
     peft_model = get_peft_model(model, cfg)
     peft_dir = out.with_suffix("")
-    peft_model.save_pretrained(peft_dir)
+    peft_model.save_pretrained(str(peft_dir))
     export_lora_to_gguf(peft_dir, hf_dir, out, base_gguf_sha256=base_gguf_sha)
     return out
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
+def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """The median seconds of ``repeats`` (at least one) calls, and the last call's result."""
+    times = []
+    for _ in range(max(1, repeats)):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)

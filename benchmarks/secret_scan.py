@@ -11,7 +11,7 @@ false positive. Prints a table and, with ``--json``, writes the figures.
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
+import argparse
 import json
 import subprocess
 import sys

@@ -34,15 +34,16 @@ A repository is ``PATH`` (cutoff ``--holdout`` first-parent commits back), ``PAT
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
+import argparse
+import json
+import shutil
+import subprocess
 import sys
-import sysconfig  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+import sysconfig
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -419,7 +420,7 @@ def summary(repos: list[Repo], work: Work, args) -> dict:
     for repo in repos:
         base = work.get("base", repo.key)
         exp = work.get("experience", repo.key)
-        entry = {"path": str(repo.path), "cutoff": repo.cutoff, "commits_after_cutoff": repo.after,
+        entry: dict[str, Any] = {"path": str(repo.path), "cutoff": repo.cutoff, "commits_after_cutoff": repo.after,
                  "experience": exp and {"episodes": exp["episodes"], "minutes": exp["minutes"]["experience"]},
                  "base": base and {"families": base["families"], "tasks": base["tasks"], "minutes": base["minutes"]["eval"]},
                  "runs": []}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-WORKERS = ("ours", "ours_padded", "trainer")
+WORKERS = ("ours", "ours_v1", "ours_padded", "trainer")
 
 
 def source_text() -> str:
@@ -57,13 +57,20 @@ def write_dense_episodes(data: Path, length: int, count: int) -> None:
             }) + "\n")
 
 
-def experience_sample(source: Path, out: Path, episodes: int, seed: int = 0) -> Path:
-    """A seeded sample of ``episodes`` episodes across the units of an experience folder."""
+def experience_sample(source: Path, out: Path, episodes: int, seed: int = 0, units: dict[str, int] | None = None) -> Path:
+    """A seeded sample of ``episodes`` episodes across the units of an experience folder, or of
+    ``units[unit]`` episodes of each unit named there."""
     from trainer import data as D
 
     rng = random.Random(seed)
     every = D.read_episodes(source)
-    chosen = rng.sample(every, min(episodes, len(every)))
+    if units:
+        chosen = []
+        for unit, count in units.items():
+            pool = [e for e in every if e.get("unit", "unknown") == unit]
+            chosen += rng.sample(pool, min(count, len(pool)))
+    else:
+        chosen = rng.sample(every, min(episodes, len(every)))
     for unit in sorted({e.get("unit", "unknown") for e in chosen}):
         (out / unit).mkdir(parents=True)
         with open(out / unit / "sample.jsonl", "w") as fh:
@@ -112,15 +119,17 @@ def worker(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-"))
     cfg = config_for("cpu", data=str(args.data), base=hf, out=str(tmp / "out"), epochs=1.0, max_len=args.max_len,
                      batch_tokens=args.batch_tokens, export_gguf=False, checkpoint_every=1_000_000, lora_r=16, lora_alpha=32,
-                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker == "ours")
+                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker in ("ours", "ours_v1"))
     row = {"sequences": len(sequences), "tokens": tokens, "trained_tokens": trained,
            "after_last_target": sum(len(s.input_ids) - D.trained_end(s) for s in sequences)}
     if args.worker != "trainer":
-        from trainer.train import train
+        import trainer.train as T
 
-        report = train(cfg, progress=False).report
+        if args.worker == "ours_v1":  # packing as first built: the model's own attention, full logits
+            T.BLOCK, T.CHUNKED_LOSS = 0, False
+        report = T.train(cfg, progress=False).report
         return {**row, "seconds": report["seconds"], "steps": report["steps"], "computed_tokens": report["computed_tokens"],
-                "peak_memory_mb": report["peak_memory_mb"]}
+                "peak_memory_mb": report["peak_memory_mb"], "first_loss": report["loss_curve"][0][1]}
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
@@ -138,9 +147,11 @@ def worker(args) -> dict:
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
-    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
+    base = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
+    # peft annotates lora_alpha as int; it is a float scale (alpha / r) and our configs may give 0.5 steps
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,  # type: ignore[arg-type]
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(base, lora)
     per_batch = max(1, round(args.batch_tokens / mean_len))
     targs = TrainingArguments(
         output_dir=str(tmp / "hf"), per_device_train_batch_size=per_batch, num_train_epochs=1, train_sampling_strategy="group_by_length",
@@ -176,7 +187,8 @@ def measure(model: str, name: str, data: Path, max_len: int, batch_tokens: int, 
                      "trained_share": round(r["trained_tokens"] / r["tokens"], 3),
                      "computed_per_seen": round(r["computed_tokens"] / r["tokens"], 2),
                      "tokens_per_min": round(r["tokens"] / minutes), "trained_tokens_per_min": round(r["trained_tokens"] / minutes),
-                     "peak_mb": round(r["peak_memory_mb"]), "seconds": round(r["seconds"], 1)})
+                     "peak_mb": round(r["peak_memory_mb"]), "seconds": round(r["seconds"], 1),
+                     "first_loss": r.get("first_loss")})
     if "trainer" in results:
         for row in rows:
             row["speedup_vs_trainer"] = round(results["trainer"]["seconds"] / results[row["run"]]["seconds"], 2)
@@ -189,6 +201,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="an experience folder (<unit>/<shard>.jsonl)")
     parser.add_argument("--repo", type=Path, help="build the quick-profile experience of this repository instead")
     parser.add_argument("--episodes", type=int, default=48, help="seeded sample of the experience (all runs use the same)")
+    parser.add_argument("--units", default="", help="sample this many episodes per unit instead, e.g. text=12,design=6 (quick's mix)")
     parser.add_argument("--max-len", type=int, default=1024)
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--dense-lengths", default="", help="also rows of equal-length, fully trained episodes, e.g. 512")
@@ -202,7 +215,8 @@ def main() -> int:
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-train-"))
     source = args.data or build_experience(args.repo, tmp)
-    datasets = [("experience", experience_sample(source, tmp / "sample", args.episodes), args.max_len)]
+    units = {u: int(n) for u, n in (x.split("=") for x in args.units.split(",") if x)}
+    datasets = [("experience", experience_sample(source, tmp / "sample", args.episodes, units=units), args.max_len)]
     for length in [int(x) for x in args.dense_lengths.split(",") if x]:
         write_dense_episodes(tmp / f"dense-{length}", length, max(4, args.batch_tokens // length) * 4)
         datasets.append((f"dense-{length}", tmp / f"dense-{length}", length))

@@ -227,7 +227,7 @@ def load_tokenizer_json(hf_dir: Path) -> dict:
 def _split_patterns(pre_tokenizer: dict | None) -> list[str]:
     if not pre_tokenizer:
         return []
-    steps = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    steps = (pre_tokenizer.get("pretokenizers") or []) if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
     return [s["pattern"]["Regex"] for s in steps if s.get("type") == "Split" and "Regex" in s.get("pattern", {})]
 
 

@@ -284,7 +284,7 @@ def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
 
     repo = git.Repo(repo_path)
     commit = H.resolve(repo, cutoff).hexsha
-    all_paths = [i.path for i in repo.commit(commit).tree.traverse() if i.type == "blob"]
+    all_paths = [str(i.path) for i in repo.commit(commit).tree.traverse() if isinstance(i, git.Blob)]
     allowed = {f.path for f in select_files(repo, commit, ignored=ignored_paths(repo, all_paths)).files}
     tasks = []
     with Snapshot(repo_path, prefix="swespot-eval-") as snap:

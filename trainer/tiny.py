@@ -21,6 +21,7 @@ import shutil
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from agent.errors import SwespotError
 
@@ -52,7 +53,7 @@ CORPUS_BYTES = 3_000_000
 
 CHAT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "agent" / "templates" / "qwen3.jinja"
 
-MODEL_CONFIG = dict(
+MODEL_CONFIG: dict[str, Any] = dict(
     hidden_size=256,
     num_hidden_layers=4,
     num_attention_heads=4,
@@ -171,7 +172,7 @@ def build_model(out_dir: Path, vocab_size: int, special_ids: dict[str, int], see
         **MODEL_CONFIG,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config).to(torch.float32)
+    model = Qwen3ForCausalLM(config).float()
     init_weights(model, seed)
     model.eval()
     model.generation_config = GenerationConfig(

@@ -100,7 +100,7 @@ class _FakeEndpoint(BaseHTTPRequestHandler):
     replies: list = []
     requests: list = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         problem = _unanswered_call(body["messages"])
