@@ -17,7 +17,8 @@ import json
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -84,7 +85,7 @@ def parse(converter: cattrs.Converter, raw: Any, cls: type[T], method: str) -> T
         raise JsonRpcInvalidParams(f"invalid parameters for {method}: {exc}") from exc
 
 
-async def serve(tag: str, handler: Callable[[], T | Awaitable[T]]) -> T:
+async def serve(tag: str, handler: Callable[[], Any]) -> Any:
     """Every request passes here: tagged (``method#id``) in the log, timed, and its SwespotError turned
     into an LSP error the client can show."""
     REQUEST_TAG.set(tag)
@@ -103,7 +104,7 @@ async def serve(tag: str, handler: Callable[[], T | Awaitable[T]]) -> T:
         log.info("cancelled after %.0f ms", (time.perf_counter() - started) * 1e3)
         raise
     log.info("answered in %.0f ms", (time.perf_counter() - started) * 1e3)
-    return result  # type: ignore[return-value]  # awaited above when it was awaitable
+    return result
 
 
 _BODY_ID = re.compile(r'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')

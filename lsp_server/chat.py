@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from lsprotocol import types as lsp
 
@@ -19,19 +20,22 @@ if TYPE_CHECKING:
     from lsp_server.server import SwespotServer
 
 
+DeltaKind = Literal["text", "tool"]
+
+
 class DeltaStream:
     """Coalesces streamed pieces (one per token) into a notification at most every ``interval`` seconds:
     a client drawing a chat gains nothing from 1000 messages a second, and would fall behind. The first
     piece goes out at once: the time to the first token is what the user feels."""
 
-    def __init__(self, send: Callable[[str, str], None], interval: float = 0.03) -> None:
+    def __init__(self, send: Callable[[str, DeltaKind], None], interval: float = 0.03) -> None:
         self.send = send
         self.interval = interval
         self.text = ""
-        self.kind = "text"
+        self.kind: DeltaKind = "text"
         self.last = float("-inf")
 
-    def push(self, text: str, kind: str = "text") -> None:
+    def push(self, text: str, kind: DeltaKind = "text") -> None:
         if not text:
             return
         if kind != self.kind:

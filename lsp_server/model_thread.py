@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
@@ -178,5 +179,5 @@ def watch(ls: SwespotServer) -> None:
                 ls.publish_status()
         except RuntimeError:  # the pool is shut down: the server is stopping
             return
-        except Exception:  # noqa: BLE001 - the watcher must survive anything a poll meets
+        except Exception:  # the watcher must survive anything a poll meets
             log.exception("watch poll failed")

@@ -48,10 +48,12 @@ message that says what to do; malformed parameters are InvalidParams (-32602).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal
 
 import attrs
+import cattrs.gen
 from lsprotocol import types as lsp
+from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage, default_converter
 
 # ---- method and command names ----------------------------------------------------------------------
 CHAT = "swespot/chat"
@@ -93,11 +95,11 @@ class ChatParams:
     chat_id: str
     prompt: str
     history: list[ChatMessage] = attrs.field(factory=list)
-    text_document: Optional[lsp.TextDocumentIdentifier] = None
-    range: Optional[lsp.Range] = None
-    max_tokens: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    text_document: lsp.TextDocumentIdentifier | None = None
+    range: lsp.Range | None = None
+    max_tokens: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     """per model turn; default from settings"""
-    max_steps: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    max_steps: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     """tool-using turns; default from settings"""
 
 
@@ -127,7 +129,7 @@ class ChatResult:
     text: str
     usage: Usage
     exit: str = "answered"
-    adapter: Optional[str] = None  # adapter version that answered
+    adapter: str | None = None  # adapter version that answered
 
 
 # ---- tasks ----------------------------------------------------------------------------------------
@@ -138,8 +140,8 @@ class TaskParams:
 
     request: str
     text_documents: list[lsp.VersionedTextDocumentIdentifier] = attrs.field(factory=list)
-    max_steps: Optional[int] = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
-    task_id: Optional[str] = None  # echoed back; also the feedback id
+    max_steps: int | None = attrs.field(default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
+    task_id: str | None = None  # echoed back; also the feedback id
 
 
 @attrs.define
@@ -164,7 +166,7 @@ class InlineCompletionParams:
 
     text_document: lsp.TextDocumentIdentifier
     position: lsp.Position
-    context: Optional[lsp.InlineCompletionContext] = None
+    context: lsp.InlineCompletionContext | None = None
 
 
 @attrs.define
@@ -176,7 +178,7 @@ class InlineCompletionResult:
 @attrs.define
 class AdapterInfo:
     version: str
-    commit: Optional[str] = None  # the git commit the adapter was trained up to
+    commit: str | None = None  # the git commit the adapter was trained up to
 
 
 @attrs.define
@@ -188,9 +190,9 @@ class DaemonInfo:
     enabled: bool = False
     running: bool = False
     available: bool = True
-    phase: Optional[str] = None
-    progress: Optional[float] = None
-    error: Optional[str] = None
+    phase: str | None = None
+    progress: float | None = None
+    error: str | None = None
 
 
 @attrs.define
@@ -199,12 +201,12 @@ class StatusParams:
     what just happened in words (e.g. "switched to adapter v0003 (commit 1a2b3c4)")."""
 
     state: str
-    model: Optional[str] = None  # the base GGUF's file name
-    adapter: Optional[AdapterInfo] = None
+    model: str | None = None  # the base GGUF's file name
+    adapter: AdapterInfo | None = None
     daemon: DaemonInfo = attrs.field(factory=DaemonInfo)
-    message: Optional[str] = None
-    swap_ms: Optional[float] = None  # how long the last hot swap took
-    error: Optional[str] = None
+    message: str | None = None
+    swap_ms: float | None = None  # how long the last hot swap took
+    error: str | None = None
 
 
 # ---- feedback -------------------------------------------------------------------------------------
@@ -216,8 +218,8 @@ class FeedbackParams:
     id: str
     kind: Literal["inlineCompletion", "task", "chat", "codeAction"]
     action: Literal["accepted", "rejected", "editedAfterAccept"]
-    uri: Optional[str] = None
-    final_text: Optional[str] = None
+    uri: str | None = None
+    final_text: str | None = None
 
 
 # ---- code actions ---------------------------------------------------------------------------------
@@ -229,9 +231,9 @@ class CodeActionData:
     action: Literal["explain", "fix", "writeTest"]
     uri: str
     range: lsp.Range
-    version: Optional[int] = None
-    diagnostic: Optional[lsp.Diagnostic] = None
-    symbol: Optional[str] = None
+    version: int | None = None
+    diagnostic: lsp.Diagnostic | None = None
+    symbol: str | None = None
 
 
 # ---- the adapter store ----------------------------------------------------------------------------
@@ -241,10 +243,10 @@ class AdapterVersionInfo:
 
     version: str
     usable: bool
-    commit: Optional[str] = None
-    published_at: Optional[float] = None
-    problem: Optional[str] = None
-    report: Optional[str] = None  # its evaluation report (report.html of `swespot specialize`), when on disk
+    commit: str | None = None
+    published_at: float | None = None
+    problem: str | None = None
+    report: str | None = None  # its evaluation report (report.html of `swespot specialize`), when on disk
 
 
 @attrs.define
@@ -253,8 +255,8 @@ class AdaptersResult:
     for a moment after a rollback, until the swap)."""
 
     versions: list[AdapterVersionInfo] = attrs.field(factory=list)
-    current: Optional[str] = None
-    serving: Optional[str] = None
+    current: str | None = None
+    serving: str | None = None
 
 
 @attrs.define
@@ -282,13 +284,11 @@ PROTOCOL_TYPES = [ChatMessage, ChatParams, ChatDelta, Usage, ChatResult, TaskPar
 def register_hooks(converter) -> None:
     """camelCase on the wire, and every field present except optional ones that are null (lsprotocol's
     own hooks would also drop fields equal to a non-null default, e.g. ``kind: "text"``)."""
-    import cattrs.gen
-
     for cls in PROTOCOL_TYPES:
         fields = attrs.fields(cls)
-        overrides = {f.name: cattrs.gen.override(rename=camel(f.name), omit_if_default=f.default is None) for f in fields}
+        overrides: dict[str, Any] = {f.name: cattrs.gen.override(rename=camel(f.name), omit_if_default=f.default is None) for f in fields}
         converter.register_unstructure_hook(cls, cattrs.gen.make_dict_unstructure_fn(cls, converter, **overrides))
-        structure = {f.name: cattrs.gen.override(rename=camel(f.name)) for f in fields}
+        structure: dict[str, Any] = {f.name: cattrs.gen.override(rename=camel(f.name)) for f in fields}
         converter.register_structure_hook(cls, cattrs.gen.make_dict_structure_fn(cls, converter, **structure))
 
 
@@ -296,8 +296,6 @@ def make_converter():
     """pygls' converter plus this module's hooks (the server's ``converter_factory``). The parameters and
     results of methods lsprotocol does not know stay plain JSON objects: pygls would make namedtuples of
     them, which silently rename keys that are not Python identifiers."""
-    from pygls.protocol import JsonRPCNotification, JsonRPCRequestMessage, JsonRPCResponseMessage, default_converter
-
     converter = default_converter()
     for message in (JsonRPCRequestMessage, JsonRPCResponseMessage, JsonRPCNotification):
         converter.register_structure_hook(message, lambda obj, cls: cls(**obj))

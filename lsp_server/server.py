@@ -23,9 +23,10 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from lsprotocol import types as lsp
@@ -34,6 +35,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
 from agent.errors import SwespotError
+from agent.runtime import LlamaRuntime
+from agent.state import SERVER_LOG, state_dir
 from lsp_server import boundary, chat, code_actions, feedback, inline_completion, status, tasks
 from lsp_server import protocol as P
 from lsp_server.adapters import AdapterTracker
@@ -46,7 +49,7 @@ from lsp_server.logs import REQUEST_TAG, log_to
 from lsp_server.model_thread import submit_maintenance, watch
 from lsp_server.settings import SECTION, Settings, merge
 from lsp_server.state_files import FeedbackLog, Heartbeat
-from trainer.store import AdapterStore, state_dir
+from trainer.store import AdapterStore
 
 log = logging.getLogger("swespot.lsp")
 
@@ -73,7 +76,7 @@ class SwespotServer(LanguageServer):
         self.initialize_error: str | None = None
         self.client_initialized = False  # set by the ``initialized`` notification
         # the model thread's (model_thread.py)
-        self.runtime = None  # agent.runtime.LlamaRuntime, loaded on the model thread
+        self.runtime: LlamaRuntime | None = None  # loaded on the model thread
         self.runtime_key: tuple | None = None
         self.failed_key: tuple | None = None  # model settings that failed to load (not retried)
         self.runtime_error: str | None = None
@@ -104,7 +107,7 @@ class SwespotServer(LanguageServer):
             root = self.workspace.root_path or (params.workspace_folders[0].uri if params.workspace_folders else None)
             self.repo = path_of(root) if root and root.startswith("file:") else Path(root or ".").resolve()
         state = state_dir(self.repo)
-        log_to(state / "serve.log")
+        log_to(state / SERVER_LOG)
         log.info("serving %s (state %s)", self.repo, state)
         self.tracker = AdapterTracker(AdapterStore(state))
         self.daemon = DaemonProcess(self.repo, state, on_change=self.publish_status)
@@ -168,11 +171,11 @@ class SwespotServer(LanguageServer):
     def parse(self, raw: Any, cls: type[T], method: str) -> T:
         return boundary.parse(self.converter, raw, cls, method)
 
-    async def serve(self, method: str, handler: Callable[[], T | Awaitable[T]]) -> T:
+    async def serve(self, method: str, handler: Callable[[], Any]) -> Any:
         return await boundary.serve(f"{method}#{self.protocol.msg_id}", handler)
 
     def report_server_error(self, error: Exception, source) -> None:
-        if isinstance(error, json.JSONDecodeError):
+        if isinstance(error, json.JSONDecodeError) and isinstance(self.protocol, boundary.SwespotProtocol):
             self.protocol.answer_unreadable(error)
         super().report_server_error(error, source)
 

@@ -3,16 +3,14 @@ content), ``swespot/adapters``, ``swespot/rollback`` and ``swespot/retrain``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import SwespotError
+from agent.state import read_status, request_retrain
 from lsp_server import protocol as P
 from lsp_server.model_thread import request_swap
-from trainer.store import read_status, write_atomic
 
 if TYPE_CHECKING:
     from lsp_server.server import SwespotServer
@@ -31,7 +29,7 @@ def status(ls: SwespotServer, message: str | None = None, error: str | None = No
         progress = info.get("progress")
         daemon = P.DaemonInfo(
             enabled=ls.settings.background_training, running=ls.daemon.running,
-            available=not (ls.daemon.error or "").startswith("background training needs"),
+            available=ls.daemon.available,
             phase=info.get("phase"), progress=float(progress) if isinstance(progress, (int, float)) else None,
             error=ls.daemon.error or info.get("error") or info.get("last_error"))
     model = ls.runtime.model_path.name if ls.runtime is not None else None
@@ -72,10 +70,9 @@ def retrain(ls: SwespotServer) -> P.RetrainResult:
     assert ls.tracker is not None and ls.daemon is not None
     if not ls.settings.background_training:
         raise SwespotError("background training is paused; resume it (swespot.backgroundTraining) to retrain")
-    if ls.daemon.error:  # it could not be started
-        raise SwespotError(ls.daemon.error)
-    request = ls.tracker.store.state / "retrain.request"
-    write_atomic(request, json.dumps({"requested_at": time.time(), "by": "swespot serve"}).encode())
+    if ls.daemon.failure is not None:  # it could not be started
+        raise ls.daemon.failure
+    request = request_retrain(ls.tracker.store.state, by="swespot serve")
     log.info("asked the trainer daemon to retrain (%s)", request)
     return P.RetrainResult("asked the trainer daemon to retrain now")
 
