@@ -17,10 +17,10 @@ from lsprotocol import types as lsp
 from agent.errors import SwespotError
 from lsp_server import protocol as P
 from lsp_server.completion import (
-    FIM_TOKENS,
     CompletionContext,
     build_prompt,
     fit_to_line_rest,
+    serving_fim,
     stop_point,
     stop_strings,
     trim_completion,
@@ -112,7 +112,8 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event)
     started = time.perf_counter()
     runtime = ls.runtime
     assert runtime is not None and ls.heartbeat is not None  # the model job loaded it (or raised)
-    fim = fim_tokens(runtime)
+    served = ls.tracker.active if ls.tracker else None
+    fim = serving_fim(runtime, served.manifest if served else None)  # the layout follows the served adapter
     snippets = ls.snippets.snippets(ctx, ls.read_for_snippet, ls.is_excluded, budget_tokens=ls.settings.completion_context_tokens,
                                     count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if ls.snippets else []
     stats: dict = {}
@@ -133,22 +134,12 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event)
                 break
     finally:
         stream.close()  # releases the model at once when a stop rule or the budget ended it
-    log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms", stats.get("prompt_tokens", 0),
-             stats.get("completion_tokens", 0), ended or stats.get("finish_reason"), (time.perf_counter() - started) * 1e3)
+    log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms, %s", stats.get("prompt_tokens", 0),
+             stats.get("completion_tokens", 0), ended or stats.get("finish_reason"), (time.perf_counter() - started) * 1e3,
+             "fill-in-the-middle" if fim else "left to right")
     if stats.get("finish_reason") == "cancelled":
         return None
     return trim_completion(fit_to_line_rest(text, ctx), ctx)
-
-
-def fim_tokens(runtime) -> tuple[str, str, str] | None:
-    """The FIM token texts of this model, if it has FIM tokens at all (``runtime.has_fim``): the
-    first known family whose three markers are single tokens of its vocabulary."""
-    if not runtime.has_fim:
-        return None
-    for family in FIM_TOKENS:
-        if all(len(runtime.tokenize(t, special=True)) == 1 for t in family):
-            return family
-    return None
 
 
 def register(server: SwespotServer) -> None:
