@@ -8,9 +8,12 @@ write-once: builds go to a temporary name and are renamed into place.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+from daemon_support import start_daemon, stop_daemon
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +47,19 @@ def tiny_gguf_q8(tiny_hf_dir: Path, test_cache_dir: Path) -> Path:
     from trainer.tiny import tiny_gguf
 
     return tiny_gguf("q8_0", test_cache_dir)
+
+
+@pytest.fixture
+def daemons():
+    """Starts real ``swespot daemon`` processes (``daemon_support.start_daemon``) and kills whichever is
+    still running when the test ends, however it ends: a failing test leaks no process."""
+    started = []
+
+    def start(repo: Path, state_root: Path, log: Path, *extra: str):
+        started.append(start_daemon(repo, state_root, log, *extra))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            stop_daemon(proc, signal.SIGKILL)

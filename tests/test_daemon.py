@@ -18,7 +18,7 @@ import pytest
 
 from agent.errors import DiskFull, NothingPublished, SwespotError
 from agent.state import DaemonLock, editor_generating, request_retrain
-from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, start_daemon, stop_daemon, wait_for
+from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, stop_daemon, wait_for
 from trainer.daemon import Control, Daemon, DaemonOptions, GitState, GitWatcher, Run, describe_change, describe_error, read_git_state
 from trainer.store import AdapterStore, state_dir
 
@@ -182,7 +182,7 @@ def test_a_held_lock_refuses_and_a_dead_holders_lock_is_recovered(tmp_path):
 
 
 # ---- a real daemon process, no training ------------------------------------------------------------------
-def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_and_stops_on_sigterm(tmp_path, monkeypatch):
+def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_and_stops_on_sigterm(tmp_path, monkeypatch, daemons):
     repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")  # no commit yet: nothing to train, the daemon waits
@@ -190,39 +190,35 @@ def test_daemon_process_watches_refuses_a_second_one_survives_the_repo_moving_an
     state = state_dir(repo)
     status = state / "status.json"
     # --quiet 3600: a commit is noticed and queued, never trained in this test
-    proc = start_daemon(repo, state_root, log, "--quiet", "3600", "--when", "always")
-    try:
-        wait_for(lambda: read_json(status).get("pid") == proc.pid and read_json(status).get("phase") == "waiting", "waiting",
-                 60, proc, log)
-        assert "no commit yet" in read_json(status)["message"]
+    proc = daemons(repo, state_root, log, "--quiet", "3600", "--when", "always")
+    wait_for(lambda: read_json(status).get("pid") == proc.pid and read_json(status).get("phase") == "waiting", "waiting",
+             60, proc, log)
+    assert "no commit yet" in read_json(status)["message"]
 
-        second = subprocess.run(
-            [sys.executable, "-m", "swespot", "daemon", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True,
-            env={**os.environ, "SWESPOT_STATE_DIR": str(state_root)}, timeout=120)
-        assert second.returncode == 1
-        assert f"a trainer daemon is already running for {repo} (pid {proc.pid}" in second.stderr
-        assert "Traceback" not in second.stderr
+    second = subprocess.run(
+        [sys.executable, "-m", "swespot", "daemon", "--repo", str(repo)], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "SWESPOT_STATE_DIR": str(state_root)}, timeout=120)
+    assert second.returncode == 1
+    assert f"a trainer daemon is already running for {repo} (pid {proc.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
 
-        c1 = make_repo_commit(repo)
-        s = wait_for(lambda: (lambda st: st if st.get("head") == c1 and "quiet" in st.get("message", "") else None)(read_json(status)),
-                     "the commit noticed and held for the quiet period", 60, proc, log)
-        assert s["branch"] == "main" and s["phase"] == "waiting" and c1[:10] in s["message"]
+    c1 = make_repo_commit(repo)
+    s = wait_for(lambda: (lambda st: st if st.get("head") == c1 and "quiet" in st.get("message", "") else None)(read_json(status)),
+                 "the commit noticed and held for the quiet period", 60, proc, log)
+    assert s["branch"] == "main" and s["phase"] == "waiting" and c1[:10] in s["message"]
 
-        moved = tmp_path / "moved"
-        shutil.move(repo, moved)
-        wait_for(lambda: "is gone" in (read_json(status).get("error") or ""), "the repository reported gone", 60, proc, log)
-        assert proc.poll() is None
-        shutil.move(moved, repo)
-        wait_for(lambda: read_json(status).get("error") is None and read_json(status).get("phase") == "waiting",
-                 "the repository back", 60, proc, log)
+    moved = tmp_path / "moved"
+    shutil.move(repo, moved)
+    wait_for(lambda: "is gone" in (read_json(status).get("error") or ""), "the repository reported gone", 60, proc, log)
+    assert proc.poll() is None
+    shutil.move(moved, repo)
+    wait_for(lambda: read_json(status).get("error") is None and read_json(status).get("phase") == "waiting",
+             "the repository back", 60, proc, log)
 
-        assert stop_daemon(proc, signal.SIGTERM) == 0
-        final = read_json(status)
-        assert final["phase"] == "stopped" and final["pid"] is None
-        assert (state / "daemon.lock").read_text() == ""  # released cleanly
-    finally:
-        if proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
+    assert stop_daemon(proc, signal.SIGTERM) == 0
+    final = read_json(status)
+    assert final["phase"] == "stopped" and final["pid"] is None
+    assert (state / "daemon.lock").read_text() == ""  # released cleanly
     assert not (state / "adapters").exists()  # nothing was ever published
 
 
@@ -232,24 +228,20 @@ def make_repo_commit(repo: Path) -> str:
     return commit(repo, "Start the ledger", FILES)
 
 
-def test_a_failed_refresh_is_reported_and_the_daemon_keeps_serving(tmp_path, monkeypatch):
+def test_a_failed_refresh_is_reported_and_the_daemon_keeps_serving(tmp_path, monkeypatch, daemons):
     repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
     c1 = make_repo(repo)
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
     state = state_dir(repo)
     status = state / "status.json"
-    proc = start_daemon(repo, state_root, log, "--quiet", "0", "--when", "always", "--base", str(tmp_path / "no-such-model"),
+    proc = daemons(repo, state_root, log, "--quiet", "0", "--when", "always", "--base", str(tmp_path / "no-such-model"),
                         "--profile", "tiny")
-    try:
-        s = wait_for(lambda: (lambda st: st if st.get("last_error") else None)(read_json(status)), "the failure", 300, proc, log)
-        assert "base model not found" in s["last_error"] and "nothing was published" in s["last_error"]
-        assert s["last_result"]["commit"] == c1 and s["last_result"]["published"] is False
-        assert s["phase"] == "idle" and proc.poll() is None
-        assert AdapterStore(state).current() is None
-        assert stop_daemon(proc) == 0
-    finally:
-        if proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
+    s = wait_for(lambda: (lambda st: st if st.get("last_error") else None)(read_json(status)), "the failure", 300, proc, log)
+    assert "base model not found" in s["last_error"] and "nothing was published" in s["last_error"]
+    assert s["last_result"]["commit"] == c1 and s["last_result"]["published"] is False
+    assert s["phase"] == "idle" and proc.poll() is None
+    assert AdapterStore(state).current() is None
+    assert stop_daemon(proc) == 0
 
 
 # ---- pausing for the editor, progress --------------------------------------------------------------------
@@ -438,7 +430,7 @@ def test_a_folder_that_is_not_a_repository_is_refused_with_the_reason_in_status(
     assert read_json(state_dir(folder) / "status.json")["error"] == f"{folder} is not a git repository"
 
 
-def test_a_running_daemon_switches_the_served_version_when_the_branch_changes(tmp_path, monkeypatch):
+def test_a_running_daemon_switches_the_served_version_when_the_branch_changes(tmp_path, monkeypatch, daemons):
     repo, state_root, log = tmp_path / "repo", tmp_path / "data", tmp_path / "daemon.log"
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(state_root))
     c1 = make_repo(repo)
@@ -449,21 +441,17 @@ def test_a_running_daemon_switches_the_served_version_when_the_branch_changes(tm
     git(repo, "checkout", "-q", "main")  # while no daemon runs: current still names the feature's version
     assert store.current_name() == on_feature.name
     # every HEAD here has a version trained on it: nothing to train, only serving to decide
-    proc = start_daemon(repo, state_root, log, "--quiet", "0", "--when", "always")
-    try:
-        status = store.state / "status.json"
-        wait_for(lambda: store.current_name() == on_main.name and read_json(status).get("phase") == "idle",
-                 "the main branch's version served at start", 60, proc, log)
-        git(repo, "checkout", "-q", "feature")
-        wait_for(lambda: store.current_name() == on_feature.name, "the feature branch's version served", 60, proc, log)
-        s = wait_for(lambda: (lambda st: st if st.get("branch") == "feature" and st.get("phase") == "idle" else None)(read_json(status)),
-                     "status for the feature branch", 60, proc, log)
-        assert s["serving"] == {"version": on_feature.name, "reason": store.choose_for_head(repo).reason}
-        assert s["change"] == "switch to feature" and s["message"].startswith(f"up to date: {on_feature.name}")
-        git(repo, "checkout", "-q", "main")
-        wait_for(lambda: store.current_name() == on_main.name, "back to the main branch's version", 60, proc, log)
-        assert stop_daemon(proc) == 0
-    finally:
-        if proc.poll() is None:
-            stop_daemon(proc, signal.SIGKILL)
+    proc = daemons(repo, state_root, log, "--quiet", "0", "--when", "always")
+    status = store.state / "status.json"
+    wait_for(lambda: store.current_name() == on_main.name and read_json(status).get("phase") == "idle",
+             "the main branch's version served at start", 60, proc, log)
+    git(repo, "checkout", "-q", "feature")
+    wait_for(lambda: store.current_name() == on_feature.name, "the feature branch's version served", 60, proc, log)
+    s = wait_for(lambda: (lambda st: st if st.get("branch") == "feature" and st.get("phase") == "idle" else None)(read_json(status)),
+                 "status for the feature branch", 60, proc, log)
+    assert s["serving"] == {"version": on_feature.name, "reason": store.choose_for_head(repo).reason}
+    assert s["change"] == "switch to feature" and s["message"].startswith(f"up to date: {on_feature.name}")
+    git(repo, "checkout", "-q", "main")
+    wait_for(lambda: store.current_name() == on_main.name, "back to the main branch's version", 60, proc, log)
+    assert stop_daemon(proc) == 0
     assert store.version_names() == [on_main.name, on_feature.name]  # nothing was trained
