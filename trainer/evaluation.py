@@ -57,7 +57,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+import git
+import numpy as np
+from tqdm import tqdm
+
 from agent.errors import SwespotError
+from agent.index import RepoIndex, is_test_file
+from agent.loop import Agent, Budget
+from agent.models import LlamaModel
+from agent.render import Renderer
+from agent.resolve import Resolver
+from agent.runtime import LlamaRuntime
+from agent.tools import CommandPolicy, Workspace, call_tool, make_tools
+from trainer.experience import design as D
+from trainer.experience import history as H
+from trainer.experience.files import ignored_paths, secret_reason, select_files, vendored_or_generated
+from trainer.experience.heldout import is_heldout_fact
+from trainer.experience.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +124,6 @@ class ModelSpec:
 # ---- tasks --------------------------------------------------------------------------------------
 def post_cutoff_changes(repo, cutoff: str, until: str = "HEAD"):
     """The replayable changes of commits after ``cutoff`` up to ``until``, oldest first."""
-    from trainer.experience import history as H
-
     start, end = H.resolve(repo, cutoff), H.resolve(repo, until)
     if start.hexsha == end.hexsha:
         return []
@@ -126,8 +140,6 @@ def post_cutoff_changes(repo, cutoff: str, until: str = "HEAD"):
 
 
 def _usable(path: str, text: str | None) -> bool:
-    from trainer.experience.files import secret_reason, vendored_or_generated
-
     return (text is not None and PurePosixPath(path).suffix in CODE_SUFFIXES
             and not secret_reason(path, text) and not vendored_or_generated(path, text))
 
@@ -138,8 +150,6 @@ def _task_id(*parts) -> str:
 
 def _code_files(changes):
     """(change, file change, the file's lines after it) for the usable non-test code files a change touched."""
-    from agent.index import is_test_file
-
     for change in changes:
         for fc in change.files:
             if fc.after is not None and _usable(fc.path, fc.after) and not is_test_file(fc.path):
@@ -163,8 +173,6 @@ def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
 
 
 def body_tasks(changes, limit: int) -> list[Task]:
-    from agent.index import RepoIndex, is_test_file
-
     tasks = []
     for change in changes:
         for fc in change.files:
@@ -207,9 +215,6 @@ def infill_tasks(changes, limit: int, per_file: int = 2) -> list[Task]:
 def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
     """Questions about symbols that commits after the cutoff defined or changed, answered from the
     index of ``until`` (only the repository's learnable files: ignored, secret and vendored ones are not)."""
-    from agent.index import RepoIndex, is_test_file
-    from trainer.experience.files import select_files
-
     touched = {fc.path for change in changes for fc in change.files if fc.after is not None}
     selection = select_files(repo, until)
     files = [(f.path, f.text) for f in selection.files if f.path in touched and not is_test_file(f.path)]
@@ -250,8 +255,6 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
 def _symbols_before(changes, files) -> set[tuple[str, str, str]]:
     """(path, qualname, source) of every symbol the touched files held at the cutoff (the state before
     the first post-cutoff change of each file)."""
-    from agent.index import RepoIndex
-
     before: dict[str, str] = {}
     for change in changes:
         for fc in change.files:
@@ -272,15 +275,6 @@ def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
     """The held-out facts: the design questions about the pre-cutoff symbols ``is_heldout_fact`` picks
     (names defined once in the repository), in the training episodes' words (``design_questions``),
     grounded in the index and resolver of the cutoff's learnable files, as the experience sees them."""
-    import git
-
-    from agent.resolve import Resolver
-    from agent.tools import CommandPolicy, Workspace
-    from trainer.experience import design as D
-    from trainer.experience import history as H
-    from trainer.experience.files import ignored_paths, select_files
-    from trainer.experience.heldout import is_heldout_fact
-    from trainer.experience.snapshot import Snapshot
 
     repo = git.Repo(repo_path)
     commit = H.resolve(repo, cutoff).hexsha
@@ -304,8 +298,6 @@ def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
 
 
 def replay_tasks(changes, limit: int) -> list[Task]:
-    from agent.index import is_test_file
-
     tasks = []
     for change in changes:
         if not change.subject or not any(_usable(fc.path, fc.after or fc.before) for fc in change.files):
@@ -351,8 +343,6 @@ def _mark_generated(tasks: list[Task], count: int) -> list[Task]:
 
 
 def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMILIES, profile: str = "quick") -> list[Task]:
-    import git
-
     try:
         repo = git.Repo(repo_path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -408,8 +398,6 @@ class Evaluator:
         self._fim: tuple[str, str, str] | None = None  # the FIM markers of the selected model (None: left to right)
 
     def _runtime(self, **kwargs):
-        from agent.runtime import LlamaRuntime
-
         rt = LlamaRuntime(self.base_gguf, n_threads=self.threads, **kwargs)
         names = {}
         for spec in self.models:
@@ -419,21 +407,18 @@ class Evaluator:
 
     def _select(self, rt, names: dict, spec: ModelSpec) -> None:
         rt.set_adapters({names[spec.name]: 1.0} if spec.adapter is not None else None)
+        # lazy: trainer sits below lsp_server; the evaluation borrows the server's own prompt code on purpose
         from lsp_server.completion import serving_fim
 
         self._fim = serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
 
     def run(self, tasks: list[Task], repo_path: Path | None = None) -> list[dict]:
-        from tqdm import tqdm
-
         results: list[dict] = []
         text_tasks = [t for t in tasks if t.family != "replay"]
         agent_tasks = [t for t in tasks if t.family == "replay"]
         total = len(text_tasks) * len(self.models)
         if text_tasks:
             rt, names = self._runtime(n_ctx=max(1024, self.sizes["context_tokens"] + 512))
-            from agent.render import Renderer
-
             renderer = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
             with rt, tqdm(total=total, desc="eval: completion/design", unit="task", disable=not self.progress, file=sys.stderr) as bar:
                 for spec in self.models:
@@ -517,11 +502,6 @@ class Evaluator:
                       "completion": got, "completion_tokens": out.completion_tokens}
 
     def _replay_task(self, rt, task: Task, repo_path: Path) -> dict:
-        from agent.loop import Agent, Budget
-        from agent.models import LlamaModel
-        from agent.tools import CommandPolicy, Workspace
-        from trainer.experience.snapshot import Snapshot
-
         files = task.meta["files"]
         with Snapshot(repo_path, prefix="swespot-eval-") as snap:
             snap.checkout(task.meta["parent"])
@@ -573,8 +553,6 @@ def _changed_lines(before: str | None, after: str | None) -> list[str]:
 
 
 def _run_tests(ws, tests: list[str]) -> bool:
-    from agent.tools import call_tool, make_tools
-
     out = call_tool(make_tools(ws), "run", json.dumps({"command": "python -m pytest -q -x -p no:cacheprovider " + " ".join(tests),
                                                         "timeout": 120}))
     return "[exit code 0" in out
@@ -607,8 +585,6 @@ def _value(row: dict, metric: str) -> float | None:
 
 def _weighted(values, weights, idx=None):
     """Weighted mean, or with ``idx`` ([resamples, n]) the weighted mean of every resample."""
-    import numpy as np
-
     if idx is None:
         return float((values * weights).sum() / weights.sum())
     w = weights[idx]
@@ -616,8 +592,6 @@ def _weighted(values, weights, idx=None):
 
 
 def _resamples(n: int, seed: int, resamples: int):
-    import numpy as np
-
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
@@ -625,8 +599,6 @@ def bootstrap_interval(values, weights=None, *, seed: int = BOOTSTRAP_SEED,
                        resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float] | None:
     """95% percentile-bootstrap interval of one model's (weighted) mean over tasks; None under
     MIN_PAIRED_TASKS tasks."""
-    import numpy as np
-
     values = np.asarray(values, dtype=float)
     if len(values) < MIN_PAIRED_TASKS:
         return None
@@ -655,8 +627,6 @@ def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *
     default for "loss"), i.e. each resample recomputes sum(loss·tokens)/sum(tokens) for each model.
     Absolute difference (lo, hi) and relative to the reference (rel_lo, rel_hi; None where the
     reference's value is 0), each model's own interval, and the verdict. None without paired tasks."""
-    import numpy as np
-
     weighted = metric == "loss" if weighted is None else weighted
     ref = {r["task"]: r for r in reference}
     triples: list[tuple[float, float, float]] = []
@@ -805,9 +775,6 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
     """Build the tasks, run every model on them, compare every other model with ``reference`` (default:
     the first model) in ``report["comparisons"][name]`` (``paired_comparison``), and (with ``out``) write
     report.json and report.html."""
-    import git
-
-    from trainer.experience import history as H
 
     started = time.perf_counter()
     repo_path = Path(repo_path).resolve()
