@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TypedDict
 
+import platformdirs
+
 from agent.errors import SwespotError
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,6 @@ def state_root() -> Path:
     override = os.environ.get("SWESPOT_STATE_DIR")
     if override:
         return Path(override).expanduser()
-    import platformdirs  # small, but only the default needs it
-
     return Path(platformdirs.user_data_dir("swespot", appauthor=False))
 
 

@@ -22,14 +22,16 @@ def free_bytes(path: Path) -> int | None:
 
 
 def _no_space(exc: BaseException) -> bool:
-    """ENOSPC or EDQUOT anywhere in the exception's chain (a writer may wrap the OSError), or the words
-    C libraries print for it in a foreign exception's message."""
+    """ENOSPC or EDQUOT anywhere in the exception's chain: a writer may wrap the OSError (``raise ... from``)
+    or fail while handling it. Foreign exceptions without an errno are judged by the free space instead."""
     seen: BaseException | None = exc
-    while seen is not None:
+    for _ in range(16):  # a chain is short; a cycle is not followed forever
+        if seen is None:
+            return False
         if isinstance(seen, DiskFull) or (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)):
             return True
-        seen = seen.__cause__
-    return "No space left" in str(exc)
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def describe_error(exc: BaseException, phase: str | None, state: Path | None = None) -> NothingPublished:

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.errors import SwespotError
 from agent.state import editor_generating, retrain_requested
 from trainer.daemon.watching import commits_between
+from trainer.model_io import pick_device
 from trainer.store import AdapterStore
 
 
@@ -142,9 +143,7 @@ class Policy:
         return None, 0.0
 
     def device(self) -> str:
-        """The device training will use (asked once: it imports torch)."""
+        """The device training will use (asked once: the answer imports torch)."""
         if self._device is None:
-            from trainer.model_io import pick_device  # imports torch: only when a run is near
-
             self._device = pick_device(self.opts.device)
         return self._device
