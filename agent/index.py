@@ -23,6 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+import tree_sitter
+import tree_sitter_language_pack as pack
+
 from agent.state import atomic_open
 
 INDEX_VERSION = 1
@@ -103,9 +106,6 @@ class FileIndex:
 # ---- parsing ------------------------------------------------------------------------------------
 @functools.cache
 def _parser_and_query(language: str):
-    import tree_sitter
-    import tree_sitter_language_pack as pack
-
     query_file = QUERIES / f"{_QUERY_FOR.get(language, language)}.scm"
     # the language pack types its argument as a Literal of every name; ours come from language_of()
     return pack.get_parser(language), tree_sitter.Query(pack.get_language(language), query_file.read_text())  # type: ignore[arg-type]
@@ -163,8 +163,6 @@ def _enclosing_class(node) -> str | None:
 
 def parse_file(path: str, text: str) -> FileIndex | None:
     """Index one file, or None when its language is not supported."""
-    import tree_sitter
-
     language = language_of(path)
     if language is None:
         return None

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from agent.default_model import ensure_default_gguf
+from agent.episode import canonical_arguments, load_episodes
 from agent.errors import SwespotError
+from agent.render import THINK_CLOSE, THINK_OPEN, Renderer
+from agent.runtime import LlamaRuntime
 
 
 @dataclass
@@ -82,8 +86,6 @@ class ScriptedModel:
         episode file (``.jsonl``): its first episode's assistant messages are replayed, which re-runs a
         recorded episode against the tools."""
         if str(path).endswith(".jsonl"):
-            from agent.episode import load_episodes
-
             episodes = load_episodes(path)
             if not episodes:
                 raise SwespotError(f"{path} holds no episode to replay")
@@ -116,8 +118,6 @@ def _replay_turn(message: dict) -> dict | str:
     parser (a malformed reply is recorded as its text), so replaying gives the same feedback again."""
     if message.get("tool_calls"):
         return message
-    from agent.render import THINK_CLOSE, THINK_OPEN
-
     thought = message.get("reasoning_content")
     return (f"{THINK_OPEN}\n{thought}\n{THINK_CLOSE}\n\n" if thought else "") + (message.get("content") or "")
 
@@ -127,8 +127,6 @@ def structured_message(raw: dict, id_prefix: str) -> tuple[dict, list[str]]:
     assistant, known keys only, call arguments as canonical JSON text (scripts may write objects), ids
     filled in where missing. A call whose arguments are not a JSON object is dropped and reported, as the
     text parser reports it, so the model is told instead of the run crashing."""
-    from agent.episode import canonical_arguments
-
     message = {k: v for k, v in raw.items() if k in ("content", "tool_calls", "reasoning_content")}
     message = {"role": "assistant", **message, "content": raw.get("content")}
     calls, errors = [], []
@@ -161,8 +159,6 @@ class LlamaModel:
 
     def __init__(self, runtime: Runtime, *, renderer=None, max_tokens: int = 512, temperature: float = 0.0,
                  cancel: threading.Event | None = None, on_text: Callable[[str], None] | None = None) -> None:
-        from agent.render import Renderer
-
         self.runtime = runtime
         self.renderer = renderer or Renderer.for_template(
             runtime.chat_template, bos_token=getattr(runtime, "bos_token", None), eos_token=getattr(runtime, "eos_token", None))
@@ -237,11 +233,7 @@ def model_from_spec(spec: str, **kwargs) -> Model:
     if spec.startswith("openai:"):
         url, _, model = spec.split(":", 1)[1].partition("#")
         return OpenAIModel(url, model or "default")
-    from agent.runtime import LlamaRuntime
-
     if spec in ("", "default"):
-        from agent.default_model import ensure_default_gguf
-
         spec = str(ensure_default_gguf())
     elif not Path(spec).is_file():
         raise SwespotError(f"unknown model {spec!r}: give 'default', a .gguf file, scripted:FILE or openai:URL[#model]")

@@ -14,10 +14,15 @@ special tokens (the embedded Gemma base) read and write them as plain text.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from jinja2 import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent.errors import SwespotError
 
@@ -42,8 +47,6 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
 
 def _strftime_now(fmt: str) -> str:
     """transformers provides this global (Llama 3 templates print today's date)."""
-    import datetime
-
     return datetime.datetime.now().strftime(fmt)
 
 
@@ -52,10 +55,6 @@ def _compile(source: str):
     # Not StrictUndefined: chat templates test optional keys (message.tool_calls) for truthiness. Unknown
     # features still fail loudly: an unknown filter or test does not compile, and calling an unknown
     # function (an undefined global) raises when rendering; both become a SwespotError naming the cause.
-    from jinja2 import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
 

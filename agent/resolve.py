@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import jedi
+
 from agent import layout
 from agent.index import RepoIndex, Symbol, is_test_file
 
@@ -88,8 +90,6 @@ class Resolver:
     # -- Jedi ------------------------------------------------------------------------------------------
     def _jedi_project(self):
         if self._project is None:
-            import jedi
-
             stdlib = sysconfig.get_paths()
             paths = [str(p) for p in source_roots(self.root)] + sorted({stdlib["stdlib"], stdlib["platstdlib"]})
             self._project = jedi.Project(self.root, sys_path=paths, smart_sys_path=False, load_unsafe_extensions=False)
@@ -114,7 +114,7 @@ class Resolver:
         stops at an import it could not follow (or fails)."""
         try:
             names = script.goto(line, column, follow_imports=True)
-        except Exception:  # noqa: BLE001 - Jedi's inference can fail on odd code: the site stays unresolved
+        except Exception:  # Jedi's inference can fail on odd code: the site stays unresolved
             return None
         out = []
         for n in names:
@@ -157,8 +157,6 @@ class Resolver:
                 caller = fi.enclosing(ref.line)
                 if fi.language == "python":
                     if script is None:
-                        import jedi
-
                         script = jedi.Script(text, path=self.root / path, project=self._jedi_project())
                     targets = self._targets(script, ref.line, column)
                     if targets is None or not targets:
@@ -187,8 +185,6 @@ class Resolver:
         text = self._text(path)
         if text is None or not path.endswith((".py", ".pyi")):
             return None
-        import jedi
-
         started = time.perf_counter()
         try:
             targets = self._targets(jedi.Script(text, path=self.root / path, project=self._jedi_project()), line, column)

@@ -24,6 +24,10 @@ import re
 import threading
 from collections import Counter
 
+from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
+from detect_secrets.core.scan import scan_line
+from detect_secrets.settings import get_settings
+
 # ---- our own rules ---------------------------------------------------------------------------------
 KEY_SHAPES = [
     ("private key block", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----")),
@@ -160,9 +164,6 @@ def _detect_secrets_ready() -> list:
     """Configure detect-secrets once for this process (the enabled plugins; its default filters stay)."""
     global _detectors
     if _detectors is None:
-        from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
-        from detect_secrets.settings import get_settings
-
         mapping: dict[str, type] = get_mapping_from_secret_type_to_class()
         plugins = [cls for cls in mapping.values() if cls.__name__ not in OFF_PLUGINS]
         get_settings().configure_plugins([{"name": cls.__name__} for cls in plugins])
@@ -178,8 +179,6 @@ def _detect_secrets_ready() -> list:
 
 
 def _detect_secrets_line(line: str) -> str | None:
-    from detect_secrets.core.scan import scan_line
-
     for found in scan_line(line):
         if found.type == "Secret Keyword" and found.secret_value and (is_placeholder(found.secret_value) or _reference(found.secret_value)):
             continue  # "password: <your password>" and friends: detect-secrets' filters miss some placeholders

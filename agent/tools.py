@@ -28,8 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import pathspec
+
 from agent import gitsafe
 from agent.errors import SwespotError
+from agent.index import ParseCache, RepoIndex
+from agent.sandbox import clean_env, run_limited
 
 MAX_READ_LINES = 400
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -212,8 +216,6 @@ class Workspace:
 
     def index(self):
         """The repository index, re-parsing only the files changed since it was built."""
-        from agent.index import ParseCache, RepoIndex
-
         self.parse_cache = self.parse_cache or ParseCache()
         if self._index is None:
             self._index = RepoIndex.from_directory(self.root, self.files(), self.parse_cache)
@@ -398,8 +400,6 @@ class Workspace:
         process it started dies; memory, CPU time and file sizes are capped by the kernel; its output is
         read as it comes and cut to ``output_budget`` bytes (head and tail kept); the environment has no
         credentials. Without bubblewrap the command is refused (unless SWESPOT_UNSAFE_NO_SANDBOX=1)."""
-        from agent.sandbox import clean_env, run_limited
-
         command = (command or "").strip() or self.test_command or detect_test_command(self.root) or ""
         if not command:
             raise SwespotError("no command given and no test command found for this repository; give one")
@@ -477,8 +477,6 @@ def walk_not_ignored(root: Path, *, links: bool = False) -> list[str]:
     ``.gitignore`` applies below its own folder (pathspec implements git's pattern rules), ignored folders
     are not entered, and symlinked folders are not followed (with ``links``, they are listed, as git
     lists them)."""
-    import pathspec
-
     out: list[str] = []
     specs: list[tuple[str, pathspec.PathSpec]] = []  # (folder prefix, its .gitignore), outermost first
 

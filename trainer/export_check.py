@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.default_model import cache_dir
 from agent.errors import SwespotError
+from agent.gguf_meta import read_header_fields
+from agent.runtime import LlamaRuntime, file_sha256
+from trainer.convert import convert_hf_to_gguf
+from trainer.lora_export import export_lora_to_gguf
 
 STRICT_TOL = 1e-3
 SMALL_MODEL_PARAMS = 50_000_000  # below this, serve tests/experiments from an exact f32 GGUF
@@ -22,10 +27,6 @@ def serving_gguf(base, model_params: int) -> Path:
     """The GGUF llama.cpp serves for this base: the given one, or a conversion cached by content."""
     if base.serve_gguf is not None:
         return Path(base.serve_gguf)
-    from agent.default_model import cache_dir
-    from agent.runtime import file_sha256
-    from trainer.convert import convert_hf_to_gguf
-
     weights = sorted(Path(base.hf_dir).glob("*.safetensors"))
     key = file_sha256(weights[0])[:12] if weights else "noweights"
     outtype = "f32" if model_params < SMALL_MODEL_PARAMS else "f16"
@@ -36,16 +37,11 @@ def serving_gguf(base, model_params: int) -> Path:
 
 
 def gguf_is_f32(path: Path) -> bool:
-    from agent.gguf_meta import read_header_fields
-
     return read_header_fields(path).get("general.file_type") == 0  # 0 = LLAMA_FTYPE_ALL_F32
 
 
 def export_and_verify(out: Path, base, peft_model, probe_ids: list[int]) -> dict:
     import torch
-
-    from agent.runtime import LlamaRuntime, file_sha256
-    from trainer.lora_export import export_lora_to_gguf
 
     n_params = sum(p.numel() for p in peft_model.parameters())
     gguf_path = serving_gguf(base, n_params)

@@ -21,8 +21,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
+
 from agent.errors import SwespotError
 from agent.state import atomic_path
+from trainer.convert import gguf_arch, gguf_tensor_name, transform_for_gguf
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -118,10 +121,7 @@ def export_lora_to_gguf(
 ) -> ExportReport:
     """Write the GGUF adapter for a peft LoRA trained on ``base_hf_dir``. Written to a temporary file
     and renamed, so a crash never leaves a half-written adapter at ``out_path``."""
-    import gguf
     from transformers import AutoConfig
-
-    from trainer.convert import gguf_arch, gguf_tensor_name, transform_for_gguf
 
     adapter_dir, out_path = Path(adapter_dir), Path(out_path)
     cfg = read_adapter_config(adapter_dir)

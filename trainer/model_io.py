@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
+from trainer.default_model import prepare_default, prepare_from_gguf
 
 
 @dataclass
@@ -24,9 +26,6 @@ def resolve_base(base: str) -> BaseModel:
     into a cached HF checkpoint next to the default's."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, whatever a config says
     if base in ("", "default"):
-        from agent.default_model import ensure_default_gguf
-        from trainer.default_model import prepare_default
-
         return BaseModel(prepare_default(), ensure_default_gguf(), "gemma-3-270m (embedded default)")
     path = Path(base).expanduser()
     if not path.exists():
@@ -36,8 +35,6 @@ def resolve_base(base: str) -> BaseModel:
             raise SwespotError(f"{path} is not a transformers model folder (no config.json)")
         return BaseModel(path.resolve(), None, path.name)
     if path.suffix == ".gguf":
-        from trainer.default_model import prepare_from_gguf
-
         return BaseModel(prepare_from_gguf(path), path.resolve(), path.stem)
     raise SwespotError(f"unknown base model kind: {path} (a folder or a .gguf file)")
 

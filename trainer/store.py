@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import git
+
 from agent.errors import NothingPublished, SwespotError
 from agent.state import ADAPTERS_DIR, fsync_dir, read_json_object, write_atomic
 
@@ -91,8 +93,6 @@ class Choice:
 def git_ancestry(repo: str | os.PathLike):
     """(HEAD sha, branch name or None, is_ancestor) for a repository; ``is_ancestor(commit)`` answers
     (fits, why) for a version's commit. gitpython reads the repository; nothing is written."""
-    import git
-
     try:
         r = git.Repo(Path(repo).expanduser().resolve())
         head = r.head.commit.hexsha

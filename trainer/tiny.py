@@ -20,10 +20,12 @@ import os
 import shutil
 import sysconfig
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from agent.errors import SwespotError
+from trainer import convert
 
 # Bump when the output changes in a way the input hash does not see.
 TINY_VERSION = "tiny-qwen3-v1"
@@ -251,9 +253,6 @@ def tiny_gguf(outtype: str = "f32", cache_dir: Path | None = None, *, seed: int 
 
     Keyed by the model's own key plus a hash of the converter's source and the gguf/llama.cpp versions,
     so a change to the converter re-converts while an unchanged one reuses the file."""
-    from importlib.metadata import version
-
-    from trainer import convert
 
     hf_dir = tiny_model_dir(cache_dir, seed=seed)
     digest = hashlib.sha256(Path(convert.__file__).read_bytes())
