@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import SwespotError
-from trainer.store import AdapterStore, Version, read_status, status_path
+from agent.state import read_status, status_path
+from trainer.store import AdapterStore, Version
 
 log = logging.getLogger(__name__)
 

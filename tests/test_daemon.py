@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import DiskFull, NothingPublished, SwespotError
-from agent.state import DaemonLock, editor_generating, request_retrain
+from agent.state import DaemonLock, editor_generating, request_retrain, state_dir
 from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, git, make_repo, read_json, stop_daemon, wait_for
 from trainer.daemon import Control, Daemon, DaemonOptions, GitState, GitWatcher, Run, describe_change, describe_error, read_git_state
-from trainer.store import AdapterStore, state_dir
+from trainer.store import AdapterStore
 
 
 def fake_version(store: AdapterStore, tmp: Path, commit_sha: str):

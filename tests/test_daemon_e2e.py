@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.state import state_dir
 from daemon_support import GIT_ENV, NEXT_COMMITS, ROOT, commit, make_repo, read_json, stop_daemon, wait_for
-from trainer.store import AdapterStore, state_dir
+from trainer.store import AdapterStore
 
 pytestmark = pytest.mark.slow
 ARGS = ("--profile", "tiny", "--quiet", "0", "--when", "always")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SwespotError
-from trainer.store import AdapterStore, read_status, state_dir, write_status
+from agent.state import read_status, state_dir, write_status
+from trainer.store import AdapterStore
 
 
 def make_adapter_dir(root: Path, commit: str) -> Path:
