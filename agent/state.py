@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -106,6 +107,33 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, durable: bool = Tru
     with atomic_path(path, durable=durable) as tmp:
         with open(tmp, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """``atomic_path`` for a folder (a checkpoint, a converted model): filled under a temporary name next
+    to ``path``, then renamed over it when the block ends normally (an existing ``path`` is removed just
+    before: a reader then finds the old folder, nothing, or the new one, never a half-written one). When
+    the block raises, the temporary folder goes and ``path`` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if durable:
+            for item in tmp.rglob("*"):
+                if item.is_file():
+                    with open(item, "rb") as fh:
+                        os.fsync(fh.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str, *, durable: bool = True) -> None:

@@ -14,6 +14,7 @@ from agent.state import (
     HEARTBEAT_FILE,
     RETRAIN_REQUEST,
     DaemonLock,
+    atomic_dir,
     atomic_open,
     atomic_path,
     consume_retrain_request,
@@ -45,6 +46,23 @@ def test_an_atomic_write_that_fails_leaves_the_old_content_and_no_temporary_file
     blocker.write_text("")
     with pytest.raises(SwespotError, match="could not write .*a-file/x"):
         write_atomic(blocker / "x", b"data")
+
+
+def test_a_folder_written_atomically_replaces_the_old_one_only_when_whole(tmp_path):
+    target = tmp_path / "checkpoints" / "step-0000002"
+    with atomic_dir(target) as tmp:
+        (tmp / "state.json").write_text('{"step": 2}')
+        (tmp / "weights").mkdir()
+        (tmp / "weights" / "a.bin").write_bytes(b"1")
+    assert read_json_object(target / "state.json") == {"step": 2} and (target / "weights" / "a.bin").read_bytes() == b"1"
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "state.json").write_text('{"step": 4}')
+        raise KeyboardInterrupt  # killed mid-save
+    assert read_json_object(target / "state.json") == {"step": 2}
+    with atomic_dir(target) as tmp:
+        (tmp / "state.json").write_text('{"step": 4}')
+    assert sorted(p.name for p in target.iterdir()) == ["state.json"]  # the old folder is replaced, not merged
+    assert sorted(p.name for p in target.parent.iterdir()) == ["step-0000002"]
 
 
 def test_status_merges_fields_and_refuses_a_field_the_schema_does_not_name(tmp_path):

@@ -10,13 +10,12 @@ take seconds.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from agent.default_model import DEFAULT_MODEL_ID, cache_dir, ensure_default_gguf
 from agent.errors import SwespotError
 from agent.runtime import file_sha256
+from agent.state import atomic_dir
 
 CHECKPOINT_VERSION = 1  # bump when the way the checkpoint is made changes; old caches are rebuilt
 SIDECAR = "swespot_base.json"
@@ -79,20 +78,14 @@ def prepare_from_gguf(gguf_path: Path, target: Path | None = None, progress=None
         return target
     say(f"dequantizing {gguf_path.name} with transformers (once)")
     model, tokenizer = load_gguf_as_hf(gguf_path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        say(f"saving the fp32 checkpoint to {target}")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SIDECAR).write_text(
-            json.dumps({"version": CHECKPOINT_VERSION, "gguf": str(gguf_path), "gguf_sha256": gguf_sha}, indent=2)
-        )
-        shutil.rmtree(target, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
+        with atomic_dir(target) as tmp:
+            say(f"saving the fp32 checkpoint to {target}")
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / SIDECAR).write_text(
+                json.dumps({"version": CHECKPOINT_VERSION, "gguf": str(gguf_path), "gguf_sha256": gguf_sha}, indent=2)
+            )
     except OSError as exc:
         raise SwespotError(f"could not write the dequantized checkpoint to {target}: {exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
