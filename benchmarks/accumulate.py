@@ -28,8 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.errors import SwespotError  # noqa: E402
-from benchmarks.specialize import Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired, pct, run_cli, say, tasks_for  # noqa: E402
+from agent.errors import SwespotError
+from benchmarks.specialize import Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired, pct, run_cli, say, tasks_for
 
 
 def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> list[str]:
@@ -119,9 +119,9 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.specialize import serving_base
     from trainer.evaluation import FAMILIES
     from trainer.pipeline import profile_settings
+    from trainer.specialize import serving_base
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

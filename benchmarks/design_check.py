@@ -37,19 +37,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+import git
+import jedi
+
+import agent  # noqa: F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+from agent.index import is_test_file
+from agent.tools import Workspace
+from benchmarks.table import print_rows
+from trainer.experience import units as U
+from trainer.experience.files import ignored_paths, select_files
 
 Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
 
 def build_design(repo: Path, seed: int, per_file: int) -> tuple[list[dict], dict]:
     """The design unit over the repository's learnable non-test files at HEAD, as the build runs it."""
-    import git
-
-    from agent.index import is_test_file
-    from agent.tools import Workspace
-    from trainer.experience import units as U
-    from trainer.experience.files import ignored_paths, select_files
 
     started = time.perf_counter()
     r = git.Repo(repo)
@@ -77,8 +79,6 @@ def build_design(repo: Path, seed: int, per_file: int) -> tuple[list[dict], dict
 # ---- independent checks ---------------------------------------------------------------------------
 class Checker:
     def __init__(self, root: Path) -> None:
-        import jedi
-
         self.root = root.resolve()
         src = self.root / "src"
         paths = ([str(src)] if src.is_dir() else []) + [str(self.root)]
@@ -125,8 +125,6 @@ class Checker:
         return best[0] if best else None
 
     def call_resolves(self, path: str, line: int, name: str, target_path: str, target_line: int) -> bool:
-        import jedi
-
         if path not in self._scripts:
             self._scripts[path] = jedi.Script(self.text(path), path=self.root / path, project=self.project)
         source = self.text(path).splitlines()[line - 1]
@@ -144,8 +142,6 @@ def references_agree(c: Checker, episode: dict) -> bool | None:
     meta = episode["meta"]
     if meta["question"] != "callers":
         return None
-    import jedi
-
     path, symbol = meta["path"], meta["symbol"]
     node = c.definitions(path)[symbol][0]
     line = c.text(path).splitlines()[node.lineno - 1]
@@ -261,8 +257,6 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also check every episode, not only the sample")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from benchmarks.table import print_rows
-
     rows, report = [], {}
     for repo in args.repos:
         episodes, figures = build_design(repo, args.seed, args.per_file)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+import agent  # noqa: F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+from benchmarks.table import print_rows
+from trainer.experience.build import BuildOptions, build_experience
 
 WORDS = ("account balance cache client config engine event filter handler index ledger market order parser queue record report route "
          "schema session store stream task token user vault widget").split()
@@ -107,8 +109,6 @@ def add_commit(repo: Path) -> None:
 
 
 def measure(name: str, repo: Path, out: Path) -> dict:
-    from trainer.experience.build import BuildOptions, build_experience
-
     full = build_experience(repo, out, BuildOptions(progress=False))
     add_commit(repo) if name == "synthetic" else None
     incremental = build_experience(repo, out, BuildOptions(progress=False))
@@ -140,8 +140,6 @@ def main() -> int:
         repo = make_repo(tmp, args.lines, args.commits)
         print(f"synthetic repository made in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         rows.append(measure("synthetic", repo, tmp / "syn-exp"))
-    from benchmarks.table import print_rows
-
     print_rows("Experience build (static units: design, implementation, evolution)", rows)
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2))

@@ -26,12 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchmarks.table import print_rows
+from daemon_support import NEXT_COMMITS, commit, make_repo, read_json, start_daemon, stop_daemon, wait_for
+from trainer.tiny import default_cache_dir, tiny_model_dir
+
 PHASES = ("experience", "train", "export", "gate", "publish")
 
 
 def wait_result(status_path: Path, commit: str, proc, timeout: float) -> dict:
-    from daemon_support import read_json, wait_for
-
     def done():
         status = read_json(status_path)
         last = status.get("last_result") or {}
@@ -61,8 +63,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from daemon_support import NEXT_COMMITS, commit, make_repo, start_daemon, stop_daemon
-    from trainer.tiny import default_cache_dir, tiny_model_dir
 
     tiny = tiny_model_dir(default_cache_dir())
     rows = []
@@ -94,8 +94,6 @@ def main() -> int:
             raise
         finally:
             stop_daemon(proc, signal.SIGTERM)
-
-    from benchmarks.table import print_rows
 
     load = os.getloadavg()
     print_rows(f"Freshness: git commit → published adapter (tiny model, CPU, {os.cpu_count()} cores, "

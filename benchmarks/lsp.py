@@ -34,7 +34,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+import concurrent.futures
+import multiprocessing
+
+from rich.console import Console
+from rich.table import Table
+
+import agent  # noqa: F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+from agent.runtime import LlamaRuntime, default_threads, file_sha256
+from lsp_server.agents import EditorWorkspace
+from lsp_server.completion import CompletionContext, SnippetIndex, build_prompt, stop_strings, trim_completion
+from lsp_server.protocol import make_converter
+from trainer.store import AdapterStore, state_dir
 
 TYPED = "        matches = [p for p in self.files() if p.endswith(suffix)]"
 TARGET_FILE = "agent/tools.py"
@@ -81,8 +92,6 @@ class Client:
         from lsprotocol import types as lsp
         from pygls.lsp.client import LanguageClient
 
-        from lsp_server.protocol import make_converter
-
         self.lsp = lsp
         self.client = LanguageClient("swespot-bench", "1", converter_factory=make_converter)
         self.events: list[tuple[float, str, dict]] = []
@@ -127,8 +136,6 @@ class Client:
 async def bench_server(gguf: Path, repo: Path, state: Path, adapters: list[Path], steps: int, repeats: int,
                        threads: int, direct) -> tuple[dict, list[tuple[float, str]], list[tuple[float, str]]]:
     """``direct``: the in-process pool (one fresh interpreter holding its own runtime), asked in turn."""
-    from trainer.store import AdapterStore, state_dir
-
     settings = {"threads": threads, "completionMaxTokens": MAX_TOKENS, "chatMaxTokens": 16, "chatMaxSteps": 1,
                 "adapterPollS": POLL_S}
     os.environ["SWESPOT_STATE_DIR"] = str(state)  # the server and this process must agree on the store
@@ -195,10 +202,6 @@ _DIRECT: dict = {}
 
 def direct_start(gguf: Path, repo: Path, threads: int, max_tokens: int) -> None:
     """Pool initializer: the runtime and snippet index the server would build, in this interpreter."""
-    from agent.runtime import LlamaRuntime
-    from lsp_server.agents import EditorWorkspace
-    from lsp_server.completion import SnippetIndex
-
     index = SnippetIndex(EditorWorkspace(repo))
     index.build_in_background().join()
     _DIRECT.update(runtime=LlamaRuntime(gguf, n_ctx=8192, n_threads=threads), index=index, repo=repo, max_tokens=max_tokens)
@@ -206,8 +209,6 @@ def direct_start(gguf: Path, repo: Path, threads: int, max_tokens: int) -> None:
 
 def direct_complete(new_text: str, line: int, character: int) -> tuple[float, str]:
     """The same prompt the server builds (same code), completed by the runtime directly."""
-    from lsp_server.completion import CompletionContext, build_prompt, stop_strings, trim_completion
-
     runtime, index, repo = _DIRECT["runtime"], _DIRECT["index"], _DIRECT["repo"]
     started = time.perf_counter()
     offset = sum(len(text) + 1 for text in new_text.split("\n")[:line]) + character
@@ -218,7 +219,6 @@ def direct_complete(new_text: str, line: int, character: int) -> tuple[float, st
 
 
 def bench_model(name: str, steps: int, repeats: int, threads: int, work: Path) -> dict:
-    from agent.runtime import file_sha256
 
     bench = runtime_bench()
     gguf, hf_dir = bench.prepare(name)
@@ -231,9 +231,6 @@ def bench_model(name: str, steps: int, repeats: int, threads: int, work: Path) -
         adapters.append(folder)
     repo = make_repo(work / f"{name}-repo")
     # in a fresh interpreter: this one imported torch (for the adapters), whose idle threads skew timings
-    import concurrent.futures
-    import multiprocessing
-
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=direct_start,
                                                 initargs=(gguf, repo, threads, MAX_TOKENS)) as direct:
         row, served, in_process = asyncio.run(bench_server(gguf, repo, work / f"{name}-state", adapters, steps, repeats,
@@ -264,9 +261,6 @@ COLUMNS = [
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="SWE-Spot Local language server (stdio, llama.cpp on CPU)")
     for _, header in COLUMNS:
         table.add_column(header, justify="right")
@@ -283,8 +277,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    from agent.runtime import default_threads
-
     threads = args.threads or default_threads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

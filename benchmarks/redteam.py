@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import secrets as pysecrets
+import select
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import git as gitpython
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from agent.tools import CommandPolicy, Workspace, call_tool, make_tools
+from benchmarks.table import print_rows
+from trainer.experience import history as H
+from trainer.experience.build import BuildOptions, build_experience
+from trainer.experience.files import ignored_paths
+from trainer.experience.snapshot import Snapshot
+from trainer.tiny import default_cache_dir, tiny_gguf
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "rt", "GIT_AUTHOR_EMAIL": "rt@e", "GIT_COMMITTER_NAME": "rt", "GIT_COMMITTER_EMAIL": "rt@e"}
 VERDICTS = ("held", "escape", "leak", "crash")
@@ -150,8 +161,6 @@ class Lab:
         return script
 
     def workspace(self, root: Path | None = None, *, approve: bool = False, timeout: float = 20):
-        from agent.tools import CommandPolicy, Workspace, make_tools
-
         ws = Workspace(root or self.repo, policy=CommandPolicy(approve=(lambda _c: True) if approve else None),
                        run_timeout=timeout, output_budget=8000)
         return ws, make_tools(ws)
@@ -173,8 +182,6 @@ class _quiet:
 
 
 def tool(lab: Lab, name: str, approve: bool = False, root: Path | None = None, **args) -> str:
-    from agent.tools import call_tool
-
     _ws, tools = lab.workspace(root, approve=approve)
     return call_tool(tools, name, args)
 
@@ -347,8 +354,6 @@ def _(lab):
 def _run_and_reap(lab: Lab, flag: str, code: str, timeout: float) -> tuple[str, float, int]:
     """Run ``code`` (approved) with ``timeout``; then kill and count every process it left behind (its
     command line carries ``flag``)."""
-    from agent.tools import CommandPolicy, Workspace
-
     ws = Workspace(lab.repo, policy=CommandPolicy(approve=lambda _c: True), run_timeout=timeout)
     started = time.monotonic()
     out = ws.run(f"python3 -c {json.dumps(f'# {flag}' + chr(10) + code)}")
@@ -398,8 +403,6 @@ def _(lab):
 # ---- tests -------------------------------------------------------------------------------------------
 def _run_test(lab: Lab, name: str, body: str, *, approve: bool = False) -> str:
     """Write a test with the create tool and run pytest with the run tool (allowed without approval)."""
-    from agent.tools import call_tool
-
     ws, tools = lab.workspace(approve=approve, timeout=60)
     created = call_tool(tools, "create_file", {"path": f"tests/test_{name}.py", "content": body})
     out = call_tool(tools, "run", {"command": f"python -m pytest -q -s tests/test_{name}.py"})
@@ -487,8 +490,6 @@ def _(lab):
     git(root, "commit", "-qm", "hooks")
     git(root, "config", "core.hooksPath", str(hooks))
     lab.marker("hooks-snapshot").unlink(missing_ok=True)  # (committing ran them in the attacker's setup)
-    from trainer.experience.snapshot import Snapshot
-
     with Snapshot(root) as snap:
         snap.checkout(git(root, "rev-parse", "HEAD~1"))
         snap.checkout(git(root, "rev-parse", "HEAD"))
@@ -501,9 +502,6 @@ def _(lab):
     (root / "calc" / "ops.py").write_text((root / "calc" / "ops.py").read_text() + "\n\ndef sub(a, b):\n    return a - b\n")
     git(root, "commit", "-qam", "Add sub")
     lab.marker("diffext").unlink(missing_ok=True)
-    import git as gitpython
-
-    from trainer.experience import history as H
 
     repo = gitpython.Repo(root)
     raw = H.raw_history(root, "HEAD")
@@ -524,8 +522,6 @@ def _(lab):
     git(root, "config", "filter.rt.smudge", str(lab.hook_script("smudge")))
     git(root, "config", "filter.rt.clean", str(lab.hook_script("smudge")))
     lab.marker("smudge").unlink(missing_ok=True)
-    from trainer.experience.snapshot import Snapshot
-
     with Snapshot(root) as snap:
         snap.checkout(git(root, "rev-parse", "HEAD"))
     ws, _tools = lab.workspace(root)
@@ -536,8 +532,6 @@ def _(lab):
 @probe("git", "fsmonitor + experience build")
 def _(lab):
     root = _planted(lab, "build", core__fsmonitor=str(lab.hook_script("fsm-build")))
-    from trainer.experience.build import BuildOptions, build_experience
-
     build_experience(root, lab.base / "exp-fsm", BuildOptions(progress=False, units=("design",)))
     return escape_if(lab.marker("fsm-build").exists(), "the experience build ran the planted fsmonitor")
 
@@ -545,9 +539,6 @@ def _(lab):
 @probe("git", "fsmonitor + ignore rules (check-ignore)")
 def _(lab):
     root = _planted(lab, "ignore", core__fsmonitor=str(lab.hook_script("fsm-ignore")))
-    import git as gitpython
-
-    from trainer.experience.files import ignored_paths
 
     ignored_paths(gitpython.Repo(root), ["calc/ops.py"])
     return escape_if(lab.marker("fsm-ignore").exists(), "git check-ignore ran the planted fsmonitor")
@@ -565,8 +556,6 @@ class Server:
     """The real ``swespot serve`` on stdio, spoken to byte by byte."""
 
     def __init__(self, lab: Lab, model: Path, settings: dict) -> None:
-        import select  # noqa: F401 - (used in read)
-
         env = {**os.environ, "SWESPOT_STATE_DIR": str(lab.base / "state"), "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, "-m", "swespot", "serve", "--model", str(model), "--repo", str(lab.repo)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
@@ -584,8 +573,6 @@ class Server:
         self.write(b"Content-Length: %d\r\n\r\n" % (len(body) + length_delta) + body)
 
     def _read(self, timeout: float):
-        import select
-
         assert self.proc.stdout is not None  # started with stdout=PIPE
         end = time.monotonic() + timeout
         while True:
@@ -677,8 +664,6 @@ def clean_answer(answer, *, want_result: bool = True) -> Outcome:
 
 @probe("lsp", "requests before initialize")
 def _(lab):
-    from trainer.tiny import default_cache_dir, tiny_gguf
-
     s = Server(lab, tiny_gguf("q8_0", default_cache_dir()), {"threads": 1, "contextSize": 2048})
     try:
         chat = s.request("swespot/chat", {"chatId": "x", "prompt": "hi"}, timeout=30)
@@ -950,8 +935,6 @@ def main() -> int:
     rows = run_probes(only, args.skip_lsp)
     count = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
     totals = {"probes tried": len(rows), "escapes": count["escape"], "leaks": count["leak"], "crashes": count["crash"], "held": count["held"]}
-    from benchmarks.table import print_rows
-
     print_rows("red team: one row per probe", [{k: r[k] for k in ("category", "probe", "verdict", "detail")} for r in rows])
     by_category: dict[str, dict] = {}
     for r in rows:

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from rich.console import Console
+from rich.table import Table
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.runtime import LlamaRuntime, default_threads, file_sha256
+from trainer.lora_export import export_lora_to_gguf
 
 T = TypeVar("T")
 PROMPT = (
@@ -37,8 +43,6 @@ def make_adapter(hf_dir: Path, out: Path, base_gguf_sha: str | None, seed: int) 
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-
-    from trainer.lora_export import export_lora_to_gguf
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
@@ -66,8 +70,6 @@ def timed(fn: Callable[[], T], repeats: int) -> tuple[float, T]:
 
 
 def bench_model(name: str, gguf: Path, hf_dir: Path, repeats: int, threads: int, work: Path) -> dict:
-    from agent.runtime import LlamaRuntime, file_sha256
-
     row: dict = {"model": name, "file": gguf.name, "size_mb": round(gguf.stat().st_size / 2**20, 1)}
     load_s, runtime = timed(lambda: LlamaRuntime(gguf, n_ctx=2048, n_threads=threads), 1)
     row["load_s"] = round(load_s, 3)
@@ -131,9 +133,6 @@ COLUMNS = [
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="SWE-Spot Local runtime (llama.cpp, CPU)")
     for _, header in COLUMNS:
         table.add_column(header, justify="right")
@@ -149,8 +148,6 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    from agent.runtime import default_threads
-
     threads = args.threads or default_threads()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,11 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent import secret_scan
+from agent.secret_scan import episode_secret
+from benchmarks.table import print_rows
+from trainer.experience.files import decode_text, secret_reason
+
 
 def scan_repository(repo: Path) -> dict:
-    from agent import secret_scan
-    from trainer.experience.files import decode_text, secret_reason
-
     paths = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True).stdout.split("\0")
     flagged, files, chars = [], 0, 0
     secret_scan._cache.clear()
@@ -48,9 +50,6 @@ def scan_repository(repo: Path) -> dict:
 
 
 def scan_episodes(folder: Path) -> dict:
-    from agent import secret_scan
-    from agent.secret_scan import episode_secret
-
     flagged, episodes, chars = [], 0, 0
     secret_scan._cache.clear()
     started = time.perf_counter()
@@ -78,8 +77,6 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = [scan_repository(r) for r in args.repo] + [scan_episodes(e) for e in args.episodes]
-    from benchmarks.table import print_rows
-
     print_rows("secret scanner on real code: what it flags", [{k: v for k, v in r.items() if k != "examples"} for r in rows])
     for r in rows:
         for ex in r["examples"][:20]:

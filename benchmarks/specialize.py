@@ -48,8 +48,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import gitsafe  # noqa: E402
-from agent.errors import SwespotError  # noqa: E402
+from agent import gitsafe
+from agent.errors import SwespotError
 
 CONDITIONS = ("rcl", "task-centric", "text", "mix")
 RCL_UNITS = ("design", "implementation", "evolution", "runtime")
@@ -563,8 +563,8 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.specialize import serving_base
     from trainer.pipeline import GPU_TRAIN_PROFILE, profile_settings
+    from trainer.specialize import serving_base
 
     args = parse_args(argv)
     settings = profile_settings(args.profile)
