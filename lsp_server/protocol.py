@@ -185,7 +185,7 @@ class AdapterInfo:
 class DaemonInfo:
     """The trainer daemon as this server sees it: ``phase``/``progress``/``error`` come from its
     status.json; ``running`` is whether this server started it and it is alive; ``available`` is false
-    when this installation has no ``swespot daemon`` command."""
+    when this installation cannot run ``swespot daemon`` (its extras are missing: ``DaemonUnavailable``)."""
 
     enabled: bool = False
     running: bool = False
