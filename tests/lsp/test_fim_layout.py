@@ -4,12 +4,15 @@ them (another branch) and FIM again after a rollback. Real adapter store, tracke
 
 from __future__ import annotations
 
-from test_robustness import tiny_adapter_dir  # noqa: F401 - a module-scoped fixture, shared
+import re
+
+import pytest
+from test_typing_along import model_calls, suggest
 
 from lsp_server.completion import CompletionContext, build_prompt, serving_fim
 
 
-def test_swapping_adapters_switches_the_layout_and_a_rollback_switches_it_back(tmp_path, tiny_gguf_q8, tiny_adapter_dir):  # noqa: F811
+def test_swapping_adapters_switches_the_layout_and_a_rollback_switches_it_back(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
     from agent.runtime import LlamaRuntime
     from lsp_server.adapters import AdapterTracker
     from trainer.store import AdapterStore
@@ -47,7 +50,7 @@ def _git(root, *args) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left_to_right(tmp_path, tiny_gguf_q8, tiny_adapter_dir):  # noqa: F811
+def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left_to_right(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
     import json
     import shutil
 
@@ -85,3 +88,27 @@ def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left
     assert "infill" in report["comparisons"]["adapter"]["families"]
     assert report["layouts"]["adapter"]["tasks"] == 4 and "FIM layout vs left to right" in report["layouts"]["adapter"]["line"]
     assert "base" not in report["layouts"]
+
+
+@pytest.mark.asyncio
+async def test_the_server_completes_in_the_layout_of_the_adapter_it_serves(start_server, state, tiny_adapter_dir):
+    """Through the real server: FIM while the served adapter declares it, left to right after a swap to
+    one that does not, FIM again after the rollback; each model call's layout is in the server's log."""
+    from trainer.store import AdapterStore
+
+    markers = {"prefix": "<think>", "suffix": "</think>", "middle": "<tool_call>", "source": "reserved"}
+    store = AdapterStore(state)
+    session = await start_server({"completionMaxTokens": 16, "completionMaxMs": 0})
+    before, after = "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n        ", "\n    return out\n"
+    uri = session.open("calc/report.py", before + after)
+    version = 1
+    for publish, layout in ((lambda: store.publish(tiny_adapter_dir, extra={"fim": markers}), "fill-in-the-middle"),
+                            (lambda: store.publish(tiny_adapter_dir, extra={"fim": None}), "left to right"),
+                            (lambda: store.rollback("v0001"), "fill-in-the-middle")):
+        mark = session.mark()  # the swap's own announcement, not an earlier one
+        name = publish().name
+        await session.status(lambda s, name=name: (s.get("adapter") or {}).get("version") == name, since=mark)
+        version += 1
+        shown = await suggest(session, uri, before, after, version)
+        assert model_calls(state)[-1].endswith(layout)
+        assert "return out" not in shown and not re.search(r"<think>|</think>|<tool_call>", shown)
