@@ -8,12 +8,17 @@ write-once: builds go to a temporary name and are renamed into place.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import pytest
 
 from daemon_support import start_daemon, stop_daemon
+
+# the language server's end-to-end fixtures (repo, state, start_server, gate, ...), shared by tests/lsp/
+# and tests/security/
+pytest_plugins = ["lsp_support"]
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +52,31 @@ def tiny_gguf_q8(tiny_hf_dir: Path, test_cache_dir: Path) -> Path:
     from trainer.tiny import tiny_gguf
 
     return tiny_gguf("q8_0", test_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter_dir(tiny_hf_dir, tiny_gguf_q8, tmp_path_factory):
+    """A real LoRA adapter for the tiny model: one training step with peft, exported to GGUF, in the
+    folder layout the adapter store publishes (adapter.gguf + manifest.json). Read-only: tests publish
+    copies of it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agent.runtime import file_sha256
+    from trainer.lora_export import export_lora_to_gguf
+
+    out = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    ids = AutoTokenizer.from_pretrained(tiny_hf_dir)("def total(xs):\n    return sum(xs)\n", return_tensors="pt").input_ids
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
+    model.save_pretrained(out / "peft")
+    export_lora_to_gguf(out / "peft", tiny_hf_dir, out / "adapter.gguf", base_gguf_sha256=file_sha256(tiny_gguf_q8))
+    (out / "manifest.json").write_text(json.dumps({"commit": "0123456789abcdef", "base": "tiny"}))
+    return out
 
 
 @pytest.fixture

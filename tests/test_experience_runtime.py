@@ -13,7 +13,7 @@ import pytest
 
 from agent.episode import load_episodes
 from agent.sandbox import clean_env, run_limited
-from tests.daemon_support import commit, git
+from daemon_support import commit, git
 from trainer.experience import testenv as TE
 from trainer.experience.build import BuildOptions, build_experience
 

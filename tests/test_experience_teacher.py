@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from daemon_support import commit, git  # real git in a test repository
 
 from agent.episode import load_episodes
+from daemon_support import commit, git  # real git in a test repository
 from trainer.evaluation import names_any
 from trainer.experience.build import BuildOptions, build_experience, format_table, unit_table
 

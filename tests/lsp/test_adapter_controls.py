@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 from pygls.exceptions import JsonRpcException
-from test_robustness import tiny_adapter_dir  # noqa: F401 - a module-scoped fixture, shared
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_adapters_lists_versions_and_rollback_swaps_to_the_older_one(start_server, state, tiny_adapter_dir):  # noqa: F811
+async def test_adapters_lists_versions_and_rollback_swaps_to_the_older_one(start_server, state, tiny_adapter_dir):
     from trainer.store import AdapterStore
 
     store = AdapterStore(state)
@@ -39,7 +38,7 @@ async def test_adapters_lists_versions_and_rollback_swaps_to_the_older_one(start
     assert store.current_name() == "v0001"
 
 
-async def test_rollback_to_an_unknown_or_damaged_version_is_refused_and_nothing_changes(start_server, state, tiny_adapter_dir):  # noqa: F811
+async def test_rollback_to_an_unknown_or_damaged_version_is_refused_and_nothing_changes(start_server, state, tiny_adapter_dir):
     from trainer.store import AdapterStore
 
     store = AdapterStore(state)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_typing_along import model_calls, suggest
 
 from lsp_server.completion import CompletionContext, build_prompt, serving_fim
+from lsp_support import model_calls, suggest
 
 
 def test_swapping_adapters_switches_the_layout_and_a_rollback_switches_it_back(tmp_path, tiny_gguf_q8, tiny_adapter_dir):

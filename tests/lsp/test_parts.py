@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from lsp_server.daemon import DaemonProcess
 from lsp_server.chat import DeltaStream
+from lsp_server.daemon import DaemonProcess
 
 
 def test_the_first_chat_delta_is_sent_at_once_and_later_ones_are_coalesced():

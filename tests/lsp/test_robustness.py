@@ -8,33 +8,10 @@ import json
 import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
-from test_session import _inline
+
+from lsp_support import inline_params
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def tiny_adapter_dir(tiny_hf_dir, tiny_gguf_q8, tmp_path_factory):
-    """A real LoRA adapter for the tiny model: one training step with peft, exported to GGUF, in the
-    folder layout the adapter store publishes (adapter.gguf + manifest.json)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from agent.runtime import file_sha256
-    from trainer.lora_export import export_lora_to_gguf
-
-    out = tmp_path_factory.mktemp("adapter")
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    ids = AutoTokenizer.from_pretrained(tiny_hf_dir)("def total(xs):\n    return sum(xs)\n", return_tensors="pt").input_ids
-    model(input_ids=ids, labels=ids).loss.backward()
-    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5).step()
-    model.save_pretrained(out / "peft")
-    export_lora_to_gguf(out / "peft", tiny_hf_dir, out / "adapter.gguf", base_gguf_sha256=file_sha256(tiny_gguf_q8))
-    (out / "manifest.json").write_text(json.dumps({"commit": "0123456789abcdef", "base": "tiny"}))
-    return out
 
 
 async def test_a_newly_published_adapter_is_hot_swapped_and_announced(start_server, state, tiny_adapter_dir):
@@ -42,12 +19,12 @@ async def test_a_newly_published_adapter_is_hot_swapped_and_announced(start_serv
 
     session = await start_server()
     uri = session.open("calc/report.py")
-    before = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    before = await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))
     AdapterStore(state).publish(tiny_adapter_dir)
     swapped = await session.status(lambda s: (s.get("adapter") or {}).get("version") == "v0001")
     assert swapped["adapter"]["commit"] == "0123456789abcdef"
     assert swapped["message"].startswith("switched to adapter v0001 (commit 0123456789ab)") and swapped["swapMs"] >= 0
-    after = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    after = await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))
     assert before.items and after.items  # the adapter serves (its output may or may not differ)
     write_status(state, phase="training", progress=0.5)
     daemon = await session.status(lambda s: s["daemon"].get("phase") == "training")
@@ -89,7 +66,7 @@ async def test_a_setting_below_its_minimum_is_refused_with_a_reason_and_the_serv
     status = await session.status(lambda s: s.get("error"), since=mark)
     assert "swespot.adapterPollS must be at least 0.01, got 0" in status["error"]
     uri = session.open("calc/report.py")
-    assert (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items
+    assert (await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))).items
 
 
 async def test_a_model_setting_that_cannot_be_loaded_is_reported_and_the_loaded_model_keeps_serving(start_server, tmp_path):
@@ -101,14 +78,14 @@ async def test_a_model_setting_that_cannot_be_loaded_is_reported_and_the_loaded_
         lsp.DidChangeConfigurationParams(settings={"swespot": {"model": str(broken)}}))
     status = await session.status(lambda s: "broken.gguf" in (s.get("error") or ""))
     assert status["model"] == "tiny-q8_0.gguf" and status["state"] == "ready"
-    assert (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items
+    assert (await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))).items
     assert (await session.request("swespot/getStatus", {}))["model"] == "tiny-q8_0.gguf"
 
 
 async def test_feedback_goes_to_a_journal_in_the_state_dir_and_can_be_turned_off(start_server, state):
     session = await start_server()
     uri = session.open("calc/report.py")
-    item = (await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))).items[0]
+    item = (await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))).items[0]
     completion_id = item.command.arguments[0]
     session.client.protocol.notify("swespot/feedback", {"id": completion_id, "kind": "inlineCompletion", "action": "accepted", "uri": uri})
     await session.request("swespot/getStatus", {})  # handled after the notification: it is recorded by now
@@ -159,7 +136,7 @@ async def test_malformed_requests_get_errors_and_the_server_keeps_serving(start_
     session.send_raw(body)  # a document whose text holds bytes that are not UTF-8
     assert "not valid UTF-8" in await refused("swespot/inlineCompletion", {"textDocument": {"uri": raw_uri}, "position": position})
     # and after all that, it still serves
-    served = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    served = await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))
     assert served.items
     # each refusal is one line of the log, not pygls' ERROR with a traceback (they are answers, not faults)
     log = (state / "serve.log").read_text()

@@ -9,7 +9,7 @@ import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcRequestCancelled
 
-from conftest import WAIT_S
+from lsp_support import WAIT_S, inline_params
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,7 +57,7 @@ async def test_cancelling_a_chat_stops_its_generation(start_server):
         await chat
     # the model thread runs one job at a time: once this answers, the cancelled chat has really ended
     uri = session.open("calc/report.py")
-    await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))
     streamed = "".join(d["text"] for d in session.notes["swespot/chatDelta"] if d["chatId"] == "cut")
     assert 0 < len(streamed) < len(whole["text"]) / 2, "the chat went on generating after it was cancelled"
 
@@ -65,7 +65,7 @@ async def test_cancelling_a_chat_stops_its_generation(start_server):
 async def test_inline_completion_returns_an_item_at_the_cursor_by_both_methods(start_server):
     session = await start_server({"completionMaxTokens": 16})
     uri = session.open("calc/report.py")
-    standard = await session.client.text_document_inline_completion_async(_inline(uri, 3, 14))
+    standard = await session.client.text_document_inline_completion_async(inline_params(uri, 3, 14))
     assert isinstance(standard, lsp.InlineCompletionList) and len(standard.items) == 1
     item = standard.items[0]
     assert item.insert_text and item.range == lsp.Range(lsp.Position(3, 14), lsp.Position(3, 14))
@@ -90,11 +90,5 @@ async def test_a_debounced_completion_answers_at_once_when_the_next_keystroke_su
 async def test_no_completion_is_asked_for_in_the_middle_of_code(start_server):
     session = await start_server()
     uri = session.open("calc/report.py")
-    inside_word = await session.client.text_document_inline_completion_async(_inline(uri, 3, 6))  # "def to|tal(xs):"
+    inside_word = await session.client.text_document_inline_completion_async(inline_params(uri, 3, 6))  # "def to|tal(xs):"
     assert not inside_word.items
-
-
-def _inline(uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
-    return lsp.InlineCompletionParams(
-        text_document=lsp.TextDocumentIdentifier(uri), position=lsp.Position(line, character),
-        context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic))

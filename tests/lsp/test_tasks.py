@@ -11,7 +11,7 @@ import pytest
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
 
-from conftest import OPS, WAIT_S, apply_text_edits, call, write_script
+from lsp_support import OPS, WAIT_S, apply_text_edits, call, write_script
 
 pytestmark = pytest.mark.asyncio
 

@@ -7,34 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 
 import pytest
 
-from conftest import WAIT_S
+from lsp_support import WAIT_S, model_calls, suggest
 
 pytestmark = pytest.mark.asyncio
 
 BODY = "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n        "
 AFTER = "\n    return out\n"
-
-
-def model_calls(state: Path, tag: str = "") -> list[str]:
-    return [line for line in (state / "serve.log").read_text().splitlines()
-            if tag in line and re.search(r"completion: \d+ prompt tokens", line)]
-
-
-async def suggest(session, uri: str, before: str, after: str, version: int, msg_id: str | None = None) -> str:
-    """Put the document at ``before + after`` and ask for a suggestion at the cursor between them."""
-    session.change(uri, before + after, version)
-    line = before.count("\n")
-    character = len(before.rsplit("\n", 1)[-1])
-    result = await session.request("swespot/inlineCompletion", {"textDocument": {"uri": uri},
-                                   "position": {"line": line, "character": character}}, msg_id=msg_id)
-    items = result["items"]
-    if items:
-        assert items[0]["range"]["start"] == items[0]["range"]["end"] == {"line": line, "character": character}
-    return items[0]["insertText"] if items else ""
 
 
 async def test_typing_along_a_suggestion_asks_the_model_nothing(start_server, state):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import FILES, ROOT, commit, git
+from daemon_support import FILES, ROOT, commit, git
 
 ZEROS = "0" * 40
 

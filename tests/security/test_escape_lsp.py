@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.sandbox import sandbox_available
-from tests.lsp.conftest import call, repo, start_server, state, state_root, write_script  # noqa: F401 - fixtures
+from lsp_support import call, write_script
 
 pytestmark = [pytest.mark.asyncio,
               pytest.mark.skipif(not sandbox_available(), reason="bubblewrap (bwrap) is not installed or cannot work here")]

@@ -16,18 +16,7 @@ from pytest_lsp import LanguageClient
 from pytest_lsp.client import register_lsp_features
 
 from lsp_server.protocol import make_converter
-from tests.lsp.conftest import (  # noqa: F401 - fixtures: the real repository, state dir and server
-    CAPABILITIES,
-    PROBE,
-    ROOT,
-    WAIT_S,
-    Session,
-    repo,
-    start_server,
-    state,
-    state_root,
-    write_script,
-)
+from lsp_support import CAPABILITIES, PROBE, ROOT, WAIT_S, Session, write_script
 
 pytestmark = pytest.mark.asyncio
 

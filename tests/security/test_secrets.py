@@ -9,7 +9,7 @@ import pytest
 
 from agent.episode import SECRET_DROPPED, completion_episode, load_episodes, new_episode, save_episodes, tool_call
 from agent.secret_scan import episode_secret, scan_text
-from tests.daemon_support import FILES, commit, git
+from daemon_support import FILES, commit, git
 from trainer.experience.build import BuildOptions, build_experience
 from trainer.experience.files import secret_reason
 

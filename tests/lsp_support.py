@@ -1,6 +1,9 @@
 """End-to-end fixtures for the language server: a real git repository, a real ``swespot serve`` process on
 stdio with the tiny llama.cpp model, and a pytest-lsp client that records the server's notifications so
-tests can wait for them instead of sleeping."""
+tests can wait for them instead of sleeping.
+
+A pytest plugin (``pytest_plugins`` in tests/conftest.py), so tests/lsp/ and tests/security/ share the
+fixtures without importing them; test modules import only the helpers (``WAIT_S``, ``call``, ...)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +26,7 @@ from pytest_lsp.client import register_lsp_features
 
 from lsp_server.protocol import make_converter
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 60  # an upper bound for a notification that must come; tests never sleep
 
 OPS = '''"""Arithmetic helpers."""
@@ -261,6 +265,32 @@ def gate(repo: Path, tmp_path: Path, monkeypatch) -> Gate:
 def second_gate(repo: Path, tmp_path: Path, monkeypatch) -> Gate:
     monkeypatch.setenv("SWESPOT_SANDBOX_READABLE", str(tmp_path / "gates"))
     return Gate(repo, tmp_path / "gates" / "gate2.fifo", name="gate2")
+
+
+def inline_params(uri: str, line: int, character: int) -> lsp.InlineCompletionParams:
+    """An automatic inline-completion request at ``line``:``character`` (0-based), as an editor sends it."""
+    return lsp.InlineCompletionParams(
+        text_document=lsp.TextDocumentIdentifier(uri), position=lsp.Position(line, character),
+        context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic))
+
+
+def model_calls(state: Path, tag: str = "") -> list[str]:
+    """The server's model calls so far, from its own log (one ``completion: N prompt tokens`` line each)."""
+    return [line for line in (state / "serve.log").read_text().splitlines()
+            if tag in line and re.search(r"completion: \d+ prompt tokens", line)]
+
+
+async def suggest(session: Session, uri: str, before: str, after: str, version: int, msg_id: str | None = None) -> str:
+    """Put the document at ``before + after`` and ask for a suggestion at the cursor between them."""
+    session.change(uri, before + after, version)
+    line = before.count("\n")
+    character = len(before.rsplit("\n", 1)[-1])
+    result = await session.request("swespot/inlineCompletion", {"textDocument": {"uri": uri},
+                                   "position": {"line": line, "character": character}}, msg_id=msg_id)
+    items = result["items"]
+    if items:
+        assert items[0]["range"]["start"] == items[0]["range"]["end"] == {"line": line, "character": character}
+    return items[0]["insertText"] if items else ""
 
 
 def call(name: str, **arguments) -> dict:
