@@ -5,8 +5,9 @@ For the Python packages (agent, trainer, lsp_server; benchmarks and tests report
   - the longest functions (``ast``: from ``def`` to the last line of the body, nested ones counted on their own
     too) and how many exceed --max-function lines;
   - function-local imports (``import`` statements whose nearest scope is a function), split into those of a
-    heavy optional dependency that must stay lazy (torch, transformers, peft, accelerate, llama_cpp, pygls,
-    lsprotocol, watchdog, matplotlib) and the others;
+    heavy optional dependency that must stay lazy (torch, transformers, peft, accelerate, safetensors,
+    tokenizers, sentencepiece, llama_cpp, pygls, lsprotocol, watchdog, matplotlib), those that point up the
+    layers (agent < trainer < lsp_server) and the others;
   - ``# noqa`` comments;
   - string-matched error checks. A heuristic: a ``startswith``/``endswith``/``removeprefix``/``removesuffix``
     call with a string literal on a receiver whose source names an error (``err``, ``error``, ``exc``,
@@ -34,7 +35,9 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ("agent", "trainer", "lsp_server")
 SCOPES = {"source": SOURCE, "benchmarks": ("benchmarks",), "tests": ("tests",)}
-HEAVY = {"torch", "transformers", "peft", "accelerate", "llama_cpp", "pygls", "lsprotocol", "watchdog", "matplotlib"}
+HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "sentencepiece", "llama_cpp", "pygls",
+         "lsprotocol", "watchdog", "matplotlib"}
+LAYERS = {"agent": 0, "trainer": 1, "lsp_server": 2}
 ERROR_NAME = re.compile(r"err|exc|reason", re.IGNORECASE)
 STRING_METHODS = {"startswith", "endswith", "removeprefix", "removesuffix"}
 NOQA = re.compile(r"#\s*noqa\b", re.IGNORECASE)
@@ -99,12 +102,15 @@ def measure(folders: tuple[str, ...], max_file: int, max_function: int, top: int
                 functions.append({"function": f"{rel}:{node.lineno} {node.name}", "lines": (node.end_lineno or node.lineno) - node.lineno + 1})
         for imp in _local_imports(tree):
             roots = _imported_roots(imp)
-            local.append({"where": f"{rel}:{imp.lineno}", "modules": roots, "heavy": any(r in HEAVY for r in roots)})
+            layer = LAYERS.get(rel.split("/")[0], -1)
+            local.append({"where": f"{rel}:{imp.lineno}", "modules": roots, "heavy": any(r in HEAVY for r in roots),
+                          "upward": layer >= 0 and any(LAYERS.get(r, -1) > layer for r in roots)})
         if count_checks:
             checks += [{"where": f"{rel}:{n.lineno}", "code": ast.unparse(n)[:120]} for n in _error_string_checks(tree)]
     files.sort(key=lambda f: -f["lines"])
     functions.sort(key=lambda f: -f["lines"])
     heavy = sum(1 for i in local if i["heavy"])
+    upward = sum(1 for i in local if i["upward"] and not i["heavy"])
     return {
         "files": len(files),
         "lines": sum(f["lines"] for f in files),
@@ -114,7 +120,8 @@ def measure(folders: tuple[str, ...], max_file: int, max_function: int, top: int
         f"functions_over_{max_function}": sum(1 for f in functions if f["lines"] > max_function),
         "local_imports": len(local),
         "local_imports_heavy": heavy,
-        "local_imports_other": len(local) - heavy,
+        "local_imports_upward": upward,
+        "local_imports_other": len(local) - heavy - upward,
         "local_import_sites": local,
         "noqa": noqa,
         "error_string_checks": len(checks) if count_checks else None,
@@ -131,16 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = {name: measure(folders, args.max_file, args.max_function, args.top, count_checks=name != "tests")
               for name, folders in SCOPES.items()}
+    if args.json:  # before printing, so a closed pipe (| head) cannot lose it
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
     console = Console(width=160)
     summary = Table(title="Code structure (benchmarks/structure.py)")
     summary.add_column("measure")
     for name in SCOPES:
         summary.add_column(name, justify="right")
-    rows: list[tuple[str, str | None]] = [("python files", "files"), ("lines", "lines"), (f"files over {args.max_file} lines", f"files_over_{args.max_file}"),
-            (f"functions over {args.max_function} lines", f"functions_over_{args.max_function}"),
-            ("function-local imports", "local_imports"), ("  of a heavy optional dependency", "local_imports_heavy"),
-            ("  others", "local_imports_other"), ("# noqa comments", "noqa"), ("string-matched error checks", "error_string_checks")]
+    rows: list[tuple[str, str | None]] = [
+        ("python files", "files"), ("lines", "lines"), (f"files over {args.max_file} lines", f"files_over_{args.max_file}"),
+        (f"functions over {args.max_function} lines", f"functions_over_{args.max_function}"),
+        ("function-local imports", "local_imports"), ("  of a heavy optional dependency", "local_imports_heavy"),
+        ("  of a higher layer", "local_imports_upward"), ("  others", "local_imports_other"), ("# noqa comments", "noqa"),
+        ("string-matched error checks", "error_string_checks")]
     rows.insert(2, ("largest file", None))
     rows.insert(3, ("longest function", None))
     for label, key in rows:
@@ -159,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["source"][field]:
             table.add_row(row[name], str(row["lines"]))
         console.print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
