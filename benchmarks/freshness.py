@@ -69,13 +69,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="swespot-freshness-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["SWESPOT_STATE_DIR"] = str(tmp / "data")
-        from trainer.store import state_dir
+        from agent.state import STATUS_FILE, state_dir
 
         repo = tmp / "repo"
         log = tmp / "daemon.log"
         started = time.time()
         first = make_repo(repo)
-        status_path = state_dir(repo) / "status.json"
+        status_path = state_dir(repo) / STATUS_FILE
         extra = ["--steps", str(args.steps)] if args.steps else []
         proc = start_daemon(repo, tmp / "data", log, "--profile", "tiny", "--base", str(tiny), "--quiet", "0",
                             "--when", "always", *extra)
