@@ -26,7 +26,10 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from agent.errors import AdapterMismatch, SwespotError
+from agent.gguf_meta import read_header_fields
 
 log = logging.getLogger(__name__)
 THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
@@ -225,8 +228,6 @@ class LlamaRuntime:
         """Check the adapter's metadata before llama.cpp sees it (type, architecture, base identity).
         Tensor shapes are checked by llama.cpp itself; its reason is quoted from the log bridge.
         (Reading the base with gguf would parse its whole vocabulary: 10 s for Gemma's 262k tokens.)"""
-        from agent.gguf_meta import read_header_fields
-
         try:
             meta = {k: str(v) for k, v in read_header_fields(path).items()}
         except (ValueError, OSError, struct.error) as exc:
@@ -306,8 +307,6 @@ class LlamaRuntime:
         array). One decode pass in batches, asking llama.cpp for logits only at the positions that
         predict a target token: on a 262k vocabulary the full logits would cost more than the model.
         Needs no ``logits_all``; starts from and leaves an empty cache."""
-        import numpy as np
-
         tokens = list(tokens)
         if not 1 <= first < len(tokens):
             raise SwespotError(f"target start {first} is outside 1..{len(tokens) - 1}")
@@ -480,7 +479,7 @@ class LlamaRuntime:
                 self.unload_adapter(name)
             self._llm.close()
 
-    def __enter__(self) -> "LlamaRuntime":
+    def __enter__(self) -> LlamaRuntime:
         return self
 
     def __exit__(self, *exc) -> None:
