@@ -222,12 +222,12 @@ def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ..
 def link_view(view: Path, sources: list[tuple[Path, tuple[str, ...]]]) -> Path:
     """A training folder ``<view>/<unit>/<shard>.jsonl`` of symlinks to the shards of the given units
     of one or more experience folders."""
-    from trainer.pipeline import _all_shards, _link_view
+    from trainer.pipeline import _link_view, all_shards
 
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
     for experience, units in sources:
-        _link_view(view, [s for s in _all_shards(experience) if s.parent.name in units], experience)
+        _link_view(view, [s for s in all_shards(experience) if s.parent.name in units], experience)
     return view
 
 

@@ -96,12 +96,12 @@ def test_commits_become_published_versions_and_a_kill_during_training_changes_no
 def repo_with_heldout_shards(root: Path, scratch: Path) -> str:
     """The fixture repository, grown by small modules until its experience has held-out shards (the
     loss gate needs enough shards to hold some out)."""
-    from trainer.pipeline import _all_shards, build_repo_experience, heldout_shards
+    from trainer.pipeline import all_shards, build_repo_experience, heldout_shards
 
     head = make_repo(root)
     for i in range(40):
         build_repo_experience(root, scratch, "HEAD", "tiny", progress=False)
-        if heldout_shards(_all_shards(scratch)):
+        if heldout_shards(all_shards(scratch)):
             return head
         head = commit(root, f"Add helper {i}", {f"ledger/helper_{i}.py": f'"""Helper {i}."""\n\n\ndef helper_{i}(x):\n    """Scale x by {i + 2}."""\n    return x * {i + 2}\n'})
     raise AssertionError("no held-out shard after 40 modules")

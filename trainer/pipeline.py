@@ -172,7 +172,8 @@ def _link_view(view: Path, shards: list[Path], root: Path) -> None:
         target.symlink_to(shard.resolve())
 
 
-def _all_shards(experience: Path) -> list[Path]:
+def all_shards(experience: Path) -> list[Path]:
+    """The experience's non-empty shards (``<unit>/<shard>.jsonl``; hidden folders such as the feedback contrast excluded)."""
     return sorted(p for p in experience.glob("*/*.jsonl") if not p.parent.name.startswith(".") and p.stat().st_size > 0)
 
 
@@ -249,7 +250,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     base = resolve_base(opts.base)
     current = store.current()
     continuing = opts.continue_training and compatible_adapter(current, base)
-    shards = _all_shards(experience)
+    shards = all_shards(experience)
     if not shards:
         raise SwespotError(f"the experience of {repo} holds no episodes: nothing to train on (is there code in it?)")
     heldout = heldout_shards(shards) if opts.gate == "loss" else []
