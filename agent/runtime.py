@@ -25,6 +25,7 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class Completion:
 class LoadedAdapter:
     name: str
     path: Path
-    handle: object  # llama_adapter_lora pointer as returned by llama_cpp (a ctypes pointer)
+    handle: Any  # llama_adapter_lora pointer as returned by llama_cpp (a ctypes pointer)
     metadata: dict[str, str]
 
 
