@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import SwespotError
-from agent.state import read_status, status_path
+from agent.state import Status, read_status, status_path
 from trainer.store import AdapterStore, Version
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class AdapterTracker:
         self.active = None
         self.failed.clear()
 
-    def daemon_status_if_changed(self) -> dict | None:
+    def daemon_status_if_changed(self) -> Status | None:
         """status.json's content when it changed since the last call (by mtime), else None."""
         path: Path = status_path(self.store.state)
         try:

@@ -262,7 +262,7 @@ class SnippetIndex:
     def _build(self) -> None:
         try:
             index = self.workspace.index()
-        except Exception as exc:  # noqa: BLE001 - snippets are optional; completions go on without them
+        except Exception as exc:  # snippets are optional; completions go on without them
             self.error = f"{type(exc).__name__}: {exc}"
             log.warning("repository index unavailable, completions get no snippets: %s", self.error)
             return
@@ -305,7 +305,7 @@ class SnippetIndex:
                     continue
                 try:
                     lines = read_text(symbol.path).split("\n")
-                except Exception:  # noqa: BLE001 - a file that vanished or is unreadable gives no snippet
+                except Exception:  # a file that vanished or is unreadable gives no snippet
                     continue
                 end = min(symbol.end_line, symbol.start_line + SNIPPET_LINES - 1)
                 text = "\n".join(lines[symbol.start_line - 1:end])[:budget]

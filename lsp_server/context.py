@@ -17,9 +17,9 @@ import builtins
 import keyword
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Callable
 
 from agent.index import RepoIndex, Symbol, is_test_file
 

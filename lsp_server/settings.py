@@ -22,7 +22,8 @@ class Settings:
     model: str = field(default="", metadata={"help": "base model GGUF; empty: --model or the embedded default"})
     agent_model: str = field(default="", metadata={
         "help": "model for chat and tasks when it is not the served GGUF: scripted:FILE or openai:URL[#model]"})
-    threads: int = field(default=0, metadata={"help": "llama.cpp threads (0: chosen from the usable cores and the load, re-chosen as the load changes)", "min": 0})
+    threads: int = field(default=0, metadata={
+        "help": "llama.cpp threads (0: chosen from the usable cores and the load, re-chosen as the load changes)", "min": 0})
     context_size: int = field(default=8192, metadata={"help": "context window in tokens", "min": 256})
     gpu_layers: int = field(default=0, metadata={"help": "layers offloaded to the GPU (-1: all)", "min": -1})
     background_training: bool = field(default=False, metadata={"help": "run `swespot daemon` for this repository"})
@@ -43,7 +44,7 @@ class Settings:
     task_max_steps: int = field(default=20, metadata={"help": "tool-using turns of a task", "min": 1})
     adapter_poll_s: float = field(default=1.0, metadata={"help": "how often the adapter store is checked while idle", "min": 0.01})
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -68,7 +69,7 @@ def merge(base: Settings, raw: Any, *, where: str) -> Settings:
     for key, value in raw.items():
         f = _FIELDS[key]
         what = f"{where}: {SECTION}.{key}"
-        changes[f.name] = _typed(value, f.type, what)
+        changes[f.name] = _typed(value, str(f.type), what)  # a string: this module has postponed annotations
         low = f.metadata.get("min")
         if low is not None and changes[f.name] < low:  # e.g. a poll interval of 0 would spin a core
             raise SwespotError(f"{what} must be at least {low}, got {value!r}")
