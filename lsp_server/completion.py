@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.fim import FIM_FAMILIES, FimTokens, for_runtime
+from lsp_server.context import definition_stubs, fit_to_tokens
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,6 @@ class SnippetIndex:
             return []
         stubs, budget, tokens_left = [], SNIPPET_CHARS, None
         if budget_tokens > 0 and count_tokens is not None:
-            from lsp_server.context import definition_stubs
-
             shown = prefix_window(ctx.prefix) + "\n".join(ctx.suffix.split("\n")[:SUFFIX_LINES])
             language = ctx.language or _SUFFIX_TO_LANGUAGE.get(Path(ctx.rel).suffix, "")
             found, used = definition_stubs(index, ctx.rel, language, ctx.prefix, shown, budget_tokens, count_tokens, excluded)
@@ -310,8 +309,6 @@ class SnippetIndex:
                 end = min(symbol.end_line, symbol.start_line + SNIPPET_LINES - 1)
                 text = "\n".join(lines[symbol.start_line - 1:end])[:budget]
                 if tokens_left is not None:
-                    from lsp_server.context import fit_to_tokens
-
                     text, cost = fit_to_tokens(text, f"Related code from {symbol.path}:", tokens_left, count_tokens)
                     tokens_left -= cost
                 if text.strip():
