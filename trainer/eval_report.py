@@ -37,6 +37,15 @@ METRICS = (  # (family, key, label, lower is better)
 VERDICT_COLOURS = {"better": "#2e7d32", "worse": "#c62828", "no measurable change": "#616161"}
 
 
+METRIC_NAMES = {"loss": "loss", "exact": "exact match", "similarity": "edit similarity", "resolved": "resolved"}
+
+
+def metric_label(family: str, metric: str) -> str:
+    if family in ("design", "facts") and metric == "exact":
+        return f"{family} accuracy"
+    return f"{family} {METRIC_NAMES.get(metric, metric)}"
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -88,8 +97,6 @@ def _forest(comparison: dict) -> str | None:
     loss = ([(head["label"] + " (headline)", head)] if head else []) + [
         (f"{fam} loss", entry["metrics"]["loss"]) for fam, entry in comparison["families"].items() if "loss" in entry["metrics"]]
     loss = [(label, st) for label, st in loss if st.get("rel") is not None]
-    from trainer.evaluation import metric_label
-
     scores = [(metric_label(fam, key), st) for fam, entry in comparison["families"].items()
               for key, st in entry["metrics"].items() if key != "loss"]
     panels = [(rows, kind) for rows, kind in ((loss, "loss"), (scores, "score")) if rows]

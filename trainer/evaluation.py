@@ -69,6 +69,7 @@ from agent.render import Renderer
 from agent.resolve import Resolver
 from agent.runtime import LlamaRuntime
 from agent.tools import CommandPolicy, Workspace, call_tool, make_tools
+from trainer.eval_report import metric_label, write_report
 from trainer.experience import design as D
 from trainer.experience import history as H
 from trainer.experience.files import ignored_paths, secret_reason, select_files, vendored_or_generated
@@ -660,15 +661,6 @@ def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *
     return out
 
 
-METRIC_NAMES = {"loss": "loss", "exact": "exact match", "similarity": "edit similarity", "resolved": "resolved"}
-
-
-def metric_label(family: str, metric: str) -> str:
-    if family in ("design", "facts") and metric == "exact":
-        return f"{family} accuracy"
-    return f"{family} {METRIC_NAMES.get(metric, metric)}"
-
-
 def _signed(value: float, unit: str, digits: int = 1) -> str:
     text = f"{value:+.{digits}f}{unit}"
     return text.replace("-", "\u2212")  # a real minus sign
@@ -808,8 +800,6 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
         report["layouts"] = {name: found for name in names if (found := layout_comparison(rows, name)) is not None}
     report["seconds"] = round(time.perf_counter() - started, 2)
     if out is not None:
-        from trainer.eval_report import write_report
-
         write_report(report, Path(out))
     return report
 
