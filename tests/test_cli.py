@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import DaemonUnavailable, NothingPublished, SwespotError
-from tests.daemon_support import FILES, ROOT, commit, git
+from daemon_support import FILES, ROOT, commit, git
 
 COMMANDS = {"model", "experience", "train", "adapters", "daemon", "eval", "specialize", "agent", "serve"}
 
