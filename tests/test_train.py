@@ -4,7 +4,6 @@ export that llama.cpp applies exactly, resumption after a kill, and clear errors
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -211,28 +210,41 @@ def test_exported_adapter_logits_in_llama_cpp_match_peft(trained, experience, ti
     assert np.abs(got - expected).max() < 1e-4
 
 
+# ``swespot train`` with train's checkpoint writer wrapped so that the process kills itself (SIGKILL)
+# right after its second checkpoint: a kill -9 at a fixed point of the training loop, not a race between
+# a watching test and a fast machine
+KILL_AFTER_SECOND_CHECKPOINT = """
+import os, signal, sys
+import trainer.train as T
+saved = []
+write = T.save_checkpoint
+
+def write_then_die(*args, **kwargs):
+    path = write(*args, **kwargs)
+    saved.append(path)
+    if len(saved) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+
+T.save_checkpoint = write_then_die
+from swespot.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_a_kill_continues_from_the_checkpoint(experience, tiny_hf_dir, tmp_path):
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"checkpoint_every": 2}))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "swespot", "train", "--profile", "tiny", "--data", str(experience), "--base", str(tiny_hf_dir),
-           "--out", str(out), "--steps", "10", "--config", str(settings), "--no-export", "--json"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    # kill -9 as soon as the second checkpoint is on disk (watching the folder, not sleeping blindly)
-    import time
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
-        if len([p for p in done if (p / "state.json").exists()]) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    args = ["train", "--profile", "tiny", "--data", str(experience), "--base", str(tiny_hf_dir), "--out", str(out), "--steps", "10",
+            "--config", str(settings), "--no-export", "--json"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_CHECKPOINT, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (out / "checkpoints" / "step-0000004" / "state.json").exists() and not (out / "adapter_model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "swespot", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from step-" in resumed.stderr
+    assert "resuming from step-0000004" in resumed.stderr
     report = json.loads(resumed.stdout)["report"]
     assert report["steps"] == 10
     straight = train(tiny_config(experience, tmp_path / "straight", tiny_hf_dir, steps=10, export_gguf=False), progress=False)

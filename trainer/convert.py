@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.errors import SwespotError
+from agent.state import atomic_path
 
 # HF model_type → GGUF architecture name. gemma3 is known for naming (adapters for the default model)
 # but full conversion is only offered for the families below.
@@ -466,11 +466,7 @@ def convert_hf_to_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, *
         raise SwespotError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     config = load_config(hf_dir)
     load_tokenizer_json(hf_dir)  # fail on the tokenizer before spending time on tensors
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out_path) as tmp:
         if outtype in _QUANT_FTYPES:
             lossless = tmp.with_suffix(".src.tmp")
             try:
@@ -480,7 +476,4 @@ def convert_hf_to_gguf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, *
                 lossless.unlink(missing_ok=True)
         else:
             write_gguf(hf_dir, tmp, config, outtype)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import resource
 import shutil
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import SwespotError
+from agent.state import atomic_dir, atomic_open
 from trainer.config import TrainConfig
 from trainer import data as D
 
@@ -185,16 +185,12 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: i
     import torch
 
     root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:07d}"
-    tmp = root / f".tmp-{state['step']:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "trainer_state.pt")
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}, tmp / "trainer_state.pt")
+        (tmp / STATE).write_text(json.dumps(state, indent=1))
     for old in sorted(p for p in root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -398,9 +394,5 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
+    with atomic_open(path) as fh:  # an OSError stays one: the pipeline reports it as a failed run
         json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
