@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent import gitsafe
 from agent.errors import SwespotError
+from agent.state import write_atomic
 
 CONDITIONS = ("rcl", "task-centric", "text", "mix")
 RCL_UNITS = ("design", "implementation", "evolution", "runtime")
@@ -268,10 +269,7 @@ def tasks_for(repo: Repo, work: Work, args) -> list:
     if path.exists():
         return [Task(**t) for t in json.loads(path.read_text())]
     tasks = make_tasks(repo.path, repo.cutoff, "HEAD", args.families, args.eval_profile)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(t) for t in tasks], default=str))
-    tmp.replace(path)
+    write_atomic(path, json.dumps([asdict(t) for t in tasks], default=str))
     return tasks
 
 
