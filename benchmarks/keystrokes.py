@@ -28,7 +28,7 @@ The server serves the repository checked out at the cutoff (its snippets see no 
 adapter is published into a private store for that checkout. Nothing is downloaded.
 
     .venv/bin/python benchmarks/keystrokes.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
-        [--tasks 10] [--max-chars 200] [--max-minutes 8] [--granularity char] [--context on|off|both] [--json out.json]
+        [--tasks 10] [--family all|body|line] [--max-chars 200] [--max-minutes 8] [--granularity char] [--context on|off|both] [--json out.json]
 """
 
 from __future__ import annotations
@@ -112,16 +112,17 @@ def cap(target: str, max_chars: int) -> str:
     return target[:cut] if cut > 0 else target
 
 
-def make_typing_tasks(repo: Path, cutoff: str, count: int, max_chars: int) -> list[TypingTask]:
-    """Function bodies first, then added lines, of Python files changed after the cutoff; each with the
-    file around it as the commit left it."""
+def make_typing_tasks(repo: Path, cutoff: str, count: int, max_chars: int, families: str = "all") -> list[TypingTask]:
+    """Function bodies first, then added lines (``families``: body, line or all), of Python files
+    changed after the cutoff; each with the file around it as the commit left it."""
     import git as gitpython
 
     from trainer.evaluation import body_tasks, line_tasks, post_cutoff_changes
 
     changes = post_cutoff_changes(gitpython.Repo(repo), cutoff)
     out: list[TypingTask] = []
-    for task in body_tasks(changes, count) + line_tasks(changes, count):
+    chosen = (body_tasks(changes, count) if families in ("body", "all") else []) + (line_tasks(changes, count) if families in ("line", "all") else [])
+    for task in chosen:
         if len(out) >= count:
             break
         if not (task.path or "").endswith(".py"):
@@ -418,6 +419,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="base GGUF (default: the embedded Gemma 3 270M)")
     parser.add_argument("--adapter", help="'current' (the published version of --repo's store) or a version folder / adapter.gguf")
     parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument("--family", choices=("all", "body", "line"), default="all",
+                        help="held-out function bodies, added lines, or bodies first then lines")
     parser.add_argument("--max-chars", type=int, default=200, help="characters typed per task at most")
     parser.add_argument("--max-minutes", type=float, default=8.0, help="start no task after this much time; a task still running a quarter later is dropped")
     parser.add_argument("--granularity", choices=("char", "word"), default="char")
@@ -445,7 +448,7 @@ def main() -> int:
             from agent.default_model import ensure_default_gguf
 
             gguf = Path(ensure_default_gguf())
-        tasks = make_typing_tasks(repo, cutoff, args.tasks, args.max_chars)
+        tasks = make_typing_tasks(repo, cutoff, args.tasks, args.max_chars, args.family)
         if not tasks:
             raise SwespotError(f"no Python function or added line after the cutoff {cutoff[:10]} to type")
         with tempfile.TemporaryDirectory(prefix="swespot-typing-") as tmp:
@@ -460,7 +463,7 @@ def main() -> int:
     except SwespotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    report.update(repo=str(repo), cutoff=cutoff, model=str(gguf), granularity=args.granularity,
+    report.update(repo=str(repo), cutoff=cutoff, family=args.family, model=str(gguf), granularity=args.granularity,
                   max_chars=args.max_chars, wall_s=round(time.perf_counter() - started, 1),
                   settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
                             "context": args.context, "completionContextTokens": args.context_tokens},
