@@ -1,4 +1,4 @@
-"""``swespot daemon --repo PATH``: the background re-specialisation daemon (trainer/daemon.py)."""
+"""``swespot daemon --repo PATH``: the background re-specialisation daemon (trainer/daemon/)."""
 
 from __future__ import annotations
 
