@@ -161,3 +161,18 @@ def test_only_names_the_code_uses_count_not_words_in_docstrings_strings_or_comme
     assert {"widget", "scaled", "helper", "label"} <= set(uses)
     assert not {"Frobnicate", "gadget", "sprocket", "cog"} & set(uses)
     assert uses["scaled"].attribute and not uses["helper"].attribute
+
+
+def test_typing_on_the_line_leaves_the_context_and_so_the_prompts_start_unchanged(index, runtime):
+    count = lambda text: len(runtime.tokenize(text, special=False))  # noqa: E731
+    read = lambda rel: (index.root / rel).read_text()  # noqa: E731
+    ctx = cursor_context(index.root)
+    typed = "return later_helper(total + frobnicate(big[1]))"
+    prompts = []
+    for n in range(len(typed) + 1):
+        now = CompletionContext(ctx.rel, ctx.language, ctx.prefix + typed[:n], ctx.suffix)
+        snippets = index.snippets(now, read, lambda rel: False, budget_tokens=256, count_tokens=count)
+        prompts.append(build_prompt(now, snippets, None))
+    assert "def frobnicate(widget" in prompts[0]
+    for before, after in zip(prompts, prompts[1:]):
+        assert after == before + after[-1]  # one more character at the end, nothing else changed
