@@ -28,6 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import gguf
+import numpy as np
+
 from agent.errors import SwespotError
 from agent.state import atomic_path
 
@@ -85,8 +88,6 @@ def gguf_arch(config: Any) -> str:
 
 
 def _model_arch(arch: str):
-    import gguf
-
     for member, name in gguf.MODEL_ARCH_NAMES.items():
         if name == arch:
             return member
@@ -104,8 +105,6 @@ def _canonical_hf_name(hf_name: str) -> str:
 def gguf_tensor_name(arch: str, n_layers: int, hf_name: str) -> str:
     """The GGUF tensor name of an HF parameter, e.g. ``model.layers.3.self_attn.q_proj.weight`` →
     ``blk.3.attn_q.weight`` (with the architecture-specific map: Gemma 3's post-attention norm differs)."""
-    import gguf
-
     name_map = gguf.get_tensor_name_map(_model_arch(arch), n_layers)
     name = name_map.get_name(_canonical_hf_name(hf_name), try_suffixes=(".weight", ".bias"))
     if name is None:
@@ -268,8 +267,6 @@ def vocab_tokens(tokenizer: dict, vocab_size: int) -> tuple[list[str], list[int]
     Added tokens are CONTROL when special (or ``<|...|>``), else USER_DEFINED — USER_DEFINED ones are
     rendered as text by llama.cpp's detokenizer, which is why Qwen's ``<tool_call>`` and ``<think>`` are
     not special. Ids the tokenizer does not use (the config's vocab is often padded) become UNUSED."""
-    import gguf
-
     by_id: dict[int, tuple[str, int]] = {i: (t, gguf.TokenType.NORMAL) for t, i in tokenizer["model"]["vocab"].items()}
     for added in tokenizer.get("added_tokens", []):
         special = added.get("special") or _looks_special(added["content"])
@@ -286,8 +283,6 @@ def vocab_tokens(tokenizer: dict, vocab_size: int) -> tuple[list[str], list[int]
 
 def add_vocab(writer: Any, hf_dir: Path, vocab_size: int) -> None:
     """Vocabulary, merges, pre-tokenizer, special ids, add_bos/add_eos and chat template."""
-    import gguf
-
     tokenizer = load_tokenizer_json(hf_dir)
     pre = detect_pre_tokenizer(tokenizer)
     tokens, types = vocab_tokens(tokenizer, vocab_size)
@@ -327,8 +322,6 @@ def head_dim(config: Any) -> int:
 
 def add_hparams(writer: Any, config: Any, arch: str) -> None:
     """Everything llama.cpp reads from ``<arch>.*`` keys to build the graph."""
-    import gguf
-
     n_head = int(_hparam(config, "num_attention_heads"))
     writer.add_context_length(int(_hparam(config, "max_position_embeddings")))
     writer.add_embedding_length(int(_hparam(config, "hidden_size")))
@@ -361,8 +354,6 @@ def add_hparams(writer: Any, config: Any, arch: str) -> None:
 def llama3_rope_factors(config: Any) -> Any:
     """Per-frequency rope factors of Llama 3.1+'s ``llama3`` scaling, stored as ``rope_freqs.weight``
     (the same formula as transformers' ``_compute_llama3_parameters`` and llama.cpp's converter)."""
-    import numpy as np
-
     rope = rope_parameters(config)
     dim = head_dim(config)
     freqs = 1.0 / (float(rope.get("rope_theta", 10000.0)) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
@@ -388,8 +379,6 @@ def llama3_rope_factors(config: Any) -> Any:
 
 
 def _file_type(outtype: str) -> int:
-    import gguf
-
     return {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -399,9 +388,6 @@ def _file_type(outtype: str) -> int:
 
 def _encode(data: Any, outtype: str) -> tuple[Any, Any]:
     """(array, raw ggml type or None): 1-d tensors (norms, biases) always stay f32, as in llama.cpp."""
-    import gguf
-    import numpy as np
-
     if data.ndim <= 1 or outtype == "f32":
         return data.astype(np.float32), None
     if outtype == "f16":
@@ -426,8 +412,6 @@ def add_tensors(writer: Any, hf_dir: Path, config: Any, arch: str, outtype: str)
 
 def write_gguf(hf_dir: Path, out_path: Path, config: Any, outtype: str) -> None:
     """Write an unquantized (f32/f16/bf16) GGUF."""
-    import gguf
-
     arch = gguf_arch(config)
     writer = gguf.GGUFWriter(str(out_path), arch, use_temp_file=True)  # spool tensors: bounded memory
     try:
