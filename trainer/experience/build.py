@@ -173,7 +173,7 @@ def _full(opts: BuildOptions, counts: Counter, unit: str) -> bool:
     return bool(target) and counts[unit] >= target
 
 
-def _claim(out: Path, unit: str, key: str, wanted: dict, counts: Counter, result: "BuildResult") -> Path | None:
+def _claim(out: Path, unit: str, key: str, wanted: dict, counts: Counter, result: BuildResult) -> Path | None:
     """Mark a shard as wanted; a shard already on disk is reused (its episodes counted against the
     unit's target) and None is returned; else the path to write it to."""
     wanted[unit].add(key)
@@ -246,7 +246,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         index = ws.index()
         runner = U.pytest_runner(ws) if opts.run_tests else None
         teacher = teacher_from_options(opts)
-        resolver = edges = None
+        resolver: Resolver | None = None
+        edges: set[tuple[str, str, str, str]] = set()
         if "design" in opts.units:
             # calls the runtime trace saw confirm the call sites Jedi cannot pin (run now when the runtime unit
             # is built, else only a trace already cached)

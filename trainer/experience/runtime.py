@@ -32,7 +32,7 @@ from agent.index import is_test_file
 from trainer.experience import units as U
 from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, taught, teacher_from_options
-from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, run_pytest, sample, repo_environment
+from trainer.experience.testenv import ERROR, FAILED, PASSED, PytestRun, TestEnvironment, repo_environment, run_pytest, sample
 
 TRACE_VERSION = 4  # 2: the repository's own test environment, a sampled subset, node ids and callers; 3: whole-statement mutations;
 # 4: caller -> callee edges between the repository's functions (they confirm the design unit's calls)
@@ -262,8 +262,8 @@ def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret
 
 def _full(opts, counts: Counter | None) -> bool:
     """Whether the runtime unit has reached its target number of episodes (the balanced mix)."""
-    target = (getattr(opts, "targets", None) or {}).get("runtime")
-    return bool(target) and counts is not None and counts["runtime"] >= target
+    target = (getattr(opts, "targets", None) or {}).get("runtime") or 0
+    return target > 0 and counts is not None and counts["runtime"] >= target
 
 
 def _saved(shard: Path, episodes: list, stats: U.UnitStats, counts: Counter | None) -> None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import ast
 import functools
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget
@@ -60,8 +60,8 @@ class Teacher:
             result, verdict = None, f"teacher failed: {str(exc)[:80]}"
         finally:
             _put_back(ws, before, originals)
-        if isinstance(verdict, str):
-            self.rejected[verdict] += 1
+        if isinstance(verdict, str) or result is None:
+            self.rejected[str(verdict)] += 1
             return None
         self.kept += 1
         episode = result.episode
@@ -74,7 +74,7 @@ class Teacher:
         return {"model": self.spec, "tried": self.tried, "kept": self.kept, "rejected": dict(self.rejected)}
 
 
-def taught(teacher: "Teacher | None", stats, ws: Workspace, task: str, verify: Verifier, *, unit: str, commit: str, meta: dict,
+def taught(teacher: Teacher | None, stats, ws: Workspace, task: str, verify: Verifier, *, unit: str, commit: str, meta: dict,
            read_only: bool = False) -> dict | None:
     """The teacher's verified episode for ``task`` (counted in ``stats``, a ``units.UnitStats``), or None:
     no teacher, or its attempt did not verify (the reason counted); then the caller makes the oracle's."""

@@ -58,7 +58,7 @@ class UnitStats:
 
 
 # ---- unit 1: software design --------------------------------------------------------------------
-_RESOLVERS: "weakref.WeakKeyDictionary[RepoIndex, Resolver]" = weakref.WeakKeyDictionary()
+_RESOLVERS: weakref.WeakKeyDictionary[RepoIndex, Resolver] = weakref.WeakKeyDictionary()
 
 
 def resolver_for(ws: Workspace, index: RepoIndex) -> Resolver:
