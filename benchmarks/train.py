@@ -8,13 +8,15 @@ are trained, so the figure that matters is trained tokens per minute; tokens see
 too. ``--dense-lengths`` adds the old rows: equal-length episodes whose every answer token is trained.
 
 Rows: ``ours`` (packed rows: common prefix once, no padding, each sequence cut after its last trained
-token, the vocabulary projection only where a target is predicted), ``ours_padded`` (the same with
-length-grouped padded batches) and ``trainer`` (``transformers.Trainer``, grouped by length, the
-model's own loss). Each measurement runs in its own process; the rate is over the training loop only
+token, the vocabulary projection only where a target is predicted, in chunks of rows:
+``losses.linear_cross_entropy``), ``ours_v1`` (the same packing with the full [targets, vocabulary]
+logits, as first built), ``ours_padded`` (length-grouped padded batches) and ``trainer``
+(``transformers.Trainer``, grouped by length, the model's own loss). ``--units text=5,design=3`` samples
+quick's mix (the repository as text, every token trained, and design episodes) instead of ``--episodes``. Each measurement runs in its own process; the rate is over the training loop only
 (model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
 
-    .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48]
-        [--max-len 1024] [--batch-tokens 4096] [--dense-lengths 512] [--json out.json]
+    .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48 | --units text=5,design=3]
+        [--max-len 1024] [--batch-tokens 4096] [--runs ours,ours_v1,ours_padded,trainer] [--dense-lengths 512] [--json out.json]
 """
 
 from __future__ import annotations
@@ -179,7 +181,10 @@ def run_one(which: str, model: str, data: Path, max_len: int, batch_tokens: int)
 
 
 def measure(model: str, name: str, data: Path, max_len: int, batch_tokens: int, workers: list[str]) -> list[dict]:
-    results = {w: run_one(w, model, data, max_len, batch_tokens) for w in workers}
+    results = {}
+    for w in workers:
+        results[w] = run_one(w, model, data, max_len, batch_tokens)
+        print(json.dumps({"model": model, "run": w, **results[w]}), file=sys.stderr, flush=True)  # survives a later kill
     rows = []
     for which, r in results.items():
         minutes = r["seconds"] / 60

@@ -368,3 +368,106 @@ def test_a_packed_row_gives_the_loss_and_gradient_of_its_sequences_run_separatel
     # the window matters here: without it the same row gives another loss
     gemma.config.sliding_window = 100_000
     assert abs(separate_and_packed(gemma, batch)[1] - packed) > 1e-4
+
+
+def test_the_chunked_loss_equals_the_plain_loss_and_its_gradient():
+    """losses.linear_cross_entropy projects and reduces a few rows at a time and makes the gradient in the
+    forward pass; it must equal cross_entropy over the full logits, ignored targets included, for the
+    hidden states and for the weight, whether the rows fill the last chunk or not."""
+    import torch
+
+    from trainer.losses import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(50, 16, requires_grad=True), torch.randn(300, 16, requires_grad=True)
+    targets = torch.randint(0, 300, (50,))
+    targets[::7] = D.IGNORE
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, ignore_index=D.IGNORE)
+    expected = torch.autograd.grad(plain * 3, (hidden, weight))
+    for rows in (1, 7, 50, 64):
+        chunked = linear_cross_entropy(hidden, weight, targets, chunk_elements=rows * 300)
+        got = torch.autograd.grad(chunked * 3, (hidden, weight))
+        assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, got))
+    with torch.no_grad():
+        assert float(linear_cross_entropy(hidden, weight, targets)) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_packed_text_rows_give_the_models_own_loss_in_chunks(tiny_hf_dir, monkeypatch):
+    """The repository as text trains every token, so its vocabulary projection covers every position:
+    the packed loss, projected in chunks of 64 rows, must be the model's own loss (full logits, shifted
+    labels) of the chunks run one by one, with the same gradient."""
+    import torch
+
+    import trainer.losses
+    from trainer.model_io import load_model_and_tokenizer
+    from trainer.train import trained_token_loss
+
+    model, tokenizer = load_model_and_tokenizer(tiny_hf_dir)
+    source = (Path(D.__file__)).read_text()
+    episode = {"id": "t", "unit": "text", "messages": [{"role": "user", "content": "# path: trainer/data.py\n"},
+                                                      {"role": "assistant", "content": source[:6000]}],
+               "meta": {"format": "text"}}
+    seqs, _ = D.encode_all([episode], tokenizer, make_renderer(tokenizer), 512, check=False)
+    assert len(seqs) >= 3 and all(s.trained_tokens == len(s.input_ids) - 1 for s in seqs)  # all but BOS
+    model.zero_grad()
+    weights = [s.trained_tokens for s in seqs]
+    own = sum(model(**D.collate([s], 0)).loss * w for s, w in zip(seqs, weights)) / sum(weights)
+    own.backward()
+    expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    monkeypatch.setattr(trainer.losses, "CHUNK_ELEMENTS", 64 * model.config.vocab_size)
+    rows = D.collate_packed(seqs, 1024)
+    assert len(rows["targets"]) > 3 * 64  # several chunks
+    packed = trained_token_loss(model, rows)
+    packed.backward()
+    got = [p.grad for p in model.parameters() if p.grad is not None]
+    assert packed.item() == pytest.approx(own.item(), rel=1e-5)
+    assert len(got) == len(expected) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
+
+
+def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkeypatch):
+    """train.blocked_attention runs sdpa per block of queries over the keys the mask lets them see; on
+    packed rows (a shared prefix, a sliding window shorter than the row) the loss and gradient must not
+    change, and it must really skip work: fewer query×key scores than the full square. Eager attention
+    is left as it is."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    import trainer.train as T
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    rows = D.collate_packed(D.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0], 2048)
+    width = rows["input_ids"].shape[1]
+    torch.manual_seed(0)
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation="sdpa")
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, sliding_window=48, layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="sdpa")).float()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    for model, most in ((tiny, 0.75), (gemma, 0.5)):
+        model.zero_grad()
+        plain = T.trained_token_loss(model, rows)
+        plain.backward()
+        expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad()
+        scores = []
+
+        def counting(query, key, *args, **kwargs):
+            scores.append(query.shape[2] * key.shape[2])
+            return sdpa(query, key, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+        assert T.blocked_attention(model, 32) and T.attention_kind(model.config) == "sdpa" and T.packable(model)
+        blocked = T.trained_token_loss(model, rows)
+        blocked.backward()
+        monkeypatch.undo()
+        got = [p.grad for p in model.parameters() if p.grad is not None]
+        assert blocked.item() == pytest.approx(plain.item(), abs=1e-6), model.config.model_type
+        assert len(got) == len(expected) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(expected, got))
+        layers = model.config.num_hidden_layers
+        assert len(scores) > layers and sum(scores) < most * layers * width * width, (model.config.model_type, sum(scores))
+    eager = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation="eager")
+    assert not T.blocked_attention(eager) and eager.config._attn_implementation == "eager"
