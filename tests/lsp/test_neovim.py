@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tools_support import missing_tool
 
 SCRIPT = Path(__file__).with_name("nvim_smoke.lua")
 
 
-@pytest.mark.skipif(shutil.which("nvim") is None, reason="Neovim is not installed (apt-get install -y neovim)")
 def test_neovim_gets_an_inline_completion_and_code_actions(repo, state_root, tiny_gguf_q8):
+    if shutil.which("nvim") is None:
+        missing_tool("Neovim is not installed (scripts/test installs it: apt-get install -y neovim)")
     env = {**os.environ, "SWESPOT_STATE_DIR": str(state_root), "SWESPOT_SMOKE_PYTHON": sys.executable,
            "SWESPOT_SMOKE_MODEL": str(tiny_gguf_q8), "SWESPOT_SMOKE_REPO": str(repo),
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "XDG_STATE_HOME": str(state_root / "nvim")}

@@ -3,9 +3,11 @@ with the language server, and an end-to-end run of the packaged extension in a r
 (code-server) driven through its UI by Playwright and Debian's chromium, against `swespot serve` on the
 tiny model.
 
-The node toolchain (Node 24, the extension's locked npm dependencies, code-server) is installed by
-``scripts/vscode-setup`` into ``~/.cache/swespot-vscode-e2e`` (``$SWESPOT_VSCODE_CACHE``) the first time
-and reused after. Screenshots of each e2e step land in ``vscode-extension/test-artifacts/e2e/``
+The node toolchain (Node 24, the extension's locked npm dependencies, code-server, Debian's chromium) is
+installed by ``scripts/test`` (through ``scripts/vscode-setup --e2e``) into ``~/.cache/swespot-vscode-e2e``
+(``$SWESPOT_VSCODE_CACHE``); these tests install nothing, they find it with ``scripts/vscode-setup --check``.
+A missing part skips them with the reason, except in CI (``$CI`` set), where it is a failure: a broken
+set-up must not read as green. Screenshots of each e2e step land in ``vscode-extension/test-artifacts/e2e/``
 (``$SWESPOT_E2E_ARTIFACTS``).
 """
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tools_support import missing_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 EXT = ROOT / "vscode-extension"
 SETUP = ROOT / "scripts" / "vscode-setup"
@@ -28,10 +32,11 @@ E2E_TIMEOUT_S = 600
 
 
 def _toolchain(e2e: bool) -> dict[str, str]:
-    """Run scripts/vscode-setup and return the environment it exports (Node 24 first on PATH, ...)."""
-    done = subprocess.run([str(SETUP), *(["--e2e"] if e2e else [])], capture_output=True, text=True, timeout=1800)
+    """The environment scripts/vscode-setup exports for the installed toolchain (Node 24 first on PATH,
+    code-server with ``e2e``); installs nothing."""
+    done = subprocess.run([str(SETUP), "--check", *(["--e2e"] if e2e else [])], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        pytest.fail(f"scripts/vscode-setup failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        missing_tool(done.stderr.strip()[-2000:] or f"scripts/vscode-setup --check failed ({done.returncode})")
     env = dict(os.environ)
     for line in done.stdout.splitlines():
         match = re.fullmatch(r"export (\w+)=(.*)", line.strip())
@@ -80,7 +85,7 @@ def test_protocol_mirror_names_the_servers_methods_commands_and_fields():
         body = re.search(rf"export interface {cls.__name__} \{{(.*?)\n\}}", source, re.S)
         assert body, f"protocol.ts has no interface {cls.__name__}"
         ts_fields = set(re.findall(r"^\s+(\w+)\??:", body[1], re.M))
-        py_fields = {P._camel(f.name) for f in attrs.fields(cls)}
+        py_fields = {P.camel(f.name) for f in attrs.fields(cls)}
         assert ts_fields == py_fields, f"{cls.__name__}: protocol.ts has {sorted(ts_fields)}, protocol.py {sorted(py_fields)}"
 
 
@@ -131,12 +136,10 @@ ARTIFACTS = Path(os.environ.get("SWESPOT_E2E_ARTIFACTS", EXT / "test-artifacts")
 
 @pytest.fixture(scope="module")
 def e2e_env() -> dict[str, str]:
-    """The toolchain with code-server and chromium, or a skip that says what is missing."""
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("Debian's chromium is not installed (scripts/vscode-setup installs it when run as root)")
+    """The toolchain with code-server and chromium (the suites drive /usr/bin/chromium)."""
     env = _toolchain(e2e=True)
-    if not env.get("SWESPOT_CODE_SERVER"):
-        pytest.skip("code-server could not be installed (needs a C++ toolchain, pkg-config and libkrb5-dev)")
+    if not Path("/usr/bin/chromium").exists():
+        missing_tool("Debian's chromium is not at /usr/bin/chromium")
     if not (ROOT / ".venv" / "bin" / "swespot").exists():
         pytest.fail("the language server is not installed: run ./scripts/setup")
     return env
