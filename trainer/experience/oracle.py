@@ -22,6 +22,9 @@ class OracleSession:
         self.errors: list[str] = []
         self.seen = task  # the task and every observation so far: what the next action may be chosen from
         self.anchors: set[tuple[str, int]] = _anchors(task, None)  # (path, line) the agent has seen
+        # what the agent says with its submit / its test run: set by the unit that writes the episode
+        self.thought_before_submit: str | None = None
+        self.thought_before_run: str | None = None
 
     def act(self, calls: list[tuple[str, dict]], *, content: str | None = None, reasoning: str | None = None) -> list[str]:
         """One assistant turn with these tool calls; returns the real observations."""

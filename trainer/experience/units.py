@@ -283,7 +283,7 @@ def _finish(session: OracleSession, answer: str, unit: str, commit: str, stats: 
     if session.errors:
         stats.rejected["tool error"] += 1
         return None
-    session.submit(answer, content=getattr(session, "thought_before_submit", None) or "Done.")
+    session.submit(answer, content=session.thought_before_submit or "Done.")
     # the runtime unit (trainer/experience/runtime.py) is not yet written to this rule: checked where it is
     if unit in HONEST_UNITS and ungrounded_actions({"messages": session.messages}):
         stats.rejected["ungrounded action"] += 1
@@ -307,8 +307,10 @@ def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: 
     rng.shuffle(candidates)
     out = []
     for sym in candidates[:limit]:
+        assert sym.body_start_line is not None  # candidates have a body
         body = "".join(lines[sym.body_start_line - 1 : sym.end_line])
-        indent = re.match(r"[ \t]*", lines[sym.body_start_line - 1]).group(0)
+        first_line = lines[sym.body_start_line - 1]
+        indent = first_line[: len(first_line) - len(first_line.lstrip(" \t"))]
         head = "".join(lines[sym.start_line - 1 : sym.body_start_line - 1])
         stub = f"{indent}raise NotImplementedError  # TODO: implement\n"
         stubbed = "".join(lines[: sym.body_start_line - 1]) + stub + "".join(lines[sym.end_line :])
@@ -359,6 +361,7 @@ def _implementation_episode(ws, index, sym: Symbol, path: str, head: str, stub: 
     uses = re.findall(r"^(\S+):(\d+)", refs, re.M)
     lo = max(1, sym.start_line - 12)
     stub_line = sym.body_start_line
+    assert stub_line is not None  # an implementation task is made only for a symbol with a body
     s.act([("read_file", {"path": path, "start_line": lo, "end_line": stub_line + 12})], content=(say(rng, [
         "{n} uses, e.g. {first}. Now the code around the stub.",
         "`{name}` is used at {first} ({n} in all); I'll read {path} around line {line}."],
@@ -738,7 +741,7 @@ def pytest_runner(ws: Workspace, timeout: float = 120):
     def run(session: OracleSession, tests: list[str]) -> str:
         output = session.act([("run", {"command": "python -m pytest -q -x -p no:cacheprovider " + " ".join(tests),
                                         "timeout": int(timeout)})],
-                             content=getattr(session, "thought_before_run", None) or f"Let me run {', '.join(tests)}.")[0]
+                             content=session.thought_before_run or f"Let me run {', '.join(tests)}.")[0]
         if "[exit code 0" in output:
             return "passed"
         if "[exit code 5" in output:  # pytest: no tests collected
