@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -88,13 +89,23 @@ def module_question(index: RepoIndex, path: str, text: str) -> DesignQA | None:
 
 
 # ---- symbol questions ---------------------------------------------------------------------------
+# per resolver (one per build): (the index, its file count, how often each first docstring sentence occurs)
+_DOC_COUNTS: weakref.WeakKeyDictionary[Resolver, tuple[RepoIndex, int, Counter]] = weakref.WeakKeyDictionary()
+
+
 def _doc_counts(index: RepoIndex, resolver: Resolver) -> Counter:
-    cached = getattr(resolver, "_design_doc_counts", None)
+    cached = _DOC_COUNTS.get(resolver)
     if cached is None or cached[0] is not index or cached[1] != len(index.files):
         counts = Counter(first_sentence(s.doc) for s in index.symbols() if s.doc)
         cached = (index, len(index.files), counts)
-        resolver._design_doc_counts = cached
+        _DOC_COUNTS[resolver] = cached
     return cached[2]
+
+
+def caller_of(site: CallSite) -> Symbol:
+    """The function a confirmed call site sits in (confirmed_callers keeps only sites inside one)."""
+    assert site.caller is not None
+    return site.caller
 
 
 def search_phrase(sym: Symbol, behaviour: str) -> str | None:
@@ -124,7 +135,7 @@ def confirmed_callers(index: RepoIndex, sym: Symbol, resolver: Resolver) -> list
     for site in sites:
         if (site.path, site.line) not in visible:
             return None
-        first.setdefault((site.caller.path, site.caller.start_line), site)
+        first.setdefault((caller_of(site).path, caller_of(site).start_line), site)
     return list(first.values())
 
 
@@ -134,11 +145,11 @@ def _chain(index: RepoIndex, sym: Symbol, resolver: Resolver) -> list[CallSite]:
     seen = {(sym.path, sym.start_line)}
     current = sym
     while len(chain) < CHAIN_DEPTH - 1:
-        sites = [s for s in confirmed_callers(index, current, resolver) or [] if (s.caller.path, s.caller.start_line) not in seen]
+        sites = [s for s in confirmed_callers(index, current, resolver) or [] if (caller_of(s).path, caller_of(s).start_line) not in seen]
         if not sites:
             break
         chain.append(sites[0])
-        current = sites[0].caller
+        current = caller_of(sites[0])
         seen.add((current.path, current.start_line))
     return chain
 
@@ -186,16 +197,16 @@ def design_questions(index: RepoIndex, sym: Symbol, resolver: Resolver) -> list[
     callers = confirmed_callers(index, sym, resolver)
     if callers:
         shown = callers[:MAX_CALLERS]
-        names = ", ".join(f"{c.caller.qualname} ({c.where()})" for c in shown)
+        names = ", ".join(f"{caller_of(c).qualname} ({c.where()})" for c in shown)
         more = f" and {len(callers) - len(shown)} more" if len(callers) > len(shown) else ""
         out.append(DesignQA("callers", f"Who calls {sym.qualname} ({sym.path})?", f"{sym.qualname} is called by {names}{more}.",
-                            [c.caller.qualname for c in callers], sym.qualname, sym.path, {"sites": shown}))
+                            [caller_of(c).qualname for c in callers], sym.qualname, sym.path, {"sites": shown}))
         chain = _chain(index, sym, resolver)
         if len(chain) >= 2:
-            flow = " → ".join(f"{c.caller.qualname} ({c.where()})" for c in reversed(chain))
+            flow = " → ".join(f"{caller_of(c).qualname} ({c.where()})" for c in reversed(chain))
             out.append(DesignQA("layers", f"Which chain of calls leads to {sym.qualname} ({sym.path})?",
                                 f"The call flows {flow} → {sym.qualname} ({sym.path}).",
-                                [c.caller.qualname for c in chain], sym.qualname, sym.path, {"chain": chain}))
+                                [caller_of(c).qualname for c in chain], sym.qualname, sym.path, {"chain": chain}))
     if sym.kind == "class":
         subs = _subclasses(index, sym, resolver)
         if len(subs) >= 2:
