@@ -57,13 +57,14 @@ def read_journal(path: Path, limit: int = MAX_ENTRIES) -> tuple[list[dict], int]
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return [], 0
-    entries, bad = [], 0
+    entries: list[dict] = []
+    bad = 0
     for line in lines[-limit:]:
         if not line.strip():
             continue
         entry, whole = _parse_line(line)
         usable = isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("action"), str)
-        if usable:
+        if usable and isinstance(entry, dict):
             entries.append(entry)
         if not (usable and whole):
             bad += 1  # garbage, or a record cut short by a crash (with the next one appended to it)
@@ -119,7 +120,7 @@ def task_messages(request: str, diff: str) -> list[dict]:
 
 def episode_for(entry: dict, repo: Path, commit: str, skipped: Counter) -> dict | None:
     """The episode a decision teaches, or None (counted in ``skipped`` with the reason)."""
-    served = entry.get("served") if isinstance(entry.get("served"), dict) else {}
+    served: dict = entry["served"] if isinstance(entry.get("served"), dict) else {}
     kind, action = entry.get("kind"), entry.get("action")
     meta = {"feedback_id": entry["id"], "kind": kind, "action": action, "time": entry.get("time"),
             "adapter": entry.get("adapter"), "model": entry.get("model")}
@@ -166,7 +167,8 @@ def build_feedback(journal: Path, repo: Path, out: Path, commit: str) -> Feedbac
     entries, bad = read_journal(journal)
     if bad:
         result.skipped["unreadable journal line"] += bad
-    positives, contrast = [], []
+    positives: list[dict] = []
+    contrast: list[dict] = []
     for entry in last_decisions(entries):
         episode = episode_for(entry, repo, commit, result.skipped)
         if episode is None:
