@@ -147,7 +147,7 @@ def select_files(repo, rev: str = "HEAD", *, ignored: set[str] | None = None) ->
             continue
         text, why = decode_text(item.data_stream.read())
         if text is None:
-            selection.exclude(path, why)
+            selection.exclude(path, why or "undecodable")
             continue
         reason = vendored_or_generated(path, text) or secret_reason(path, text)
         if reason:

@@ -29,6 +29,7 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -276,7 +277,7 @@ class TestEnvironment:
             env["PYTEST_PLUGINS"] = ",".join(self.plugins)
         return env
 
-    def env(self, extra: dict[str, str] | None = None, *, path_first: list[str] = (), home: str | None = None) -> dict[str, str]:
+    def env(self, extra: dict[str, str] | None = None, *, path_first: Sequence[str] = (), home: str | None = None) -> dict[str, str]:
         """The full (clean) environment for running in ``root`` itself: absolute source roots after
         ``path_first``."""
         env = self.run_env()
