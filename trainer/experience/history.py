@@ -124,7 +124,7 @@ class Change:
     @functools.cached_property
     def changelog(self) -> str:
         """The changelog entry this commit adds: lines added to a changelog file, or a new fragment."""
-        out = []
+        out: list[str] = []
         for fc in self.files:
             if fc.after is None or not is_changelog(fc.path):
                 continue
@@ -170,7 +170,7 @@ def uninformative(subject: str) -> bool:
     return update_file or (len(words) == 1 and not re.search(r"[_.(`]|[a-z][A-Z]", text))
 
 
-def trivial_reason(change: "Change") -> str | None:
+def trivial_reason(change: Change) -> str | None:
     """Why a change teaches nothing about the code (None: it does): formatting only, or a version bump."""
     code = [fc for fc in change.files if is_code(fc.path)]
     if code and all(re.sub(r"\s+", "", fc.before or "") == re.sub(r"\s+", "", fc.after or "") for fc in code if fc.kind != "R"):
@@ -346,7 +346,7 @@ def candidate_commits(repo, cutoff: str = "HEAD", *, limit: int | None = None, s
         commit = None
         if why is None and skip_trivial:
             commit = repo.commit(sha)
-            why = _cheap_skip(sha, commit.message, raw.get(sha))
+            why = _cheap_skip(sha, commit.message, (raw or {}).get(sha))
         if why:
             stats.skipped[why] += 1
             continue
@@ -459,8 +459,9 @@ def _change_from_raw(commit, parent, raw: list[RawEntry]) -> tuple[Change | None
         why = why_a or why_b
         if why:
             return None, "binary change" if why in ("binary", "not utf-8") else why
+        path = e.new_path or e.old_path or ""  # a change has one of them
         for text in filter(None, (before, after)):
-            if secret_reason(e.new_path or e.old_path, text):
+            if secret_reason(path, text):
                 return None, "touches excluded file"
         files.append(FileChange(e.status, e.old_path, e.new_path, before, after))
     change = Change(commit.hexsha, parent.hexsha, commit.message, commit.authored_date, files,
@@ -490,8 +491,9 @@ def _change(commit, parent) -> tuple[Change | None, str | None]:
         why = why_a or why_b
         if why:
             return None, "binary change" if why in ("binary", "not utf-8") else why
+        path = new_path or old_path or ""  # a diff has one of them
         for text in filter(None, (before, after)):
-            if secret_reason(new_path or old_path, text):
+            if secret_reason(path, text):
                 return None, "touches excluded file"
         kind = "A" if d.new_file else "D" if d.deleted_file else "R" if d.renamed_file else "M"
         files.append(FileChange(kind, old_path, new_path, before, after))
