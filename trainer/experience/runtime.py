@@ -73,8 +73,8 @@ def traced_run(ws, tenv: TestEnvironment, files: list[str], stats: U.UnitStats) 
     files below it are then left out (named in the stats) and the rest run again."""
     run = run_pytest(tenv, files, trace=True, timeout_s=TRACE_SECONDS + 90, budget_s=TRACE_SECONDS)
     left = list(files)
-    while not run.tests and _CONFTEST.search(run.output):
-        conftest = Path(_CONFTEST.search(run.output).group(1))
+    while not run.tests and (broken := _CONFTEST.search(run.output)):
+        conftest = Path(broken.group(1))
         try:
             folder = conftest.resolve().parent.relative_to(tenv.root).as_posix()
         except ValueError:
@@ -115,11 +115,11 @@ def load_trace(ws, tenv: TestEnvironment, blobs: dict, opts, out: Path, stats: U
 def _traced_symbol(index, key: str):
     """The indexed definition a trace key ("path::co_qualname::first line") names: the definition of that
     name starting at the line or just below it (decorators come first in the code object's line)."""
-    path, qualname, line = key.rsplit("::", 2)
+    path, qualname, first_line = key.rsplit("::", 2)
     entry = index.files.get(path)
     if entry is None:
         return None
-    name, line = qualname.rsplit(".", 1)[-1], int(line)
+    name, line = qualname.rsplit(".", 1)[-1], int(first_line)
     hits = sorted((s.start_line - line, s) for s in entry.symbols if s.name == name and 0 <= s.start_line - line <= 10)
     return hits[0][1] if hits else None
 
@@ -176,7 +176,7 @@ def _says(text: str, literal: str) -> bool:
 
 def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict, trace: dict, commit: str,
                      rng: random.Random, stats: U.UnitStats, limit: int = 6, teacher: Teacher | None = None):
-    out = []
+    out: list[dict] = []
     items = sorted(examples.items())
     rng.shuffle(items)
     for key, cases in items:
@@ -331,8 +331,8 @@ def first_return(source: str, start_line: int, end_line: int) -> tuple[int, int,
                  and start_line <= n.lineno <= end_line), None)
     if func is None:
         return None
-    found = []
-    todo = list(func.body)
+    found: list[ast.Return] = []
+    todo: list[ast.AST] = list(func.body)
     while todo:
         node = todo.pop()
         if isinstance(node, ast.Return):
@@ -351,7 +351,7 @@ def first_return(source: str, start_line: int, end_line: int) -> tuple[int, int,
         text = source[starts[line - 1]:starts[line]]
         return starts[line - 1] + len(text.encode("utf-8")[:col].decode("utf-8", errors="ignore"))
 
-    start, end = offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset)
+    start, end = offset(node.lineno, node.col_offset), offset(node.end_lineno or node.lineno, node.end_col_offset or 0)
     return start, end, " ".join(source[start:end].split())
 
 
