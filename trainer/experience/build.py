@@ -170,7 +170,7 @@ def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
 def _full(opts: BuildOptions, counts: Counter, unit: str) -> bool:
     """Whether ``unit`` has reached its target number of episodes (the balanced mix)."""
     target = (opts.targets or {}).get(unit)
-    return bool(target) and counts[unit] >= target
+    return target is not None and target != 0 and counts[unit] >= target
 
 
 def _claim(out: Path, unit: str, key: str, wanted: dict, counts: Counter, result: BuildResult) -> Path | None:
@@ -298,8 +298,8 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 if shard is None:
                     continue
                 episodes = T.text_episodes(path, texts[path], cutoff, opts.text_chunk_tokens)
-                for episode in episodes:
-                    stats["text"].add(episode)
+                for text_episode in episodes:
+                    stats["text"].add(text_episode)
                 counts["text"] += save_episodes(shard, episodes, dropped=stats["text"].rejected)
                 result.shards_made += 1
 
