@@ -511,7 +511,7 @@ def collate_packed(batch: list[Sequence], max_len: int):
     import torch
 
     rows = pack_rows(batch, max_len)
-    columns = {k: [] for k in ("input_ids", "position_ids", "segment_ids")}
+    columns: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "position_ids", "segment_ids")}
     predict_row: list[int] = []
     predict_at: list[int] = []
     targets: list[int] = []

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget
+from agent.models import Model
 from agent.tools import Workspace, make_tools
 
 # verify(result) -> the episode's "verified" record, or a string saying why it does not verify
@@ -36,7 +37,7 @@ Verifier = Callable[[AgentResult], "dict | str"]
 
 @dataclass
 class Teacher:
-    model: object  # agent.models.Model
+    model: Model
     spec: str
     budget: Budget = field(default_factory=lambda: Budget(max_steps=12, max_tokens=60_000))
     tried: int = 0
