@@ -19,11 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.errors import SwespotError
 from agent.state import atomic_dir, atomic_open
-from trainer.config import TrainConfig
 from trainer import data as D
+from trainer.config import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
@@ -195,6 +196,7 @@ def steps_for_budget(cfg: TrainConfig, sequences, replay, processes: int) -> int
     ``cfg.steps``, when it comes first). The batch order is a function of (seed, epoch), so the stop is
     known before training starts: the learning-rate schedule decays exactly to it, and a resumed run
     stops at the same step. One step takes ``processes * grad_accum`` batches from the epochs in order."""
+    assert cfg.max_trained_tokens is not None  # called only for a token budget
     per_step = processes * cfg.grad_accum
     trained, batches_done, steps, epoch = 0, 0, 0, 0
     while True:
@@ -328,7 +330,8 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     else:
         model = get_peft_model(model, LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.rslora,
+            # peft annotates lora_alpha as int; it is a float scale (alpha / r), and configs may give one
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, use_rslora=cfg.rslora,  # type: ignore[arg-type]
             target_modules=cfg.target_modules, task_type="CAUSAL_LM"))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -352,7 +355,7 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
 
     # resume
-    state = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "trained_tokens": 0, "loss_curve": [], "seconds": 0.0,
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "index": 0, "tokens": 0, "trained_tokens": 0, "loss_curve": [], "seconds": 0.0,
              "base": base.name, "tokenizer": tok_fp, "data": data_fp, "config": cfg.to_dict()}
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
