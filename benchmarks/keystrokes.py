@@ -33,22 +33,24 @@ adapter is published into a private store for that checkout. Nothing is download
 
 from __future__ import annotations
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
+import argparse
+import asyncio
+import json
 import os
-import re  # noqa: E402
-import subprocess  # noqa: E402
+import re
+import subprocess
 import sys
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import agent  # noqa: E402,F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
-from agent.errors import SwespotError  # noqa: E402
+import agent  # noqa: F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
+from agent.errors import SwespotError
 
 NO_CONTEXT = "base, no definitions"
 MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
@@ -125,7 +127,7 @@ def make_typing_tasks(repo: Path, cutoff: str, count: int, max_chars: int, famil
     for task in chosen:
         if len(out) >= count:
             break
-        if not (task.path or "").endswith(".py"):
+        if task.path is None or not task.path.endswith(".py"):
             continue
         whole = git(repo, "show", f"{task.commit}:{task.path}")
         if not whole.startswith(task.prompt + task.target):
@@ -152,7 +154,7 @@ def accepted_length(suggestion: str, wanted: str, granularity: str) -> int:
     return n
 
 
-def percentile(values: list[float], q: float) -> float | None:
+def percentile(values: Sequence[float], q: float) -> float | None:
     import numpy as np
 
     return round(float(np.percentile(values, q)), 1) if values else None
@@ -380,7 +382,7 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
                 print(f"time cap reached after {n} tasks", file=sys.stderr)
                 break
             order = servers if n % 2 == 0 else servers[::-1]  # alternate who goes first
-            row = {"task": task.id, "family": task.family, "path": task.path, "chars": len(task.target)}
+            row: dict[str, Any] = {"task": task.id, "family": task.family, "path": task.path, "chars": len(task.target)}
             done = {}
             for server in order:
                 replay = await server.replay(task, args.granularity, hard_deadline)
@@ -402,7 +404,7 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
     finally:
         for server in servers:
             await server.stop()
-    report = {"models": [summary(s.name, results[s.name]) for s in servers], "tasks": rows, "paired": {}}
+    report: dict[str, Any] = {"models": [summary(s.name, results[s.name]) for s in servers], "tasks": rows, "paired": {}}
     if adapter_dir is not None:
         report["paired"]["adapter vs base"] = paired(results["base"], results[servers[-1].name])
     if args.context == "both":
