@@ -12,7 +12,8 @@ token, the vocabulary projection only where a target is predicted, in chunks of 
 ``losses.linear_cross_entropy``), ``ours_v1`` (the same packing with the full [targets, vocabulary]
 logits, as first built), ``ours_padded`` (length-grouped padded batches) and ``trainer``
 (``transformers.Trainer``, grouped by length, the model's own loss). ``--units text=5,design=3`` samples
-quick's mix (the repository as text, every token trained, and design episodes) instead of ``--episodes``. Each measurement runs in its own process; the rate is over the training loop only
+quick's mix (the repository as text, every token trained, and design episodes) instead of ``--episodes``.
+Each measurement runs in its own process; the rate is over the training loop only
 (model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
 
     .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48 | --units text=5,design=3]

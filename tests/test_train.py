@@ -455,7 +455,7 @@ def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkey
         model.zero_grad()
         scores = []
 
-        def counting(query, key, *args, **kwargs):
+        def counting(query, key, *args, scores=scores, **kwargs):  # this iteration's list, bound now
             scores.append(query.shape[2] * key.shape[2])
             return sdpa(query, key, *args, **kwargs)
 
