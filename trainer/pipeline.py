@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.errors import NothingPublished, SwespotError
 from agent.state import EXPERIENCE_DIR, WORK_DIR
@@ -75,7 +75,7 @@ class RefreshOptions:
     profile: str = "quick"
     cutoff: str = "HEAD"
     continue_training: bool = True  # continue from the store's current adapter, replaying earlier experience
-    gate: "str | Callable[[GateInput], dict]" = "loss"  # "loss", "none", or a callable (specialize's evaluation)
+    gate: str | Callable[[GateInput], dict] = "loss"  # "loss", "none", or a callable (specialize's evaluation)
     keep: int = 5
     steps: int | None = None
     extra_manifest: dict = field(default_factory=dict)
@@ -259,6 +259,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     new = set(trainable)
     replay: list[Path] = []
     if continuing:
+        assert current is not None  # continuing means there is a current version
         trained_on = set(current.manifest.get("shards", []))
         new = {s for s in trainable if s.name not in trained_on}
         replay = [s for s in trainable if s.name in trained_on]
@@ -267,7 +268,9 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     steps = opts.steps or settings["continue_steps" if continuing else "steps"]
     if opts.train_overrides.get("max_trained_tokens") and not opts.steps:
         steps = None  # the budget decides how long
-    key = _digest(commit, base.name, opts.profile, steps, *([sorted(opts.train_overrides.items())] if opts.train_overrides else []), continuing and current.name, sorted(s.name for s in new), sorted(s.name for s in replay))
+    overridden = [sorted(opts.train_overrides.items())] if opts.train_overrides else []
+    key = _digest(commit, base.name, opts.profile, steps, *overridden, continuing and current is not None and current.name,
+                  sorted(s.name for s in new), sorted(s.name for s in replay))
     work = state / WORK_DIR
     run_dir = work / f"run-{key}"
     for stale in work.glob("run-*") if work.is_dir() else []:
@@ -291,7 +294,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         overrides["steps"] = steps
     overrides.update(opts.train_overrides)
     cfg = config_for(train_profile, **overrides, data=str(views / "train"), base=opts.base, out=str(run_dir / "adapter"),
-                     device=opts.device, init_adapter=str(current.path) if continuing else "",
+                     device=opts.device, init_adapter=str(current.path) if continuing and current is not None else "",
                      replay_data=str(views / "replay") if replay else "")
     try:
         result = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control))
@@ -324,7 +327,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     # ---- publish: copy into the store, then flip ``current`` (atomic); keep the last N versions
     phases.enter("publish")
     extra = {"profile": opts.profile, "experience": exp_info, "shards": sorted(s.name for s in trainable),
-             "continued_from": current.name if continuing else None, "gate": verdict, **opts.extra_manifest}
+             "continued_from": current.name if continuing and current is not None else None, "gate": verdict, **opts.extra_manifest}
     if "eval" in verdict:
         extra["eval"] = verdict["eval"]
     version = store.publish(candidate, extra=extra)
@@ -356,7 +359,7 @@ def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes
     if not sequences:
         raise SwespotError(f"no held-out sequence fits in {max_len} tokens")
     peft_model = None
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}  # a mean per adapter, or (with per_sequence) its (loss, tokens) pairs
     for name, path in adapters.items():
         if path is None:
             net = model
@@ -398,6 +401,7 @@ def loss_gate(gi: GateInput, *, max_len: int) -> dict:
                           per_sequence=True)
     rows = {name: [{"task": i, "loss": loss, "tokens": n} for i, (loss, n) in enumerate(seqs)] for name, seqs in each.items()}
     stats = paired_interval(rows["candidate"], rows[reference], "loss", lower_is_better=True)
+    assert stats is not None  # both score the same non-empty held-out sequences
     ok = stats["verdict"] != WORSE
     why = describe(stats, f"held-out episode loss vs {reference}") + ("" if ok else " (worse)")
     keep = ("tasks", "reference", "candidate", "delta", "lo", "hi", "rel", "rel_lo", "rel_hi", "verdict")
