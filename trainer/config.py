@@ -12,6 +12,10 @@ from typing import Any
 from agent.errors import SwespotError
 
 UNITS = ("design", "implementation", "evolution", "runtime", "feedback", "text")
+# Without ``holdout``, specialize holds out the newest first-parent commits that give the evaluation
+# profile's number of line tasks (an interval worth reading), at most this many (and at most half the
+# history). Here, not in trainer/specialize.py, so the command line reads it without loading the job.
+MAX_HOLDOUT = {"tiny": 6, "quick": 80, "full": 300}
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

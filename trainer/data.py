@@ -34,7 +34,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.episode import load_episodes
 from agent.errors import SwespotError
+from agent.fim import for_tokenizer
+from trainer.experience.text import TEXT
 
 IGNORE = -100
 Render = Callable[[list, list], "tuple[str, list[tuple[int, int]]]"]
@@ -150,8 +153,6 @@ def episode_files(data_dir: Path) -> list[Path]:
 
 
 def read_episodes(data_dir: Path) -> list[dict]:
-    from agent.episode import load_episodes
-
     episodes: list[dict] = []
     for path in episode_files(data_dir):
         episodes.extend(load_episodes(path))
@@ -303,8 +304,6 @@ def encode_episode(episode: dict, tokenizer, render: Render, max_len: int, stats
 def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, stats: DataStats, fim=None) -> list[Sequence]:
     """The sequences of one episode (several only for a long ``text`` chunk), counted in ``stats``.
     ``fim`` (``agent.fim.FimTokens``): a text chunk with a split is encoded in the FIM layout with them."""
-    from trainer.experience.text import TEXT
-
     messages, tools = episode["messages"], episode.get("tools") or []
     unit = episode.get("unit", "unknown")
     form = (episode.get("meta") or {}).get("format")
@@ -375,8 +374,6 @@ def encode_all(episodes: Iterable[dict], tokenizer, render: Render, max_len: int
     """Every episode's sequences and the statistics; with ``check``, a unit that loses most of its
     episodes to ``max_len`` raises (``check_lengths``). With ``fim``, text chunks that carry a split are
     trained in the FIM layout when the tokenizer has FIM tokens (``agent.fim.for_tokenizer``)."""
-    from agent.fim import for_tokenizer
-
     stats = stats or DataStats()
     tokens = for_tokenizer(tokenizer) if fim else None
     out = []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from agent.errors import SwespotError
-from trainer.specialize import MAX_HOLDOUT
+from trainer.config import MAX_HOLDOUT
 
 
 def register(sub: argparse._SubParsersAction) -> None:

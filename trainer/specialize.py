@@ -15,27 +15,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import git
+
+from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
 from agent.state import DaemonLock, state_dir
+from trainer.config import MAX_HOLDOUT
+from trainer.evaluation import EVAL_PROFILES, ModelSpec, compare, evaluate, line_tasks, post_cutoff_changes
+from trainer.model_io import resolve_base
 from trainer.pipeline import OnPhase, RefreshOptions, RefreshResult, refresh
-
-# Without ``holdout``, specialize holds out the newest first-parent commits that give the evaluation
-# profile's number of line tasks (an interval worth reading), at most this many (and at most half the history)
-MAX_HOLDOUT = {"tiny": 6, "quick": 80, "full": 300}
+from trainer.store import AdapterStore
 
 
 def serving_base(base: str) -> Path:
     """The GGUF llama.cpp serves for ``base`` (torch-free for 'default' and .gguf files)."""
     if base in ("", "default"):
-        from agent.default_model import ensure_default_gguf
-
         return ensure_default_gguf()
     path = Path(base).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return path.resolve()
     if path.is_dir():
         from trainer.export_check import serving_gguf  # imports torch: only for an HF folder
-        from trainer.model_io import resolve_base
 
         resolved = resolve_base(str(path))
         size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
@@ -46,9 +46,6 @@ def serving_base(base: str) -> Path:
 def resolve_adapters(values: list[str], repo: Path) -> list:
     """``[NAME=]ADAPTER`` references (an adapter.gguf, a published version folder, or a version name of
     the repository's store: v0003, current) as evaluation ``ModelSpec``s."""
-    from trainer.evaluation import ModelSpec
-    from trainer.store import AdapterStore
-
     specs = []
     store = None
     for value in values:
@@ -73,9 +70,6 @@ def auto_cutoff(repo_path: Path, holdout: int | None, profile: str = "quick") ->
     the newest first-parent commit after which the history holds the evaluation profile's number of
     line tasks, at most ``MAX_HOLDOUT[profile]`` steps back. Never more than half the history (a
     repository needs history before the cutoff as well as after it); None when nothing can be held out."""
-    import git
-
-    from trainer.evaluation import EVAL_PROFILES, line_tasks, post_cutoff_changes
 
     try:
         repo = git.Repo(repo_path)
@@ -139,8 +133,6 @@ def choose_cutoff(opts: SpecializeOptions) -> str:
 def held_out_gate(opts: SpecializeOptions, cutoff: str, report_dir: Path, evaluation: dict) -> Callable[[object], dict]:
     """The refresh's gate for specialize: evaluate base and candidate on the commits after ``cutoff``
     (the report lands in ``report_dir`` and in ``evaluation["report"]``), publish if not worse."""
-    from trainer.evaluation import ModelSpec, compare, evaluate
-
     def gate(gi) -> dict:
         if cutoff == "HEAD":
             return {"ok": True, "why": "not evaluated (no held-out history)"}

@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
 from agent.errors import SwespotError
+from agent.render import Renderer
 from agent.state import atomic_dir, atomic_open
 from trainer import data as D
 from trainer.config import TrainConfig
+from trainer.model_io import load_model_and_tokenizer, pick_device, pick_precision, resolve_base
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
@@ -50,7 +55,6 @@ def _say(msg: str) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
     import torch
 
     random.seed(seed)
@@ -60,8 +64,6 @@ def seed_everything(seed: int) -> None:
 
 def make_renderer(tokenizer):
     """The agent's renderer for this tokenizer's chat template (its own, or the documented fallback)."""
-    from agent.render import Renderer
-
     renderer = Renderer.for_template(getattr(tokenizer, "chat_template", None))
     return renderer.render_with_spans
 
@@ -115,7 +117,7 @@ def packable(model) -> bool:
 
 # ---- attention over the visible blocks only -------------------------------------------------------
 BLOCKED = "swespot-blocked"
-BLOCK = 0  # query positions per block of ``blocked_attention`` (0: off, the model's own attention)
+BLOCK = 256  # query positions per block of ``blocked_attention`` (0: off, the model's own attention)
 CHUNKED_LOSS = True  # packed_loss through losses.linear_cross_entropy (False: full logits, for comparisons)
 
 
@@ -295,9 +297,6 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, PeftModel, get_peft_model
-    from tqdm import tqdm
-
-    from trainer.model_io import load_model_and_tokenizer, pick_device, pick_precision, resolve_base
 
     cfg.validate()
     out = Path(cfg.out)

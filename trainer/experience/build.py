@@ -18,15 +18,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.episode import save_episodes
+import git
+from tqdm import tqdm
+
+from agent.episode import load_episodes, save_episodes
 from agent.errors import SwespotError
 from agent.index import ParseCache, RepoIndex, is_test_file
+from agent.render import Renderer
 from agent.resolve import Resolver
 from agent.tools import CommandPolicy, Workspace
+from trainer import data as D
 from trainer.experience import history as H
+from trainer.experience import runtime as R
 from trainer.experience import text as T
 from trainer.experience import units as U
-from trainer.experience.files import ignored_paths, select_files
+from trainer.experience.files import decode_text, ignored_paths, secret_reason, select_files, vendored_or_generated
 from trainer.experience.snapshot import Snapshot
 from trainer.experience.teacher import teacher_from_options
 from trainer.experience.testenv import repo_environment
@@ -118,10 +124,6 @@ def fit_report(out: Path, units, tokenizer, max_len: int, *, check: bool = True)
     """Render every episode of ``units`` on disk with the model's own tokenizer and renderer, as training
     will (observations cut in the middle to fit, ``trainer/data.py``), and return the per-unit counts;
     with ``check``, a unit that loses most of its episodes to ``max_len`` raises SwespotError."""
-    from agent.episode import load_episodes
-    from agent.render import Renderer
-    from trainer import data as D
-
     render = Renderer.for_template(getattr(tokenizer, "chat_template", None)).render_with_spans
     episodes = [ep for unit in units for shard in sorted((Path(out) / unit).glob("*.jsonl")) for ep in load_episodes(shard)]
     _, stats = D.encode_all(episodes, tokenizer, render, max_len, check=False)
@@ -156,8 +158,6 @@ def _file_facts(index: RepoIndex, path: str) -> list:
 def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
     """Remove, from a snapshot just moved to another commit, any changed file that may not be learned
     from (secrets, binaries, vendored...): tools must not show it, even in a search result."""
-    from trainer.experience.files import decode_text, secret_reason, vendored_or_generated
-
     for rel in paths or []:
         path = tree / rel
         if not path.is_file():
@@ -197,8 +197,6 @@ def why_none(unit_stats: dict) -> str:
 
 
 def _open_repo(repo_path: Path):
-    import git
-
     try:
         repo = git.Repo(repo_path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -208,8 +206,6 @@ def _open_repo(repo_path: Path):
 
 
 def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptions | None = None) -> BuildResult:
-    from tqdm import tqdm
-
     opts = options or BuildOptions()
     unknown = set(opts.units) - set(UNITS)
     if unknown:
@@ -251,8 +247,6 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
         if "design" in opts.units:
             # calls the runtime trace saw confirm the call sites Jedi cannot pin (run now when the runtime unit
             # is built, else only a trace already cached)
-            from trainer.experience import runtime as R
-
             trace = R.load_trace(ws, repo_environment(snap.tree), blobs, opts, out, stats.get("runtime", U.UnitStats()),
                                  run="runtime" in opts.units)
             edges = R.trace_edges(trace, index)
@@ -363,8 +357,6 @@ def build_experience(repo_path: str | Path, out: str | Path, options: BuildOptio
                 ws.invalidate(snap.checkout(cutoff))
 
         if "runtime" in opts.units:
-            from trainer.experience import runtime as R
-
             snap.checkout(cutoff)
             ws.invalidate()
             made, reused = R.runtime_shards(ws, ws.index(), cutoff, out, wanted["runtime"], stats["runtime"], blobs, opts, counts)

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from agent import gitsafe
+from agent.errors import SwespotError
 from agent.secret_scan import KEY_SHAPES, scan_text, shannon_entropy
 
 MAX_FILE_BYTES = 512 * 1024
@@ -160,15 +162,11 @@ def select_files(repo, rev: str = "HEAD", *, ignored: set[str] | None = None) ->
 def ignored_paths(repo, paths: list[str]) -> set[str]:
     """Tracked paths that the repository's ignore rules match (force-added files): ``git check-ignore
     --no-index`` answers with git's own rules, including nested .gitignore files and info/exclude."""
-    from agent import gitsafe
-
     if not paths or not repo.working_tree_dir:
         return set()
     done = gitsafe.run(["check-ignore", "--no-index", "--stdin", "-z"], cwd=repo.working_tree_dir,
                           input=("\0".join(paths) + "\0").encode(), capture_output=True)
     # exit 1 = nothing ignored; anything else but 0 is a real failure we must not hide
     if done.returncode not in (0, 1):
-        from agent.errors import SwespotError
-
         raise SwespotError(f"git check-ignore failed: {done.stderr.decode(errors='replace').strip()}")
     return {p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p}

@@ -30,6 +30,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from git.exc import GitCommandError
+from gitdb.exc import BadName, BadObject
+
+from agent import gitsafe
 from agent.errors import SwespotError
 from trainer.experience.files import MAX_FILE_BYTES, decode_text, secret_reason, vendored_or_generated
 
@@ -207,9 +211,6 @@ def require_work_tree(repo, path) -> None:
 
 
 def resolve(repo, rev: str):
-    from git.exc import GitCommandError
-    from gitdb.exc import BadName, BadObject
-
     where = repo.working_tree_dir or repo.git_dir
     try:
         commit = repo.commit(rev)
@@ -245,8 +246,6 @@ def walk(repo_path, cutoff: str) -> list[tuple[str, list[str]]]:
     """(sha, parents) of every commit reachable from ``cutoff``, in replay order: newest first along the
     first-parent line, each merge followed by the commits it brought in (newest first), each commit once.
     One ``git log`` process; ownership of merged commits is worked out in one pass over the history."""
-    from agent import gitsafe
-
     done = gitsafe.run(["log", "--topo-order", "--format=%H %P", cutoff], cwd=repo_path, capture_output=True, text=True)
     if done.returncode != 0:
         raise SwespotError(f"git log failed: {done.stderr.strip()}")
@@ -291,8 +290,6 @@ def recent_activity(repo_path, cutoff: str, *, commits: int = ACTIVITY_COMMITS,
     a merge counts with its whole first-parent diff). Only history up to the cutoff is read, so ranking
     files by it never looks at what the evaluation holds out. Paths are as of each commit (a file renamed
     since is credited under both names; the caller keeps the names that exist at the cutoff)."""
-    from agent import gitsafe
-
     done = gitsafe.run(["log", "--first-parent", "--diff-merges=first-parent", "--no-renames", "--name-only",
                         "--format=%x00", "-n", str(commits), cutoff, "--"],
                        cwd=repo_path, capture_output=True, text=True, errors="replace")
@@ -371,8 +368,6 @@ class RawEntry:
 def raw_history(repo_path, cutoff: str) -> dict[str, list[RawEntry]]:
     """Every commit's file changes (renames detected) from ONE ``git log --raw`` process, instead of a
     diff process per commit: replaying thousands of commits is dominated by that otherwise."""
-    from agent import gitsafe
-
     done = gitsafe.run(["log", "--raw", "-z", "-M", "--no-abbrev", *gitsafe.DIFF_FLAGS, "--format=%x01%H", cutoff],
                           cwd=repo_path, capture_output=True)
     if done.returncode != 0:

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from agent.episode import save_episodes
 from agent.errors import SwespotError
 from agent.index import is_test_file
+from trainer.experience import history as H
 from trainer.experience import units as U
 from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, taught, teacher_from_options
@@ -482,8 +483,6 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
     """The seed paper's core runtime form: for each historical fix that came with tests, a reproduction
     test that fails on the pre-fix code and passes on the fixed code — both executed. The newest fixes
     before the cutoff first, at most ``MAX_REPROS`` episodes from ``REPRO_ATTEMPTS`` tries, in time."""
-    from trainer.experience import history as H
-
     started = time.monotonic()
     made = reused = tried = episodes = 0
     for commit, parent in H.candidate_commits(repo, cutoff, limit=opts.max_commits):

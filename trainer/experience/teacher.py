@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget
-from agent.models import Model
+from agent.models import Model, model_from_spec
 from agent.tools import Workspace, make_tools
+from trainer.experience.testenv import PASSED, repo_environment, run_pytest
 
 # verify(result) -> the episode's "verified" record, or a string saying why it does not verify
 Verifier = Callable[[AgentResult], "dict | str"]
@@ -126,8 +127,6 @@ def tests_decide(ws: Workspace, tests: list[str], oracle: dict[str, str | None],
     path -> text) and on the task's starting code (``start``); ``fixed`` files (the commit's tests) are in
     place for all three. The teacher's code verifies when the tests that tell the oracle's code from the
     start pass on it, and nothing the oracle's code passes fails on it. Every file is put back after."""
-    from trainer.experience.testenv import PASSED, repo_environment, run_pytest
-
     paths = sorted(set(oracle) | set(start) | set(fixed or {}))
     teacher_state = {rel: _current(ws, rel) for rel in paths}
     tenv = repo_environment(ws.root)
@@ -180,8 +179,6 @@ def _put_back(ws: Workspace, before: dict[str, str | None], originals: dict[str,
 @functools.lru_cache(maxsize=4)
 def teacher_for(spec: str) -> Teacher:
     """One teacher per model spec and process (a GGUF loads once)."""
-    from agent.models import model_from_spec
-
     return Teacher(model_from_spec(spec), spec)
 
 

@@ -20,6 +20,7 @@ from agent.errors import SwespotError
 from agent.index import RepoIndex, Symbol, is_test_file, language_of
 from agent.resolve import Resolver
 from agent.tools import Workspace
+from trainer.evaluation import names_any
 from trainer.experience import design as D
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.history import line_opcodes
@@ -113,8 +114,6 @@ def _taught_design(teacher: Teacher | None, ws: Workspace, qa: D.DesignQA, commi
     """The teacher's answer to a design question when it names every fact the grounded answer names."""
     if teacher is None:
         return None
-    from trainer.evaluation import names_any
-
     # the wrong answers a search by name suggests: definitions that use the name without calling this symbol
     decoys = set()
     if qa.kind in ("callers", "layers"):
