@@ -24,10 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import git
+
 from agent.errors import NothingPublished, SwespotError
 from agent.state import EXPERIENCE_DIR, WORK_DIR
 from agent.state import PHASES as PHASES  # a refresh's phases, as status.json names them
-from trainer.train import Interrupted  # noqa: F401  (re-exported: callers stop a refresh with it)
+from trainer import data as D
+from trainer.config import config_for
+from trainer.evaluation import WORSE, describe, paired_interval
+from trainer.experience import history as H
+from trainer.experience.build import BuildOptions, build_experience, unit_table
+from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
+from trainer.model_io import load_model_and_tokenizer, pick_device, resolve_base
+from trainer.store import AdapterStore, state_dir
+from trainer.train import Interrupted as Interrupted  # re-exported: callers stop a refresh with it
+from trainer.train import make_renderer, train, trained_token_loss
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +210,6 @@ def compatible_adapter(current, base) -> bool:
 
 def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: str, progress: bool = True):
     """The experience phase: the incremental build of the static (and, in "full", runtime) units."""
-    from trainer.experience.build import BuildOptions, build_experience
-
     settings = dict(profile_settings(profile)["experience"])
     if "units" in settings:
         settings["units"] = tuple(settings["units"])
@@ -210,13 +219,7 @@ def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: st
 def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=None) -> RefreshResult:
     """Run one refresh; see the module docstring. Raises ``SwespotError`` on failure (nothing published)
     and ``Interrupted`` when ``control`` stops training (the checkpoint stays for the next refresh)."""
-    import git
 
-    from trainer.config import config_for
-    from trainer.experience import history as H
-    from trainer.model_io import resolve_base
-    from trainer.store import AdapterStore, state_dir
-    from trainer.train import train
 
     settings = profile_settings(opts.profile)
     repo = Path(opts.repo).expanduser().resolve()
@@ -237,7 +240,6 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     exp_summary = {u: s.get("episodes_on_disk", 0) for u, s in built.stats.items()}
     # what the user accepted in the editor (the language server's feedback.jsonl) becomes episodes too;
     # rejected completions are kept apart as contrast, never trained on
-    from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
 
     feedback = build_feedback(state / FEEDBACK_FILE, repo, experience, commit)
     exp_summary["feedback"] = feedback.positives
@@ -285,8 +287,6 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         _link_view(views / "heldout", heldout, experience)
     train_profile = settings["train_profile"]
     if opts.profile == "full":
-        from trainer.model_io import pick_device
-
         train_profile = GPU_TRAIN_PROFILE if pick_device(opts.device) == "cuda" else train_profile
     overrides = dict(settings.get("train", {}))
     if steps:
@@ -300,8 +300,6 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
         result = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control))
     except OSError as exc:
         raise NothingPublished(f"training failed writing to {run_dir}: {exc} (is the disk full?)") from exc
-    from trainer.experience.build import unit_table
-
     # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,
     # dropped by length / trained tokens / rendered lengths
     exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
@@ -347,10 +345,6 @@ def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes
     import torch
     from peft import PeftModel
 
-    from trainer import data as D
-    from trainer.model_io import load_model_and_tokenizer
-    from trainer.train import make_renderer, trained_token_loss
-
     model, tokenizer = load_model_and_tokenizer(base_hf_dir)
     episodes = D.read_episodes(episodes_dir)
     episodes = sorted(episodes, key=lambda e: e.get("id", ""))[:limit]
@@ -392,8 +386,6 @@ def loss_gate(gi: GateInput, *, max_len: int) -> dict:
     """Publish unless the candidate's held-out loss is worse than the current adapter's (or, for the
     first version, the base model's): paired over the held-out sequences, token-weighted, worse only when
     the bootstrap 95% interval of the difference lies above 0 (``trainer.evaluation.paired_interval``)."""
-    from trainer.evaluation import WORSE, describe, paired_interval
-
     if gi.heldout is None:
         return {"ok": True, "why": "no held-out episodes yet (too little experience); published ungated"}
     reference = "current" if gi.current is not None else "base"
