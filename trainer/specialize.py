@@ -22,6 +22,7 @@ from agent.errors import SwespotError
 from agent.state import DaemonLock, state_dir
 from trainer.config import MAX_HOLDOUT
 from trainer.evaluation import EVAL_PROFILES, ModelSpec, compare, evaluate, line_tasks, post_cutoff_changes
+from trainer.export_check import serving_gguf
 from trainer.model_io import resolve_base
 from trainer.pipeline import OnPhase, RefreshOptions, RefreshResult, refresh
 from trainer.store import AdapterStore
@@ -35,8 +36,6 @@ def serving_base(base: str) -> Path:
     if path.suffix == ".gguf" and path.is_file():
         return path.resolve()
     if path.is_dir():
-        from trainer.export_check import serving_gguf  # imports torch: only for an HF folder
-
         resolved = resolve_base(str(path))
         size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
         return serving_gguf(resolved, size // 4)

@@ -29,6 +29,7 @@ from agent.render import Renderer
 from agent.state import atomic_dir, atomic_open
 from trainer import data as D
 from trainer.config import TrainConfig
+from trainer.export_check import export_and_verify
 from trainer.model_io import load_model_and_tokenizer, pick_device, pick_precision, resolve_base
 
 CHECKPOINTS = "checkpoints"
@@ -230,7 +231,7 @@ def packed_loss(model, tensors: dict):
     cap = getattr(config, "final_logit_softcapping", None)
     if CHUNKED_LOSS and not cap and head.bias is None and hidden.dtype == head.weight.dtype == torch.float32 \
             and not torch.is_autocast_enabled(hidden.device.type):
-        from trainer.losses import linear_cross_entropy
+        from trainer.losses import linear_cross_entropy  # lazy: trainer.losses imports torch
 
         return linear_cross_entropy(hidden, head.weight, tensors["targets"])
     logits = head(hidden)
@@ -458,8 +459,6 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
         "started_at": started_at, "finished_at": time.time(),
     }
     if cfg.export_gguf:
-        from trainer.export_check import export_and_verify
-
         manifest["export"] = export_and_verify(out, base, unwrapped, sequences[0].input_ids[:64])
         manifest["base"]["gguf"] = manifest["export"]["base_gguf"]
         manifest["base"]["sha256"] = manifest["export"]["base_sha256"]
