@@ -28,15 +28,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import git
+
 from agent.errors import SwespotError
 from benchmarks.specialize import Repo, Work, eval_rows, family_columns, family_scores, fmt_minutes, paired, pct, run_cli, say, tasks_for
+from benchmarks.table import print_rows
+from trainer.evaluation import FAMILIES
+from trainer.pipeline import RefreshOptions, profile_settings, refresh
+from trainer.specialize import serving_base
+from trainer.store import AdapterStore
 
 
 def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> list[str]:
     """c1 … cN on the first-parent line of HEAD, oldest first: cN is ``last`` commits back, each one
     ``stride`` commits after the one before."""
-    import git
-
     try:
         line = [c.hexsha for c in git.Repo(path).iter_commits("HEAD", first_parent=True)]
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -51,9 +56,6 @@ def commits_to_replay(path: Path, last: int, stride: int, refreshes: int) -> lis
 def refresh_at(k: int, commit: str, repo: Repo, work: Work, args, base_gguf: Path) -> dict:
     """Refresh k at ``commit`` (unless the store already holds it: a kill after publishing), then the
     evaluation of what the store serves."""
-    from trainer.pipeline import RefreshOptions, refresh
-    from trainer.store import AdapterStore
-
     state = work.root / "state"
     store = AdapterStore(state)
     current = store.current()
@@ -103,8 +105,6 @@ def summary(repo: Repo, commits: list[str], work: Work) -> dict:
 
 
 def print_table(result: dict) -> None:
-    from benchmarks.table import print_rows
-
     rows = []
     if result["base"]:
         rows.append({"refresh": "base", **family_columns(result["base"]["families"])})
@@ -119,10 +119,6 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.evaluation import FAMILIES
-    from trainer.pipeline import profile_settings
-    from trainer.specialize import serving_base
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repo", type=Path)

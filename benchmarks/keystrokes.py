@@ -49,8 +49,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import git as gitpython
+import numpy as np
+
 import agent  # noqa: F401 - every git command of this script runs no repository-configured program (agent/gitsafe.py)
 from agent.errors import SwespotError
+from benchmarks.table import print_rows
+from lsp_server.protocol import make_converter
+from trainer.evaluation import MIN_PAIRED_TASKS, _resamples, body_tasks, line_tasks, post_cutoff_changes
+from trainer.store import AdapterStore, check_version_dir, state_dir
 
 NO_CONTEXT = "base, no definitions"
 MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
@@ -117,9 +124,6 @@ def cap(target: str, max_chars: int) -> str:
 def make_typing_tasks(repo: Path, cutoff: str, count: int, max_chars: int, families: str = "all") -> list[TypingTask]:
     """Function bodies first, then added lines (``families``: body, line or all), of Python files
     changed after the cutoff; each with the file around it as the commit left it."""
-    import git as gitpython
-
-    from trainer.evaluation import body_tasks, line_tasks, post_cutoff_changes
 
     changes = post_cutoff_changes(gitpython.Repo(repo), cutoff)
     out: list[TypingTask] = []
@@ -155,8 +159,6 @@ def accepted_length(suggestion: str, wanted: str, granularity: str) -> int:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    import numpy as np
-
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
@@ -172,8 +174,6 @@ class Server:
     async def start(self) -> None:
         from lsprotocol import types as lsp
         from pygls.lsp.client import LanguageClient
-
-        from lsp_server.protocol import make_converter
 
         self.lsp = lsp
         self.client = LanguageClient("swespot-typing", "1", converter_factory=make_converter)
@@ -201,8 +201,6 @@ class Server:
             raise SwespotError(f"the {self.name} server did not get ready (adapter {self.adapter}): {self.status}") from None
 
     def log_path(self) -> Path:
-        from trainer.store import state_dir
-
         old = os.environ.get("SWESPOT_STATE_DIR")
         os.environ["SWESPOT_STATE_DIR"] = str(self.state_root)
         try:
@@ -273,8 +271,6 @@ class Server:
 # ---- the adapter --------------------------------------------------------------------------------
 def adapter_version_dir(spec: str, repo: Path) -> Path:
     """``current``: the published version of ``repo``'s store; else a version folder or its adapter.gguf."""
-    from trainer.store import AdapterStore, check_version_dir
-
     if spec == "current":
         version = AdapterStore.for_repo(repo).current()
         if version is None:
@@ -289,8 +285,6 @@ def adapter_version_dir(spec: str, repo: Path) -> Path:
 
 
 def publish_into(state_root: Path, repo: Path, version_dir: Path) -> str:
-    from trainer.store import AdapterStore, state_dir
-
     old = os.environ.get("SWESPOT_STATE_DIR")
     os.environ["SWESPOT_STATE_DIR"] = str(state_root)
     try:
@@ -307,9 +301,6 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
     """``cand``'s minus ``base``'s mean per-task chars-saved ratio, the ratio of their total characters
     saved, and the difference of their per-task median keystroke latency (ms), each with a 95%
     percentile-bootstrap interval over tasks (paired resampling)."""
-    import numpy as np
-
-    from trainer.evaluation import MIN_PAIRED_TASKS, _resamples
 
     b = np.array([r.ratio for r in base])
     c = np.array([r.ratio for r in cand])
@@ -470,8 +461,6 @@ def main() -> int:
                   settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
                             "context": args.context, "completionContextTokens": args.context_tokens},
                   cores=len(os.sched_getaffinity(0)), load_1min=round(os.getloadavg()[0], 2))
-    from benchmarks.table import print_rows
-
     print_rows(f"typing replay of {len(report['tasks'])} held-out tasks ({repo.name}, cutoff {cutoff[:10]}, {args.granularity}-granular acceptance)",
                report["models"])
     if report["paired"]:

@@ -48,9 +48,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import git
+
 from agent import gitsafe
 from agent.errors import SwespotError
 from agent.state import write_atomic
+from benchmarks.table import print_rows
+from trainer.config import config_for
+from trainer.evaluation import EVAL_PROFILES, FAMILIES, Evaluator, ModelSpec, Task, make_tasks, paired_comparison, summarize
+from trainer.experience.build import UNITS, BuildOptions, build_experience
+from trainer.pipeline import GPU_TRAIN_PROFILE, _link_view, all_shards, profile_settings
+from trainer.specialize import serving_base
+from trainer.train import train
 
 CONDITIONS = ("rcl", "task-centric", "text", "mix")
 RCL_UNITS = ("design", "implementation", "evolution", "runtime")
@@ -87,8 +96,6 @@ class Repo:
 
 def resolve_cutoff(path: Path, spec: str) -> tuple[str, int]:
     """``spec`` is a number of first-parent commits back from HEAD, or a revision."""
-    import git
-
     try:
         repo = git.Repo(path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
@@ -195,9 +202,6 @@ class Work:
 
 # ---- experience ---------------------------------------------------------------------------------
 def profile_units(profile: str) -> tuple[str, ...]:
-    from trainer.experience.build import BuildOptions
-    from trainer.pipeline import profile_settings
-
     return tuple(profile_settings(profile)["experience"].get("units") or BuildOptions().units)
 
 
@@ -208,9 +212,6 @@ def condition_units(condition: str, profile: str, rcl_units: tuple[str, ...]) ->
 def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ...], targets: dict | None = None):
     """The repository's experience up to the cutoff: the profile's settings (its per-unit episode
     targets updated by ``targets``), the units asked for."""
-    from trainer.experience.build import UNITS, BuildOptions, build_experience
-    from trainer.pipeline import profile_settings
-
     missing = set(units) - set(UNITS)
     if missing:
         raise SwespotError(f"the experience builder has no unit(s) {sorted(missing)} (it has {', '.join(UNITS)})")
@@ -223,8 +224,6 @@ def build(path: Path, out: Path, cutoff: str, profile: str, units: tuple[str, ..
 def link_view(view: Path, sources: list[tuple[Path, tuple[str, ...]]]) -> Path:
     """A training folder ``<view>/<unit>/<shard>.jsonl`` of symlinks to the shards of the given units
     of one or more experience folders."""
-    from trainer.pipeline import _link_view, all_shards
-
     shutil.rmtree(view, ignore_errors=True)
     view.mkdir(parents=True)
     for experience, units in sources:
@@ -234,10 +233,6 @@ def link_view(view: Path, sources: list[tuple[Path, tuple[str, ...]]]) -> Path:
 
 # ---- training -----------------------------------------------------------------------------------
 def train_condition(data: Path, out: Path, args, steps: int, max_trained_tokens: int | None, condition: str) -> dict:
-    from trainer.config import config_for
-    from trainer.pipeline import profile_settings
-    from trainer.train import train
-
     settings = profile_settings(args.profile)
     overrides = dict(settings.get("train", {}))
     if args.gpu_recipe:  # the GPU recipe's own lengths, batch and learning rate; only the profile's mix stays
@@ -263,8 +258,6 @@ def train_condition(data: Path, out: Path, args, steps: int, max_trained_tokens:
 def tasks_for(repo: Repo, work: Work, args) -> list:
     """The repository's held-out tasks, built once and kept in ``tasks.json`` (every model of the
     repository is evaluated on exactly these)."""
-    from trainer.evaluation import Task, make_tasks
-
     path = work.repo_dir(repo) / "tasks.json"
     if path.exists():
         return [Task(**t) for t in json.loads(path.read_text())]
@@ -276,8 +269,6 @@ def tasks_for(repo: Repo, work: Work, args) -> list:
 def eval_rows(repo: Repo, tasks: list, base_gguf: Path, name: str, adapter: Path | None, args) -> list[dict]:
     """One model (the base, or base + adapter) on the repository's tasks, through llama.cpp; the rows
     kept are what the comparisons need."""
-    from trainer.evaluation import Evaluator, ModelSpec
-
     rows = Evaluator(base_gguf, [ModelSpec(name, adapter)], args.eval_profile, args.progress).run(tasks, repo.path)
     keep = ("task", "family", "loss", "tokens", "exact", "similarity", "seconds", "resolved", "layout", "ltr_loss")
     return [{k: r.get(k) for k in keep} for r in rows]
@@ -287,8 +278,6 @@ def family_scores(rows: list[dict]) -> dict:
     """Per family: tasks, token-weighted mean loss, accuracy/exact match and edit similarity (over the
     tasks that were generated), each with its own 95% interval (the evaluation's ``summarize``), and
     the target tokens the loss is averaged over."""
-    from trainer.evaluation import ModelSpec, summarize
-
     fams = summarize([{**r, "model": "m"} for r in rows], [ModelSpec("m", None)])["m"]["families"]
     for fam, entry in fams.items():
         entry["tokens"] = sum(r["tokens"] or 0 for r in rows if r["family"] == fam)
@@ -299,8 +288,6 @@ def paired(candidate: list[dict], reference: list[dict]) -> dict:
     """Candidate against reference over the tasks both answered (the evaluation's paired bootstrap):
     ``headline`` the token-weighted line+body loss, ``families`` every metric, each with its 95%
     interval (absolute and relative) and verdict."""
-    from trainer.evaluation import paired_comparison
-
     rows = [{**r, "model": "candidate"} for r in candidate] + [{**r, "model": "reference"} for r in reference]
     return paired_comparison(rows, "candidate", "reference")
 
@@ -457,8 +444,6 @@ def family_columns(families: dict) -> dict:
 
 
 def print_table(result: dict) -> None:
-    from benchmarks.table import print_rows
-
     rows = []
     for name, entry in result["repos"].items():
         if entry["base"]:
@@ -512,8 +497,6 @@ def plot(result: dict, out: Path, x_axis: str = "tokens") -> None:
 
 # ---- main ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None):
-    from trainer.evaluation import FAMILIES
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repos_spec", nargs="+", metavar="REPO", help="PATH, PATH@N (cutoff N first-parent commits back) or PATH@REV")
@@ -561,9 +544,6 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from trainer.pipeline import GPU_TRAIN_PROFILE, profile_settings
-    from trainer.specialize import serving_base
-
     args = parse_args(argv)
     settings = profile_settings(args.profile)
     args.train_profile = settings["train_profile"]
@@ -645,8 +625,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _default_tasks(args) -> int:
-    from trainer.evaluation import EVAL_PROFILES
-
     sizes = EVAL_PROFILES[args.eval_profile]
     return sum(sizes.get(f, 0) for f in args.families)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from rich.console import Console
+from rich.table import Table
+
 
 def print_rows(title: str, rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     for key in keys:

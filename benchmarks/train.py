@@ -29,18 +29,25 @@ import platform
 import random
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.table import print_rows
+from trainer import data as D
+from trainer.config import config_for
+from trainer.default_model import prepare_default
+from trainer.pipeline import build_repo_experience
+from trainer.train import make_renderer, peak_memory_mb
+
 WORKERS = ("ours", "ours_v1", "ours_padded", "trainer")
 
 
 def source_text() -> str:
-    import sysconfig
-
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     return "".join(p.read_text(encoding="utf-8", errors="replace") for p in sorted(stdlib.glob("*.py"))[:40])
 
@@ -63,8 +70,6 @@ def write_dense_episodes(data: Path, length: int, count: int) -> None:
 def experience_sample(source: Path, out: Path, episodes: int, seed: int = 0, units: dict[str, int] | None = None) -> Path:
     """A seeded sample of ``episodes`` episodes across the units of an experience folder, or of
     ``units[unit]`` episodes of each unit named there."""
-    from trainer import data as D
-
     rng = random.Random(seed)
     every = D.read_episodes(source)
     if units:
@@ -85,8 +90,6 @@ def experience_sample(source: Path, out: Path, episodes: int, seed: int = 0, uni
 
 def build_experience(repo: Path | None, where: Path) -> Path:
     """The quick profile's experience of ``repo`` (a small synthetic repository when None)."""
-    from trainer.pipeline import build_repo_experience
-
     if repo is None:
         from benchmarks.experience import make_repo
 
@@ -100,8 +103,6 @@ def base_dir(model: str) -> str:
         from trainer.tiny import tiny_model_dir
 
         return str(tiny_model_dir())
-    from trainer.default_model import prepare_default
-
     return str(prepare_default())
 
 
@@ -109,10 +110,6 @@ def worker(args) -> dict:
     """One measurement in this process: one pass over the sequences, ours or the Trainer baseline."""
     import torch
     from transformers import AutoTokenizer
-
-    from trainer import data as D
-    from trainer.config import config_for
-    from trainer.train import make_renderer, peak_memory_mb
 
     hf = base_dir(args.model)
     tokenizer = AutoTokenizer.from_pretrained(hf)
@@ -230,8 +227,6 @@ def main() -> int:
     for model in args.models.split(","):
         for name, data, max_len in datasets:
             rows.extend(measure(model, name, data, max_len, args.batch_tokens, args.runs.split(",")))
-    from benchmarks.table import print_rows
-
     print_rows(f"LoRA training, one pass over the same sequences (r=16, all projections, batch_tokens {args.batch_tokens})", rows)
     if args.json:
         load = os.getloadavg()
