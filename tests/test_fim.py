@@ -70,7 +70,7 @@ def test_the_tiny_model_has_no_fim_tokens_and_trains_text_as_plain_text(tiny_hf_
     assert for_tokenizer(tokenizer) is None
     episodes = [e for path, text in _own_sources() for e in text_episodes(path, text, "c0", 256)]
     assert any(e["meta"].get("fim") for e in episodes)
-    seqs, stats = D.encode_all(episodes, tokenizer, None, 512)
+    seqs, stats = D.encode_all(episodes, tokenizer, None, 512, fim=True)
     assert stats.fim is None and stats.fim_sequences == 0 and stats.declared_fim() is None
     assert stats.to_dict()["fim"] is None
     assert all(s.labels[1:] == s.input_ids[1:] for s in seqs)  # plain text: every token after BOS a target
@@ -97,7 +97,7 @@ def test_text_unit_splits_a_share_of_chunks_into_prefix_middle_and_suffix():
 
 def test_fim_samples_are_encoded_with_the_reserved_tokens_and_end_with_eos(gemma_tokenizer):
     episodes = [e for path, text in _own_sources() for e in text_episodes(path, text, "c0", 256)]
-    seqs, stats = D.encode_all(episodes, gemma_tokenizer, None, 2048)
+    seqs, stats = D.encode_all(episodes, gemma_tokenizer, None, 2048, fim=True)
     marker_ids = [gemma_tokenizer.convert_tokens_to_ids(t) for t in GEMMA_FIM]
     split = {e["id"] for e in episodes if e["meta"].get("fim")}
     fim_seqs = [s for s in seqs if s.episode_id in split]
@@ -119,8 +119,8 @@ def test_fim_samples_are_encoded_with_the_reserved_tokens_and_end_with_eos(gemma
         middle = gemma_tokenizer.decode(ids[positions[2] + 1:-1])
         assert middle == body[split["prefix_end"]:split["middle_end"]]
         assert gemma_tokenizer.decode(ids[positions[1] + 1:positions[2]]) == body[split["middle_end"]:]
-    # with fim=False (a control run), the same chunks are plain text
-    _, plain = D.encode_all(episodes, gemma_tokenizer, None, 2048, fim=False)
+    # by default (TrainConfig.fim off: it did not help on click), the same chunks are plain text
+    _, plain = D.encode_all(episodes, gemma_tokenizer, None, 2048)
     assert plain.declared_fim() is None
 
 

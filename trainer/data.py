@@ -13,7 +13,8 @@ never a silent loss.
 Two plain-text forms skip the chat template: the completion form (``agent.episode.completion_episode``:
 loss on the target only, the prefix shortened from its start) and the repository as text
 (``trainer.experience.text``: every token a target, split at line boundaries to fit). A text chunk that
-carries a fill-in-the-middle split is trained in the FIM layout (``encode_fim``) when the tokenizer has FIM
+carries a fill-in-the-middle split is trained in the FIM layout (``encode_fim``) with ``TrainConfig.fim`` (off by
+default: it did not help in a short run on click) when the tokenizer has FIM
 tokens (``agent.fim.for_tokenizer``: its own, or three reserved ones); ``DataStats.fim`` records which,
 and the adapter's manifest declares them (``manifest["fim"]``) so the server knows the layout.
 
@@ -370,10 +371,11 @@ def encode_episode_all(episode: dict, tokenizer, render: Render, max_len: int, s
 
 
 def encode_all(episodes: Iterable[dict], tokenizer, render: Render, max_len: int, stats: DataStats | None = None, *,
-               check: bool = True, fim: bool = True):
+               check: bool = True, fim: bool = False):
     """Every episode's sequences and the statistics; with ``check``, a unit that loses most of its
-    episodes to ``max_len`` raises (``check_lengths``). With ``fim``, text chunks that carry a split are
-    trained in the FIM layout when the tokenizer has FIM tokens (``agent.fim.for_tokenizer``)."""
+    episodes to ``max_len`` raises (``check_lengths``). With ``fim`` (``TrainConfig.fim``, off by default),
+    text chunks that carry a split are trained in the FIM layout when the tokenizer has FIM tokens
+    (``agent.fim.for_tokenizer``)."""
     stats = stats or DataStats()
     tokens = for_tokenizer(tokenizer) if fim else None
     out = []

@@ -317,12 +317,12 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     # data
     files = D.episode_files(Path(cfg.data))
     render = make_renderer(tokenizer)
-    sequences, stats = D.encode_all(D.read_episodes(Path(cfg.data)), tokenizer, render, cfg.max_len)
+    sequences, stats = D.encode_all(D.read_episodes(Path(cfg.data)), tokenizer, render, cfg.max_len, fim=cfg.fim)
     if not sequences:
         raise SwespotError(f"no trainable sequence in {cfg.data}: {stats.to_dict()}")
     replay: list = []
     if cfg.replay_data:
-        replay, _ = D.encode_all(D.read_episodes(Path(cfg.replay_data)), tokenizer, render, cfg.max_len)
+        replay, _ = D.encode_all(D.read_episodes(Path(cfg.replay_data)), tokenizer, render, cfg.max_len, fim=cfg.fim)
     data_fp = D.data_fingerprint(files)
 
     # LoRA

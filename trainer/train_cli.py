@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-r", type=int)
     p.add_argument("--lora-alpha", type=float)
     p.add_argument("--rslora", action="store_true", default=None)
+    p.add_argument("--fim", action="store_true", default=None,
+                   help="train the text unit's fill-in-the-middle splits in the FIM layout (off by default: see README)")
     p.add_argument("--max-len", type=int)
     p.add_argument("--batch-tokens", type=int)
     p.add_argument("--grad-accum", type=int)
@@ -55,7 +57,7 @@ def cmd_train(args) -> int:
         max_trained_tokens=args.max_trained_tokens,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, rslora=args.rslora, max_len=args.max_len,
         batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
-        init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed,
+        init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed, fim=args.fim,
         export_gguf=False if args.no_export else None,
     )
     cfg = config_for(args.profile, **{**file_values, **{k: v for k, v in cli.items() if v is not None}})
