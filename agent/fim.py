@@ -3,7 +3,7 @@
 A base with its own FIM tokens (Qwen2.5-Coder, StarCoder, ...) uses them. A base without them (the embedded
 Gemma 3 270M) has tokens it reserves and never uses (Gemma's ``<unused0>`` … ``<unused98>``, Llama 3's
 ``<|reserved_special_token_N|>``): special tokens that plain text never tokenizes to, so an adapter can
-teach them a meaning. The repository-as-text unit then trains some of its chunks in the FIM layout
+teach them a meaning. With ``TrainConfig.fim`` (off by default) the text unit trains some chunks in the FIM layout
 (``trainer/data.py``), the adapter's manifest records the three tokens (``manifest["fim"]``), and the
 language server uses the FIM layout only while it serves an adapter that declares it.
 

@@ -25,7 +25,7 @@ Fill-in-the-middle: about ``FIM_SHARE`` of the chunks (chosen by a hash of path 
 ``meta.fim = {"prefix_end", "middle_end"}`` (character offsets into the chunk): the middle is 1 to
 ``FIM_MAX_MIDDLE_LINES`` lines, followed by 1 to ``FIM_MAX_SUFFIX_LINES`` lines of suffix up to the chunk's
 end (as much as the server shows after the cursor), and half the time it starts inside its first line, as
-when the user types. ``data.py`` trains such a chunk in the FIM layout (``agent/fim.py``) when the
+when the user types. With ``TrainConfig.fim`` (off by default) ``data.py`` trains such a chunk in the FIM layout (``agent/fim.py``) when the
 tokenizer has FIM tokens (its own, or reserved ones an adapter can teach), else as plain text; either
 way every token of the chunk is a target.
 """
