@@ -36,9 +36,10 @@ class Settings:
     completion_max_ms: int = field(default=700, metadata={
         "help": "stop generating an inline completion after this many milliseconds of model work, keeping "
                 "what came (as llama.vscode's t_max_predict_ms); 0: no limit", "min": 0})
-    completion_context_tokens: int = field(default=256, metadata={
+    completion_context_tokens: int = field(default=0, metadata={
         "help": "tokens of repository context per inline completion: the signatures of the names used near the "
-                "cursor (tree-sitter index) first, then snippets of their code; 0: only the snippets, no signatures", "min": 0})
+                "cursor (tree-sitter index) first, then snippets of their code; 0 (default: on click with the "
+                "270M base they saved no typing, README): only the snippets, no signatures", "min": 0})
     chat_max_tokens: int = field(default=512, metadata={"help": "tokens per model turn in chat and tasks", "min": 1})
     chat_max_steps: int = field(default=6, metadata={"help": "tool-using turns of a chat", "min": 1})
     task_max_steps: int = field(default=20, metadata={"help": "tool-using turns of a task", "min": 1})

@@ -146,8 +146,8 @@ def test_a_definition_in_the_same_file_that_the_prompt_does_not_show_is_brought_
 
 
 def test_the_context_budget_is_a_setting_that_switches_the_definitions_off():
-    assert Settings().completion_context_tokens > 0
-    assert merge(Settings(), {"completionContextTokens": 0}, where="test").completion_context_tokens == 0
+    assert Settings().completion_context_tokens == 0  # off by default: on click it saved no typing (README)
+    assert merge(Settings(), {"completionContextTokens": 256}, where="test").completion_context_tokens == 256
     with pytest.raises(Exception, match="at least 0"):
         merge(Settings(), {"completionContextTokens": -1}, where="test")
 
