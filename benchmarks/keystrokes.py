@@ -420,7 +420,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-ms", type=int, default=700, help="the server's completionMaxMs")
-    parser.add_argument("--context", choices=("on", "off", "both"), default="on",
+    parser.add_argument("--context", choices=("on", "off", "both"), default="off",
                         help="the definitions of the names near the cursor in the prompt (completionContextTokens); "
                              "both: the base once with and once without them, paired")
     parser.add_argument("--context-tokens", type=int, default=256, help="completionContextTokens when the context is on")
