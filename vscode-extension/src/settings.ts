@@ -19,6 +19,7 @@ export const SERVER_SETTING_KEYS = [
   'completionMaxTokens',
   'completionDebounceMs',
   'completionMaxMs',
+  'completionContextTokens',
   'chatMaxTokens',
   'chatMaxSteps',
   'taskMaxSteps',
