@@ -378,6 +378,7 @@ class LlamaRuntime:
         text, emitted = "", 0
         hold = max((len(s) for s in stop), default=0)
         with self._lock, self._busy():
+            stats["cached_tokens"] = self._cached_prefix(tokens[:-1])
             if cancel is not None and not self._prefill(tokens[:-1], cancel):
                 stats["finish_reason"] = "cancelled"
                 return
@@ -439,17 +440,22 @@ class LlamaRuntime:
                 log.info("llama.cpp threads: %d -> %d", self.n_threads, n)
                 self.n_threads = n
 
+    def _cached_prefix(self, tokens: Sequence[int]) -> int:
+        """How many of ``tokens``' first tokens the KV cache holds already (llama.cpp reuses them)."""
+        llm, keep = self._llm, 0
+        for cached, wanted in zip(llm.input_ids[: llm.n_tokens], tokens):
+            if cached != wanted:
+                break
+            keep += 1
+        return keep
+
     def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
         """Evaluate a long prompt batch by batch, checking ``cancel`` between batches (llama.cpp's own
         generate evaluates the whole prompt before the first token, which on a cold 1,000-token prompt
         is seconds the user cannot interrupt). Reuses the cached prefix as generate does, and leaves the
         cache consistent, so generate then evaluates only what is left. False when cancelled."""
         llm = self._llm
-        keep = 0
-        for cached, wanted in zip(llm.input_ids[: llm.n_tokens], tokens):
-            if cached != wanted:
-                break
-            keep += 1
+        keep = self._cached_prefix(tokens)
         if len(tokens) - keep <= llm.n_batch:
             return not cancel.is_set()  # one batch: nothing to interrupt
         llm.n_tokens = keep  # eval() drops the cache after n_tokens first

@@ -1,7 +1,7 @@
 """Typing benchmark: how much typing inline completion saves a user, and how long each keystroke waits.
 
 Held-out code of a real repository (function bodies and added lines of commits after a knowledge
-cutoff, taken with trainer/evaluation.py's ``body_tasks`` and ``line_tasks``) is typed again, character
+cutoff, taken with trainer/evaluation's ``body_tasks`` and ``line_tasks``) is typed again, character
 by character, into a real ``swespot serve`` process through a real LSP client (pygls). The document is
 the file as the commit left it with the held-out code removed, so the code after the cursor is there
 as the user would have it. After every keystroke the client asks for an inline completion and waits for
@@ -60,6 +60,8 @@ from trainer.evaluation import MIN_PAIRED_TASKS, _resamples, body_tasks, line_ta
 from trainer.store import AdapterStore, check_version_dir, state_dir
 
 NO_CONTEXT = "base, no definitions"
+CALL_LINE = re.compile(r"completion: (?P<prompt>\d+) prompt tokens, (?P<generated>\d+) generated, (?P<ended>.+?) in (?P<call_ms>\d+) ms"
+                       r"(?:, (?P<cached>\d+) cached, first text after (?P<first_ms>\d+) ms, waited (?P<waited_ms>\d+) ms)?, (?P<layout>[a-z -]+)$")
 MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
 _WORD_CHAR = re.compile(r"\w")
 
@@ -85,6 +87,7 @@ class Replay:
     prompt_tokens: list[int] = field(default_factory=list)  # per model call (its log)
     call_ms: list[float] = field(default_factory=list)  # model work per call, prompt evaluation included
     latencies_ms: list[float] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)  # per keystroke: latency, suggestion, the server's model call
 
     @property
     def saved(self) -> int:
@@ -170,6 +173,7 @@ class Server:
         self.name, self.gguf, self.repo, self.state_root, self.settings = name, gguf, repo, state_root, settings
         self.adapter = adapter  # the version the server must be serving before the replay starts
         self.version = 0
+        self._log_offset = 0  # how far new_log_lines has read the server's log
 
     async def start(self) -> None:
         from lsprotocol import types as lsp
@@ -211,6 +215,19 @@ class Server:
             else:
                 os.environ["SWESPOT_STATE_DIR"] = old
 
+    def new_log_lines(self) -> list[str]:
+        """The server's log lines written since the last call (from the start after a rotation)."""
+        path, offset = self.log_path(), self._log_offset
+        if not path.exists():
+            return []
+        with path.open("rb") as f:
+            if f.seek(0, 2) < offset:
+                offset = 0
+            f.seek(offset)
+            data = f.read()
+        self._log_offset = offset + len(data)
+        return data.decode(errors="replace").splitlines()
+
     def model_calls(self) -> list[tuple[int, float]]:
         """(prompt tokens, ms) of every completion the server generated so far (its log)."""
         path = self.log_path()
@@ -224,6 +241,7 @@ class Server:
         uri = (self.repo / task.path).as_uri()
         out = Replay(chars=len(task.target))
         calls_before = len(self.model_calls())
+        self.new_log_lines()
         self.version += 1
         self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
             lsp.TextDocumentItem(uri, "python", self.version, task.before + task.after)))
@@ -236,6 +254,13 @@ class Server:
             result = await self.client.protocol.send_request_async(
                 "swespot/inlineCompletion", {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}})
             out.latencies_ms.append((time.perf_counter() - started) * 1e3)
+            request: dict[str, Any] = {"at": typed, "ms": round(out.latencies_ms[-1], 1)}
+            for entry in self.new_log_lines():
+                if m := CALL_LINE.search(entry):
+                    request["call"] = {k: (v if k in ("ended", "layout") else float(v)) for k, v in m.groupdict().items() if v is not None}
+                elif "completion from the cache" in entry:
+                    request["cached"] = True
+            out.requests.append(request)
             if typed >= len(task.target) or time.monotonic() > deadline:
                 break
             suggestion = result["items"][0]["insertText"] if result["items"] else ""
@@ -243,6 +268,7 @@ class Server:
             if suggestion:
                 out.shown += 1
                 take = accepted_length(suggestion, task.target[typed:], granularity)
+            request.update(shown=len(suggestion), took=take)
             if take >= MIN_ACCEPT:
                 out.accepted += 1
                 out.accepted_chars += take
@@ -388,7 +414,7 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
                 results[server.name].append(replay)
                 row[server.name] = {"saved_per_char": round(replay.ratio, 4), "keystrokes": replay.keystrokes,
                                     "shown": replay.shown, "accepted": replay.accepted,
-                                    "p50_ms": percentile(replay.latencies_ms, 50)}
+                                    "p50_ms": percentile(replay.latencies_ms, 50), "requests": replay.requests}
             rows.append(row)
             print(f"task {n + 1}/{len(tasks)} {task.path} ({task.family}, {len(task.target)} chars): "
                   + ", ".join(f"{s.name} {row[s.name]['saved_per_char']:.3f}" for s in servers), file=sys.stderr)

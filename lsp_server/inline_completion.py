@@ -72,11 +72,12 @@ async def inline_completion(ls: SwespotServer, uri: str, position: lsp.Position)
         log.info("completion from the cache (%d chars): no model call", len(cached))
         return inline_item(ls, uri, ctx, position, cached, cached=True) if cached else []
     ls.completion_tickets[uri] = mine
+    arrived = time.perf_counter()
     try:
         debounce = ls.settings.completion_debounce_ms / 1e3
         if debounce > 0 and await mine.superseded_within(debounce):
             return []
-        text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel), mine.cancel)
+        text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel, arrived), mine.cancel)
     finally:
         if ls.completion_tickets.get(uri) is mine:
             del ls.completion_tickets[uri]
@@ -105,7 +106,7 @@ def completion_context(ls: SwespotServer, doc: DocumentSnapshot, position: lsp.P
     return CompletionContext(ls.rel(doc.path), pygls_doc.language_id or "", doc.text[:offset], doc.text[offset:])
 
 
-def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event) -> str | None:
+def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event, arrived: float | None = None) -> str | None:
     """The model's suggestion (None when cancelled), on the model thread. Generation stops at the stop
     rules (``stop_point``: the line's end mid-line, the indented block's end otherwise) and once
     ``completionMaxMs`` of model work has passed, keeping what came."""
@@ -118,11 +119,12 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event)
                                     count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if ls.snippets else []
     stats: dict = {}
     budget = ls.settings.completion_max_ms / 1e3
-    text, ended = "", None
+    text, ended, first_at = "", None, None
     stream = runtime.generate(build_prompt(ctx, snippets, fim), max_tokens=ls.settings.completion_max_tokens,
                               stop=stop_strings(fim), cancel=cancel, stats=stats)
     try:
         for piece in stream:
+            first_at = first_at or time.perf_counter()
             text += piece
             ls.heartbeat.beat()
             cut = stop_point(text, ctx)
@@ -134,8 +136,11 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event)
                 break
     finally:
         stream.close()  # releases the model at once when a stop rule or the budget ended it
-    log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms, %s", stats.get("prompt_tokens", 0),
-             stats.get("completion_tokens", 0), ended or stats.get("finish_reason"), (time.perf_counter() - started) * 1e3,
+    now = time.perf_counter()
+    log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms, %d cached, first text after %.0f ms, "
+             "waited %.0f ms, %s", stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0),
+             ended or stats.get("finish_reason"), (now - started) * 1e3, stats.get("cached_tokens", 0),
+             ((first_at or now) - started) * 1e3, (started - (arrived or started)) * 1e3,
              "fill-in-the-middle" if fim else "left to right")
     if stats.get("finish_reason") == "cancelled":
         return None
