@@ -1,0 +1,287 @@
+"""Running the models: every model through llama.cpp exactly as it is served (the base GGUF plus an
+adapter) on the tasks, one row per model and task; ``evaluate`` is the whole evaluation."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+
+import git
+from tqdm import tqdm
+
+from agent.errors import SwespotError
+from agent.loop import Agent, Budget
+from agent.models import LlamaModel
+from agent.render import Renderer
+from agent.runtime import LlamaRuntime
+from agent.tools import CommandPolicy, Workspace, call_tool, make_tools
+from trainer.eval_report import write_report
+from trainer.evaluation.profiles import EVAL_PROFILES, FAMILIES, ModelSpec, Task
+from trainer.evaluation.statistics import layout_comparison, paired_comparison, summarize
+from trainer.evaluation.tasks import make_tasks
+from trainer.experience import history as H
+from trainer.experience.snapshot import Snapshot
+
+DESIGN_SYSTEM = "You answer questions about this software repository briefly and exactly."
+
+
+# ---- scoring helpers ----------------------------------------------------------------------------
+def edit_similarity(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def names_any(text: str, accept: list[str]) -> bool:
+    """Whether ``text`` names one of ``accept`` (a path or a qualified name) as a whole: `get` is not
+    named by `together` or by `cache.get_all`."""
+    return any(re.search(rf"(?<![\w./]){re.escape(a)}(?![\w/]|\.\w)", text) for a in accept if a)
+
+
+def target_loss(runtime, prefix_ids: list[int], target_ids: list[int]) -> float:
+    """Mean negative log-likelihood (nats per token) of ``target_ids`` following ``prefix_ids``."""
+    return float(-runtime.target_logprobs(prefix_ids + target_ids, len(prefix_ids)).mean())
+
+
+def _left_truncate(runtime, text: str, max_tokens: int) -> list[int]:
+    ids = runtime.tokenize(text, add_bos=False, special=False)[-max_tokens:]
+    bos = runtime.tokenize("", add_bos=True)
+    return bos + ids
+
+
+def _server_completion() -> ModuleType:
+    """``lsp_server.completion``: the language server's own prompt code (``serving_fim``, ``build_prompt``,
+    the trimming), borrowed on purpose so that infill tasks are scored in exactly the prompt and layout the
+    server serves. Imported here, not at the top, because it points up the layers (agent ← trainer ←
+    lsp_server); this is the evaluation's only such import."""
+    from lsp_server import completion
+
+    return completion
+
+
+# ---- running the models -------------------------------------------------------------------------
+class Evaluator:
+    def __init__(self, base_gguf: Path, models: list[ModelSpec], profile: str = "quick", progress: bool = True,
+                 threads: int | None = None) -> None:
+        if profile not in EVAL_PROFILES:
+            raise SwespotError(f"unknown evaluation profile {profile!r} (choose {', '.join(EVAL_PROFILES)})")
+        self.base_gguf, self.models, self.sizes = Path(base_gguf), models, EVAL_PROFILES[profile]
+        self.progress, self.threads = progress, threads
+        self._fim: tuple[str, str, str] | None = None  # the FIM markers of the selected model (None: left to right)
+
+    def _runtime(self, **kwargs):
+        rt = LlamaRuntime(self.base_gguf, n_threads=self.threads, **kwargs)
+        names = {}
+        for spec in self.models:
+            if spec.adapter is not None:
+                names[spec.name] = rt.load_adapter(spec.adapter, name=spec.name)
+        return rt, names
+
+    def _select(self, rt, names: dict, spec: ModelSpec) -> None:
+        rt.set_adapters({names[spec.name]: 1.0} if spec.adapter is not None else None)
+        self._fim = _server_completion().serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
+
+    def run(self, tasks: list[Task], repo_path: Path | None = None) -> list[dict]:
+        results: list[dict] = []
+        text_tasks = [t for t in tasks if t.family != "replay"]
+        agent_tasks = [t for t in tasks if t.family == "replay"]
+        total = len(text_tasks) * len(self.models)
+        if text_tasks:
+            rt, names = self._runtime(n_ctx=max(1024, self.sizes["context_tokens"] + 512))
+            renderer = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
+            with rt, tqdm(total=total, desc="eval: completion/design", unit="task", disable=not self.progress, file=sys.stderr) as bar:
+                for spec in self.models:
+                    self._select(rt, names, spec)
+                    for task in text_tasks:
+                        started = time.perf_counter()
+                        row = self._text_task(rt, task, renderer)
+                        results.append({"model": spec.name, "task": task.id, "family": task.family, "commit": task.commit,
+                                        "path": task.path, "seconds": round(time.perf_counter() - started, 3), **row})
+                        bar.update(1)
+        if agent_tasks:
+            if repo_path is None:
+                raise SwespotError("replay tasks need the repository")
+            rt, names = self._runtime(n_ctx=self.sizes["n_ctx"])
+            with rt, tqdm(total=len(agent_tasks) * len(self.models), desc="eval: replay (agent)", unit="task",
+                          disable=not self.progress, file=sys.stderr) as bar:
+                for spec in self.models:
+                    self._select(rt, names, spec)
+                    for task in agent_tasks:
+                        started = time.perf_counter()
+                        row = self._replay_task(rt, task, repo_path)
+                        results.append({"model": spec.name, "task": task.id, "family": "replay", "commit": task.commit,
+                                        "path": None, "seconds": round(time.perf_counter() - started, 3), **row})
+                        bar.update(1)
+        return results
+
+    def _text_task(self, rt, task: Task, renderer) -> dict:
+        ctx = self.sizes["context_tokens"]
+        generate = task.meta.get("generate", True)
+        if task.family == "infill":
+            return self._infill_task(rt, task, self._fim)
+        if task.family in ("line", "body"):
+            prefix = _left_truncate(rt, task.prompt, ctx)
+            target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
+            row = {"loss": target_loss(rt, prefix, target) if target else float("nan"), "tokens": len(target),
+                   "exact": None, "similarity": None, "completion": None, "completion_tokens": 0}
+            if not generate:
+                return row
+            if task.family == "line":
+                out = rt.complete(prefix, max_tokens=32, stop=["\n"])
+                got, real = out.text.strip(), task.target.strip()
+            else:
+                out = rt.complete(prefix, max_tokens=min(96, 2 * len(target) + 8), stop=["\ndef ", "\nclass ", "\n\n\n"])
+                got, real = out.text.rstrip(), task.target
+            return row | {"exact": got.strip() == real.strip(), "similarity": edit_similarity(got, real), "completion": out.text,
+                          "completion_tokens": out.completion_tokens}
+        # design QA through the chat renderer (the format the experience trained), without tools
+        messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": task.prompt}]
+        prompt_ids = rt.tokenize(renderer.prompt(messages), add_bos=True)
+        target = rt.tokenize(task.target, add_bos=False, special=False)
+        loss = target_loss(rt, prompt_ids, target)
+        out = rt.complete(prompt_ids, max_tokens=48, stop=list(renderer.stop) + ["\n\n"])
+        accept = task.meta.get("accept") or [task.meta["answer"]]
+        return {"loss": loss, "tokens": len(target), "exact": names_any(out.text, accept),
+                "similarity": edit_similarity(out.text.strip(), task.target), "completion": out.text,
+                "completion_tokens": out.completion_tokens}
+
+    def _infill_task(self, rt, task: Task, fim: tuple[str, str, str] | None) -> dict:
+        """An infill task in the server's own prompt (no snippets) and layout; see the package docstring."""
+        completion = _server_completion()
+        keep = self.sizes["context_tokens"] * 3  # characters of the code before (about 3 per token of code)
+        prefix = task.prompt[-keep:]
+        prefix = prefix[prefix.find("\n") + 1:] if len(task.prompt) > keep and "\n" in prefix else prefix
+        ctx = completion.CompletionContext(task.path or "", "", prefix, task.meta["suffix"])
+        target = rt.tokenize(task.target, add_bos=False, special=False)[:128]
+
+        def loss_in(layout: tuple[str, str, str] | None) -> tuple[float, list[int]]:
+            prompt = rt.tokenize(completion.build_prompt(ctx, [], layout), add_bos=True, special=layout is not None)
+            return (target_loss(rt, prompt, target) if target else float("nan")), prompt
+
+        loss, prompt = loss_in(fim)
+        row = {"loss": loss, "tokens": len(target), "layout": "fim" if fim else "ltr",
+               "ltr_loss": loss_in(None)[0] if fim else loss,
+               "exact": None, "similarity": None, "completion": None, "completion_tokens": 0}
+        if not task.meta.get("generate", True):
+            return row
+        out = rt.complete(prompt, max_tokens=min(96, 2 * len(target) + 8), stop=completion.stop_strings(fim))
+        got = completion.trim_completion(completion.fit_to_line_rest(out.text, ctx), ctx)
+        return row | {"exact": got.strip() == task.target.strip(), "similarity": edit_similarity(got.rstrip(), task.target.rstrip()),
+                      "completion": got, "completion_tokens": out.completion_tokens}
+
+    def _replay_task(self, rt, task: Task, repo_path: Path) -> dict:
+        files = task.meta["files"]
+        with Snapshot(repo_path, prefix="swespot-eval-") as snap:
+            snap.checkout(task.meta["parent"])
+            ws = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: True), run_timeout=60, scratch_runs=False)
+            agent = Agent(LlamaModel(rt, max_tokens=256), ws, Budget(max_steps=self.sizes["max_steps"],
+                                                                      max_tokens=self.sizes["replay_tokens"]), unit="eval")
+            result = agent.run(task.prompt)
+            # the agent's change vs the real one, over the files the commit touched
+            reached, ours, theirs = True, [], []
+            for path, sides in files.items():
+                if task.meta["tests"] and path in task.meta["tests"]:
+                    continue  # the commit's tests are the grader, not part of what the agent must write
+                now = snap.tree / path
+                mine = now.read_text(errors="replace") if now.is_file() else None
+                reached &= mine == sides["after"]
+                ours += _changed_lines(sides["before"], mine)
+                theirs += _changed_lines(sides["before"], sides["after"])
+            similarity = difflib.SequenceMatcher(None, ours, theirs, autojunk=False).ratio() if (ours or theirs) else 1.0
+            tests_passed = None
+            if task.meta["tests"]:
+                for path in task.meta["tests"]:
+                    target = snap.tree / path
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(files[path]["after"])
+                ws.invalidate()
+                tests_passed = _run_tests(ws, task.meta["tests"])
+        resolved = reached or bool(tests_passed)
+        return {"resolved": resolved, "exact": reached, "similarity": similarity, "tests_passed": tests_passed,
+                "scored_by": "tests" if task.meta["tests"] else "diff", "exit": result.exit, "turns": result.steps,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "format_errors": result.format_errors}
+
+
+def adapter_manifest(spec: ModelSpec) -> dict | None:
+    """The manifest.json next to a model's adapter.gguf (the store's and the trainer's layout), if any."""
+    path = spec.adapter.parent / "manifest.json" if spec.adapter is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _changed_lines(before: str | None, after: str | None) -> list[str]:
+    a, b = (before or "").splitlines(), (after or "").splitlines()
+    return [line for line in difflib.unified_diff(a, b, lineterm="", n=0) if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+
+
+def _run_tests(ws, tests: list[str]) -> bool:
+    out = call_tool(make_tools(ws), "run", json.dumps({"command": "python -m pytest -q -x -p no:cacheprovider " + " ".join(tests),
+                                                        "timeout": 120}))
+    return "[exit code 0" in out
+
+
+
+def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSpec], *, until: str = "HEAD",
+             families=FAMILIES, profile: str = "quick", progress: bool = True, out: Path | None = None,
+             reference: str | None = None) -> dict:
+    """Build the tasks, run every model on them, compare every other model with ``reference`` (default:
+    the first model) in ``report["comparisons"][name]`` (``paired_comparison``), and (with ``out``) write
+    report.json and report.html."""
+
+    started = time.perf_counter()
+    repo_path = Path(repo_path).resolve()
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise SwespotError(f"unknown task families {sorted(unknown)} (choose from {', '.join(FAMILIES)})")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise SwespotError(f"two models share a name: {names}")
+    reference = reference or (names[0] if names else None)
+    if reference is not None and reference not in names:
+        raise SwespotError(f"the reference {reference!r} is not one of the models {names}")
+    tasks = make_tasks(repo_path, cutoff, until, families, profile)
+    task_seconds = round(time.perf_counter() - started, 2)
+    repo = git.Repo(repo_path)
+    report = {
+        "repo": str(repo_path), "cutoff": H.resolve(repo, cutoff).hexsha, "until": H.resolve(repo, until).hexsha,
+        "profile": profile, "base_gguf": str(base_gguf), "created_at": time.time(),
+        "tasks": {fam: sum(t.family == fam for t in tasks) for fam in families},
+        "generated": {fam: sum(t.family == fam and t.meta.get("generate", True) for t in tasks) for fam in ("line", "body", "infill")
+                      if fam in families},
+        "models": {}, "comparisons": {}, "rows": [], "reference": reference, "task_seconds": task_seconds,
+    }
+    if tasks:
+        rows = Evaluator(base_gguf, models, profile, progress).run(tasks, repo_path)
+        report["rows"] = rows
+        report["models"] = summarize(rows, models)
+        report["comparisons"] = {name: paired_comparison(rows, name, reference) for name in names
+                                 if reference is not None and name != reference}
+        report["task_list"] = [_listed(t) for t in tasks]
+        report["layouts"] = {name: found for name in names if (found := layout_comparison(rows, name)) is not None}
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    if out is not None:
+        write_report(report, Path(out))
+    return report
+
+
+PROMPT_CHARS = 1500  # the end of a line/body task's file prefix kept in report.json (to read the task by; it is huge otherwise)
+
+
+def _listed(task: Task) -> dict:
+    """A task as report.json lists it: the end of a code task's prefix, no replay file contents."""
+    out = asdict(task)
+    if task.family in ("line", "body", "infill"):
+        out["prompt"] = task.prompt[-PROMPT_CHARS:]
+    out["meta"] = {k: v for k, v in task.meta.items() if k != "files"}
+    return out
+
