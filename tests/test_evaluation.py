@@ -266,9 +266,9 @@ def test_facts_are_exactly_the_heldout_symbols_asked_in_the_training_words(facts
 
     # the same words as training: with nothing held out, the design unit asks these very questions and
     # submits these very answers
-    import trainer.experience.units as U
+    import trainer.experience.units.software_design as design_unit
 
-    monkeypatch.setattr(U, "is_heldout_fact", lambda path, qualname: False)
+    monkeypatch.setattr(design_unit, "is_heldout_fact", lambda path, qualname: False)
     build_experience(root, tmp_path / "all", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False))
     trained = _design_qa(tmp_path / "all")
     for task in tasks:

@@ -19,6 +19,7 @@ from trainer.experience.build import BuildOptions, build_experience
 from trainer.experience.design import design_questions, module_question
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.oracle import ungrounded_actions
+from trainer.experience.units import software_design
 
 STORE = '''"""Readers and writers of the record store."""
 
@@ -252,7 +253,7 @@ def test_the_checker_catches_an_action_taken_from_the_answer(store):
 
 
 def test_a_wrong_first_look_is_corrected_by_what_the_tools_show(store, monkeypatch):
-    monkeypatch.setattr(U, "WRONG_LOOK_RATE", 1.0)
+    monkeypatch.setattr(software_design, "WRONG_LOOK_RATE", 1.0)  # the design unit's wrong looks
     ws, index = _index(store)
     episodes = U.design_episodes(ws, index, "src/store/core.py", "c", random.Random(2), U.UnitStats(), limit=40)
     where = [e for e in episodes if e["meta"]["question"] == "where"]

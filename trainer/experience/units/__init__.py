@@ -1,0 +1,32 @@
+"""The four units of Repository-Centric Experience, each a generator of episodes.
+
+Every episode is an oracle session (``oracle.py``): the policy knows the answer from the index or the
+history, but every observation comes from the real tools run on a snapshot of the repository at the
+episode's commit. An episode whose tools fail or whose result does not verify is rejected and counted.
+
+The package: ``base`` (``UnitStats``, finishing an episode, the teacher's code verifier, the test
+runner), one module per unit here (``software_design``, ``implementation``, ``evolution``) and the
+fourth, semantic-runtime alignment, in ``trainer/experience/runtime.py``. The names the builder and the
+runtime unit use are importable from ``trainer.experience.units``.
+"""
+
+from trainer.experience.units.base import _FIX, GENERATOR_VERSION, HONEST_UNITS, WRONG_LOOK_RATE, UnitStats, _finish, pytest_runner
+from trainer.experience.units.evolution import (
+    MAX_HUNK_LINES,
+    _edit_seen,
+    _first_changed_line,
+    _locate,
+    _undo_files,
+    bug_episode,
+    edit_script,
+    hunk_completions,
+    replay_episode,
+)
+from trainer.experience.units.implementation import MAX_BODY_LINES, implementation_episodes
+from trainer.experience.units.software_design import design_episodes, resolver_for
+
+__all__ = [
+    "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "WRONG_LOOK_RATE", "UnitStats", "_FIX",
+    "_edit_seen", "_finish", "_first_changed_line", "_locate", "_undo_files", "bug_episode", "design_episodes",
+    "edit_script", "hunk_completions", "implementation_episodes", "pytest_runner", "replay_episode", "resolver_for",
+]
