@@ -309,6 +309,30 @@ def test_a_signal_only_sets_the_stop_flag_and_a_run_stops_at_its_next_report_but
         Control(daemon).between_steps(1, 10)
 
 
+def test_a_signal_during_the_experience_build_stops_it_at_the_next_file(tmp_path, monkeypatch):
+    import trainer.pipeline as P
+
+    repo = tmp_path / "repo"
+    c1 = make_repo(repo)
+    daemon = Daemon(DaemonOptions(repo=repo), state=tmp_path / "state")
+    daemon.run = Run(c1, 0.0)
+    monkeypatch.setattr(P, "BUILD_REPORT_EVERY_S", 0.0)  # report (and check the flag) before every file
+    files = []
+
+    def on_phase(phase: str, fraction: float | None, detail: dict) -> None:
+        if "done" in detail:
+            files.append(detail["done"])
+            if detail["done"] == 1:  # a SIGTERM once the first file is built
+                daemon.on_signal(signal.SIGTERM, None)
+        daemon.on_phase(phase, fraction, detail)
+
+    with pytest.raises(P.Interrupted, match="during experience"):
+        P.refresh(P.RefreshOptions(repo, profile="tiny", state=daemon.state, progress=False), on_phase=on_phase)
+    assert files == [0, 1]  # stopped before the second file, not at the end of the phase
+    experience = daemon.state / "experience"
+    assert len(list(experience.glob("*/*.jsonl"))) == 1 and not (experience / "experience.json").exists()
+
+
 def test_failures_are_one_line_that_says_nothing_was_published_and_names_a_full_disk(tmp_path):
     full = describe_error(OSError(errno.ENOSPC, "No space left on device"), "train")
     assert isinstance(full, DiskFull)

@@ -172,6 +172,41 @@ def test_rebuild_after_one_commit_redoes_only_what_it_touched(shop, tmp_path):
     assert third.shards_made == 0 and third.shards_removed >= 2  # back in time: the future's shards go
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAtFile:
+    """A build control that stops the build before its ``n``-th file or commit (as the daemon does on SIGTERM)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, []
+
+    def between_files(self, unit: str, done: int, total: int) -> None:
+        self.seen.append((unit, done, total))
+        if len(self.seen) > self.n:
+            raise Stop
+
+
+def test_a_control_stops_the_build_between_files_and_the_next_build_reuses_what_was_made(shop, tmp_path):
+    root, revs = shop
+    opts = BuildOptions(cutoff=revs["cutoff"], progress=False, units=("design", "text", "evolution"))
+    out = tmp_path / "exp"
+    control = StopAtFile(2)
+    with pytest.raises(Stop):
+        build_experience(root, out, opts, control=control)
+    # two files done, then stopped before the third: their shards stay, nothing else was made
+    assert [unit for unit, _done, _total in control.seen] == ["design"] * 3
+    assert [done for _unit, done, _total in control.seen] == [0, 1, 2] and control.seen[0][2] >= 3
+    assert len(list(out.glob("*/*.jsonl"))) == 2 and not (out / "experience.json").exists()
+    every = StopAtFile(10**6)
+    resumed = build_experience(root, out, opts, control=every)
+    assert resumed.shards_reused == 2 and resumed.shards_made >= 3
+    assert {unit for unit, _done, _total in every.seen} == {"design", "text", "evolution"}
+    fresh = build_experience(root, tmp_path / "fresh", opts)
+    assert all_episodes(out) == all_episodes(tmp_path / "fresh") and fresh.shards_made == resumed.shards_made + 2
+
+
 def test_awkward_repositories_give_clear_results(shop, tmp_path):
     root, revs = shop
     empty = tmp_path / "empty"

@@ -208,12 +208,29 @@ def compatible_adapter(current, base) -> bool:
     return bool(trained_on) and Path(trained_on).resolve() == Path(base.hf_dir).resolve()
 
 
-def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: str, progress: bool = True):
-    """The experience phase: the incremental build of the static (and, in "full", runtime) units."""
+BUILD_REPORT_EVERY_S = 0.5  # the experience build reports progress (and the daemon may stop it) this often at most
+
+
+class _BuildControl:
+    """Between the experience build's files: an ``experience`` progress report through the caller's
+    ``on_phase`` (at most every BUILD_REPORT_EVERY_S), where the daemon stops a run it was told to stop."""
+
+    def __init__(self, phases: _Phases) -> None:
+        self.phases, self._last = phases, float("-inf")
+
+    def between_files(self, unit: str, done: int, total: int) -> None:
+        if time.monotonic() - self._last >= BUILD_REPORT_EVERY_S:
+            self._last = time.monotonic()
+            self.phases.report(None, unit=unit, done=done, total=total)
+
+
+def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: str, progress: bool = True, control=None):
+    """The experience phase: the incremental build of the static (and, in "full", runtime) units;
+    ``control``: see ``build_experience``."""
     settings = dict(profile_settings(profile)["experience"])
     if "units" in settings:
         settings["units"] = tuple(settings["units"])
-    return build_experience(repo, experience, BuildOptions(cutoff=cutoff, progress=progress, **settings))
+    return build_experience(repo, experience, BuildOptions(cutoff=cutoff, progress=progress, **settings), control=control)
 
 
 def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=None) -> RefreshResult:
@@ -236,7 +253,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
 
     # ---- experience: incremental, content-addressed; only what changed is regenerated
     phases.enter("experience", commit=commit)
-    built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress)
+    built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress, control=_BuildControl(phases))
     exp_summary = {u: s.get("episodes_on_disk", 0) for u, s in built.stats.items()}
     # what the user accepted in the editor (the language server's feedback.jsonl) becomes episodes too;
     # rejected completions are kept apart as contrast, never trained on

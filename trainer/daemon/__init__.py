@@ -24,8 +24,9 @@ server only through the state folder: the adapter store (``current``), ``status.
 - **Asked to**: the language server's ``swespot/retrain`` writes ``retrain.request`` in the state folder;
   the daemon consumes it and refreshes at once, whatever the schedule.
 - **Safety**: one daemon per repository (an flock, which the kernel releases on kill -9, so a stale lock
-  never blocks); SIGTERM sets a flag: a run stops at the next training step with a checkpoint, or at the
-  next phase boundary (earlier phases are restartable), and the next start resumes. Training runs at low
+  never blocks); SIGTERM sets a flag: a run stops at the next training step with a checkpoint, at the next
+  file of the experience build (the shards made so far are reused), or at the next phase boundary, and the
+  next start resumes. Training runs at low
   CPU priority (nice) and pauses while the language server's heartbeat says the user is waiting on the model. A failed
   run (a full disk, a vanished repository, a damaged file) is one line in status.json's ``last_error``;
   the daemon keeps serving what it served.

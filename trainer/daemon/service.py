@@ -4,8 +4,9 @@ run one refresh at a time and report everything in status.json.
 Signals only set a flag (``stop``) and wake the loop; nothing is raised wherever the main thread happens
 to be. The flag is checked by the loop between decisions, and during a run by the refresh's own
 callbacks: at every training step (``Control.between_steps``: a checkpoint is saved first, the next
-start resumes) and at every phase report (``on_phase``), so a run stops at the next step of training or
-at the next phase boundary otherwise. Publishing is short and is let to end."""
+start resumes) and at every phase report (``on_phase``; the experience build reports between its files),
+so a run stops at the next step of training, the next file of the experience build, or the next phase
+boundary otherwise. Publishing is short and is let to end."""
 
 from __future__ import annotations
 
