@@ -34,6 +34,9 @@ from agent.gguf_meta import read_header_fields
 
 log = logging.getLogger(__name__)
 THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
+PROBE_BATCH = 32  # prompt tokens evaluated to learn the model's speed before a deadline's first batch is sized
+SPEED_WEIGHT = 0.3  # weight of the newest measurement in the running per-token times (prompt and generation)
+clock = time.perf_counter  # what deadlines are measured with (a test may stand in a slower machine's)
 
 GGML_TYPE_F32 = 0  # ggml_type enum value; f32 KV cache makes logits comparable to transformers
 
@@ -155,6 +158,9 @@ class LlamaRuntime:
         self.thread_setting = max(0, n_threads or 0)
         self.n_threads = kwargs["n_threads"]
         self._own_load, self._own_at, self._fitted_at = 0.0, time.monotonic(), time.monotonic()
+        # seconds per prompt token (batched) and per generated token, as measured lately: what a deadline plans with
+        self._prompt_token_s: float | None = None
+        self._token_s = 0.0
         self._adapters: dict[str, LoadedAdapter] = {}
         self._active: list[tuple[str, float]] = []
         self._sha256: str | None = None
@@ -360,11 +366,18 @@ class LlamaRuntime:
         temperature: float = 0.0,
         cancel: threading.Event | None = None,
         stats: dict | None = None,
+        deadline: float | None = None,
     ) -> Generator[str, None, None]:
         """Stream the completion of ``prompt`` as text pieces. Stops at end-of-generation tokens, at
         any ``stop`` string (which is not returned), after ``max_tokens``, or when ``cancel`` is set
         (checked between tokens, so cancellation really stops the model). ``stats``, if given, is
-        filled with prompt_tokens, completion_tokens and finish_reason."""
+        filled with prompt_tokens, cached_tokens (reused from the KV cache), completion_tokens and
+        finish_reason.
+
+        ``deadline``  is when the text is due: the prompt is evaluated
+        in batches sized to end before it, and no token is started that would come after it
+        (finish_reason "deadline"). A prompt that does not fit in time yields nothing, but what was
+        evaluated stays in the KV cache, so the next call with the same start goes on from there."""
         # add_bos=True means "add the special tokens this vocabulary asks for" (llama.cpp checks add_bos)
         tokens = self.tokenize(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
         if not tokens:
@@ -379,12 +392,20 @@ class LlamaRuntime:
         hold = max((len(s) for s in stop), default=0)
         with self._lock, self._busy():
             stats["cached_tokens"] = self._cached_prefix(tokens[:-1])
-            if cancel is not None and not self._prefill(tokens[:-1], cancel):
-                stats["finish_reason"] = "cancelled"
+            if (cancel is not None or deadline is not None) and not self._prefill(tokens[:-1], cancel, deadline):
+                stats["finish_reason"] = "cancelled" if cancel is not None and cancel.is_set() else "deadline"
+                return
+            if deadline is not None and clock() + self._token_s > deadline:
+                stats["finish_reason"] = "deadline"
                 return
             gen = self._llm.generate(tokens, temp=temperature, top_k=40 if temperature > 0 else 1, repeat_penalty=1.0)
+            last = None  # the first token's time holds the prompt's last batch: not a token's time
             try:
                 for token in gen:
+                    now = clock()
+                    if last is not None:
+                        self._token_s = _running(self._token_s or None, now - last)
+                    last = now
                     if cancel is not None and cancel.is_set():
                         stats["finish_reason"] = "cancelled"
                         break
@@ -404,6 +425,9 @@ class LlamaRuntime:
                         yield text[emitted:safe]
                         emitted = safe
                     if stats["completion_tokens"] >= max_tokens:
+                        break
+                    if deadline is not None and clock() + self._token_s > deadline:
+                        stats["finish_reason"] = "deadline"  # the next token would come too late
                         break
             finally:
                 gen.close()
@@ -449,21 +473,34 @@ class LlamaRuntime:
             keep += 1
         return keep
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event) -> bool:
+    def _prefill(self, tokens: list[int], cancel: threading.Event | None, deadline: float | None = None) -> bool:
         """Evaluate a long prompt batch by batch, checking ``cancel`` between batches (llama.cpp's own
         generate evaluates the whole prompt before the first token, which on a cold 1,000-token prompt
         is seconds the user cannot interrupt). Reuses the cached prefix as generate does, and leaves the
-        cache consistent, so generate then evaluates only what is left. False when cancelled."""
+        cache consistent, so generate then evaluates only what is left. With a ``deadline``, each batch
+        is sized to end before it (leaving one token's time to generate), at the prompt speed measured
+        lately. False when cancelled or out of time (what was evaluated stays cached)."""
         llm = self._llm
         keep = self._cached_prefix(tokens)
-        if len(tokens) - keep <= llm.n_batch:
-            return not cancel.is_set()  # one batch: nothing to interrupt
+        if deadline is None and len(tokens) - keep <= llm.n_batch:
+            return cancel is None or not cancel.is_set()  # one batch: nothing to interrupt
         llm.n_tokens = keep  # eval() drops the cache after n_tokens first
-        for start in range(keep, len(tokens), llm.n_batch):
-            if cancel.is_set():
+        start = keep
+        while start < len(tokens):
+            if cancel is not None and cancel.is_set():
                 return False
-            llm.eval(tokens[start: start + llm.n_batch])
-        return not cancel.is_set()
+            size = llm.n_batch
+            if deadline is not None:
+                left = deadline - clock() - self._token_s
+                size = min(size, PROBE_BATCH if self._prompt_token_s is None else int(left / self._prompt_token_s))
+                if left <= 0 or size < min(PROBE_BATCH, len(tokens) - start):
+                    return False  # a batch worth its overhead no longer fits: the next call goes on from here
+            begun = clock()
+            batch = tokens[start: start + size]
+            llm.eval(batch)
+            self._prompt_token_s = _running(self._prompt_token_s, (clock() - begun) / len(batch))
+            start += len(batch)
+        return cancel is None or not cancel.is_set()
 
     def complete(
         self,
@@ -491,6 +528,11 @@ class LlamaRuntime:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _running(previous: float | None, sample: float) -> float:
+    """A running per-token time: the newest sample weighted SPEED_WEIGHT (the first one as it is)."""
+    return sample if previous is None else (1 - SPEED_WEIGHT) * previous + SPEED_WEIGHT * sample
 
 
 class _LlamaLogBridge:

@@ -72,11 +72,11 @@ async def inline_completion(ls: SwespotServer, uri: str, position: lsp.Position)
         log.info("completion from the cache (%d chars): no model call", len(cached))
         return inline_item(ls, uri, ctx, position, cached, cached=True) if cached else []
     ls.completion_tickets[uri] = mine
-    arrived = time.perf_counter()
     try:
         debounce = ls.settings.completion_debounce_ms / 1e3
         if debounce > 0 and await mine.superseded_within(debounce):
             return []
+        arrived = time.perf_counter()  # the time budget counts from here: waiting for the model included
         text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel, arrived), mine.cancel)
     finally:
         if ls.completion_tickets.get(uri) is mine:
@@ -107,10 +107,15 @@ def completion_context(ls: SwespotServer, doc: DocumentSnapshot, position: lsp.P
 
 
 def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event, arrived: float | None = None) -> str | None:
-    """The model's suggestion (None when cancelled), on the model thread. Generation stops at the stop
-    rules (``stop_point``: the line's end mid-line, the indented block's end otherwise) and once
-    ``completionMaxMs`` of model work has passed, keeping what came."""
+    """The model's suggestion (None when cancelled or out of time before any text), on the model thread.
+    Generation stops at the stop rules (``stop_point``: the line's end mid-line, the indented block's end
+    otherwise) and by ``completionMaxMs`` after the request ``arrived`` (after its debounce), keeping what
+    came: waiting for the model, reading the prompt and generating all count, and no token is started that
+    would come later (as llama.vscode's t_max_prompt_ms and t_max_predict_ms, in one budget). A prompt the
+    model cannot read in time gives no suggestion; the part it read stays in llama.cpp's cache, so the
+    next keystroke (whose prompt starts the same) goes on from there."""
     started = time.perf_counter()
+    arrived = arrived or started
     runtime = ls.runtime
     assert runtime is not None and ls.heartbeat is not None  # the model job loaded it (or raised)
     served = ls.tracker.active if ls.tracker else None
@@ -121,7 +126,7 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event,
     budget = ls.settings.completion_max_ms / 1e3
     text, ended, first_at = "", None, None
     stream = runtime.generate(build_prompt(ctx, snippets, fim), max_tokens=ls.settings.completion_max_tokens,
-                              stop=stop_strings(fim), cancel=cancel, stats=stats)
+                              stop=stop_strings(fim), cancel=cancel, stats=stats, deadline=arrived + budget if budget else None)
     try:
         for piece in stream:
             first_at = first_at or time.perf_counter()
@@ -131,19 +136,18 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event,
             if cut is not None:
                 text, ended = text[:cut], "stop rule"
                 break
-            if budget and time.perf_counter() - started >= budget:
-                ended = "time budget"
-                break
     finally:
-        stream.close()  # releases the model at once when a stop rule or the budget ended it
+        stream.close()  # releases the model at once when a stop rule ended it
+    if ended is None and stats.get("finish_reason") == "deadline":
+        ended = "time budget"
     now = time.perf_counter()
     log.info("completion: %d prompt tokens, %d generated, %s in %.0f ms, %d cached, first text after %.0f ms, "
              "waited %.0f ms, %s", stats.get("prompt_tokens", 0), stats.get("completion_tokens", 0),
              ended or stats.get("finish_reason"), (now - started) * 1e3, stats.get("cached_tokens", 0),
-             ((first_at or now) - started) * 1e3, (started - (arrived or started)) * 1e3,
+             ((first_at or now) - started) * 1e3, (started - arrived) * 1e3,
              "fill-in-the-middle" if fim else "left to right")
-    if stats.get("finish_reason") == "cancelled":
-        return None
+    if stats.get("finish_reason") == "cancelled" or (ended == "time budget" and not text):
+        return None  # nothing to show, and nothing to remember for this position: it was not the model's answer
     return trim_completion(fit_to_line_rest(text, ctx), ctx)
 
 

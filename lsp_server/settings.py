@@ -34,8 +34,11 @@ class Settings:
     completion_debounce_ms: int = field(default=0, metadata={
         "help": "wait this long before generating; a newer request for the document supersedes the wait", "min": 0})
     completion_max_ms: int = field(default=700, metadata={
-        "help": "stop generating an inline completion after this many milliseconds of model work, keeping "
-                "what came (as llama.vscode's t_max_predict_ms); 0: no limit", "min": 0})
+        "help": "an inline completion is due this many milliseconds after its request (after the debounce): "
+                "waiting for the model, reading the prompt and generating all count, and generation stops before a "
+                "token that would come later, keeping what came (as llama.vscode's t_max_prompt_ms + t_max_predict_ms); "
+                "a prompt not read in time gives no suggestion and the next keystroke goes on reading it; 0: no limit",
+        "min": 0})
     completion_context_tokens: int = field(default=0, metadata={
         "help": "tokens of repository context per inline completion: the signatures of the names used near the "
                 "cursor (tree-sitter index) first, then snippets of their code; 0 (default: on click with the "

@@ -9,15 +9,15 @@ import asyncio
 import re
 
 import pytest
+from lsprotocol import types as lsp
 
 from lsp_support import WAIT_S, model_calls, suggest
-
-pytestmark = pytest.mark.asyncio
 
 BODY = "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n        "
 AFTER = "\n    return out\n"
 
 
+@pytest.mark.asyncio
 async def test_typing_along_a_suggestion_asks_the_model_nothing(start_server, state):
     session = await start_server({"completionMaxTokens": 24, "completionMaxMs": 0})
     uri = session.open("calc/report.py", BODY + AFTER)
@@ -38,6 +38,7 @@ async def test_typing_along_a_suggestion_asks_the_model_nothing(start_server, st
     assert len(model_calls(state)) == calls + 1
 
 
+@pytest.mark.asyncio
 async def test_a_superseded_request_never_reaches_the_model(start_server, state):
     session = await start_server({"completionMaxTokens": 64, "completionMaxMs": 0})
     uri = session.open("calc/report.py", BODY + AFTER)
@@ -58,6 +59,7 @@ async def test_a_superseded_request_never_reaches_the_model(start_server, state)
     assert len(model_calls(state, "#key-4")) == 1
 
 
+@pytest.mark.asyncio
 async def test_mid_line_generation_stops_at_the_line_end_and_keeps_the_closing_bracket_once(start_server, state):
     session = await start_server({"completionMaxTokens": 64, "completionMaxMs": 0})
     uri = session.open("calc/report.py", BODY + AFTER)
@@ -72,9 +74,44 @@ async def test_mid_line_generation_stops_at_the_line_end_and_keeps_the_closing_b
     assert "stop rule" in line or int(re.search(r"(\d+) generated", line).group(1)) < 64, line
 
 
+@pytest.mark.asyncio
 async def test_generation_ends_within_the_time_budget(start_server, state):
     session = await start_server({"completionMaxTokens": 200, "completionMaxMs": 1})
     uri = session.open("calc/report.py", "def total(xs):\n")
     await suggest(session, uri, "def total(xs):\n", "", 2, msg_id="budget")
     line = model_calls(state, "#budget")[0]
     assert "time budget" in line and int(re.search(r"(\d+) generated", line).group(1)) < 20, line
+
+
+@pytest.mark.asyncio
+async def test_a_prompt_not_read_within_the_budget_shows_nothing_and_is_not_remembered(start_server, state):
+    session = await start_server({"completionMaxTokens": 16, "completionMaxMs": 1})
+    uri = session.open("calc/report.py", BODY + AFTER)
+    assert await suggest(session, uri, BODY, AFTER, 2, msg_id="late") == ""
+    line = model_calls(state, "#late")[0]
+    assert "0 generated, time budget" in line, line
+    session.client.workspace_did_change_configuration(
+        lsp.DidChangeConfigurationParams(settings={"swespot": {"completionMaxMs": 0}}))
+    shown = await suggest(session, uri, BODY, AFTER, 3, msg_id="again")  # the same position, no limit now
+    assert len(model_calls(state, "#again")) == 1, "the late request's empty answer was remembered for its position"
+    assert shown
+
+
+def test_a_deadline_stops_reading_the_prompt_and_the_next_call_goes_on_from_there(tiny_gguf_q8, monkeypatch):
+    import agent.runtime as R
+
+    runtime = R.LlamaRuntime(tiny_gguf_q8, n_ctx=512, n_threads=1)
+    prompt = "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n" * 4
+    expected = runtime.complete(prompt, max_tokens=8).text
+    runtime.reset_cache()
+    # a slow machine: every token in llama.cpp's cache took 10 ms to read
+    monkeypatch.setattr(R, "clock", lambda: runtime._llm.n_tokens * 0.01)
+    stats: dict = {}
+    assert "".join(runtime.generate(prompt, max_tokens=8, stats=stats, deadline=0.5)) == ""
+    assert stats["finish_reason"] == "deadline" and stats["completion_tokens"] == 0
+    assert stats["prompt_tokens"] > 2 * R.PROBE_BATCH
+    # the first batch (PROBE_BATCH tokens, 0.32 s) fitted; a second one worth its overhead did not (0.18 s left)
+    monkeypatch.setattr(R, "clock", R.time.perf_counter)
+    again: dict = {}
+    assert "".join(runtime.generate(prompt, max_tokens=8, stats=again)) == expected  # the cache stayed consistent
+    assert again["cached_tokens"] == R.PROBE_BATCH
