@@ -229,7 +229,7 @@ def build_llama3_style_tokenizer(out_dir: Path) -> int:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.convert import LLAMA3_PATTERN
+    from trainer.gguf_vocab import LLAMA3_PATTERN
     from trainer.tiny import corpus_files
 
     tokenizer = Tokenizer(models.BPE(ignore_merges=True))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SwespotError
-from trainer import convert
+from trainer import convert, gguf_vocab
 
 # Bump when the output changes in a way the input hash does not see.
 TINY_VERSION = "tiny-qwen3-v1"
@@ -255,7 +255,7 @@ def tiny_gguf(outtype: str = "f32", cache_dir: Path | None = None, *, seed: int 
     so a change to the converter re-converts while an unchanged one reuses the file."""
 
     hf_dir = tiny_model_dir(cache_dir, seed=seed)
-    digest = hashlib.sha256(Path(convert.__file__).read_bytes())
+    digest = hashlib.sha256(Path(convert.__file__).read_bytes() + Path(gguf_vocab.__file__).read_bytes())
     digest.update(f"gguf={version('gguf')} llama_cpp={version('llama-cpp-python')}".encode())
     target = hf_dir.parent / f"{hf_dir.name}-gguf-{digest.hexdigest()[:12]}" / f"tiny-{outtype}.gguf"
     if not target.is_file():
