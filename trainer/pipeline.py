@@ -29,16 +29,16 @@ import git
 from agent.errors import NothingPublished, SwespotError
 from agent.state import EXPERIENCE_DIR, WORK_DIR
 from agent.state import PHASES as PHASES  # a refresh's phases, as status.json names them
-from trainer import data as D
 from trainer.config import config_for
-from trainer.evaluation import WORSE, describe, paired_interval
 from trainer.experience import history as H
 from trainer.experience.build import BuildOptions, build_experience, unit_table
 from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
-from trainer.model_io import load_model_and_tokenizer, pick_device, resolve_base
+from trainer.gate import GateInput as GateInput  # re-exported: a callable gate takes one
+from trainer.gate import loss_gate
+from trainer.model_io import pick_device, resolve_base
 from trainer.store import AdapterStore, state_dir
 from trainer.train import Interrupted as Interrupted  # re-exported: callers stop a refresh with it
-from trainer.train import make_renderer, train, trained_token_loss
+from trainer.train import train
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,6 @@ PROFILES: dict[str, dict[str, Any]] = {
 GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
 MIN_HELDOUT_SHARDS = 4
-MAX_HELDOUT_EPISODES = 48
 
 
 @dataclass
@@ -96,18 +95,6 @@ class RefreshOptions:
     # TrainConfig settings that win over the profile's (e.g. {"max_trained_tokens": 20000}: a budget in
     # trained tokens; it then replaces the profile's step count, unless ``steps`` is given too)
     train_overrides: dict = field(default_factory=dict)
-
-
-@dataclass
-class GateInput:
-    """What a gate decides on: the trained candidate folder, the adapter it must not be worse than
-    (None: the base model), the resolved base and the commit the candidate was trained up to."""
-
-    candidate: Path
-    current: Path | None
-    base: Any
-    commit: str
-    heldout: Path | None  # folder of held-out episodes (the "loss" gate)
 
 
 @dataclass
@@ -236,15 +223,12 @@ def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: st
 def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=None) -> RefreshResult:
     """Run one refresh; see the module docstring. Raises ``SwespotError`` on failure (nothing published)
     and ``Interrupted`` when ``control`` stops training (the checkpoint stays for the next refresh)."""
-
-
     settings = profile_settings(opts.profile)
     repo = Path(opts.repo).expanduser().resolve()
     if not repo.is_dir():
         raise SwespotError(f"repository not found: {repo} (was it moved or deleted?)")
     state = Path(opts.state) if opts.state else state_dir(repo)
     store = AdapterStore(state)
-    experience = state / EXPERIENCE_DIR
     phases = _Phases(on_phase)
     try:
         commit = H.resolve(git.Repo(repo), opts.cutoff).hexsha
@@ -253,23 +237,79 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
 
     # ---- experience: incremental, content-addressed; only what changed is regenerated
     phases.enter("experience", commit=commit)
+    built, exp_info = _experience(opts, repo, state, commit, phases)
+
+    # ---- train (the GGUF export and its llama.cpp check inside), resumable in a work folder
+    phases.enter("train")
+    plan = _plan(opts, settings, store, repo, state, commit)
+    cfg, result = _train(plan, opts, settings, state, commit, _StepControl(phases, control))
+    # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,
+    # dropped by length / trained tokens / rendered lengths
+    exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
+
+    # ---- gate: the candidate must not be worse than what is served now
+    phases.enter("gate")
+    verdict = _gate(opts, GateInput(result.out, plan.current.path if plan.current is not None else None, plan.base, commit,
+                                    plan.views / "heldout" if plan.heldout else None), cfg.max_len)
+    if not verdict.get("ok"):
+        phases.leave()
+        return RefreshResult(False, None, commit, f"gate refused the candidate: {verdict.get('why')}", verdict,
+                             phases.seconds, None, exp_info)
+
+    # ---- publish: copy into the store, then flip ``current`` (atomic); keep the last N versions
+    phases.enter("publish")
+    extra = {"profile": opts.profile, "experience": exp_info, "shards": sorted(s.name for s in plan.trainable),
+             "continued_from": plan.current.name if plan.continuing and plan.current is not None else None, "gate": verdict,
+             **opts.extra_manifest}
+    if "eval" in verdict:
+        extra["eval"] = verdict["eval"]
+    version = store.publish(result.out, extra=extra)
+    store.prune(opts.keep)
+    shutil.rmtree(plan.run_dir, ignore_errors=True)
+    phases.leave()
+    return RefreshResult(True, version.name, commit, "published", verdict, phases.seconds, version.manifest, exp_info)
+
+
+def _experience(opts: RefreshOptions, repo: Path, state: Path, commit: str, phases: _Phases):
+    """The experience phase: incremental and content-addressed (only what changed is regenerated), plus
+    what the user accepted in the editor (the language server's feedback.jsonl) as episodes; rejected
+    completions are kept apart as contrast, never trained on. The build and the summary the manifest keeps."""
+    experience = state / EXPERIENCE_DIR
     built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress, control=_BuildControl(phases))
     exp_summary = {u: s.get("episodes_on_disk", 0) for u, s in built.stats.items()}
-    # what the user accepted in the editor (the language server's feedback.jsonl) becomes episodes too;
-    # rejected completions are kept apart as contrast, never trained on
-
     feedback = build_feedback(state / FEEDBACK_FILE, repo, experience, commit)
     exp_summary["feedback"] = feedback.positives
     exp_info = {"episodes": exp_summary, "shards_made": built.shards_made, "shards_reused": built.shards_reused,
                 "feedback": feedback.to_dict()}
     phases.report(None, **exp_info)
+    return built, exp_info
 
-    # ---- train
-    phases.enter("train")
+
+@dataclass
+class _Plan:
+    """What a refresh trains: the shards new to it, those replayed and those held out for the gate, from
+    which adapter, for how many steps, in which work folder (named by all of that, so a killed run resumes)."""
+
+    base: Any
+    current: Any  # the store's current version (None: there is none yet)
+    continuing: bool  # training continues from ``current``
+    trainable: list[Path]  # every shard not held out
+    new: set[Path]
+    replay: list[Path]
+    heldout: list[Path]
+    steps: int | None  # None: the profile's epochs or the trained-token budget decide
+    run_dir: Path
+
+    @property
+    def views(self) -> Path:
+        return self.run_dir / "views"
+
+
+def _plan(opts: RefreshOptions, settings: dict, store: AdapterStore, repo: Path, state: Path, commit: str) -> _Plan:
     base = resolve_base(opts.base)
     current = store.current()
     continuing = opts.continue_training and compatible_adapter(current, base)
-    shards = all_shards(experience)
+    shards = all_shards(state / EXPERIENCE_DIR)
     if not shards:
         raise SwespotError(f"the experience of {repo} holds no episodes: nothing to train on (is there code in it?)")
     heldout = heldout_shards(shards) if opts.gate == "loss" else []
@@ -290,129 +330,46 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     overridden = [sorted(opts.train_overrides.items())] if opts.train_overrides else []
     key = _digest(commit, base.name, opts.profile, steps, *overridden, continuing and current is not None and current.name,
                   sorted(s.name for s in new), sorted(s.name for s in replay))
-    work = state / WORK_DIR
-    run_dir = work / f"run-{key}"
+    return _Plan(base, current, continuing, trainable, new, replay, heldout, steps, state / WORK_DIR / f"run-{key}")
+
+
+def _train(plan: _Plan, opts: RefreshOptions, settings: dict, state: Path, commit: str, control: _StepControl):
+    """The train phase (the GGUF export and its check inside): in the plan's work folder (any other,
+    stale one removed) on views of the experience (symlinks to the chosen shards). The config and the result."""
+    experience, work = state / EXPERIENCE_DIR, state / WORK_DIR
     for stale in work.glob("run-*") if work.is_dir() else []:
-        if stale != run_dir:
+        if stale != plan.run_dir:
             shutil.rmtree(stale, ignore_errors=True)
-    views = run_dir / "views"
+    views = plan.views
     shutil.rmtree(views, ignore_errors=True)
-    _link_view(views / "train", sorted(new), experience)
-    if replay:
-        _link_view(views / "replay", replay, experience)
-    if heldout:
-        _link_view(views / "heldout", heldout, experience)
+    _link_view(views / "train", sorted(plan.new), experience)
+    if plan.replay:
+        _link_view(views / "replay", plan.replay, experience)
+    if plan.heldout:
+        _link_view(views / "heldout", plan.heldout, experience)
     train_profile = settings["train_profile"]
     if opts.profile == "full":
         train_profile = GPU_TRAIN_PROFILE if pick_device(opts.device) == "cuda" else train_profile
     overrides = dict(settings.get("train", {}))
-    if steps:
+    if plan.steps:
         overrides.pop("epochs", None)
-        overrides["steps"] = steps
+        overrides["steps"] = plan.steps
     overrides.update(opts.train_overrides)
-    cfg = config_for(train_profile, **overrides, data=str(views / "train"), base=opts.base, out=str(run_dir / "adapter"),
-                     device=opts.device, init_adapter=str(current.path) if continuing and current is not None else "",
-                     replay_data=str(views / "replay") if replay else "")
+    init = str(plan.current.path) if plan.continuing and plan.current is not None else ""
+    cfg = config_for(train_profile, **overrides, data=str(views / "train"), base=opts.base, out=str(plan.run_dir / "adapter"),
+                     device=opts.device, init_adapter=init, replay_data=str(views / "replay") if plan.replay else "")
     try:
-        result = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control))
+        return cfg, train(cfg, commit=commit, progress=opts.progress, control=control)
     except OSError as exc:
-        raise NothingPublished(f"training failed writing to {run_dir}: {exc} (is the disk full?)") from exc
-    # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,
-    # dropped by length / trained tokens / rendered lengths
-    exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
+        raise NothingPublished(f"training failed writing to {plan.run_dir}: {exc} (is the disk full?)") from exc
 
-    # ---- gate: the candidate must not be worse than what is served now
-    phases.enter("gate")
-    candidate = result.out
-    gate_input = GateInput(candidate, current.path if current is not None else None, base, commit,
-                           views / "heldout" if heldout else None)
+
+def _gate(opts: RefreshOptions, gate_input: GateInput, max_len: int) -> dict:
+    """The gate's verdict on the candidate: ``opts.gate`` as a callable, the held-out "loss" gate, or none."""
     if callable(opts.gate):
-        verdict = opts.gate(gate_input)
-    elif opts.gate == "loss":
-        verdict = loss_gate(gate_input, max_len=cfg.max_len)
-    elif opts.gate == "none":
-        verdict = {"ok": True, "why": "no gate"}
-    else:
-        raise SwespotError(f"unknown gate {opts.gate!r} (loss, none)")
-    if not verdict.get("ok"):
-        phases.leave()
-        return RefreshResult(False, None, commit, f"gate refused the candidate: {verdict.get('why')}", verdict,
-                             phases.seconds, None, exp_info)
-
-    # ---- publish: copy into the store, then flip ``current`` (atomic); keep the last N versions
-    phases.enter("publish")
-    extra = {"profile": opts.profile, "experience": exp_info, "shards": sorted(s.name for s in trainable),
-             "continued_from": current.name if continuing and current is not None else None, "gate": verdict, **opts.extra_manifest}
-    if "eval" in verdict:
-        extra["eval"] = verdict["eval"]
-    version = store.publish(candidate, extra=extra)
-    store.prune(opts.keep)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    phases.leave()
-    return RefreshResult(True, version.name, commit, "published", verdict, phases.seconds, version.manifest, exp_info)
-
-
-# ---- the held-out loss gate ---------------------------------------------------------------------
-def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes_dir: Path, max_len: int,
-                   limit: int = MAX_HELDOUT_EPISODES, per_sequence: bool = False) -> dict:
-    """Mean per-token loss of the assistant turns of held-out episodes under each adapter (None: the
-    base model), computed with transformers on the training weights (the vocabulary projection only
-    where a trained token is predicted, as in training). With ``per_sequence``: each model's
-    [(loss, trained tokens)] per held-out sequence, for a paired comparison."""
-    import torch
-    from peft import PeftModel
-
-    model, tokenizer = load_model_and_tokenizer(base_hf_dir)
-    episodes = D.read_episodes(episodes_dir)
-    episodes = sorted(episodes, key=lambda e: e.get("id", ""))[:limit]
-    # a sample of held-out episodes: training already checked that no unit loses most of them to max_len
-    sequences, _ = D.encode_all(episodes, tokenizer, make_renderer(tokenizer), max_len, check=False)
-    if not sequences:
-        raise SwespotError(f"no held-out sequence fits in {max_len} tokens")
-    peft_model = None
-    out: dict[str, Any] = {}  # a mean per adapter, or (with per_sequence) its (loss, tokens) pairs
-    for name, path in adapters.items():
-        if path is None:
-            net = model
-        else:
-            if peft_model is None:
-                peft_model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-            else:
-                peft_model.load_adapter(str(path), adapter_name=name)
-            peft_model.set_adapter(name)
-            net = peft_model
-        total, count, each = 0.0, 0, []
-        net.eval()
-        with torch.no_grad():
-            for seq in sequences:
-                batch = D.collate([seq], 0)
-                if path is None and peft_model is not None:
-                    with peft_model.disable_adapter():
-                        loss = trained_token_loss(peft_model, batch)
-                else:
-                    loss = trained_token_loss(net, batch)
-                n = seq.trained_tokens
-                total += float(loss) * n
-                count += n
-                each.append((float(loss), n))
-        out[name] = each if per_sequence else total / max(count, 1)
-    return out
-
-
-def loss_gate(gi: GateInput, *, max_len: int) -> dict:
-    """Publish unless the candidate's held-out loss is worse than the current adapter's (or, for the
-    first version, the base model's): paired over the held-out sequences, token-weighted, worse only when
-    the bootstrap 95% interval of the difference lies above 0 (``trainer.evaluation.paired_interval``)."""
-    if gi.heldout is None:
-        return {"ok": True, "why": "no held-out episodes yet (too little experience); published ungated"}
-    reference = "current" if gi.current is not None else "base"
-    each = heldout_losses(gi.base.hf_dir, {reference: gi.current, "candidate": gi.candidate}, gi.heldout, max_len,
-                          per_sequence=True)
-    rows = {name: [{"task": i, "loss": loss, "tokens": n} for i, (loss, n) in enumerate(seqs)] for name, seqs in each.items()}
-    stats = paired_interval(rows["candidate"], rows[reference], "loss", lower_is_better=True)
-    assert stats is not None  # both score the same non-empty held-out sequences
-    ok = stats["verdict"] != WORSE
-    why = describe(stats, f"held-out episode loss vs {reference}") + ("" if ok else " (worse)")
-    keep = ("tasks", "reference", "candidate", "delta", "lo", "hi", "rel", "rel_lo", "rel_hi", "verdict")
-    return {"ok": ok, "why": why, "kind": "heldout-loss", "verdict": stats["verdict"], "interval": {k: stats[k] for k in keep},
-            "losses": {"candidate": stats["candidate"], reference: stats["reference"]}, "reference": reference}
+        return opts.gate(gate_input)
+    if opts.gate == "loss":
+        return loss_gate(gate_input, max_len=max_len)
+    if opts.gate == "none":
+        return {"ok": True, "why": "no gate"}
+    raise SwespotError(f"unknown gate {opts.gate!r} (loss, none)")
