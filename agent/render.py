@@ -4,12 +4,20 @@ Training renders episodes with ``render_with_spans`` (the spans are what the los
 renders prompts with ``render`` and parses completions with ``parse``: the same code both ways.
 
 Templates: a model's own chat template is used when it knows tools (Qwen3's format: tool results as
-``<tool_response>`` blocks in a user turn; ``agent/templates/qwen3.jinja`` is the tiny test model's copy);
-otherwise the documented fallback ``agent/templates/chatml.jinja`` — ChatML turns
-(``<|im_start|>ROLE\\n…<|im_end|>``), tools listed in the system turn inside ``<tools></tools>``, each tool
-result its own ``tool`` turn. Both write calls as ``<tool_call>\\n{"name": …, "arguments": {…}}
-\\n</tool_call>`` after optional ``<think>`` reasoning, so one parser reads both. Models without these
-special tokens (the embedded Gemma base) read and write them as plain text.
+``<tool_response>`` blocks in a user turn; ``agent/templates/qwen3.jinja`` is the tiny test model's copy).
+Otherwise one of two documented fallbacks, which share the tool list (``tools.jinja``) and the assistant's
+turn (``assistant.jinja``):
+- ``agent/templates/gemma.jinja`` when the model's own template speaks Gemma's turns
+  (``<start_of_turn>ROLE\\n…<end_of_turn>``, single control tokens for Gemma): no system role, so the
+  system text and the tools open the first user turn, and tool results are user turns;
+- ``agent/templates/chatml.jinja`` for every other model, and for one without a template (the embedded
+  Gemma 3 270M is the pretrained base: its GGUF has no template, and its turn tokens are untrained):
+  ChatML turns (``<|im_start|>ROLE\\n…<|im_end|>``), tools listed in the system turn inside
+  ``<tools></tools>``, each tool result its own ``tool`` turn.
+All write calls as ``<tool_call>\\n{"name": …, "arguments": {…}}\\n</tool_call>`` after optional ``<think>``
+reasoning, so one parser reads them all. Models without these special tokens (the embedded Gemma base)
+read and write them as plain text. Each renderer knows its end-of-turn marker (``end_of_turn``) and the
+strings generation stops at (``stop``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import TemplateError
+from jinja2 import FileSystemLoader, TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -28,8 +36,12 @@ from agent.errors import SwespotError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FALLBACK_TEMPLATE = TEMPLATES / "chatml.jinja"
+GEMMA_TEMPLATE = TEMPLATES / "gemma.jinja"
 QWEN3_TEMPLATE = TEMPLATES / "qwen3.jinja"
-END_OF_TURN = "<|im_end|>"
+END_OF_TURN = "<|im_end|>"  # ChatML's (and Qwen's) end of a turn
+GEMMA_START_OF_TURN, GEMMA_END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+TURN_ENDS = (END_OF_TURN, GEMMA_END_OF_TURN)  # what ends an assistant turn in the templates we render
+STOPS = {END_OF_TURN: (END_OF_TURN, "<|endoftext|>"), GEMMA_END_OF_TURN: (GEMMA_END_OF_TURN, GEMMA_START_OF_TURN)}
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -55,7 +67,9 @@ def _compile(source: str):
     # Not StrictUndefined: chat templates test optional keys (message.tool_calls) for truthiness. Unknown
     # features still fail loudly: an unknown filter or test does not compile, and calling an unknown
     # function (an undefined global) raises when rendering; both become a SwespotError naming the cause.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    # The loader serves our own templates' shared parts ({% include 'tools.jinja' %}); nothing else is on it.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols],
+                                        loader=FileSystemLoader(TEMPLATES))
     env.filters["tojson"] = _tojson
 
     def raise_exception(message):
@@ -77,13 +91,19 @@ class Renderer:
         self.template_source = template
         self.special = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
         self._template = _compile(template)
+        # the end-of-turn marker this template writes after an assistant turn (ChatML's unless it is Gemma's)
+        self.end_of_turn = next((end for end in TURN_ENDS if end in template), END_OF_TURN)
+        self.stop: tuple[str, ...] = STOPS[self.end_of_turn]  # what generation stops at
 
     @classmethod
     def for_template(cls, template: str | None, **special: str | None) -> Renderer:
-        """The model's own template when it renders tools in our call format (Qwen2.5/Qwen3 style), else
-        the fallback: a template that knows tools in another call format would need its own parser."""
+        """The model's own template when it renders tools in our call format (Qwen2.5/Qwen3 style), else a
+        fallback in the model's own turns: Gemma's when its template uses them, ChatML's otherwise (a
+        template that knows tools in another call format would need its own parser)."""
         if template and "tools" in template and CALL_OPEN in template:
             return cls(template, **special)
+        if template and GEMMA_START_OF_TURN in template and GEMMA_END_OF_TURN in template:
+            return cls(GEMMA_TEMPLATE.read_text(encoding="utf-8"), **special)
         return cls.fallback()
 
     @classmethod
@@ -119,8 +139,6 @@ class Renderer:
         """What the model continues: the conversation plus the assistant header."""
         return self.render(messages, tools, add_generation_prompt=True)
 
-    stop = (END_OF_TURN, "<|endoftext|>")
-
 
 # ---- text → message ---------------------------------------------------------------------------------
 def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None = None) -> ParseResult:
@@ -128,7 +146,7 @@ def parse(text: str, *, id_prefix: str = "call_", known_tools: set[str] | None =
     output yields a message holding the raw text (and no calls) plus errors the agent feeds back to the
     model."""
     errors: list[str] = []
-    body = text.split(END_OF_TURN, 1)[0]
+    body = min((text.split(end, 1)[0] for end in TURN_ENDS), key=len)  # up to the first end of turn
     message: dict = {"role": "assistant"}
     if body.startswith(THINK_OPEN):
         end = body.find(THINK_CLOSE)

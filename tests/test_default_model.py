@@ -82,3 +82,26 @@ def test_checkpoint_logits_match_what_llama_cpp_serves(hf_dir, gguf_f32):
     # ggml evaluates GELU through an f16 table, so f32 agreement is ~1e-2, not 1e-4; the argmax must agree
     assert np.abs(hf - served).max() < 0.05
     assert (hf.argmax(-1) == served.argmax(-1)).all()
+
+
+def test_the_default_model_keeps_the_chatml_fallback_and_gemma_turns_are_single_control_tokens(hf_dir):
+    """The embedded Gemma 3 270M (the pretrained base) ships no chat template, so it keeps the ChatML
+    fallback; for a Gemma whose template speaks its turns, the markers of the Gemma fallback are single
+    control tokens (not text) in llama.cpp's tokenizer and in the one training loads, so both read the
+    same ids."""
+    from transformers import AutoTokenizer
+
+    from agent.render import GEMMA_TEMPLATE, Renderer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    with LlamaRuntime(ensure_default_gguf(), n_ctx=256, n_threads=2) as rt:
+        own = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
+        assert rt.chat_template is None and getattr(tok, "chat_template", None) is None
+        assert own.template_source == Renderer.fallback().template_source
+        messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+        text = Renderer(GEMMA_TEMPLATE.read_text()).render(messages)
+        ids = rt.tokenize(text, add_bos=True)
+        assert ids == tok(text).input_ids
+        for marker in ("<start_of_turn>", "<end_of_turn>"):
+            (token,) = rt.tokenize(marker)
+            assert ids.count(token) == 2 and len(rt.tokenize(marker, special=False)) > 1

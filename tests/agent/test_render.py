@@ -7,10 +7,12 @@ import json
 import pytest
 
 from agent.episode import tool_call
-from agent.render import QWEN3_TEMPLATE, Renderer, parse
+from agent.render import GEMMA_TEMPLATE, QWEN3_TEMPLATE, Renderer, parse
 from agent.tools import Workspace, make_tools
 
-TEMPLATES = {"qwen3": lambda: Renderer(QWEN3_TEMPLATE.read_text()), "chatml-fallback": Renderer.fallback}
+TEMPLATES = {"qwen3": lambda: Renderer(QWEN3_TEMPLATE.read_text()), "chatml-fallback": Renderer.fallback,
+             "gemma-fallback": lambda: Renderer(GEMMA_TEMPLATE.read_text())}
+TURN_STARTS = ("<|im_start|>", "<start_of_turn>")
 
 EXAMPLE_ARGS = {
     "read_file": {"path": "calc/ops.py", "start_line": 3, "end_line": 9},
@@ -70,8 +72,8 @@ def test_assistant_spans_cover_only_what_the_assistant_wrote(template, tools):
     text, spans = renderer.render_with_spans(messages, tools)
     covered = "".join(text[a:b] for a, b in spans)
     assert "Please fix the bug." not in covered and "result of read_file" not in covered and "You are a coding agent" not in covered
-    assert all(text[a:b].endswith("<|im_end|>") for a, b in spans)
-    assert all(not text[a:b].startswith("<|im_start|>") for a, b in spans)
+    assert all(text[a:b].endswith(renderer.end_of_turn) for a, b in spans)
+    assert all(not text[a:b].startswith(TURN_STARTS) for a, b in spans)
 
 
 @pytest.mark.parametrize("template", list(TEMPLATES))
@@ -86,12 +88,18 @@ def test_templates_differ_in_how_tool_results_are_shown(tools):
     messages = conversation(["read_file"])
     assert "<tool_response>" in Renderer(QWEN3_TEMPLATE.read_text()).render(messages, tools)
     assert "<|im_start|>tool\n" in Renderer.fallback().render(messages, tools)
+    assert "<start_of_turn>user\n<tool_response>\nresult of read_file" in TEMPLATES["gemma-fallback"]().render(messages, tools)
 
 
-def test_a_model_template_without_tools_falls_back():
+def test_a_model_template_without_tools_falls_back_to_its_own_turns():
     gemma_like = "{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}"
-    assert Renderer.for_template(gemma_like).template_source == Renderer.fallback().template_source
-    assert Renderer.for_template(None).template_source == Renderer.fallback().template_source
+    gemma = Renderer.for_template(gemma_like, bos_token="<bos>", eos_token="<eos>")
+    assert gemma.template_source == GEMMA_TEMPLATE.read_text()
+    assert gemma.end_of_turn == "<end_of_turn>" and "<end_of_turn>" in gemma.stop and "<|im_end|>" not in gemma.stop
+    llama_like = "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>{{ m.content }}{% endfor %}"
+    for other in (llama_like, None):
+        assert Renderer.for_template(other).template_source == Renderer.fallback().template_source
+    assert Renderer.fallback().stop == ("<|im_end|>", "<|endoftext|>")
     qwen = QWEN3_TEMPLATE.read_text()
     assert Renderer.for_template(qwen).template_source == qwen
 
@@ -116,6 +124,7 @@ def test_arguments_given_as_a_json_string_are_normalised():
 
 def test_text_after_the_end_of_turn_is_ignored():
     assert parse("Answer.<|im_end|>\n<|im_start|>user\nmore").message == {"role": "assistant", "content": "Answer."}
+    assert parse("Answer.<end_of_turn>\n<start_of_turn>user\nmore").message == {"role": "assistant", "content": "Answer."}
 
 
 def test_unknown_template_features_fail_loudly():
@@ -153,7 +162,7 @@ def test_an_agent_episode_with_malformed_replies_renders_and_parses_back(templat
     renderer = TEMPLATES[template]()
     text, spans = renderer.render_with_spans(episode["messages"], episode["tools"])
     for (start, end), turn in zip(spans, turns):
-        assert text[start:end] == turn + "<|im_end|>"  # exactly what the model wrote is what it learns
+        assert text[start:end] == turn + renderer.end_of_turn  # exactly what the model wrote is what it learns
 
 
 COMPACT_LINE = r"^(\w+)\((.*)\)(?:: (.*))?$"
@@ -207,3 +216,38 @@ def test_an_agent_prompt_and_its_recorded_episode_render_the_same_tools(repo):
     text, spans = Renderer.fallback().render_with_spans(episode["messages"], episode["tools"])
     assert text[: spans[0][0]] == prompts[0]
     assert read_compact_tools(text).keys() == {t["function"]["name"] for t in episode["tools"]}
+
+
+READ = {"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+                                         "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+
+
+def test_the_gemma_fallback_opens_the_first_user_turn_with_the_system_text_and_the_tools():
+    """Gemma has no system role: as its own template does, the system text (and here the tools) opens the
+    first user turn; the model's turn is `model`, and each turn ends with <end_of_turn>."""
+    renderer = TEMPLATES["gemma-fallback"]()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is main?"}]
+    tools_text = ('Tools (call them as <tool_call>\n{"name": <tool name>, "arguments": {...}}\n</tool_call>; '
+                  "? marks an optional argument):\n<tools>\nread_file(path): Read a file.\n</tools>")
+    assert renderer.prompt(messages, [READ]) == (
+        f"<start_of_turn>user\nBe brief.\n\n{tools_text}\n\nWhere is main?<end_of_turn>\n<start_of_turn>model\n")
+    assert renderer.prompt(messages) == "<start_of_turn>user\nBe brief.\n\nWhere is main?<end_of_turn>\n<start_of_turn>model\n"
+    assert renderer.render(messages[1:]) == "<start_of_turn>user\nWhere is main?<end_of_turn>\n"
+    # with no user message to open, the system text and the tools are a user turn of their own
+    assert renderer.render(messages[:1], [READ]) == f"<start_of_turn>user\nBe brief.\n\n{tools_text}<end_of_turn>\n"
+
+
+def test_the_gemma_fallback_shows_a_run_of_tool_results_as_one_user_turn():
+    """Gemma's turns alternate user/model: the results of one reply's calls are one user turn."""
+    renderer = TEMPLATES["gemma-fallback"]()
+    calls = [tool_call("read_file", {"path": p}, f"call_0_{i}") for i, p in enumerate(("a.py", "b.py"))]
+    messages = [{"role": "user", "content": "Compare."}, {"role": "assistant", "content": None, "tool_calls": calls},
+                *({"role": "tool", "tool_call_id": c["id"], "content": f"text of {n}"} for c, n in zip(calls, "ab")),
+                {"role": "assistant", "content": "Same."}]
+    text, spans = renderer.render_with_spans(messages, [READ])
+    turns = [t.split("\n", 1)[0] for t in text.split("<start_of_turn>")[1:]]
+    assert turns == ["user", "model", "user", "model"]
+    assert ("<start_of_turn>user\n<tool_response>\ntext of a\n</tool_response>\n<tool_response>\ntext of b\n"
+            "</tool_response><end_of_turn>\n") in text
+    assert [parse(text[a:b], id_prefix="call_0_").message for a, b in spans] == [messages[1], messages[4]]
+
