@@ -3,14 +3,14 @@ and its trajectory is kept only when it verifies with the same verifier the orac
 observed value, the tests passing, the failing tests named). Otherwise the oracle's episode stands: oracle
 sessions are the default and the fallback.
 
-What verifies, per unit (the checks live here, the tasks in ``units.py`` and ``runtime.py``):
+What verifies, per unit (the checks live here, the tasks in ``units/`` and ``runtime/``):
 
 - design: the submitted answer names every fact the resolver-grounded answer names (``accept``);
 - implementation, evolution: the task's files were changed and still parse, and either the code is the
   oracle's (the same syntax tree), or the relevant tests decide it (``tests_decide``): tests that pass on
   the oracle's code and fail on the task's starting code pass on the teacher's, and nothing the oracle's
   code passes fails on it;
-- runtime: the observed value, the new test passing, the failing tests named (``runtime.py``).
+- runtime: the observed value, the new test passing, the failing tests named (``runtime/``).
 
 The teacher runs on the workspace exactly as the oracle would start (the same snapshot, the same
 starting edits), and whatever it changes is put back afterwards, so the oracle, or the next task, sees

@@ -6,7 +6,7 @@ episode's commit. An episode whose tools fail or whose result does not verify is
 
 The package: ``base`` (``UnitStats``, finishing an episode, the teacher's code verifier, the test
 runner), one module per unit here (``software_design``, ``implementation``, ``evolution``) and the
-fourth, semantic-runtime alignment, in ``trainer/experience/runtime.py``. The names the builder and the
+fourth, semantic-runtime alignment, in ``trainer/experience/runtime/``. The names the builder and the
 runtime unit use are importable from ``trainer.experience.units``.
 """
 

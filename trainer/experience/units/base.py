@@ -47,7 +47,7 @@ def _finish(session: OracleSession, answer: str, unit: str, commit: str, stats: 
         stats.rejected["tool error"] += 1
         return None
     session.submit(answer, content=session.thought_before_submit or "Done.")
-    # the runtime unit (trainer/experience/runtime.py) is not yet written to this rule: checked where it is
+    # the runtime unit (trainer/experience/runtime/) is not yet written to this rule: checked where it is
     if unit in HONEST_UNITS and ungrounded_actions({"messages": session.messages}):
         stats.rejected["ungrounded action"] += 1
         return None
