@@ -15,11 +15,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
-import hashlib
 import logging
 import math
 import os
-import struct
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -29,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.errors import AdapterMismatch, SwespotError
-from agent.gguf_meta import read_header_fields
+from agent.errors import SwespotError
+from agent.gguf_meta import adapter_metadata, check_gguf_file, file_sha256
+from agent.llama_log import LOG_BRIDGE
+from agent.threads import choose_threads, default_threads
+
+# file_sha256 and the thread choice have their homes in gguf_meta and threads; importable from here as before
+__all__ = ["Completion", "LlamaRuntime", "LoadedAdapter", "choose_threads", "default_threads", "file_sha256"]
 
 log = logging.getLogger(__name__)
 THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
@@ -59,60 +62,6 @@ class LoadedAdapter:
     metadata: dict[str, str]
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in 4 MiB chunks (a 253 MB GGUF hashes in about a second)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def default_threads() -> int:
-    return choose_threads()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def recent_load() -> float:
-    """Runnable processes over the last minute (0.0 where the platform does not say)."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
-
-
-def choose_threads(setting: int = 0, *, cores: int | None = None, load: float | None = None, own: float = 0.0) -> int:
-    """llama.cpp threads for this machine now. The editor's setting wins when it names a count (capped at
-    the usable cores: more threads than cores only contend). Otherwise one thread per core that the
-    load leaves free, at least one: llama.cpp's threads spin-wait for each other, so a thread that
-    shares its core with another busy process stalls every token (on a loaded 2-core machine 2 threads
-    fell to 1-6 tokens/s while 1 thread held 13-48). ``load`` is the 1-minute load average; ``own`` is
-    the part of it that is this process's own generation (counted back, or it would starve itself)."""
-    cores = usable_cores() if cores is None else max(1, cores)
-    if setting > 0:
-        return min(setting, cores)
-    load = recent_load() if load is None else load
-    return max(1, min(cores, int(cores - max(0.0, load - own) + 0.5)))
-
-
-def _check_gguf_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise SwespotError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise SwespotError(f"{what} is not a file: {path}")
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise SwespotError(f"{what} is not a GGUF file (bad magic {magic!r}): {path}")
-
-
 class LlamaRuntime:
     """A loaded base model plus any number of loaded LoRA adapters, of which a weighted set is active."""
 
@@ -129,11 +78,11 @@ class LlamaRuntime:
         verbose: bool = False,
     ) -> None:
         self.model_path = Path(model_path).expanduser().resolve()
-        _check_gguf_file(self.model_path, "model file")
+        check_gguf_file(self.model_path, "model file")
         import llama_cpp  # the one place this package imports llama.cpp
 
         self._llama_cpp = llama_cpp
-        _LOG_BRIDGE.install(llama_cpp)
+        LOG_BRIDGE.install(llama_cpp)
         kwargs: dict = dict(
             model_path=str(self.model_path),
             n_ctx=n_ctx,
@@ -185,6 +134,16 @@ class LlamaRuntime:
         return self._llm.n_vocab()
 
     @property
+    def n_batch(self) -> int:
+        """Prompt tokens llama.cpp evaluates in one batch (a longer prompt is read in several)."""
+        return self._llm.n_batch
+
+    @property
+    def n_cached(self) -> int:
+        """Tokens the KV cache holds now (what the next prompt with the same start reuses)."""
+        return self._llm.n_tokens
+
+    @property
     def sha256(self) -> str:
         """Identity of the base model (file hash), as recorded in adapter manifests."""
         if self._sha256 is None:
@@ -216,47 +175,20 @@ class LlamaRuntime:
         """Load a GGUF LoRA adapter (not yet active). Returns its name. Fails with a clear message if
         the file is not an adapter or was made for another base model."""
         path = Path(path).expanduser().resolve()
-        _check_gguf_file(path, "adapter file")
-        metadata = self._check_adapter_fits(path)
+        check_gguf_file(path, "adapter file")
+        metadata = adapter_metadata(path, architecture=self.architecture, base_sha256=lambda: self.sha256, base_name=self.model_path.name)
         name = name or str(path)
         with self._lock:
             if name in self._adapters:
                 return name
-            _LOG_BRIDGE.errors.clear()
+            LOG_BRIDGE.errors.clear()
             handle = self._llama_cpp.llama_adapter_lora_init(self._llm.model, str(path).encode())
             if not handle:
-                reason = "; ".join(_LOG_BRIDGE.errors) or "see the log for details"
+                reason = "; ".join(LOG_BRIDGE.errors) or "see the log for details"
                 raise SwespotError(f"llama.cpp could not load the adapter {path}: {reason}")
             self._adapters[name] = LoadedAdapter(name, path, handle, metadata)
         log.info("loaded adapter %s from %s", name, path)
         return name
-
-    def _check_adapter_fits(self, path: Path) -> dict[str, str]:
-        """Check the adapter's metadata before llama.cpp sees it (type, architecture, base identity).
-        Tensor shapes are checked by llama.cpp itself; its reason is quoted from the log bridge.
-        (Reading the base with gguf would parse its whole vocabulary: 10 s for Gemma's 262k tokens.)"""
-        try:
-            meta = {k: str(v) for k, v in read_header_fields(path).items()}
-        except (ValueError, OSError, struct.error) as exc:
-            raise SwespotError(f"adapter file {path} is damaged or not a GGUF file: {exc}") from exc
-        if meta.get("general.type") != "adapter" or meta.get("adapter.type") != "lora":
-            raise SwespotError(
-                f"{path} is not a LoRA adapter (general.type={meta.get('general.type')!r}, "
-                f"adapter.type={meta.get('adapter.type')!r})"
-            )
-        arch = meta.get("general.architecture")
-        if arch != self.architecture:
-            raise AdapterMismatch(
-                f"adapter {path} was made for a {arch!r} model, but the loaded base model is "
-                f"{self.architecture!r} ({self.model_path.name})"
-            )
-        want_sha = meta.get("swespot.base.sha256")
-        if want_sha and want_sha != self.sha256:
-            raise AdapterMismatch(
-                f"adapter {path} was trained for another base model (sha256 {want_sha[:12]}…), "
-                f"not {self.model_path.name} (sha256 {self.sha256[:12]}…)"
-            )
-        return meta
 
     def set_adapters(self, adapters: dict[str, float] | Sequence[tuple[str, float]] | None) -> None:
         """Make exactly these adapters active with these scales (empty or None: the bare base)."""
@@ -533,46 +465,6 @@ class LlamaRuntime:
 def _running(previous: float | None, sample: float) -> float:
     """A running per-token time: the newest sample weighted SPEED_WEIGHT (the first one as it is)."""
     return sample if previous is None else (1 - SPEED_WEIGHT) * previous + SPEED_WEIGHT * sample
-
-
-class _LlamaLogBridge:
-    """Routes llama.cpp's own log lines into Python logging (logger ``swespot.llama_cpp``) instead of
-    stderr, and remembers the latest error lines so a refusal can be explained to the user."""
-
-    # ggml_log_level in this llama.cpp: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
-    LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-    # warnings that are expected on every CPU run and say nothing the user can act on: an adapter on a
-    # repacked (Q4) base takes the plain CPU path, and Gemma's sliding-window cache is kept whole
-    ROUTINE = ("cannot use buft", "using full-size SWA cache")
-
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-        self._callback = None
-        self._last_level = logging.DEBUG
-        self._log = logging.getLogger("swespot.llama_cpp")
-
-    def install(self, llama_cpp) -> None:
-        if self._callback is not None:
-            return
-
-        @llama_cpp.llama_log_callback
-        def callback(level: int, text: bytes, _user_data) -> None:
-            # level 5 continues the previous line at its level
-            pylevel = self._last_level if level == 5 else self.LEVELS.get(level, logging.DEBUG)
-            self._last_level = pylevel
-            line = text.decode("utf-8", errors="replace").rstrip()
-            if pylevel >= logging.ERROR and line:
-                self.errors = (self.errors + [line])[-5:]
-            if pylevel == logging.WARNING and any(r in line for r in self.ROUTINE):
-                pylevel = logging.DEBUG
-            if line:
-                self._log.log(pylevel, "%s", line)
-
-        self._callback = callback  # keep a reference: llama.cpp holds only the C pointer
-        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
-_LOG_BRIDGE = _LlamaLogBridge()
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:

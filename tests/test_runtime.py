@@ -102,12 +102,12 @@ class CancelAfter:
 
 def test_cancel_during_a_long_prompt_stops_before_the_whole_prompt_is_evaluated(gemma):
     prompt = gemma.tokenize(CODE_PROMPT * 52, add_bos=True)
-    assert gemma._llm.n_batch < len(prompt) < gemma.n_ctx - 16
+    assert gemma.n_batch < len(prompt) < gemma.n_ctx - 16
     gemma.reset_cache()
     stats: dict = {}
     assert list(gemma.generate(prompt, max_tokens=8, cancel=CancelAfter(1), stats=stats)) == []
     assert stats["finish_reason"] == "cancelled" and stats["completion_tokens"] == 0
-    assert gemma._llm.n_tokens == gemma._llm.n_batch  # one batch evaluated, not the rest
+    assert gemma.n_cached == gemma.n_batch  # one batch evaluated, not the rest
     # the half-filled cache is reused consistently: same text as from an empty cache
     resumed = gemma.complete(prompt, max_tokens=8).text
     gemma.reset_cache()

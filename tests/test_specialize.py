@@ -153,7 +153,7 @@ def test_loss_is_the_mean_negative_log_likelihood_of_the_target(tiny_gguf_f32):
     with LlamaRuntime(tiny_gguf_f32, n_ctx=1024, logits_all=True) as rt:
         prefix = rt.tokenize("def area(self):\n" * 60, add_bos=True)
         target = rt.tokenize("    return self.side * self.side\n" * 45, add_bos=False)
-        assert len(prefix) < rt._llm.n_batch < len(prefix) + len(target)
+        assert len(prefix) < rt.n_batch < len(prefix) + len(target)
         logits = rt.logits(prefix + target).astype(np.float64)
         rows = logits[len(prefix) - 1: len(prefix) + len(target) - 1]
         expected = np.log(np.exp(rows - rows.max(1, keepdims=True)).sum(1)) + rows.max(1) - rows[np.arange(len(target)), target]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 
 from agent import runtime as rt
-from agent.runtime import LlamaRuntime, choose_threads
+from agent import threads
+from agent.runtime import LlamaRuntime
+from agent.threads import choose_threads
 
 
 def test_an_idle_machine_gets_one_thread_per_core():
@@ -34,7 +36,7 @@ def test_the_editor_setting_wins_but_never_exceeds_the_usable_cores():
 def test_the_defaults_read_the_affinity_and_the_load_average(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
     monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
-    assert rt.usable_cores() == 4
+    assert threads.usable_cores() == 4
     assert choose_threads() == 1
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert choose_threads() == 4
@@ -42,17 +44,17 @@ def test_the_defaults_read_the_affinity_and_the_load_average(monkeypatch):
 
 def test_an_automatic_runtime_re_chooses_its_threads_between_generations(tiny_gguf_q8, monkeypatch):
     monkeypatch.setattr(rt, "THREAD_REFIT_S", 0.0)
-    monkeypatch.setattr(rt, "usable_cores", lambda: 2)
-    monkeypatch.setattr(rt, "recent_load", lambda: 0.0)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "recent_load", lambda: 0.0)
     with LlamaRuntime(tiny_gguf_q8, n_ctx=256) as runtime:
         assert runtime.n_threads == 2 and runtime.thread_setting == 0
-        monkeypatch.setattr(rt, "recent_load", lambda: 9.0)  # the machine got busy
+        monkeypatch.setattr(threads, "recent_load", lambda: 9.0)  # the machine got busy
         first = runtime.complete("def f(x):", max_tokens=4)
         assert runtime.n_threads == 1
-        monkeypatch.setattr(rt, "recent_load", lambda: 0.0)
+        monkeypatch.setattr(threads, "recent_load", lambda: 0.0)
         assert runtime.complete("def f(x):", max_tokens=4).text == first.text  # same answer, other thread count
         assert runtime.n_threads == 2
     with LlamaRuntime(tiny_gguf_q8, n_ctx=256, n_threads=1) as fixed:
-        monkeypatch.setattr(rt, "recent_load", lambda: 0.0)
+        monkeypatch.setattr(threads, "recent_load", lambda: 0.0)
         fixed.complete("def f(x):", max_tokens=2)
         assert fixed.n_threads == 1  # a count the user set stays
