@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 
-from agent import runtime as rt
-from agent import threads
+from agent import generation, threads
 from agent.runtime import LlamaRuntime
 from agent.threads import choose_threads
 
@@ -43,7 +42,7 @@ def test_the_defaults_read_the_affinity_and_the_load_average(monkeypatch):
 
 
 def test_an_automatic_runtime_re_chooses_its_threads_between_generations(tiny_gguf_q8, monkeypatch):
-    monkeypatch.setattr(rt, "THREAD_REFIT_S", 0.0)
+    monkeypatch.setattr(generation, "THREAD_REFIT_S", 0.0)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "recent_load", lambda: 0.0)
     with LlamaRuntime(tiny_gguf_q8, n_ctx=256) as runtime:

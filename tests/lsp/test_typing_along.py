@@ -98,6 +98,7 @@ async def test_a_prompt_not_read_within_the_budget_shows_nothing_and_is_not_reme
 
 
 def test_a_deadline_stops_reading_the_prompt_and_the_next_call_goes_on_from_there(tiny_gguf_q8, monkeypatch):
+    import agent.generation as G
     import agent.runtime as R
 
     runtime = R.LlamaRuntime(tiny_gguf_q8, n_ctx=512, n_threads=1)
@@ -105,13 +106,13 @@ def test_a_deadline_stops_reading_the_prompt_and_the_next_call_goes_on_from_ther
     expected = runtime.complete(prompt, max_tokens=8).text
     runtime.reset_cache()
     # a slow machine: every token in llama.cpp's cache took 10 ms to read
-    monkeypatch.setattr(R, "clock", lambda: runtime._llm.n_tokens * 0.01)
+    monkeypatch.setattr(G, "clock", lambda: runtime.n_cached * 0.01)
     stats: dict = {}
     assert "".join(runtime.generate(prompt, max_tokens=8, stats=stats, deadline=0.5)) == ""
     assert stats["finish_reason"] == "deadline" and stats["completion_tokens"] == 0
-    assert stats["prompt_tokens"] > 2 * R.PROBE_BATCH
+    assert stats["prompt_tokens"] > 2 * G.PROBE_BATCH
     # the first batch (PROBE_BATCH tokens, 0.32 s) fitted; a second one worth its overhead did not (0.18 s left)
-    monkeypatch.setattr(R, "clock", R.time.perf_counter)
+    monkeypatch.setattr(G, "clock", G.time.perf_counter)
     again: dict = {}
     assert "".join(runtime.generate(prompt, max_tokens=8, stats=again)) == expected  # the cache stayed consistent
-    assert again["cached_tokens"] == R.PROBE_BATCH
+    assert again["cached_tokens"] == G.PROBE_BATCH
