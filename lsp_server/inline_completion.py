@@ -56,6 +56,7 @@ class CompletionTicket:
 
 
 async def inline_completion(ls: SwespotServer, uri: str, position: lsp.Position) -> list[lsp.InlineCompletionItem]:
+    arrived = time.perf_counter()  # the time budget counts from here (after the debounce), everything else included
     doc = ls.document(uri)
     ctx = completion_context(ls, doc, position)
     why_not = worth_completing(ctx)
@@ -76,8 +77,7 @@ async def inline_completion(ls: SwespotServer, uri: str, position: lsp.Position)
         debounce = ls.settings.completion_debounce_ms / 1e3
         if debounce > 0 and await mine.superseded_within(debounce):
             return []
-        arrived = time.perf_counter()  # the time budget counts from here: waiting for the model included
-        text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel, arrived), mine.cancel)
+        text = await run_model_job(ls, lambda cancel: complete(ls, ctx, cancel, arrived + debounce), mine.cancel)
     finally:
         if ls.completion_tickets.get(uri) is mine:
             del ls.completion_tickets[uri]
