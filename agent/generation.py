@@ -72,6 +72,7 @@ class Generation:
         cancel: threading.Event | None = None,
         stats: dict | None = None,
         deadline: float | None = None,
+        read_by_deadline: bool = True,
     ) -> Generator[str, None, None]:
         """Stream the completion of ``prompt`` as text pieces. Stops at end-of-generation tokens, at
         any ``stop`` string (which is not returned), after ``max_tokens``, or when ``cancel`` is set
@@ -82,7 +83,9 @@ class Generation:
         ``deadline``  is when the text is due: the prompt is evaluated
         in batches sized to end before it, and no token is started that would come after it
         (finish_reason "deadline"). A prompt that does not fit in time yields nothing, but what was
-        evaluated stays in the KV cache, so the next call with the same start goes on from there."""
+        evaluated stays in the KV cache, so the next call with the same start goes on from there. With
+        ``read_by_deadline`` False the prompt is read whole whatever the time, and only generation keeps
+        the deadline."""
         tokens = self._prompt_tokens(prompt)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         stats = stats if stats is not None else {}
@@ -92,7 +95,8 @@ class Generation:
         hold = max((len(s) for s in stop), default=0)
         with self._lock, self._busy():
             stats["cached_tokens"] = self._cached_prefix(tokens[:-1])
-            if (cancel is not None or deadline is not None) and not self._prefill(tokens[:-1], cancel, deadline):
+            prompt_deadline = deadline if read_by_deadline else None
+            if (cancel is not None or prompt_deadline is not None) and not self._prefill(tokens[:-1], cancel, prompt_deadline):
                 stats["finish_reason"] = "cancelled" if cancel is not None and cancel.is_set() else "deadline"
                 return
             if deadline is not None and clock() + self._token_s > deadline:
