@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.table import print_rows
+from trainer import attention as A
 from trainer import data as D
 from trainer.config import config_for
 from trainer.default_model import prepare_default
@@ -126,7 +127,7 @@ def worker(args) -> dict:
         import trainer.train as T
 
         if args.worker == "ours_v1":  # packing as first built: the model's own attention, full logits
-            T.BLOCK, T.CHUNKED_LOSS = 0, False
+            A.BLOCK, T.CHUNKED_LOSS = 0, False
         report = T.train(cfg, progress=False).report
         return {**row, "seconds": report["seconds"], "steps": report["steps"], "computed_tokens": report["computed_tokens"],
                 "peak_memory_mb": report["peak_memory_mb"], "first_loss": report["loss_curve"][0][1]}

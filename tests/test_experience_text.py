@@ -14,6 +14,7 @@ from agent.errors import SwespotError
 from agent.loop import SYSTEM_PROMPT
 from agent.tools import Workspace, call_tool, make_tools
 from trainer import data as D
+from trainer import encoding as E
 from trainer.experience.build import BuildOptions, build_experience, fit_report, unit_table
 from trainer.experience.text import text_episodes
 
@@ -88,7 +89,7 @@ def test_text_sequences_train_every_token_and_split_long_chunks_at_lines(tiny_hf
     (chunk,) = text_episodes("geo/shapes.py", module(30), "abc", chunk_tokens=100_000)
     seqs, stats = D.encode_all([chunk], tokenizer, None, 200)
     assert len(seqs) > 3 and stats.sequences["text"] == len(seqs) and stats.dropped_too_long == 0
-    bos = D._bos(tokenizer)
+    bos = E.bos_ids(tokenizer)
     body = ""
     for seq in seqs:
         assert len(seq.input_ids) <= 200 and seq.input_ids[: len(bos)] == bos
@@ -147,11 +148,27 @@ def test_a_long_observation_is_cut_in_the_middle_instead_of_dropping_the_episode
     assert stats.per_unit()["design"]["length"]["p50"] == len(full.input_ids)  # the length before any cut
 
 
+def test_repository_text_that_spells_control_tokens_is_learned_as_those_characters(tiny_hf_dir):
+    """A file that spells the chat template's control tokens (a prompt builder, a tokenizer test) is text:
+    training on it must not teach the model to emit a turn start or the end of text there."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    control = {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    assert {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")} <= control
+    source = 'PROMPT = "<|im_start|>user\n{question}<|im_end|>\n"\nSTOP = "<|endoftext|>"\n' * 20
+    (chunk,) = text_episodes("chat/prompt.py", source, "abc", chunk_tokens=100_000)
+    seqs, _ = D.encode_all([chunk], tokenizer, None, 96)
+    bos = E.bos_ids(tokenizer)
+    assert len(seqs) > 2 and not any(control & set(seq.input_ids[len(bos):]) for seq in seqs)
+    assert "".join(tokenizer.decode(seq.input_ids[len(bos):]).removeprefix("# path: chat/prompt.py\n") for seq in seqs) == source
+
+
 def test_cut_middle_keeps_head_and_tail_and_says_how_many_lines_went():
     text = "\n".join(f"line {i}" for i in range(100))
-    cut = D.cut_middle(text, 10)
+    cut = E.cut_middle(text, 10)
     assert cut.splitlines() == [f"line {i}" for i in range(5)] + ["[… 90 lines cut …]"] + [f"line {i}" for i in range(95, 100)]
-    assert D.cut_middle("a\nb", 10) == "a\nb"
+    assert E.cut_middle("a\nb", 10) == "a\nb"
 
 
 def test_a_unit_that_loses_most_episodes_to_the_length_limit_is_an_error(geo, tiny_hf_dir):

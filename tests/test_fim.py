@@ -19,6 +19,7 @@ from lsp_server.completion import (
     trim_completion,
 )
 from trainer import data as D
+from trainer import encoding as E
 from trainer.experience.text import FIM_MAX_MIDDLE_LINES, FIM_MAX_SUFFIX_LINES, text_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,10 +103,10 @@ def test_fim_samples_are_encoded_with_the_reserved_tokens_and_end_with_eos(gemma
     split = {e["id"] for e in episodes if e["meta"].get("fim")}
     fim_seqs = [s for s in seqs if s.episode_id in split]
     assert stats.fim_sequences == len(fim_seqs) == len(split) > 0
-    # the other chunks are plain text without markers (but for a file that spells them: agent/fim.py)
+    # the other chunks are plain text without markers, agent/fim.py too, which spells them (as text)
     by_id = {e["id"]: e for e in episodes}
-    assert not any(set(marker_ids) & set(s.input_ids) for s in seqs
-                   if s.episode_id not in split and by_id[s.episode_id]["meta"]["path"] != "agent/fim.py")
+    assert any("<unused0>" in e["messages"][1]["content"] for e in episodes if e["id"] not in split)
+    assert not any(set(marker_ids) & set(s.input_ids) for s in seqs if s.episode_id not in split)
     assert stats.declared_fim() == {"prefix": "<unused0>", "suffix": "<unused1>", "middle": "<unused2>", "source": "reserved",
                                     "sequences": len(fim_seqs)}
     for seq in fim_seqs:
@@ -122,6 +123,21 @@ def test_fim_samples_are_encoded_with_the_reserved_tokens_and_end_with_eos(gemma
     # by default (TrainConfig.fim off: it did not help on click), the same chunks are plain text
     _, plain = D.encode_all(episodes, gemma_tokenizer, None, 2048)
     assert plain.declared_fim() is None
+
+
+def test_code_that_spells_control_tokens_stays_text_in_the_fim_layout(gemma_tokenizer):
+    body = 'TURN = "<start_of_turn>model\\n"\n\n\ndef stop(text):\n    return text + "<eos>"\n'
+    (chunk,) = text_episodes("chat/turns.py", body, "c0", 256)
+    p = body.index("    return")
+    chunk["meta"]["fim"] = {"prefix_end": p, "middle_end": len(body) - 1}
+    fim = for_tokenizer(gemma_tokenizer)
+    ids, labels = E.encode_fim(chunk, gemma_tokenizer, 2048, fim)
+    markers = [gemma_tokenizer.convert_tokens_to_ids(t) for t in GEMMA_FIM]
+    control = {i for i, tok in gemma_tokenizer.added_tokens_decoder.items() if tok.special}
+    # the three markers, BOS and the final EOS are the only control tokens; the code's own "<eos>" is text
+    assert [i for i in ids if i in control] == [gemma_tokenizer.bos_token_id, *markers, gemma_tokenizer.eos_token_id]
+    middle = gemma_tokenizer.decode(ids[ids.index(markers[2]) + 1:-1])
+    assert middle == '    return text + "<eos>"' and labels[-1] == gemma_tokenizer.eos_token_id
 
 
 def test_the_server_uses_the_fim_layout_only_while_the_adapter_declares_it(gemma_runtime):

@@ -18,6 +18,8 @@ from agent.errors import SwespotError
 from agent.loop import Agent, Budget
 from agent.models import ScriptedModel
 from agent.tools import Workspace, make_tools
+from trainer import attention as A
+from trainer import batches as B
 from trainer import data as D
 from trainer.config import config_for
 from trainer.train import make_renderer, train
@@ -286,9 +288,9 @@ def test_continuing_from_an_adapter_mixes_in_replay_data(trained, experience, ti
     assert result.report["loss_curve"][0][1] < trained[1].report["loss_curve"][0][1] / 2
     # an epoch holds the unit's sequences plus as many replayed ones (share 0.5)
     seqs = [D.Sequence([1, 2], [1, 2], "design", str(i)) for i in range(6)]
-    epoch = D.mix(seqs, {"design": 1.0}, seqs[:2], 0.5, random.Random(0))
+    epoch = B.mix(seqs, {"design": 1.0}, seqs[:2], 0.5, random.Random(0))
     assert len(epoch) == 12
-    assert len(D.mix(seqs, {"design": 0.5}, [], 0.0, random.Random(0))) == 3
+    assert len(B.mix(seqs, {"design": 0.5}, [], 0.0, random.Random(0))) == 3
 
 
 def test_max_trained_tokens_stops_at_the_budget_and_resumes_to_the_same_stop(experience, tiny_hf_dir, tmp_path):
@@ -330,7 +332,7 @@ def separate_and_packed(model, seqs):
     separate.backward()
     expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
-    packed = trained_token_loss(model, D.collate_packed(seqs, 2048))
+    packed = trained_token_loss(model, B.collate_packed(seqs, 2048))
     packed.backward()
     got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
@@ -348,8 +350,8 @@ def test_a_packed_row_gives_the_loss_and_gradient_of_its_sequences_run_separatel
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
-    batch = D.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0]
-    rows = D.collate_packed(batch, 2048)
+    batch = B.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0]
+    rows = B.collate_packed(batch, 2048)
     assert len(batch) > 2 and rows["input_ids"].shape[0] == 2 and (rows["segment_ids"] < 0).any()  # two rows, one padded
     assert int((rows["segment_ids"][0] == 0).sum()) > 100  # the system prompt is shared
     assert rows["input_ids"].numel() < sum(len(s.input_ids) for s in batch)
@@ -417,7 +419,7 @@ def test_packed_text_rows_give_the_models_own_loss_in_chunks(tiny_hf_dir, monkey
     expected = [p.grad.clone() for p in model.parameters() if p.grad is not None]
     model.zero_grad()
     monkeypatch.setattr(trainer.losses, "CHUNK_ELEMENTS", 64 * model.config.vocab_size)
-    rows = D.collate_packed(seqs, 1024)
+    rows = B.collate_packed(seqs, 1024)
     assert len(rows["targets"]) > 3 * 64  # several chunks
     packed = trained_token_loss(model, rows)
     packed.backward()
@@ -427,7 +429,7 @@ def test_packed_text_rows_give_the_models_own_loss_in_chunks(tiny_hf_dir, monkey
 
 
 def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkeypatch):
-    """train.blocked_attention runs sdpa per block of queries over the keys the mask lets them see; on
+    """attention.blocked_attention runs sdpa per block of queries over the keys the mask lets them see; on
     packed rows (a shared prefix, a sliding window shorter than the row) the loss and gradient must not
     change, and it must really skip work: fewer query×key scores than the full square. Eager attention
     is left as it is."""
@@ -438,7 +440,7 @@ def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkey
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
-    rows = D.collate_packed(D.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0], 2048)
+    rows = B.collate_packed(B.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0], 2048)
     width = rows["input_ids"].shape[1]
     torch.manual_seed(0)
     tiny = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation="sdpa")
@@ -460,7 +462,7 @@ def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkey
             return sdpa(query, key, *args, **kwargs)
 
         monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
-        assert T.blocked_attention(model, 32) and T.attention_kind(model.config) == "sdpa" and T.packable(model)
+        assert A.blocked_attention(model, 32) and A.attention_kind(model.config) == "sdpa" and A.packable(model)
         blocked = T.trained_token_loss(model, rows)
         blocked.backward()
         monkeypatch.undo()
@@ -470,4 +472,4 @@ def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkey
         layers = model.config.num_hidden_layers
         assert len(scores) > layers and sum(scores) < most * layers * width * width, (model.config.model_type, sum(scores))
     eager = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation="eager")
-    assert not T.blocked_attention(eager) and eager.config._attn_implementation == "eager"
+    assert not A.blocked_attention(eager) and eager.config._attn_implementation == "eager"
