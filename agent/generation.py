@@ -84,8 +84,8 @@ class Generation:
         in batches sized to end before it, and no token is started that would come after it
         (finish_reason "deadline"). A prompt that does not fit in time yields nothing, but what was
         evaluated stays in the KV cache, so the next call with the same start goes on from there. With
-        ``read_by_deadline`` False the prompt is read whole whatever the time, and only generation keeps
-        the deadline."""
+        ``read_by_deadline`` False the prompt is read whole whatever the time and its first token always
+        comes; only the tokens after it keep the deadline."""
         tokens = self._prompt_tokens(prompt)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         stats = stats if stats is not None else {}
@@ -99,9 +99,9 @@ class Generation:
             if (cancel is not None or prompt_deadline is not None) and not self._prefill(tokens[:-1], cancel, prompt_deadline):
                 stats["finish_reason"] = "cancelled" if cancel is not None and cancel.is_set() else "deadline"
                 return
-            if deadline is not None and clock() + self._token_s > deadline:
+            if read_by_deadline and deadline is not None and clock() + self._token_s > deadline:
                 stats["finish_reason"] = "deadline"
-                return
+                return  # (a prompt read whole past its deadline still gets its first token, as before)
             with contextlib.closing(self._sampled(tokens, temperature, cancel, deadline, stats)) as sampled:
                 for token in sampled:
                     stats["completion_tokens"] += 1
