@@ -34,3 +34,8 @@ class DaemonUnavailable(SwespotError):
 
 class AdapterMismatch(SwespotError):
     """A LoRA adapter was made for another base model (architecture or file hash) than the one loaded."""
+
+
+class BadModelSpec(SwespotError):
+    """A model spec (``default``, a GGUF file, a local Hugging Face folder) that names nothing usable here
+    (``agent.model_spec.resolve_model``)."""

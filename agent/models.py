@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from agent.default_model import ensure_default_gguf
 from agent.episode import canonical_arguments, load_episodes
 from agent.errors import SwespotError
+from agent.model_spec import serving_gguf_of
 from agent.render import THINK_CLOSE, THINK_OPEN, Renderer
 from agent.runtime import LlamaRuntime
 
@@ -233,11 +233,8 @@ def model_from_spec(spec: str, **kwargs) -> Model:
     if spec.startswith("openai:"):
         url, _, model = spec.split(":", 1)[1].partition("#")
         return OpenAIModel(url, model or "default")
-    if spec in ("", "default"):
-        spec = str(ensure_default_gguf())
-    elif not Path(spec).is_file():
-        raise SwespotError(f"unknown model {spec!r}: give 'default', a .gguf file, scripted:FILE or openai:URL[#model]")
-    runtime = LlamaRuntime(spec, n_ctx=kwargs.pop("n_ctx", 8192))
+    gguf = serving_gguf_of(spec, choices="'default', a .gguf file, scripted:FILE or openai:URL[#model]")
+    runtime = LlamaRuntime(gguf, n_ctx=kwargs.pop("n_ctx", 8192))
     adapter = kwargs.pop("adapter", None)
     if adapter:
         runtime.set_adapters({runtime.load_adapter(adapter): 1.0})

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
+from agent.model_spec import serving_gguf_of
 from agent.models import LlamaModel, model_from_spec
 from agent.runtime import LlamaRuntime  # imports llama_cpp only when a runtime is created
 from lsp_server.logs import REQUEST_TAG
@@ -63,7 +63,7 @@ def load_runtime(ls: SwespotServer) -> None:
     old = ls.runtime
     ls.set_state("loading")
     try:
-        path = settings.model or ls.cli_model or str(ensure_default_gguf())
+        path = str(serving_gguf_of(settings.model or ls.cli_model, "model"))
         runtime = LlamaRuntime(path, n_ctx=settings.context_size, n_threads=settings.threads or None,
                                n_gpu_layers=settings.gpu_layers)
     except SwespotError as exc:

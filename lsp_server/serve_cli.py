@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from agent.errors import SwespotError
+from agent.model_spec import serving_gguf_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +39,8 @@ def cmd_serve(args) -> int:
     from lsp_server.framing import FramedStdin
     from lsp_server.server import create_server
 
-    if args.base and not Path(args.base).is_file():
-        raise SwespotError(f"model file not found: {args.base}")
-    server = create_server(model=args.base, repo=args.repo)
+    base = str(serving_gguf_of(args.base, "base model")) if args.base else None  # a bad spec fails here, before the editor waits
+    server = create_server(model=base, repo=args.repo)
     try:
         if args.tcp:
             host, port = parse_host_port(args.tcp)

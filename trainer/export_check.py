@@ -15,6 +15,7 @@ import numpy as np
 from agent.default_model import cache_dir
 from agent.errors import SwespotError
 from agent.gguf_meta import read_header_fields
+from agent.model_spec import resolve_model, serving_gguf_of
 from agent.runtime import LlamaRuntime, file_sha256
 from trainer.convert import convert_hf_to_gguf
 from trainer.lora_export import export_lora_to_gguf
@@ -27,13 +28,29 @@ def serving_gguf(base, model_params: int) -> Path:
     """The GGUF llama.cpp serves for this base: the given one, or a conversion cached by content."""
     if base.serve_gguf is not None:
         return Path(base.serve_gguf)
-    weights = sorted(Path(base.hf_dir).glob("*.safetensors"))
+    return converted_gguf(Path(base.hf_dir), model_params)
+
+
+def converted_gguf(hf_dir: Path, model_params: int) -> Path:
+    """An HF folder converted to GGUF once (f32 for small models), cached by its weights' content."""
+    weights = sorted(hf_dir.glob("*.safetensors"))
     key = file_sha256(weights[0])[:12] if weights else "noweights"
     outtype = "f32" if model_params < SMALL_MODEL_PARAMS else "f16"
-    target = cache_dir() / "models" / f"{Path(base.hf_dir).name}-{key}-{outtype}.gguf"
+    target = cache_dir() / "models" / f"{hf_dir.name}-{key}-{outtype}.gguf"
     if not target.exists():
-        convert_hf_to_gguf(base.hf_dir, target, outtype=outtype)
+        convert_hf_to_gguf(hf_dir, target, outtype=outtype)
     return target
+
+
+def serving_base(base: str) -> Path:
+    """The GGUF llama.cpp serves for the model spec ``base`` (``agent.model_spec``): the embedded
+    model's, the file itself, or a folder's conversion (cached by content; torch-free for the first two)."""
+    ref = resolve_model(base, "base model")
+    if ref.kind != "hf":
+        return serving_gguf_of(base, "base model")
+    assert ref.path is not None
+    size = sum(f.stat().st_size for f in ref.path.glob("*.safetensors"))
+    return converted_gguf(ref.path, size // 4)
 
 
 def gguf_is_f32(path: Path) -> bool:

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = msub.add_parser("demo", help="load a GGUF model (default: the embedded Gemma) and complete a code prompt")
-    p.add_argument("--base", type=Path, help="GGUF file (default: the embedded default model)")
+    p.add_argument("--base", default="default", help="'default' (the embedded model) or a GGUF file")
     p.add_argument("--model", dest="base", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling of --base
     p.add_argument("--adapter", type=Path, help="GGUF LoRA adapter to apply")
     p.add_argument("--prompt", default=DEMO_PROMPT, help="code to complete")
@@ -89,10 +89,10 @@ def cmd_convert(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from agent.default_model import ensure_default_gguf
+    from agent.model_spec import serving_gguf_of
     from agent.runtime import LlamaRuntime
 
-    model_path = args.base or ensure_default_gguf(say)
+    model_path = serving_gguf_of(args.base, "base model", progress=say)
     started = time.perf_counter()
     runtime = LlamaRuntime(model_path, n_ctx=2048, n_threads=args.threads)
     load_s = time.perf_counter() - started

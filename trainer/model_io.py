@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
+from agent.model_spec import resolve_model
 from trainer.default_model import prepare_default, prepare_from_gguf
 
 
@@ -23,20 +24,14 @@ class BaseModel:
 
 def resolve_base(base: str) -> BaseModel:
     """'default' → the embedded Gemma (prepared once); a folder → HF checkpoint; a .gguf → dequantized
-    into a cached HF checkpoint next to the default's."""
+    into a cached HF checkpoint next to the default's. The spec is read by ``agent.model_spec``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub, whatever a config says
-    if base in ("", "default"):
-        return BaseModel(prepare_default(), ensure_default_gguf(), "gemma-3-270m (embedded default)")
-    path = Path(base).expanduser()
-    if not path.exists():
-        raise SwespotError(f"base model not found: {path} (give 'default', a local HF folder or a .gguf file)")
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise SwespotError(f"{path} is not a transformers model folder (no config.json)")
-        return BaseModel(path.resolve(), None, path.name)
-    if path.suffix == ".gguf":
-        return BaseModel(prepare_from_gguf(path), path.resolve(), path.stem)
-    raise SwespotError(f"unknown base model kind: {path} (a folder or a .gguf file)")
+    ref = resolve_model(base, "base model")
+    if ref.path is None:
+        return BaseModel(prepare_default(), ensure_default_gguf(), ref.name)
+    if ref.kind == "hf":
+        return BaseModel(ref.path, None, ref.name)
+    return BaseModel(prepare_from_gguf(ref.path), ref.path, ref.name)
 
 
 def pick_device(requested: str = "auto") -> str:

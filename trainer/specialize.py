@@ -17,29 +17,13 @@ from pathlib import Path
 
 import git
 
-from agent.default_model import ensure_default_gguf
 from agent.errors import SwespotError
 from agent.state import DaemonLock, state_dir
 from trainer.config import MAX_HOLDOUT
 from trainer.evaluation import EVAL_PROFILES, ModelSpec, compare, evaluate, line_tasks, post_cutoff_changes
-from trainer.export_check import serving_gguf
-from trainer.model_io import resolve_base
+from trainer.export_check import serving_base as serving_base  # re-exported: the eval commands take it from here
 from trainer.pipeline import OnPhase, RefreshOptions, RefreshResult, refresh
 from trainer.store import AdapterStore
-
-
-def serving_base(base: str) -> Path:
-    """The GGUF llama.cpp serves for ``base`` (torch-free for 'default' and .gguf files)."""
-    if base in ("", "default"):
-        return ensure_default_gguf()
-    path = Path(base).expanduser()
-    if path.suffix == ".gguf" and path.is_file():
-        return path.resolve()
-    if path.is_dir():
-        resolved = resolve_base(str(path))
-        size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-        return serving_gguf(resolved, size // 4)
-    raise SwespotError(f"base model not found: {path} ('default', a .gguf file or an HF folder)")
 
 
 def resolve_adapters(values: list[str], repo: Path) -> list:
