@@ -291,6 +291,87 @@ def test_heldout_facts_never_appear_in_the_training_episodes(facts_repo, tmp_pat
         assert not any(re.search(rf"\b{n}\b", question) for n in names), question
 
 
+def _recall(folder) -> list[dict]:
+    """The recall episodes (design questions answered without tools) of an experience folder."""
+    return [e for shard in sorted(folder.glob("design/*.jsonl")) for line in shard.read_text().splitlines()
+            if (e := json.loads(line))["meta"].get("recall")]
+
+
+def test_recall_episodes_hold_no_heldout_fact_and_only_the_cutoffs_tree(facts_repo, tmp_path):
+    import git as gitpython
+
+    from trainer.evaluation import DESIGN_SYSTEM, design_tasks, facts_tasks, post_cutoff_changes
+    from trainer.experience.build import BuildOptions, build_experience
+
+    root, cutoff, held = facts_repo
+    facts = facts_tasks(root, cutoff, limit=1000)
+    result = build_experience(root, tmp_path / "exp", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False,
+                                                                   targets={"recall": 1000}))
+    recall = _recall(tmp_path / "exp")
+    assert len(recall) >= 150 and result.stats["design"]["recall"] == len(recall)
+    for e in recall:  # the evaluation's layout: its system prompt, the question, the answer; no tools
+        assert [m["role"] for m in e["messages"]] == ["system", "user", "assistant"] and e["tools"] == []
+        assert e["messages"][0]["content"] == DESIGN_SYSTEM and e["verified"]["ok"]
+    asked = {e["messages"][1]["content"]: e for e in recall}
+    assert not set(asked) & {t.prompt for t in facts}
+    assert not {e["messages"][2]["content"] for e in recall} & {t.target for t in facts}
+    names = {qualname for _, qualname in held}
+    for question, e in asked.items():  # no held-out symbol is asked about, nor named by an answer but a module summary's
+        assert not any(re.search(rf"\b{n}\b", question) for n in names), question
+        if e["meta"]["question"] != "module":
+            assert not any(re.search(rf"\b{n}\b", e["messages"][2]["content"]) for n in names), e["messages"][2]["content"]
+    free = sorted({f"{verb}_{noun}" for noun in NOUNS for verb in VERBS} - names)
+    # the evaluation's design family in its own words, about symbols before the cutoff ...
+    assert asked[f"In which file of this repository is the function `{free[0]}` defined?"]["messages"][2]["content"] == \
+        f"`{free[0]}` is defined in `ledgerapp/{free[0].split('_')[1]}s.py`."
+    assert asked[f"Name a function of this repository that calls `{free[0]}`."]["messages"][2]["content"] == \
+        f"`handle_{free[0]}` in `ledgerapp/api_{free[0].split('_')[1]}.py` calls `{free[0]}`."
+    # ... never about what came after it, which that family asks
+    repo = gitpython.Repo(root)
+    later = design_tasks(repo, post_cutoff_changes(repo, cutoff), "HEAD", 100)
+    assert any("later_thing" in t.prompt for t in later)
+    assert not any("later_thing" in m["content"] or "extra.py" in m["content"] for e in recall for m in e["messages"])
+
+
+def test_recall_episodes_are_the_facts_questions_trained_as_the_evaluation_scores_them(facts_repo, tmp_path, monkeypatch):
+    """With nothing held out, every held-out fact would be a recall episode whose trained span starts
+    exactly where the evaluation's prompt ends and holds the grounded answer it scores."""
+    from agent.render import Renderer
+    from trainer.evaluation import facts_tasks
+    from trainer.experience.build import BuildOptions, build_experience
+
+    root, cutoff, _ = facts_repo
+    facts = facts_tasks(root, cutoff, limit=1000)
+    import trainer.experience.units.software_design as design_unit
+
+    monkeypatch.setattr(design_unit, "is_heldout_fact", lambda path, qualname: False)
+    build_experience(root, tmp_path / "all", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False,
+                                                          targets={"recall": 1000}))
+    recall = {e["messages"][1]["content"]: e for e in _recall(tmp_path / "all")}
+    renderer = Renderer.fallback()
+    for task in facts:
+        messages = recall[task.prompt]["messages"]
+        text, spans = renderer.render_with_spans(messages, [])
+        assert len(spans) == 1 and text[:spans[0][0]] == renderer.prompt(messages[:2])
+        assert text[spans[0][0]:spans[0][1]].startswith(task.target) and messages[2]["content"] == task.target
+
+
+def test_recall_is_made_only_when_asked_and_joins_an_existing_experience(facts_repo, tmp_path):
+    from trainer.experience.build import BuildOptions, build_experience
+
+    root, cutoff, _ = facts_repo
+    opts = BuildOptions(cutoff=cutoff, units=("design",), per_file=4, progress=False, targets={"design": 12})
+    first = build_experience(root, tmp_path / "exp", opts)
+    assert not _recall(tmp_path / "exp") and "recall" not in first.stats["design"]  # no knob: as before
+    opts.targets = {"design": 12, "recall": 40}
+    again = build_experience(root, tmp_path / "exp", opts)
+    recall = _recall(tmp_path / "exp")
+    # the agentic shards are reused as they were; the recall shards are new, counted against their own target
+    assert again.shards_reused == first.shards_made and again.shards_made >= 1 and again.shards_removed == 0
+    assert 40 <= len(recall) == again.stats["design"]["recall"] and again.stats["design"]["made"] == len(recall)
+    assert again.stats["design"]["episodes_on_disk"] == first.stats["design"]["episodes_on_disk"] + len(recall)
+
+
 def _design_qa(folder) -> dict[str, str]:
     """question → submitted answer of every design episode in an experience folder."""
     out = {}

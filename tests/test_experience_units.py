@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -195,23 +196,50 @@ def test_design_episodes_answer_in_the_words_of_design_questions(store):
         assert ungrounded_actions(e) == [], e["meta"]
 
 
-def test_held_out_symbols_get_no_design_episode(tmp_path):
-    root = tmp_path / "held"
+def _steps(tmp_path, count: int, head: str = "", step: str = "x"):
+    """A repository with lib.py: ``head``, then step_0 … step_{count-1} (each returns ``step`` + i) and
+    run_all calling every step; the workspace, its index and the held-out steps (one in ten, by hash)."""
+    root = tmp_path / "steps"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
-    names = [f"step_{i}" for i in range(40)]
-    held = [n for n in names if is_heldout_fact("lib.py", n)]
-    assert held  # one in ten, by content hash
-    source = "\n\n".join(f'def {n}(x):\n    """Advance the counter by {i} steps."""\n    return x + {i}\n' for i, n in enumerate(names))
+    names = [f"step_{i}" for i in range(count)]
+    source = head + "\n\n".join(f'def {n}(x):\n    """Advance the counter by {i} steps."""\n    return {step} + {i}\n'
+                                  for i, n in enumerate(names))
     source += "\n\ndef run_all(x):\n    " + "\n    ".join(f"x = {n}(x)" for n in names) + "\n    return x\n"
     commit(root, "lib", {"lib.py": source})
-    ws, index = _index(root)
+    return (*_index(root), [n for n in names if is_heldout_fact("lib.py", n)])
+
+
+def test_held_out_symbols_get_no_design_episode(tmp_path):
+    ws, index, held = _steps(tmp_path, 40)
+    assert held  # one in ten, by content hash
     stats = U.UnitStats()
     episodes = U.design_episodes(ws, index, "lib.py", "c", random.Random(0), stats, limit=500)
     asked = {e["meta"].get("symbol") for e in episodes}
     assert not asked & set(held) and stats.rejected["held-out symbol"] == len(held)
     module = next(e for e in episodes if e["meta"]["question"] == "module")
     assert all(f"def {n} " in module["messages"][-1]["content"] for n in held)  # the summary still names them
+
+
+def test_recall_episodes_never_ask_about_nor_answer_with_a_held_out_symbol(tmp_path):
+    # every step calls shared: its callers include held-out steps
+    ws, index, held = _steps(tmp_path, 20, head='def shared(x):\n    """Double the value before a step."""\n    return 2 * x\n\n\n',
+                             step="shared(x)")
+    assert held and not {"shared", "run_all"} & set(held)
+    stats = U.UnitStats()
+    episodes = U.recall_episodes(ws, index, "lib.py", "c", stats)
+    asked = {e["messages"][1]["content"]: e["messages"][2]["content"] for e in episodes}
+    assert len(asked) == len(episodes) == stats.recall == stats.made
+    for question, answer in asked.items():
+        assert not any(re.search(rf"\b{n}\b", question) for n in held), question
+        if not question.startswith("What is lib.py for"):  # the module summary names every definition
+            assert not any(re.search(rf"\b{n}\b", answer) for n in held), answer
+    # who calls shared: every step, held-out ones too, so not asked; a caller that is not held out is
+    assert "Who calls shared (lib.py)?" not in asked and stats.rejected["recall answer names a held-out symbol"] >= 1
+    assert asked["Name a function of this repository that calls `shared`."] == "`step_0` in `lib.py` calls `shared`."
+    assert asked["Who calls step_5 (lib.py)?"].startswith("step_5 is called by run_all (lib.py:")
+    assert asked["In which file of this repository is the function `step_5` defined?"] == "`step_5` is defined in `lib.py`."
+    assert all(f"def {n} " in asked["What is lib.py for, and what does it define?"] for n in held)
 
 
 def test_every_action_of_a_build_is_grounded_and_follows_a_thought(store, tmp_path):

@@ -139,10 +139,9 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
     for sym in fresh:
         if not unique(sym):
             continue  # an ambiguous or private name has no single grounded answer
-        kind = "class" if sym.kind == "class" else "function"
-        tasks.append(Task(_task_id("where", sym.path, sym.qualname), "design", "", sym.path,
-                          f"In which file of this repository is the {kind} `{sym.qualname}` defined?",
-                          f"`{sym.qualname}` is defined in `{sym.path}`.", {"question": "where", "answer": sym.path}))
+        qa = D.defined_in(sym)
+        tasks.append(Task(_task_id("where", sym.path, sym.qualname), "design", "", sym.path, qa.question, qa.answer,
+                          {"question": "where", "answer": sym.path}))
     # who calls what, where the call is new: a fresh caller of any (possibly older) symbol
     for sym in fresh:
         for callee in index.callees(sym):
@@ -151,9 +150,8 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
             asked.add(callee.qualname)
             callers = sorted({c.name for c in index.callers(callee) if c in fresh and c.name != callee.name})
             if callers:
-                tasks.append(Task(_task_id("caller", callee.path, callee.qualname), "design", "", callee.path,
-                                  f"Name a function of this repository that calls `{callee.qualname}`.",
-                                  f"`{sym.qualname}` in `{sym.path}` calls `{callee.qualname}`.",
+                qa = D.calls_it(callee, sym)
+                tasks.append(Task(_task_id("caller", callee.path, callee.qualname), "design", "", callee.path, qa.question, qa.answer,
                                   {"question": "caller", "answer": sym.name, "accept": callers}))
     return _spread(tasks, limit)
 

@@ -27,6 +27,7 @@ from agent.errors import SwespotError
 from agent.index import ParseCache, RepoIndex, is_test_file
 from agent.resolve import Resolver
 from agent.tools import CommandPolicy, Workspace
+from trainer.evaluation import DESIGN_SYSTEM
 from trainer.experience import history as H
 from trainer.experience import runtime as R
 from trainer.experience import text as T
@@ -59,7 +60,9 @@ class BuildOptions:
     teacher: str | None = None
     teacher_steps: int = 12  # the teacher's agent steps per task
     # the balanced mix: at most this many episodes per unit (absent or 0: no cap); files are taken in a
-    # seeded order and commits newest first until a unit's target is met (the paper: 2,048 each)
+    # seeded order and commits newest first until a unit's target is met (the paper: 2,048 each).
+    # "recall": the design unit's recall episodes (a question answered without tools, in the evaluation's
+    # layout: units.recall_episodes), counted apart from its agentic ones; absent or 0: none are made
     targets: dict = field(default_factory=dict)
     text_chunk_tokens: int = 1024  # unit "text": about this many tokens per chunk (the training max_len)
     progress: bool = True
@@ -167,19 +170,19 @@ class _Build:
         target = (self.opts.targets or {}).get(unit)
         return target is not None and target != 0 and self.counts[unit] >= target
 
-    def claim(self, unit: str, key: str) -> Path | None:
-        """Mark a shard as wanted; a shard already on disk is reused (its episodes counted against the
-        unit's target) and None is returned; else the path to write it to."""
+    def claim(self, unit: str, key: str, target: str | None = None) -> Path | None:
+        """Mark a shard of ``unit`` as wanted; a shard already on disk is reused (its episodes counted
+        against the target of ``target``, default the unit's) and None is returned; else the path to write it to."""
         self.wanted[unit].add(key)
         shard = self.out / unit / f"{key}.jsonl"
         if shard.exists():
             self.result.shards_reused += 1
-            self.counts[unit] += _episodes_in(shard)
+            self.counts[target or unit] += _episodes_in(shard)
             return None
         return shard
 
-    def save(self, unit: str, shard: Path, episodes: list[dict]) -> None:
-        self.counts[unit] += save_episodes(shard, episodes, dropped=self.stats[unit].rejected)
+    def save(self, unit: str, shard: Path, episodes: list[dict], target: str | None = None) -> None:
+        self.counts[target or unit] += save_episodes(shard, episodes, dropped=self.stats[unit].rejected)
         self.result.shards_made += 1
 
     def bar(self, items, desc: str, unit: str):
@@ -217,6 +220,9 @@ class _Build:
                 traced = sorted(e for e in self.edges if path in (e[0], e[2]))  # the runtime facts this file's answers may cite
                 work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path],
                                                      _file_facts(index, path), *_given(traced, opts.teacher))))
+                if (opts.targets or {}).get("recall"):  # the design unit's recall episodes: shards of their own
+                    work.append(("recall", path, _digest(U.GENERATOR_VERSION, U.RECALL_VERSION, "recall", DESIGN_SYSTEM, path,
+                                                         blobs[path], _file_facts(index, path), *_given(traced))))
             if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
                 tests = sorted({t for s in index.files[path].symbols for t in index.tests_for(s)})
                 work.append(("implementation", path, _digest(U.GENERATOR_VERSION, "impl", opts.seed, opts.implementations_per_file,
@@ -231,17 +237,20 @@ class _Build:
             self.between(unit, done, len(work))
             if self.full(unit):
                 continue
-            shard = self.claim(unit, key)
+            folder = "design" if unit == "recall" else unit  # recall shards are the design unit's, counted apart
+            shard = self.claim(folder, key, target=unit)
             if shard is None:
                 continue
             rng = random.Random(f"{opts.seed}:{unit}:{path}")
-            if unit == "design":
+            if unit == "recall":
+                episodes = U.recall_episodes(self.ws, self.index, path, self.cutoff, self.stats["design"], resolver=self.resolver)
+            elif unit == "design":
                 episodes = U.design_episodes(self.ws, self.index, path, self.cutoff, rng, self.stats[unit], limit=opts.per_file,
                                              resolver=self.resolver, teacher=self.teacher)
             else:
                 episodes = U.implementation_episodes(self.ws, self.index, path, self.cutoff, rng, self.stats[unit],
                                                      limit=opts.implementations_per_file, test_runner=self.runner, teacher=self.teacher)
-            self.save(unit, shard, episodes)
+            self.save(folder, shard, episodes, target=unit)
 
     # ---- text: the repository as plain text -----------------------------------------------------------------
     def text(self) -> None:

@@ -4,7 +4,8 @@ These are the exact words the design unit's episodes use (``units.design_episode
 asks the same questions about held-out symbols, so a question and its answer live in one place:
 
     for qa in design_questions(index, sym, resolver):
-        qa.kind      # "where", "callers", "layers" or "extend"
+        qa.kind      # "where", "callers", "layers" or "extend" ("module": module_question; "defined", "caller":
+                     # the evaluation's design family, defined_in and calls_it)
         qa.question  # the user turn
         qa.answer    # the submitted answer, facts stated
         qa.accept    # strings any right answer names (paths, qualified names)
@@ -179,6 +180,22 @@ def _subclasses(index: RepoIndex, base: Symbol, resolver: Resolver) -> list[Symb
             continue
         out.append(s)
     return sorted(out, key=lambda s: (s.path, s.start_line))
+
+
+# ---- the evaluation's design family: which file defines a name, which function calls one --------------
+def defined_in(sym: Symbol) -> DesignQA:
+    """Which file defines ``sym``: the words of the evaluation's design family (asked there about the
+    symbols after the cutoff) and of the design unit's recall episodes (about the ones before it)."""
+    kind = "class" if sym.kind == "class" else "function"
+    return DesignQA("defined", f"In which file of this repository is the {kind} `{sym.qualname}` defined?",
+                    f"`{sym.qualname}` is defined in `{sym.path}`.", [sym.path], sym.qualname, sym.path)
+
+
+def calls_it(callee: Symbol, caller: Symbol) -> DesignQA:
+    """A function that calls ``callee``: ``caller``, in the words of the evaluation's design family."""
+    return DesignQA("caller", f"Name a function of this repository that calls `{callee.qualname}`.",
+                    f"`{caller.qualname}` in `{caller.path}` calls `{callee.qualname}`.", [caller.name], callee.qualname, callee.path,
+                    {"caller": caller})
 
 
 def design_questions(index: RepoIndex, sym: Symbol, resolver: Resolver) -> list[DesignQA]:

@@ -23,10 +23,10 @@ from trainer.experience.units.evolution import (
     replay_episode,
 )
 from trainer.experience.units.implementation import MAX_BODY_LINES, implementation_episodes
-from trainer.experience.units.software_design import design_episodes, resolver_for
+from trainer.experience.units.software_design import RECALL_VERSION, design_episodes, recall_episodes, resolver_for
 
 __all__ = [
-    "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "WRONG_LOOK_RATE", "UnitStats", "_FIX",
+    "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "RECALL_VERSION", "WRONG_LOOK_RATE", "UnitStats", "_FIX",
     "_edit_seen", "_finish", "_first_changed_line", "_locate", "_undo_files", "bug_episode", "design_episodes",
-    "edit_script", "hunk_completions", "implementation_episodes", "pytest_runner", "replay_episode", "resolver_for",
+    "edit_script", "hunk_completions", "implementation_episodes", "pytest_runner", "recall_episodes", "replay_episode", "resolver_for",
 ]

@@ -28,15 +28,19 @@ class UnitStats:
     taught: int = 0  # of ``made``, episodes a teacher made (and verified); the rest are the oracle's
     teacher_tried: int = 0
     teacher_rejected: Counter = field(default_factory=Counter)  # why a teacher's attempt fell back to the oracle
+    recall: int = 0  # of ``made``, recall episodes (a question answered without tools)
 
     def add(self, episode: dict) -> None:
         self.made += 1
         self.verified += bool(episode["verified"].get("ok"))
         self.taught += bool(episode.get("meta", {}).get("teacher"))
+        self.recall += bool(episode.get("meta", {}).get("recall"))  # units/software_design.py: recall_episodes
         self.tokens += sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or "")) for m in episode["messages"]) // 4
 
     def to_dict(self) -> dict:
         out = {"made": self.made, "verified": self.verified, "rejected": dict(self.rejected), "tokens": self.tokens}
+        if self.recall:
+            out["recall"] = self.recall
         if self.teacher_tried:
             out["teacher"] = {"tried": self.teacher_tried, "kept": self.taught, "rejected": dict(self.teacher_rejected)}
         return out

@@ -1,5 +1,6 @@
 """Unit 1, software design: explore-and-answer episodes about one file (what the module defines, where
-a behaviour lives, who calls a symbol, the chain of callers, how to extend a class)."""
+a behaviour lives, who calls a symbol, the chain of callers, how to extend a class), and recall episodes:
+the same questions answered at once, without tools, as the evaluation asks them."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import random
 import re
 import weakref
 
-from agent.index import RepoIndex, is_test_file, language_of
+from agent.episode import new_episode
+from agent.index import RepoIndex, Symbol, is_test_file, language_of
 from agent.resolve import Resolver
 from agent.tools import Workspace
-from trainer.evaluation import names_any
+from trainer.evaluation import DESIGN_SYSTEM, names_any
 from trainer.experience import design as D
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.oracle import OracleSession, say
@@ -18,6 +20,7 @@ from trainer.experience.teacher import Teacher, taught
 from trainer.experience.units.base import WRONG_LOOK_RATE, UnitStats, _finish
 
 _RESOLVERS: weakref.WeakKeyDictionary[RepoIndex, Resolver] = weakref.WeakKeyDictionary()
+RECALL_VERSION = 1  # in the key of a recall shard (trainer/experience/build.py), with GENERATOR_VERSION and DESIGN_SYSTEM
 
 
 def resolver_for(ws: Workspace, index: RepoIndex) -> Resolver:
@@ -53,6 +56,55 @@ def design_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng
                 break
             out.append(_taught_design(teacher, ws, qa, commit, stats) or _DESIGN_EPISODES[qa.kind](ws, qa, commit, rng, stats))
     return [e for e in out if e is not None]
+
+
+def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, stats: UnitStats, resolver: Resolver | None = None):
+    """Recall episodes about one file: the questions the design unit grounds here (the module question
+    and ``design.design_questions`` of each symbol) and the evaluation's design-family questions (which
+    file defines a name, a function that calls it: ``design.defined_in``, ``design.calls_it``), each
+    answered at once in the layout the evaluation asks in: its system prompt (``DESIGN_SYSTEM``), the
+    question, the grounded answer as the whole reply, no tools. The agentic episodes teach the search;
+    these teach the answer itself, so that the weights hold it. Nothing is asked about a held-out symbol,
+    and no answer names one (a caller, a link of a call chain, a subclass); the module summary alone
+    names every top-level definition, held-out ones included, as the agentic module episode does."""
+    if is_test_file(path):
+        return []
+    resolver = resolver or resolver_for(ws, index)
+    questions = []
+    module = D.module_question(index, path, ws.read_text(path))
+    if module is not None:
+        questions.append(module)
+    for sym in index.files[path].symbols:
+        if not D.public(sym) or sym.name == "__init__" or is_heldout_fact(path, sym.qualname):
+            continue
+        asked = D.design_questions(index, sym, resolver)
+        questions += asked
+        if len(index.definitions(sym.name)) == 1:  # the evaluation's design family asks only names defined once
+            questions.append(D.defined_in(sym))
+            callers = next((qa for qa in asked if qa.kind == "callers"), None)
+            if callers is not None:
+                questions.append(D.calls_it(sym, D.caller_of(callers.facts["sites"][0])))
+    out = []
+    for qa in questions:
+        if qa.kind != "module" and any(is_heldout_fact(s.path, s.qualname) for s in _cited(qa)):
+            stats.rejected["recall answer names a held-out symbol"] += 1
+            continue
+        messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": qa.question},
+                    {"role": "assistant", "content": qa.answer}]
+        grounded = "index" if qa.kind in ("module", "defined") else _grounding(qa)
+        episode = new_episode("design", commit, messages, [], verified={"ok": True, "grounded_in": grounded},
+                              meta={**_design_meta(qa), "recall": True})
+        stats.add(episode)
+        out.append(episode)
+    return out
+
+
+def _cited(qa: D.DesignQA) -> list[Symbol]:
+    """The definitions an answer names besides the one asked about: callers, the links of a call chain,
+    subclasses, the caller of the design family's caller question."""
+    sites = qa.facts.get("sites") or qa.facts.get("chain") or []
+    caller = qa.facts.get("caller")
+    return [D.caller_of(site) for site in sites] + list(qa.facts.get("subclasses", [])[:4]) + ([caller] if caller else [])
 
 
 def _design_meta(qa: D.DesignQA) -> dict:
