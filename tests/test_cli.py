@@ -4,6 +4,7 @@ starts the trainer daemon with the documented command."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -143,3 +144,57 @@ def test_adapters_rollback_and_prune_answer_in_json(tmp_path):
                env={"SWESPOT_STATE_DIR": str(tmp_path / "state")})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"removed": []}
+
+
+def profile_options(parser, command: str = "") -> dict:
+    """Every ``--profile`` option of the command line, by command ("experience build", "train", ...)."""
+    found = {}
+    for action in parser._actions:
+        if "--profile" in action.option_strings:
+            found[command] = action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(profile_options(sub, f"{command} {name}".strip()))
+    return found
+
+
+def test_every_command_takes_the_same_profiles_with_one_meaning_each(capsys):
+    from swespot.cli import build_parser, main
+    from trainer.config import MAX_HOLDOUT, PROFILE_NAMES, TRAIN_PRESETS, profile_name
+    from trainer.evaluation import EVAL_PROFILES
+    from trainer.pipeline import GPU_TRAIN_PROFILE, PROFILES
+
+    assert set(PROFILES) == set(EVAL_PROFILES) == set(MAX_HOLDOUT) == set(PROFILE_NAMES) == {"tiny", "quick", "full"}
+    assert {p["train_profile"] for p in PROFILES.values()} | {GPU_TRAIN_PROFILE} <= set(TRAIN_PRESETS)
+    options = profile_options(build_parser())
+    assert set(options) == {"experience build", "train", "eval", "specialize", "daemon"}
+    assert all(a.type is profile_name for a in options.values())
+    for old, new in (("cpu", "use quick"), ("real", "use full (the GPU recipe")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "--data", "x", "--profile", old])
+        assert exit_info.value.code == 2
+        assert f"argument --profile: {old!r} was a training preset; the profiles are tiny, quick, full" in capsys.readouterr().err
+        assert new in str(pytest.raises(argparse.ArgumentTypeError, profile_name, old).value)
+
+
+def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
+    from swespot.cli import build_parser
+    from trainer.pipeline import PROFILES, train_config
+    from trainer.train_cli import config_from_args
+
+    def config(*args: str):
+        return config_from_args(build_parser().parse_args(["train", "--data", "d", "--out", "o", "--device", "cpu", *args]))
+
+    for profile in ("tiny", "quick", "full"):
+        steps = PROFILES[profile]["steps"]
+        assert config("--profile", profile) == train_config(profile, device="cpu", steps=steps, data="d", out="o", base="default")
+    quick = config()  # quick by default: its steps, learning rate and window
+    assert (quick.steps, quick.lr, quick.max_len) == (16, 2e-4, 2048)
+    assert config("--profile", "full").epochs == 1.0 and config("--profile", "full").steps == 0
+    assert (config("--profile", "full", "--steps", "7").steps, config("--steps", "7").lr) == (7, 2e-4)
+    longer = config("--epochs", "3")  # how long is the command line's when it says
+    assert (longer.steps, longer.epochs, longer.lr) == (0, 3.0, 2e-4)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"max_trained_tokens": 5000, "lr": 1e-4}))
+    budget = config("--config", str(settings), "--lr", "3e-4")
+    assert (budget.steps, budget.max_trained_tokens, budget.lr) == (0, 5000, 3e-4)

@@ -1,8 +1,9 @@
-"""Training settings: one typed dataclass, with help text, presets per profile, and loud failure on
-unknown keys or conflicting options."""
+"""Training settings: one typed dataclass, with help text, internal presets, and loud failure on
+unknown keys or conflicting options. Also the one profile vocabulary every command's ``--profile`` takes."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
@@ -12,6 +13,13 @@ from typing import Any
 from agent.errors import SwespotError
 
 UNITS = ("design", "implementation", "evolution", "runtime", "feedback", "text")
+# The profiles, one vocabulary for every command (specialize, experience build, train, eval, daemon):
+# "tiny" sizes everything for the test model, "quick" is minutes on a CPU with the embedded model,
+# "full" is every unit for epochs (a GPU helps). What each means for a refresh is trainer.pipeline.PROFILES,
+# for an evaluation trainer.evaluation.EVAL_PROFILES; the training presets below are internal.
+PROFILE_NAMES = ("tiny", "quick", "full")
+# Once, ``swespot train --profile`` took the training presets; they are internal now.
+_OLD_TRAIN_PROFILES = {"cpu": "quick (or full)", "real": "full (the GPU recipe on a CUDA device)"}
 # Without ``holdout``, specialize holds out the newest first-parent commits that give the evaluation
 # profile's number of line tasks (an interval worth reading), at most this many (and at most half the
 # history). Here, not in trainer/specialize.py, so the command line reads it without loading the job.
@@ -113,9 +121,10 @@ class TrainConfig:
             raise SwespotError(f"{path} is not valid JSON: {exc}") from exc
 
 
-# Presets: "real" is the recipe for 4B-class models on a GPU; "cpu" keeps the embedded 270M model
-# practical on two cores; "tiny" is for the test model.
-PROFILES: dict[str, dict[str, Any]] = {
+# Training presets, internal (no command takes their names): each profile names the one it trains with
+# (trainer.pipeline.PROFILES "train_profile"). "real" is the recipe for 4B-class models on a GPU ("full" on
+# a CUDA device); "cpu" keeps the embedded 270M model practical on two cores; "tiny" is for the test model.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "real": {},
     # max_len 2,048 holds a typical agentic episode in Gemma tokens (README, "Fitting the window")
     "cpu": dict(lora_r=16, lora_alpha=32, max_len=2048, batch_tokens=2048, lr=5e-4, checkpoint_every=25),
@@ -124,8 +133,25 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def config_for(profile: str, **overrides: Any) -> TrainConfig:
-    if profile not in PROFILES:
-        raise SwespotError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
-    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+def config_for(preset: str, **overrides: Any) -> TrainConfig:
+    """The ``TrainConfig`` of a training preset with ``overrides`` (None values ignored). Commands reach it
+    through a profile (``trainer.pipeline.train_config``)."""
+    if preset not in TRAIN_PRESETS:
+        raise SwespotError(f"unknown training preset {preset!r} (choose {', '.join(TRAIN_PRESETS)})")
+    values = {**TRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig.from_dict(values).validate()
+
+
+def profile_name(value: str) -> str:
+    """``--profile``'s argument type for every command: one of PROFILE_NAMES, or one line saying which."""
+    if value in PROFILE_NAMES:
+        return value
+    if value in _OLD_TRAIN_PROFILES:
+        raise argparse.ArgumentTypeError(f"{value!r} was a training preset; the profiles are {', '.join(PROFILE_NAMES)} "
+                                         f"for every command: use {_OLD_TRAIN_PROFILES[value]}")
+    raise argparse.ArgumentTypeError(f"unknown profile {value!r} (choose {', '.join(PROFILE_NAMES)})")
+
+
+def add_profile_argument(parser: argparse.ArgumentParser, help: str, default: str | None = "quick") -> None:
+    parser.add_argument("--profile", default=default, type=profile_name, metavar="{" + ",".join(PROFILE_NAMES) + "}",
+                        help=help)

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trainer.config import add_profile_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("daemon", help="keep the repository's adapter fresh in the background (watches git, trains, publishes)",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "status.json in the repository's state dir; SIGTERM stops it (training resumes next start).")
     p.add_argument("--repo", type=Path, default=Path("."), help="the git repository (default: .)")
     p.add_argument("--base", default="default", help="'default' (embedded model), a local HF folder, or a .gguf")
-    p.add_argument("--profile", default="quick", choices=["tiny", "quick", "full"], help="how much experience and training per refresh")
+    add_profile_argument(p, "how much experience and training per refresh")
     p.add_argument("--gate", default="loss", choices=["loss", "none"], help="publish only if held-out loss is not worse (loss)")
     p.add_argument("--keep", type=int, default=5, help="published versions kept")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per refresh (default: the profile's)")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from agent.errors import SwespotError
-from trainer.config import MAX_HOLDOUT
+from trainer.config import MAX_HOLDOUT, add_profile_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "store (v0003, current); repeatable")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model itself")
     p.add_argument("--tasks", default="line,body,infill,design,facts,replay", help="task families, comma-separated")
-    p.add_argument("--profile", default="quick", choices=["tiny", "quick", "full"], help="how many tasks and how long")
+    add_profile_argument(p, "how many tasks and how long (trainer.evaluation.EVAL_PROFILES)")
     p.add_argument("--out", type=Path, help="report folder (default: <state>/reports/<time>)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_eval)
@@ -43,8 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("path", nargs="?", type=Path, help=argparse.SUPPRESS)  # the older spelling of --repo (./scripts/run PATH)
     s.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")
     s.add_argument("--model", dest="base", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling of --base
-    s.add_argument("--profile", default="quick", choices=["quick", "full", "tiny"],
-                   help="quick: minutes on a CPU; full: every unit, epochs (a GPU helps); tiny: tests")
+    add_profile_argument(s, "quick: minutes on a CPU; full: every unit, epochs (a GPU helps); tiny: tests")
     s.add_argument("--cutoff", help="knowledge cutoff (default: hold out the newest --holdout commits)")
     s.add_argument("--holdout", type=int, help="first-parent commits held out for evaluation (default: the newest ones "
                    "that give the profile's number of line tasks, at most "

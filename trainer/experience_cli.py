@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trainer.config import add_profile_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experience", help="turn a git repository into training episodes")
@@ -13,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = esub.add_parser("build", help="build (incrementally) the Repository-Centric Experience of a repository")
     q.add_argument("--repo", type=Path, default=Path("."))
     q.add_argument("--cutoff", default="HEAD", help="learn only from this commit and its history")
-    q.add_argument("--profile", help="take the experience settings (units, targets, budgets) and max_len of a specialize "
-                                     "profile: tiny, quick, full")
+    add_profile_argument(q, "take the experience settings (units, targets, budgets) and max_len of this profile's refresh",
+                         default=None)
     q.add_argument("--units", help="comma-separated: design, implementation, evolution, runtime (runs the tests), text "
                                    "(default: the profile's, else design,implementation,evolution,text)")
     q.add_argument("--targets", help="episodes per unit, e.g. design=200,evolution=200 (the balanced mix; default: the profile's)")

@@ -29,7 +29,7 @@ import git
 from agent.errors import NothingPublished, SwespotError
 from agent.state import EXPERIENCE_DIR, WORK_DIR
 from agent.state import PHASES as PHASES  # a refresh's phases, as status.json names them
-from trainer.config import config_for
+from trainer.config import TrainConfig, config_for
 from trainer.experience import history as H
 from trainer.experience.build import BuildOptions, build_experience, unit_table
 from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 
 OnPhase = Callable[[str, "float | None", dict], None]
 
-# What a profile means for a whole refresh: the training preset, how long to train, and how much
-# experience to synthesise. "quick" is sized for the embedded 270M model on a 2-core CPU (the README's
-# first command must finish in under 15 minutes); "full" uses every unit and trains for epochs.
+# What a profile (trainer.config.PROFILE_NAMES) means for a whole refresh: the training preset
+# ("train_profile", an internal trainer.config.TRAIN_PRESETS name; the key keeps its name so that stored
+# benchmark settings still compare equal), how long to train, and how much experience to synthesise.
+# "quick" is sized for the embedded 270M model on a 2-core CPU (the README's first command must finish
+# in under 15 minutes); "full" uses every unit and trains for epochs.
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
@@ -73,7 +75,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                             "targets": {"design": 2048, "implementation": 2048, "evolution": 2048, "runtime": 2048,
                                         "text": 2048}}},
 }
-GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe
+GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe (a trainer.config.TRAIN_PRESETS name)
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
 MIN_HELDOUT_SHARDS = 4
 
@@ -156,6 +158,21 @@ def profile_settings(profile: str) -> dict:
     if profile not in PROFILES:
         raise SwespotError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
     return PROFILES[profile]
+
+
+def train_config(profile: str, *, device: str = "auto", steps: int | None = None, **values: Any) -> TrainConfig:
+    """What ``profile`` trains with, for a refresh and for ``swespot train --profile`` alike: its training
+    preset (``trainer.config.TRAIN_PRESETS``; "full" on a CUDA device: the GPU recipe), its ``train``
+    settings, ``steps`` instead of its epochs when given, then ``values`` (None values ignored)."""
+    settings = profile_settings(profile)
+    preset = settings["train_profile"]
+    if profile == "full" and pick_device(device) == "cuda":
+        preset = GPU_TRAIN_PROFILE
+    recipe = dict(settings.get("train", {}))
+    if steps:
+        recipe.pop("epochs", None)
+        recipe["steps"] = steps
+    return config_for(preset, **{**recipe, **values, "device": device})
 
 
 def _digest(*parts) -> str:
@@ -242,7 +259,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     # ---- train (the GGUF export and its llama.cpp check inside), resumable in a work folder
     phases.enter("train")
     plan = _plan(opts, settings, store, repo, state, commit)
-    cfg, result = _train(plan, opts, settings, state, commit, _StepControl(phases, control))
+    cfg, result = _train(plan, opts, state, commit, _StepControl(phases, control))
     # per unit: made / verified / dropped while building, and, counted by training's own tokenizer,
     # dropped by length / trained tokens / rendered lengths
     exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
@@ -333,7 +350,7 @@ def _plan(opts: RefreshOptions, settings: dict, store: AdapterStore, repo: Path,
     return _Plan(base, current, continuing, trainable, new, replay, heldout, steps, state / WORK_DIR / f"run-{key}")
 
 
-def _train(plan: _Plan, opts: RefreshOptions, settings: dict, state: Path, commit: str, control: _StepControl):
+def _train(plan: _Plan, opts: RefreshOptions, state: Path, commit: str, control: _StepControl):
     """The train phase (the GGUF export and its check inside): in the plan's work folder (any other,
     stale one removed) on views of the experience (symlinks to the chosen shards). The config and the result."""
     experience, work = state / EXPERIENCE_DIR, state / WORK_DIR
@@ -347,17 +364,10 @@ def _train(plan: _Plan, opts: RefreshOptions, settings: dict, state: Path, commi
         _link_view(views / "replay", plan.replay, experience)
     if plan.heldout:
         _link_view(views / "heldout", plan.heldout, experience)
-    train_profile = settings["train_profile"]
-    if opts.profile == "full":
-        train_profile = GPU_TRAIN_PROFILE if pick_device(opts.device) == "cuda" else train_profile
-    overrides = dict(settings.get("train", {}))
-    if plan.steps:
-        overrides.pop("epochs", None)
-        overrides["steps"] = plan.steps
-    overrides.update(opts.train_overrides)
     init = str(plan.current.path) if plan.continuing and plan.current is not None else ""
-    cfg = config_for(train_profile, **overrides, data=str(views / "train"), base=opts.base, out=str(plan.run_dir / "adapter"),
-                     device=opts.device, init_adapter=init, replay_data=str(views / "replay") if plan.replay else "")
+    cfg = train_config(opts.profile, device=opts.device, steps=plan.steps, **opts.train_overrides, data=str(views / "train"),
+                       base=opts.base, out=str(plan.run_dir / "adapter"), init_adapter=init,
+                       replay_data=str(views / "replay") if plan.replay else "")
     try:
         return cfg, train(cfg, commit=commit, progress=opts.progress, control=control)
     except OSError as exc:

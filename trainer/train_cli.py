@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from trainer.config import TrainConfig, add_profile_argument
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="experience folder")
     p.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")
     p.add_argument("--out", type=Path, help="output folder (default: ./adapter-<timestamp>)")
-    p.add_argument("--profile", default="cpu", choices=["real", "cpu", "tiny"], help="preset of defaults (real: the GPU recipe for 4B models)")
+    add_profile_argument(p, "train as this profile's refresh does: its preset and settings, and its steps unless --steps, "
+                            "--epochs or --max-trained-tokens (or --config) say how long; full on a CUDA device: the GPU "
+                            "recipe for 4B models (default: quick)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps")
     length.add_argument("--epochs", type=float, help="passes over the data")
@@ -45,22 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args) -> int:
-    import time
-
-    from trainer.config import config_for
     from trainer.train import train
 
-    file_values = json.loads(args.config.read_text()) if args.config else {}
-    out = args.out or Path(f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
-    cli = dict(
-        data=str(args.data), base=args.base, out=str(out), steps=args.steps, epochs=args.epochs, lr=args.lr,
-        max_trained_tokens=args.max_trained_tokens,
-        lora_r=args.lora_r, lora_alpha=args.lora_alpha, rslora=args.rslora, max_len=args.max_len,
-        batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
-        init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed, fim=args.fim,
-        export_gguf=False if args.no_export else None,
-    )
-    cfg = config_for(args.profile, **{**file_values, **{k: v for k, v in cli.items() if v is not None}})
+    cfg = config_from_args(args)
     result = train(cfg, commit=args.commit)
     if args.json:
         print(json.dumps({"out": str(result.out), "report": result.report, "manifest": result.manifest}, indent=2))
@@ -72,3 +63,27 @@ def cmd_train(args) -> int:
         if "export" in result.manifest:
             print(f"gguf: {result.manifest['export']['adapter_gguf']} ({result.manifest['export']['verified']})")
     return 0
+
+
+def config_from_args(args) -> TrainConfig:
+    """The profile's training settings (``trainer.pipeline.train_config``, as a refresh trains), then the
+    --config file, then the command line; the profile's step count unless either says how long."""
+    import time
+
+    from trainer.pipeline import profile_settings, train_config
+
+    file_values = json.loads(args.config.read_text()) if args.config else {}
+    out = args.out or Path(f"adapter-{time.strftime('%Y%m%d-%H%M%S')}")
+    cli = dict(
+        data=str(args.data), base=args.base, out=str(out), steps=args.steps, epochs=args.epochs, lr=args.lr,
+        max_trained_tokens=args.max_trained_tokens,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, rslora=args.rslora, max_len=args.max_len,
+        batch_tokens=args.batch_tokens, grad_accum=args.grad_accum, precision=args.precision,
+        init_adapter=args.init_adapter, replay_data=args.replay_data, seed=args.seed, fim=args.fim,
+        export_gguf=False if args.no_export else None,
+    )
+    given = {**file_values, **{k: v for k, v in cli.items() if v is not None}}
+    length_given = any(given.get(k) for k in ("steps", "epochs", "max_trained_tokens"))
+    steps = given.pop("steps", None) if length_given else profile_settings(args.profile)["steps"]
+    file_device = given.pop("device", None)
+    return train_config(args.profile, device=args.device or file_device or "auto", steps=steps, **given)
