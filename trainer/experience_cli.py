@@ -50,15 +50,20 @@ def _targets(text: str | None) -> dict:
     return out
 
 
-def _tokenizer(fit: str):
+def fit_tokenizer(fit: str):
     """The tokenizer --fit names, or None (never downloads: a folder on disk or the prepared default)."""
-    from agent.errors import SwespotError
+    from agent.errors import BadModelSpec, SwespotError
+    from agent.model_spec import resolve_model
 
     if fit == "none":
         return None
     from trainer.default_model import default_hf_dir
 
-    where = default_hf_dir() if fit in ("default", "auto") else Path(fit)
+    ref = resolve_model("default" if fit == "auto" else fit, "--fit model", "'default', a local HF folder, none or auto")
+    if ref.kind == "gguf":
+        raise BadModelSpec(f"--fit reads a tokenizer from a folder, not from the GGUF file {ref.path} "
+                           "(give 'default', a local HF folder, none or auto)")
+    where = ref.path or default_hf_dir()
     if not (where / "config.json").is_file() and not (where / "tokenizer.json").is_file():
         if fit == "auto":
             return None
@@ -95,7 +100,7 @@ def cmd_build(args) -> int:
     opts = BuildOptions(cutoff=args.cutoff, seed=args.seed, run_tests=args.run_tests or settings.pop("run_tests", False),
                         progress=not args.json, **settings)
     result = build_experience(args.repo, out, opts)
-    tokenizer = _tokenizer(args.fit)
+    tokenizer = fit_tokenizer(args.fit)
     fit = fit_report(out, opts.units, tokenizer, max_len, check=False) if tokenizer is not None else None
     result.fit = fit
     if args.json:

@@ -55,15 +55,18 @@ def test_serving_needs_a_gguf_and_says_how_to_convert_a_folder(tiny_gguf_f32: Pa
 
 def test_every_entry_point_reads_specs_through_the_resolver(tiny_gguf_f32: Path, tiny_hf_dir: Path, tmp_path: Path):
     from agent.models import model_from_spec
+    from trainer.experience_cli import fit_tokenizer
     from trainer.export_check import serving_base
     from trainer.model_io import resolve_base
 
     missing = tmp_path / "no-such-model"
-    for read in (model_from_spec, resolve_base, serving_base):
+    for read in (model_from_spec, resolve_base, serving_base, fit_tokenizer):
         with pytest.raises(BadModelSpec, match="not found: .*no-such-model"):
             read(str(missing))
     with pytest.raises(BadModelSpec, match="is a Hugging Face folder"):
         model_from_spec(str(tiny_hf_dir))
+    with pytest.raises(BadModelSpec, match="--fit reads a tokenizer from a folder, not from the GGUF file"):
+        fit_tokenizer(str(tiny_gguf_f32))
     assert serving_base(str(tiny_gguf_f32)) == tiny_gguf_f32.resolve()
     base = resolve_base(str(tiny_hf_dir))
     assert (base.hf_dir, base.serve_gguf, base.name) == (tiny_hf_dir.resolve(), None, tiny_hf_dir.name)
