@@ -221,11 +221,32 @@ def test_held_out_symbols_get_no_design_episode(tmp_path):
     assert all(f"def {n} " in module["messages"][-1]["content"] for n in held)  # the summary still names them
 
 
+STAGES = '''def shared(x):
+    """Double the value before a step."""
+    return 2 * x
+
+
+class Stage0:
+    """One stage of the run."""
+
+    def advance(self, x):
+        """Move the stage forward by one."""
+        return shared(x) + 1
+
+
+def start(x):
+    """Start the first stage."""
+    return Stage0().advance(x)
+
+
+'''
+
+
 def test_recall_episodes_never_ask_about_nor_answer_with_a_held_out_symbol(tmp_path):
-    # every step calls shared: its callers include held-out steps
-    ws, index, held = _steps(tmp_path, 20, head='def shared(x):\n    """Double the value before a step."""\n    return 2 * x\n\n\n',
-                             step="shared(x)")
-    assert held and not {"shared", "run_all"} & set(held)
+    # every step calls shared: its callers include held-out steps; Stage0 is held out, its method is not
+    ws, index, held = _steps(tmp_path, 20, head=STAGES, step="shared(x)")
+    assert held and not {"shared", "run_all", "Stage0.advance", "start"} & set(held) and is_heldout_fact("lib.py", "Stage0")
+    held.append("Stage0")
     stats = U.UnitStats()
     episodes = U.recall_episodes(ws, index, "lib.py", "c", stats)
     asked = {e["messages"][1]["content"]: e["messages"][2]["content"] for e in episodes}
@@ -236,10 +257,13 @@ def test_recall_episodes_never_ask_about_nor_answer_with_a_held_out_symbol(tmp_p
             assert not any(re.search(rf"\b{n}\b", answer) for n in held), answer
     # who calls shared: every step, held-out ones too, so not asked; a caller that is not held out is
     assert "Who calls shared (lib.py)?" not in asked and stats.rejected["recall answer names a held-out symbol"] >= 1
-    assert asked["Name a function of this repository that calls `shared`."] == "`step_0` in `lib.py` calls `shared`."
+    assert "Name a function of this repository that calls `shared`." not in asked  # its first caller: Stage0.advance
+    assert asked["Name a function of this repository that calls `step_5`."] == "`run_all` in `lib.py` calls `step_5`."
     assert asked["Who calls step_5 (lib.py)?"].startswith("step_5 is called by run_all (lib.py:")
     assert asked["In which file of this repository is the function `step_5` defined?"] == "`step_5` is defined in `lib.py`."
-    assert all(f"def {n} " in asked["What is lib.py for, and what does it define?"] for n in held)
+    assert "Who calls start (lib.py)?" not in asked and "Who calls run_all (lib.py)?" not in asked  # nobody does
+    assert asked["Where is the code that does this: \"Start the first stage\"?"] == "In lib.py:14, function start: def start(x)"
+    assert all(f" {n} (" in asked["What is lib.py for, and what does it define?"] for n in held)
 
 
 def test_every_action_of_a_build_is_grounded_and_follows_a_thought(store, tmp_path):

@@ -20,7 +20,7 @@ from trainer.experience.teacher import Teacher, taught
 from trainer.experience.units.base import WRONG_LOOK_RATE, UnitStats, _finish
 
 _RESOLVERS: weakref.WeakKeyDictionary[RepoIndex, Resolver] = weakref.WeakKeyDictionary()
-RECALL_VERSION = 1  # in the key of a recall shard (trainer/experience/build.py), with GENERATOR_VERSION and DESIGN_SYSTEM
+RECALL_VERSION = 2  # in the key of a recall shard (build.py), with GENERATOR_VERSION and DESIGN_SYSTEM; 2: members of held-out classes
 
 
 def resolver_for(ws: Workspace, index: RepoIndex) -> Resolver:
@@ -64,9 +64,10 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
     file defines a name, a function that calls it: ``design.defined_in``, ``design.calls_it``), each
     answered at once in the layout the evaluation asks in: its system prompt (``DESIGN_SYSTEM``), the
     question, the grounded answer as the whole reply, no tools. The agentic episodes teach the search;
-    these teach the answer itself, so that the weights hold it. Nothing is asked about a held-out symbol,
-    and no answer names one (a caller, a link of a call chain, a subclass); the module summary alone
-    names every top-level definition, held-out ones included, as the agentic module episode does."""
+    these teach the answer itself, so that the weights hold it. Nothing is asked about a held-out symbol
+    or a member of one (``_held_out``), and no answer names one (a caller, a link of a call chain, a
+    subclass); the module summary alone names every top-level definition, held-out ones included, as
+    the agentic module episode does."""
     if is_test_file(path):
         return []
     resolver = resolver or resolver_for(ws, index)
@@ -75,7 +76,7 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
     if module is not None:
         questions.append(module)
     for sym in index.files[path].symbols:
-        if not D.public(sym) or sym.name == "__init__" or is_heldout_fact(path, sym.qualname):
+        if not D.public(sym) or sym.name == "__init__" or _held_out(sym):
             continue
         asked = D.design_questions(index, sym, resolver)
         questions += asked
@@ -86,7 +87,7 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
                 questions.append(D.calls_it(sym, D.caller_of(callers.facts["sites"][0])))
     out = []
     for qa in questions:
-        if qa.kind != "module" and any(is_heldout_fact(s.path, s.qualname) for s in _cited(qa)):
+        if qa.kind != "module" and any(_held_out(s) for s in _cited(qa)):
             stats.rejected["recall answer names a held-out symbol"] += 1
             continue
         messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": qa.question},
@@ -97,6 +98,12 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
         stats.add(episode)
         out.append(episode)
     return out
+
+
+def _held_out(sym: Symbol) -> bool:
+    """A held-out symbol or a member of one: a method of a held-out class names the class and its file."""
+    parts = sym.qualname.split(".")
+    return any(is_heldout_fact(sym.path, ".".join(parts[:k])) for k in range(1, len(parts) + 1))
 
 
 def _cited(qa: D.DesignQA) -> list[Symbol]:
