@@ -20,7 +20,8 @@ from trainer.experience.teacher import Teacher, taught
 from trainer.experience.units.base import WRONG_LOOK_RATE, UnitStats, _finish
 
 _RESOLVERS: weakref.WeakKeyDictionary[RepoIndex, Resolver] = weakref.WeakKeyDictionary()
-RECALL_VERSION = 2  # in the key of a recall shard (build.py), with GENERATOR_VERSION and DESIGN_SYSTEM; 2: members of held-out classes
+_HELD: weakref.WeakKeyDictionary[RepoIndex, tuple[int, list[str]]] = weakref.WeakKeyDictionary()  # index -> its held-out names
+RECALL_VERSION = 3  # in the recall shards' key (build.py), with GENERATOR_VERSION, DESIGN_SYSTEM; 2: held-out members, 3: by name
 
 
 def resolver_for(ws: Workspace, index: RepoIndex) -> Resolver:
@@ -66,8 +67,8 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
     question, the grounded answer as the whole reply, no tools. The agentic episodes teach the search;
     these teach the answer itself, so that the weights hold it. Nothing is asked about a held-out symbol
     or a member of one (``_held_out``), and no answer names one (a caller, a link of a call chain, a
-    subclass); the module summary alone names every top-level definition, held-out ones included, as
-    the agentic module episode does."""
+    subclass, a base class or type in a signature); the module summary alone names every top-level
+    definition, held-out ones included, as the agentic module episode does."""
     if is_test_file(path):
         return []
     resolver = resolver or resolver_for(ws, index)
@@ -87,7 +88,7 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
                 questions.append(D.calls_it(sym, D.caller_of(callers.facts["sites"][0])))
     out = []
     for qa in questions:
-        if qa.kind != "module" and any(_held_out(s) for s in _cited(qa)):
+        if qa.kind != "module" and (any(_held_out(s) for s in _cited(qa)) or names_any(qa.answer, _held_names(index))):
             stats.rejected["recall answer names a held-out symbol"] += 1
             continue
         messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": qa.question},
@@ -104,6 +105,14 @@ def _held_out(sym: Symbol) -> bool:
     """A held-out symbol or a member of one: a method of a held-out class names the class and its file."""
     parts = sym.qualname.split(".")
     return any(is_heldout_fact(sym.path, ".".join(parts[:k])) for k in range(1, len(parts) + 1))
+
+
+def _held_names(index: RepoIndex) -> list[str]:
+    """The qualified names of the index's held-out symbols (cached per index and its file count)."""
+    cached = _HELD.get(index)
+    if cached is None or cached[0] != len(index.files):
+        cached = _HELD[index] = (len(index.files), sorted({s.qualname for s in index.symbols() if is_heldout_fact(s.path, s.qualname)}))
+    return cached[1]
 
 
 def _cited(qa: D.DesignQA) -> list[Symbol]:
