@@ -17,6 +17,7 @@ import os
 import posixpath
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pathspec
@@ -190,23 +191,40 @@ class RepoFiles:
     @contextlib.contextmanager
     def scratch_copy(self):
         """A temporary copy of the files the tools see (not ignored), as they are now."""
-        tmp = Path(tempfile.mkdtemp(prefix="swespot-run-"))
-        try:
-            for rel in self.links():
-                # the link itself, never what it points to: inside the sandbox a target outside the copy
-                # does not exist
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(os.readlink(self.root / rel), tmp / rel)
-            for rel in self.files():
-                src = self.root / rel
-                if src.is_symlink() or not src.is_file():
-                    continue
-                dst = tmp / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
+        with scratch_dir("swespot-run-") as tmp:
+            self.copy_into(tmp)
             yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def copy_into(self, dst: Path, *, max_bytes: int | None = None,
+                  on_error: Callable[[str, OSError], None] | None = None) -> None:
+        """Copy the files the tools see (not ignored) into ``dst``, with their mode and times. Symbolic links
+        are copied as links, never what they point to: inside a copy (a sandbox, a snapshot) a target outside
+        it does not exist, so a path through a link that leaves the repository leaves the copy too. Files
+        over ``max_bytes`` are left out; a file that cannot be copied raises, or goes to ``on_error``."""
+        for rel in self.links():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(self.root / rel), dst / rel)
+        for rel in self.files():
+            src = self.root / rel
+            try:
+                if src.is_symlink() or not src.is_file() or max_bytes is not None and src.stat().st_size > max_bytes:
+                    continue  # a link is there already; huge files are not code to edit
+                (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst / rel)
+            except OSError as exc:
+                if on_error is None:
+                    raise
+                on_error(rel, exc)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary folder, removed with everything in it afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 SKIPPED_DIRS = {".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache", ".pytest_cache", ".tox"}

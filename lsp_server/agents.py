@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ from agent.errors import SwespotError
 from agent.loop import Agent, AgentResult, Budget, Cancelled, Submitted
 from agent.models import Model, Reply
 from agent.tools import MAX_FILE_BYTES, Workspace, is_git_metadata, make_tools, symlink_on_path
+from agent.workspace import scratch_dir
 from lsp_server.documents import DocumentSnapshot, FileChange, is_excluded
 
 log = logging.getLogger(__name__)
@@ -150,21 +148,10 @@ def scratch_snapshot(source: EditorWorkspace, open_docs: dict[str, DocumentSnaps
 
     Symbolic links are copied as links (never what they point to), so a path through a link that leaves
     the repository leaves the snapshot too and the tools refuse it, as they would in the repository: it
-    does not look free. Git's metadata is not copied."""
-    tmp = Path(tempfile.mkdtemp(prefix="swespot-task-"))
-    try:
-        for rel in source.links():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.readlink(source.root / rel), tmp / rel)
-        for rel in source.files():
-            src = source.root / rel
-            try:
-                if src.is_symlink() or src.stat().st_size > MAX_FILE_BYTES:
-                    continue  # a link is there already; huge files are not code to edit
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, tmp / rel)
-            except OSError as exc:
-                log.debug("not in the snapshot: %s (%s)", rel, exc)
+    does not look free. Git's metadata is not copied; nor are files over MAX_FILE_BYTES (not code to edit)."""
+    with scratch_dir("swespot-task-") as tmp:
+        source.copy_into(tmp, max_bytes=MAX_FILE_BYTES,
+                         on_error=lambda rel, exc: log.debug("not in the snapshot: %s (%s)", rel, exc))
         for rel, doc in open_docs.items():
             if is_git_metadata(rel) or symlink_on_path(tmp, rel) is not None:
                 log.debug("open document not in the snapshot: %s (git metadata, or through a link)", rel)
@@ -172,8 +159,6 @@ def scratch_snapshot(source: EditorWorkspace, open_docs: dict[str, DocumentSnaps
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(doc.text, encoding="utf-8")
         yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def changes_of(workspace: Workspace) -> list[FileChange]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -211,3 +212,27 @@ def test_commands_run_in_a_scratch_copy_never_in_the_users_tree(repo):
     assert "[exit code 0" in out and "\n1\n" in out  # the command saw the agent's current edit
     assert str(repo) not in out.split("\n", 3)[-1]  # ... from another folder
     assert "return a + b" in (repo / "calc/ops.py").read_text()  # and its writes did not reach the tree
+
+
+def test_copies_of_the_tree_keep_links_as_links_and_modes_and_can_leave_big_files_out(repo, tmp_path):
+    """One copy of the tree (``RepoFiles.copy_into``) for the sandbox's scratch copy and the editor's task snapshot."""
+    from agent.workspace import RepoFiles, scratch_dir
+
+    (repo / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (repo / "run.sh").chmod(0o755)
+    (repo / "big.bin").write_bytes(b"x" * 5000)
+    (repo / "outside").symlink_to(tmp_path)
+    files = RepoFiles(repo)
+    with files.scratch_copy() as copy:
+        assert (copy / "run.sh").stat().st_mode & 0o777 == 0o755 and (copy / "big.bin").stat().st_size == 5000
+        assert (copy / "outside").is_symlink() and (copy / "outside").readlink() == tmp_path
+        assert (copy / "calc/ops.py").read_text() == (repo / "calc/ops.py").read_text() and not (copy / ".git").exists()
+    assert not copy.exists()
+    skipped: list[str] = []
+    with scratch_dir("swespot-test-") as snapshot:
+        (repo / "locked.py").write_text("secret = 1\n")
+        (repo / "locked.py").chmod(0)
+        RepoFiles(repo).copy_into(snapshot, max_bytes=4096, on_error=lambda rel, exc: skipped.append(rel))
+        assert not (snapshot / "big.bin").exists() and (snapshot / "run.sh").exists()
+        assert skipped == (["locked.py"] if os.geteuid() != 0 else [])
+    assert not snapshot.exists()
