@@ -18,7 +18,8 @@ where it can), which gives the command
   not enforced by the kernel for root), a size-capped ``/tmp``. At the time limit the sandbox's init is
   killed and with it every process of its PID namespace, whatever they did (``setsid``, ignoring
   SIGTERM, holding the output open);
-- output read as it comes, keeping at most ``output_limit`` bytes (head and tail), never the whole.
+- output read as it comes, keeping at most ``output_limit`` bytes (head and tail), never the whole
+  (``agent.process_output``).
 
 Where bubblewrap is missing or cannot work (no user namespaces), running repository code is refused
 with one message, unless the user sets ``SWESPOT_UNSAFE_NO_SANDBOX=1``: then it runs as before this
@@ -32,7 +33,6 @@ import functools
 import logging
 import os
 import resource
-import selectors
 import shutil
 import signal
 import subprocess
@@ -45,6 +45,7 @@ from pathlib import Path
 
 from agent import gitsafe
 from agent.errors import SwespotError
+from agent.process_output import CappedOutput, pump
 
 log = logging.getLogger(__name__)
 
@@ -240,63 +241,6 @@ def _threads_now() -> int | None:
         return None
 
 
-class CappedOutput:
-    """Bytes kept from a stream: the first ``limit // 2`` and the last ``limit - limit // 2``."""
-
-    def __init__(self, limit: int) -> None:
-        self.head_limit = max(0, limit // 2)
-        self.tail_limit = max(0, limit - self.head_limit)
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        room = self.head_limit - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk and self.tail_limit:
-            self.tail += chunk
-            if len(self.tail) > 2 * self.tail_limit:  # trimmed now and then, not at every chunk
-                del self.tail[:-self.tail_limit]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.head_limit + self.tail_limit
-
-    def text(self) -> str:
-        tail = bytes(self.tail[-self.tail_limit:]) if self.tail_limit else b""
-        if not self.truncated:
-            return (bytes(self.head) + tail).decode("utf-8", errors="replace")
-        cut = self.total - len(self.head) - len(tail)
-        return (f"{bytes(self.head).decode('utf-8', errors='replace')}\n... [{cut} characters cut] ...\n"
-                f"{tail.decode('utf-8', errors='replace')}")
-
-
-def _pump(proc: subprocess.Popen, out: CappedOutput, deadline: float) -> bool:
-    """Read the process's output until it ends or the deadline passes; True when it passed."""
-    assert proc.stdout is not None  # started with stdout=PIPE
-    fd = proc.stdout.fileno()
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return True
-            if not sel.select(timeout=left):
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                break
-            out.add(chunk)
-    try:  # the output closed; the process may still be running
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return True
-    return False
-
-
 def _kill(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -363,11 +307,11 @@ def run_limited(
         return RunResult(None, f"could not start {argv[0]!r}: {exc}", False, 0.0, isolated, sandboxed=sandboxed)
     out = CappedOutput(output_limit)
     try:
-        timed_out = _pump(proc, out, time.monotonic() + timeout_s)
+        timed_out = pump(proc, out, time.monotonic() + timeout_s)
         if timed_out:
             # the sandbox's init dies, and the kernel kills every process of its PID namespace
             _kill(proc)
-            _pump(proc, out, time.monotonic() + 2)  # what is still in the pipe
+            pump(proc, out, time.monotonic() + 2)  # what is still in the pipe
     finally:
         if proc.poll() is None:
             _kill(proc)
