@@ -1,5 +1,11 @@
 """Running the models: every model through llama.cpp exactly as it is served (the base GGUF plus an
-adapter) on the tasks, one row per model and task; ``evaluate`` is the whole evaluation."""
+adapter) on the tasks, one row per model and task; ``evaluate`` is the whole evaluation.
+
+Infill tasks borrow the language server's own prompt code (``lsp_server.completion``: ``serving_fim``,
+``build_prompt``, the trimming) on purpose, so that they are scored in exactly the prompt and layout the
+server serves. That import points up the layers (agent ← trainer ← lsp_server), so it is made inside the
+two methods that use it (``Evaluator._select``, ``Evaluator._infill_task``), never at module level: still a
+plain ``from`` import, so the type checker sees those calls. It is the evaluation's only such import."""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 
 import git
 from tqdm import tqdm
@@ -53,16 +58,6 @@ def _left_truncate(runtime, text: str, max_tokens: int) -> list[int]:
     return bos + ids
 
 
-def _server_completion() -> ModuleType:
-    """``lsp_server.completion``: the language server's own prompt code (``serving_fim``, ``build_prompt``,
-    the trimming), borrowed on purpose so that infill tasks are scored in exactly the prompt and layout the
-    server serves. Imported here, not at the top, because it points up the layers (agent ← trainer ←
-    lsp_server); this is the evaluation's only such import."""
-    from lsp_server import completion
-
-    return completion
-
-
 # ---- running the models -------------------------------------------------------------------------
 class Evaluator:
     def __init__(self, base_gguf: Path, models: list[ModelSpec], profile: str = "quick", progress: bool = True,
@@ -83,7 +78,9 @@ class Evaluator:
 
     def _select(self, rt, names: dict, spec: ModelSpec) -> None:
         rt.set_adapters({names[spec.name]: 1.0} if spec.adapter is not None else None)
-        self._fim = _server_completion().serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
+        from lsp_server.completion import serving_fim  # upward, hence here (module docstring)
+
+        self._fim = serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
 
     def run(self, tasks: list[Task], repo_path: Path | None = None) -> list[dict]:
         results: list[dict] = []
@@ -151,7 +148,8 @@ class Evaluator:
 
     def _infill_task(self, rt, task: Task, fim: tuple[str, str, str] | None) -> dict:
         """An infill task in the server's own prompt (no snippets) and layout; see the package docstring."""
-        completion = _server_completion()
+        from lsp_server import completion  # upward, hence here (module docstring)
+
         keep = self.sizes["context_tokens"] * 3  # characters of the code before (about 3 per token of code)
         prefix = task.prompt[-keep:]
         prefix = prefix[prefix.find("\n") + 1:] if len(task.prompt) > keep and "\n" in prefix else prefix
