@@ -66,7 +66,7 @@ def runtime_episodes(ws, index, tenv: TestEnvironment, path: str, examples: dict
             path=path, line=sym.start_line, name=sym.name))
         s.thought_before_submit = say(rng, ["Following the code with {args}: it returns {ret}.",
                                             "With these arguments the body yields {ret}."], args=", ".join(args) or "no arguments", ret=ret)
-        episode = U._finish(s, f"`{call}` returns `{ret}` (observed when the tests ran).", "runtime", commit, stats,
+        episode = U.finish_episode(s, f"`{call}` returns `{ret}` (observed when the tests ran).", "runtime", commit, stats,
                             meta, {"ok": True, "observed": "test run"})
         if episode:
             out.append(episode)
@@ -114,7 +114,7 @@ def _written_test_episode(ws, tenv, sym, module: str, call: str, args: list, ret
         stats.rejected["written test did not pass"] += 1
         return None
     s.thought_before_submit = say(rng, ["It passes.", "The test passes on the current code."])
-    return U._finish(s, f"Added {test_path}; it passes.", "runtime", commit, stats, meta, {"ok": True, "test_passed": True})
+    return U.finish_episode(s, f"Added {test_path}; it passes.", "runtime", commit, stats, meta, {"ok": True, "test_passed": True})
 
 
 def runtime_shards(ws, index, commit: str, out: Path, wanted: set, stats: U.UnitStats, blobs: dict, opts,

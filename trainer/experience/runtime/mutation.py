@@ -152,7 +152,7 @@ def mutation_episode(ws, tenv: TestEnvironment, sym, tests: list[str], commit: s
     if taught:
         return taught
     s, answer = _oracle_names_failing(ws, task, sym, tests, failing, rng)
-    return U._finish(s, answer, "runtime", commit, stats, meta, {"ok": True, "executed": True, "failing": failing, "ran": tests})
+    return U.finish_episode(s, answer, "runtime", commit, stats, meta, {"ok": True, "executed": True, "failing": failing, "ran": tests})
 
 
 def _oracle_names_failing(ws, task: str, sym, tests: list[str], failing: list[str], rng: random.Random) -> tuple[OracleSession, str]:

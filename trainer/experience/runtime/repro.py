@@ -34,7 +34,7 @@ def repro_shards(ws, snap, repo, cutoff: str, out: Path, wanted: set, stats: U.U
     for commit, parent in H.candidate_commits(repo, cutoff, limit=opts.max_commits):
         if tried >= REPRO_ATTEMPTS or episodes >= MAX_REPROS or unit_full(opts, counts):
             break
-        if not U._FIX.search(commit.summary):
+        if not U.FIX_SUBJECT.search(commit.summary):
             continue
         key = hashlib.sha256(json.dumps([U.GENERATOR_VERSION, TRACE_VERSION, "repro", commit.hexsha, getattr(opts, "teacher", None)]).encode()).hexdigest()[:20]
         shard = out / "runtime" / f"{key}.jsonl"
@@ -144,10 +144,10 @@ def repro_episode(ws, snap, change, stats: U.UnitStats, scrub, teacher: Teacher 
             return None
         s.thought_before_submit = say(rng, ["They fail as expected: the bug is reproduced.", "Failing, as they should before the fix."])
         named = ", ".join(f2p[:MAX_LISTED]) + (f" and {len(f2p) - MAX_LISTED} more" if len(f2p) > MAX_LISTED else "")
-        return U._finish(s, f"{named} reproduce{'s' if len(f2p) == 1 else ''} it: failing on the current code, passing once fixed.",
+        return U.finish_episode(s, f"{named} reproduce{'s' if len(f2p) == 1 else ''} it: failing on the current code, passing once fixed.",
                          "runtime", change.parent, stats, meta, {"ok": True, "fails_before": True, "passes_after": True, "fail_to_pass": f2p})
     finally:
-        U._undo_files(ws.root, change)
+        U.undo_files(ws.root, change)
         ws.invalidate([p for fc in change.files for p in (fc.old_path, fc.new_path) if p])
         ws.forget_changes()
 
@@ -156,8 +156,8 @@ def _oracle_writes_tests(s: OracleSession, ws, change, tests: list, target, rng:
     """The oracle's steps to the fix's tests: find the code the fix changes (``target``) and read around the
     change, then write the tests (a new file whole, an existing one by the fix's own edits). False when a
     step cannot be shown (named in ``stats``)."""
-    if U._locate(s, ws, target.path, change.task, rng):
-        line = U._first_changed_line(target.opcodes)
+    if U.locate(s, ws, target.path, change.task, rng):
+        line = U.first_changed_line(target.opcodes)
         near = sorted(n for p, n in s.anchors if p == target.path and abs(n - line) <= 30)
         if near:
             s.act([("read_file", {"path": target.path, "start_line": near[0], "end_line": near[0] + 30})], content=say(rng, [
@@ -173,9 +173,9 @@ def _oracle_writes_tests(s: OracleSession, ws, change, tests: list, target, rng:
         if script is None:
             stats.rejected["no unique edit script"] += 1
             return False
-        if not U._locate(s, ws, fc.new_path, change.task + " " + fc.new_path, rng):
+        if not U.locate(s, ws, fc.new_path, change.task + " " + fc.new_path, rng):
             stats.rejected["file not reachable"] += 1
             return False
-        if not U._edit_seen(s, ws, fc.new_path, fc.before, script, rng, stats):
+        if not U.edit_seen(s, ws, fc.new_path, fc.before, script, rng, stats):
             return False
     return True

@@ -10,23 +10,25 @@ fourth, semantic-runtime alignment, in ``trainer/experience/runtime/``. The name
 runtime unit use are importable from ``trainer.experience.units``.
 """
 
-from trainer.experience.units.base import _FIX, GENERATOR_VERSION, HONEST_UNITS, WRONG_LOOK_RATE, UnitStats, _finish, pytest_runner
+from trainer.experience.units.base import FIX_SUBJECT, GENERATOR_VERSION, HONEST_UNITS, WRONG_LOOK_RATE, UnitStats, finish_episode, pytest_runner
 from trainer.experience.units.evolution import (
     MAX_HUNK_LINES,
-    _edit_seen,
-    _first_changed_line,
-    _locate,
-    _undo_files,
     bug_episode,
     edit_script,
+    edit_seen,
+    first_changed_line,
     hunk_completions,
+    locate,
     replay_episode,
+    undo_files,
 )
 from trainer.experience.units.implementation import MAX_BODY_LINES, implementation_episodes
 from trainer.experience.units.software_design import RECALL_VERSION, design_episodes, recall_episodes, resolver_for
 
+_FIX, _undo_files = FIX_SUBJECT, undo_files  # the older names, until build.py (being edited by another helper) switches
+
 __all__ = [
-    "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "RECALL_VERSION", "WRONG_LOOK_RATE", "UnitStats", "_FIX",
-    "_edit_seen", "_finish", "_first_changed_line", "_locate", "_undo_files", "bug_episode", "design_episodes",
+    "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "RECALL_VERSION", "WRONG_LOOK_RATE", "UnitStats", "FIX_SUBJECT",
+    "edit_seen", "finish_episode", "first_changed_line", "locate", "undo_files", "bug_episode", "design_episodes",
     "edit_script", "hunk_completions", "implementation_episodes", "pytest_runner", "recall_episodes", "replay_episode", "resolver_for",
 ]

@@ -1,5 +1,5 @@
 """What the units share: the per-unit counts (``UnitStats``), the rule that finishes an oracle session
-into an episode (``_finish``), the verifier of a teacher's code change and the oracle's test runner."""
+into an episode (``finish_episode``), the verifier of a teacher's code change and the oracle's test runner."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from trainer.experience.teacher import changed_files, parses, same_code, tests_d
 GENERATOR_VERSION = 3  # 2: completion-form episodes next to the agentic ones; 3: resolver-grounded answers, honest actions, thoughts
 HONEST_UNITS = ("design", "implementation", "evolution")  # episodes rejected when an action is ungrounded
 WRONG_LOOK_RATE = 0.15  # share of episodes that first look in a plausible wrong place, which an observation corrects
-_FIX = re.compile(r"\b(fix|fixes|fixed|bug|crash|error|wrong|broken|regression)\b", re.I)
+FIX_SUBJECT = re.compile(r"\b(fix|fixes|fixed|bug|crash|error|wrong|broken|regression)\b", re.I)
 
 
 @dataclass
@@ -46,7 +46,7 @@ class UnitStats:
         return out
 
 
-def _finish(session: OracleSession, answer: str, unit: str, commit: str, stats: UnitStats, meta: dict, verified: dict | None = None):
+def finish_episode(session: OracleSession, answer: str, unit: str, commit: str, stats: UnitStats, meta: dict, verified: dict | None = None):
     if session.errors:
         stats.rejected["tool error"] += 1
         return None
@@ -60,8 +60,10 @@ def _finish(session: OracleSession, answer: str, unit: str, commit: str, stats: 
     return episode
 
 
+_finish = finish_episode  # the older name, until software_design.py (being edited by another helper) switches
 
-def _code_verifier(ws: Workspace, oracle: dict[str, str | None], start: dict[str, str | None], tests: list[str], same: dict,
+
+def code_verifier(ws: Workspace, oracle: dict[str, str | None], start: dict[str, str | None], tests: list[str], same: dict,
                    fixed: dict[str, str] | None = None):
     """A teacher's code change verifies when it changed the files the oracle changes (and no other code
     file), everything parses, and it is the oracle's code (``same``: the record then) or the tests decide

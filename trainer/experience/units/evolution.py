@@ -14,7 +14,7 @@ from agent.tools import Workspace
 from trainer.experience.history import line_opcodes
 from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, taught
-from trainer.experience.units.base import _FIX, WRONG_LOOK_RATE, UnitStats, _code_verifier, _finish
+from trainer.experience.units.base import FIX_SUBJECT, WRONG_LOOK_RATE, UnitStats, code_verifier, finish_episode
 
 
 def edit_script(before: str, after: str, opcodes: list | None = None) -> list[tuple[str, str]] | None:
@@ -66,7 +66,7 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
                 "{path} does not exist yet; I'll create it.", "This needs a new file, {path}."], path=fc.new_path))
             touched.append(fc.new_path)
             continue
-        if not _locate(s, ws, fc.old_path, task, rng):
+        if not locate(s, ws, fc.old_path, task, rng):
             stats.rejected["file not reachable"] += 1
             return None
         if fc.kind == "D":
@@ -84,7 +84,7 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
             stats.rejected["no unique edit script"] += 1
             return None
         changed: list[str] = []
-        if not _edit_seen(s, ws, fc.old_path, fc.before, script, rng, stats, changed):
+        if not edit_seen(s, ws, fc.old_path, fc.before, script, rng, stats, changed):
             return None
         touched.append(f"{fc.old_path} ({', '.join(changed)})" if changed else fc.old_path)
     reached = all(_content(ws, fc.new_path) == fc.after for fc in change.files if fc.new_path) and all(
@@ -97,7 +97,7 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
         stats.rejected["does not reach the child commit"] += 1
         return None
     s.thought_before_submit = say(rng, ["That covers {files}.", "Done: the change touches {files}."], files=", ".join(touched))
-    return _finish(s, f"{change.subject or 'Applied the change'}: changed {', '.join(touched)}.", "evolution", change.parent, stats,
+    return finish_episode(s, f"{change.subject or 'Applied the change'}: changed {', '.join(touched)}.", "evolution", change.parent, stats,
                    {"commit": change.commit, "issue_refs": change.issue_refs, "files": [fc.path for fc in change.files]}, verified)
 
 
@@ -111,7 +111,7 @@ def _taught_replay(ws: Workspace, change, stats: UnitStats, task: str, teacher: 
     start.update({fc.new_path: None for fc in code if fc.kind in ("A", "R")})
     fixed = {fc.new_path: fc.after for fc in change.files if fc not in code and fc.new_path and fc.after is not None
              and fc.new_path.endswith(".py")}
-    verify = _code_verifier(ws, oracle, start, sorted(p for p in fixed if PurePosixPath(p).name != "conftest.py"),
+    verify = code_verifier(ws, oracle, start, sorted(p for p in fixed if PurePosixPath(p).name != "conftest.py"),
                             {"reaches_child": True, "child": change.commit}, fixed)
     return taught(teacher, stats, ws, task, verify, unit="evolution", commit=change.parent,
                   meta={"commit": change.commit, "issue_refs": change.issue_refs, "files": [fc.path for fc in change.files]})
@@ -142,7 +142,7 @@ def _task_terms(task: str) -> list[str]:
     return out[:8]
 
 
-def _locate(s: OracleSession, ws: Workspace, path: str, task: str, rng: random.Random) -> bool:
+def locate(s: OracleSession, ws: Workspace, path: str, task: str, rng: random.Random) -> bool:
     """Bring ``path`` into view the way an agent could: it may already have been seen; else search a word
     of the task that finds it (now and then after a word that does not); else a file name the task
     mentions; else walk the folders down to it. True once the path is in an observation."""
@@ -194,7 +194,7 @@ def _locate(s: OracleSession, ws: Workspace, path: str, task: str, rng: random.R
     return path in s.seen
 
 
-def _edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: list[tuple[str, str]], rng: random.Random,
+def edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: list[tuple[str, str]], rng: random.Random,
                stats: UnitStats, changed: list[str] | None = None) -> bool:
     """Read the lines each replacement changes (starting where an observation showed a line of the file,
     or at the enclosing definition an outline shows), then make the replacements. False when the edit
@@ -260,7 +260,7 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
                 teacher: Teacher | None = None) -> dict | None:
     """The seed paper's second form: put a historical fix's bug back into today's code (where the fix
     still applies in reverse) and have the episode find and fix it."""
-    if not _FIX.search(change.subject):
+    if not FIX_SUBJECT.search(change.subject):
         return None
     targets = [fc for fc in change.files if fc.kind == "M" and not is_test_file(fc.path)]
     if len(targets) != 1:
@@ -287,17 +287,17 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
         task = f"Bug report: {change.subject}. Find the cause and fix it."
         if teacher is not None:
             tests = sorted({t.path for t in change.files if is_test_file(t.path) and t.path.endswith(".py") and (ws.root / t.path).exists()})
-            verify = _code_verifier(ws, {fc.path: current}, {fc.path: buggy}, tests, {"restores_fix": True, "fix_commit": change.commit})
+            verify = code_verifier(ws, {fc.path: current}, {fc.path: buggy}, tests, {"restores_fix": True, "fix_commit": change.commit})
             episode = taught(teacher, stats, ws, task, verify, unit="evolution", commit=commit,
                              meta={"form": "reintroduced bug", "fix_commit": change.commit, "path": fc.path})
             if episode is not None:
                 return episode
         s = OracleSession(ws, task)
-        if not _locate(s, ws, fc.path, task, rng):
+        if not locate(s, ws, fc.path, task, rng):
             stats.rejected["file not reachable"] += 1
             return None
         changed: list[str] = []
-        if not _edit_seen(s, ws, fc.path, buggy, fix, rng, stats, changed):
+        if not edit_seen(s, ws, fc.path, buggy, fix, rng, stats, changed):
             return None
         fixed = ws.read_text(fc.path) == current
         verified = {"ok": fixed, "restores_fix": fixed, "fix_commit": change.commit}
@@ -310,14 +310,14 @@ def bug_episode(ws: Workspace, change, stats: UnitStats, commit: str, *, test_ru
             stats.rejected["bug not fixed"] += 1
             return None
         s.thought_before_submit = say(rng, ["The cause was in {path}; fixed.", "{path} is fixed."], path=fc.path)
-        return _finish(s, f"Fixed: {change.subject} (in {fc.path}{': ' + ', '.join(changed) if changed else ''})", "evolution", commit, stats,
+        return finish_episode(s, f"Fixed: {change.subject} (in {fc.path}{': ' + ', '.join(changed) if changed else ''})", "evolution", commit, stats,
                        {"form": "reintroduced bug", "fix_commit": change.commit, "path": fc.path}, verified)
     finally:
         ws.write_text(fc.path, current)
         ws.forget_changes()
 
 
-def _undo_files(tree, change) -> None:
+def undo_files(tree, change) -> None:
     """Put the parent's versions of a change's files back (after a replay or reproduction)."""
     for fc in change.files:
         if fc.new_path:
@@ -332,5 +332,5 @@ def _content(ws: Workspace, rel: str) -> str | None:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
-def _first_changed_line(opcodes: list) -> int:
+def first_changed_line(opcodes: list) -> int:
     return next((i1 + 1 for tag, i1, _, _, _ in opcodes if tag != "equal"), 1)

@@ -12,7 +12,7 @@ from agent.tools import Workspace
 from trainer.experience import design as D
 from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, taught
-from trainer.experience.units.base import UnitStats, _code_verifier, _finish
+from trainer.experience.units.base import UnitStats, code_verifier, finish_episode
 
 MAX_BODY_LINES = 40
 
@@ -20,7 +20,7 @@ MAX_BODY_LINES = 40
 def implementation_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng: random.Random, stats: UnitStats,
                             limit: int = 8, test_runner=None, teacher: Teacher | None = None):
     """Remove a Python function body; gather context with the tools; write it back with an edit. With a
-    ``teacher``, it writes the body first, kept when it verifies (``_code_verifier``), else the oracle's."""
+    ``teacher``, it writes the body first, kept when it verifies (``code_verifier``), else the oracle's."""
     if not path.endswith(".py") or is_test_file(path):
         return []
     original = ws.read_text(path)
@@ -113,7 +113,7 @@ def _implementation_episode(ws, index, sym: Symbol, path: str, head: str, stub: 
         stats.rejected["not verified"] += 1
         return None
     s.thought_before_submit = say(rng, ["{qualname} is written.", "That completes {qualname}."], qualname=sym.qualname)
-    return _finish(s, f"Implemented {sym.qualname} in {path} ({sym.signature}); the body starts with `{first_line[:80]}`.",
+    return finish_episode(s, f"Implemented {sym.qualname} in {path} ({sym.signature}); the body starts with `{first_line[:80]}`.",
                    "implementation", commit, stats, {"symbol": sym.qualname, "path": path}, verified)
 
 
@@ -123,5 +123,5 @@ def _taught_implementation(ws: Workspace, index: RepoIndex, sym: Symbol, path: s
     """The teacher's body, kept when it verifies: the original code, or (where it differs) passing the tests
     that use the symbol (at most three test files)."""
     tests = sorted({r.path for r in index.references(sym.name) if is_test_file(r.path) and r.path.endswith(".py")})[:3]
-    verify = _code_verifier(ws, {path: original}, {path: ws.read_text(path)}, tests, {"matches_original": True})
+    verify = code_verifier(ws, {path: original}, {path: ws.read_text(path)}, tests, {"matches_original": True})
     return taught(teacher, stats, ws, task, verify, unit="implementation", commit=commit, meta={"symbol": sym.qualname, "path": path})
