@@ -370,6 +370,11 @@ def test_recall_is_made_only_when_asked_and_joins_an_existing_experience(facts_r
     assert again.shards_reused == first.shards_made and again.shards_made >= 1 and again.shards_removed == 0
     assert 40 <= len(recall) == again.stats["design"]["recall"] and again.stats["design"]["made"] == len(recall)
     assert again.stats["design"]["episodes_on_disk"] == first.stats["design"]["episodes_on_disk"] + len(recall)
+    opts.recall_per_file = 3  # a share per file: the target spreads over more files
+    spread = build_experience(root, tmp_path / "exp", opts)
+    files = {e["meta"]["path"] for e in _recall(tmp_path / "exp")}
+    assert spread.stats["design"]["recall"] == len(_recall(tmp_path / "exp")) >= 40 and len(files) > len({e["meta"]["path"] for e in recall})
+    assert all(sum(e["meta"]["path"] == f for e in _recall(tmp_path / "exp")) <= 3 for f in files)
 
 
 def _design_qa(folder) -> dict[str, str]:

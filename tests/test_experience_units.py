@@ -270,6 +270,10 @@ def test_recall_episodes_never_ask_about_nor_answer_with_a_held_out_symbol(tmp_p
     assert asked["Where is the code that does this: \"Start the first stage\"?"] == "In lib.py:14, function start: def start(x)"
     assert "Where is the code that does this: \"Build the stage the run starts with\"?" not in asked  # its signature names Stage0
     assert all(f" {n} (" in asked["What is lib.py for, and what does it define?"] for n in held)
+    # a share per file: a seeded sample, in file order
+    some = U.recall_episodes(ws, index, "lib.py", "c", U.UnitStats(), limit=7, rng=random.Random(1))
+    assert len(some) == 7 and [e["id"] for e in some] == [e["id"] for e in episodes if e in some]
+    assert some == U.recall_episodes(ws, index, "lib.py", "c", U.UnitStats(), limit=7, rng=random.Random(1))
 
 
 def test_every_action_of_a_build_is_grounded_and_follows_a_thought(store, tmp_path):

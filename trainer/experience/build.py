@@ -64,6 +64,7 @@ class BuildOptions:
     # "recall": the design unit's recall episodes (a question answered without tools, in the evaluation's
     # layout: units.recall_episodes), counted apart from its agentic ones; absent or 0: none are made
     targets: dict = field(default_factory=dict)
+    recall_per_file: int = 0  # recall episodes per file, a seeded sample (0: every question the file grounds)
     text_chunk_tokens: int = 1024  # unit "text": about this many tokens per chunk (the training max_len)
     progress: bool = True
 
@@ -221,8 +222,9 @@ class _Build:
                 work.append(("design", path, _digest(U.GENERATOR_VERSION, "design", opts.seed, opts.per_file, path, blobs[path],
                                                      _file_facts(index, path), *_given(traced, opts.teacher))))
                 if (opts.targets or {}).get("recall"):  # the design unit's recall episodes: shards of their own
-                    work.append(("recall", path, _digest(U.GENERATOR_VERSION, U.RECALL_VERSION, "recall", DESIGN_SYSTEM, path,
-                                                         blobs[path], _file_facts(index, path), *_given(traced))))
+                    work.append(("recall", path, _digest(U.GENERATOR_VERSION, U.RECALL_VERSION, "recall", DESIGN_SYSTEM, path, blobs[path],
+                                                         _file_facts(index, path),
+                                                         *_given(traced, opts.recall_per_file and (opts.seed, opts.recall_per_file)))))
             if "implementation" in opts.units and path.endswith(".py") and not is_test_file(path):
                 tests = sorted({t for s in index.files[path].symbols for t in index.tests_for(s)})
                 work.append(("implementation", path, _digest(U.GENERATOR_VERSION, "impl", opts.seed, opts.implementations_per_file,
@@ -243,7 +245,8 @@ class _Build:
                 continue
             rng = random.Random(f"{opts.seed}:{unit}:{path}")
             if unit == "recall":
-                episodes = U.recall_episodes(self.ws, self.index, path, self.cutoff, self.stats["design"], resolver=self.resolver)
+                episodes = U.recall_episodes(self.ws, self.index, path, self.cutoff, self.stats["design"], resolver=self.resolver,
+                                             limit=opts.recall_per_file, rng=rng)
             elif unit == "design":
                 episodes = U.design_episodes(self.ws, self.index, path, self.cutoff, rng, self.stats[unit], limit=opts.per_file,
                                              resolver=self.resolver, teacher=self.teacher)

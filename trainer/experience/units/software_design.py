@@ -59,7 +59,8 @@ def design_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, rng
     return [e for e in out if e is not None]
 
 
-def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, stats: UnitStats, resolver: Resolver | None = None):
+def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, stats: UnitStats, resolver: Resolver | None = None,
+                    limit: int = 0, rng: random.Random | None = None):
     """Recall episodes about one file: the questions the design unit grounds here (the module question
     and ``design.design_questions`` of each symbol) and the evaluation's design-family questions (which
     file defines a name, a function that calls it: ``design.defined_in``, ``design.calls_it``), each
@@ -68,7 +69,8 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
     these teach the answer itself, so that the weights hold it. Nothing is asked about a held-out symbol
     or a member of one (``_held_out``), and no answer names one (a caller, a link of a call chain, a
     subclass, a base class or type in a signature); the module summary alone names every top-level
-    definition, held-out ones included, as the agentic module episode does."""
+    definition, held-out ones included, as the agentic module episode does. With a ``limit``, a sample of
+    that many (drawn with ``rng``), so that a target spreads over more files."""
     if is_test_file(path):
         return []
     resolver = resolver or resolver_for(ws, index)
@@ -86,11 +88,13 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
             callers = next((qa for qa in asked if qa.kind == "callers"), None)
             if callers is not None:
                 questions.append(D.calls_it(sym, D.caller_of(callers.facts["sites"][0])))
+    kept = [qa for qa in questions if qa.kind == "module"
+            or not (any(_held_out(s) for s in _cited(qa)) or names_any(qa.answer, _held_names(index)))]
+    stats.rejected["recall answer names a held-out symbol"] += len(questions) - len(kept)
+    if 0 < limit < len(kept):  # a seeded sample, in file order
+        kept = [kept[i] for i in sorted((rng or random.Random(path)).sample(range(len(kept)), limit))]
     out = []
-    for qa in questions:
-        if qa.kind != "module" and (any(_held_out(s) for s in _cited(qa)) or names_any(qa.answer, _held_names(index))):
-            stats.rejected["recall answer names a held-out symbol"] += 1
-            continue
+    for qa in kept:
         messages = [{"role": "system", "content": DESIGN_SYSTEM}, {"role": "user", "content": qa.question},
                     {"role": "assistant", "content": qa.answer}]
         grounded = "index" if qa.kind in ("module", "defined") else _grounding(qa)
