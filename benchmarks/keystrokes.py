@@ -56,7 +56,7 @@ import agent  # noqa: F401 - every git command of this script runs no repository
 from agent.errors import SwespotError
 from benchmarks.table import print_rows
 from lsp_server.protocol import make_converter
-from trainer.evaluation import MIN_PAIRED_TASKS, _resamples, body_tasks, line_tasks, post_cutoff_changes
+from trainer.evaluation import MIN_PAIRED_TASKS, body_tasks, line_tasks, post_cutoff_changes, resample_indices
 from trainer.store import AdapterStore, check_version_dir, state_dir
 
 NO_CONTEXT = "base, no definitions"
@@ -340,7 +340,7 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
     if len(b) < MIN_PAIRED_TASKS:
         out["note"] = f"fewer than {MIN_PAIRED_TASKS} paired tasks: no interval"
         return out
-    idx = _resamples(len(b), seed, resamples)
+    idx = resample_indices(len(b), seed, resamples)
     lo, hi = np.percentile((c[idx] - b[idx]).mean(1), [2.5, 97.5])
     out["ratio_difference_ci95"] = [round(float(lo), 4), round(float(hi), 4)]
     if out["p50_ms_difference"] is not None:

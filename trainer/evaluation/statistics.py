@@ -49,7 +49,8 @@ def _weighted(values, weights, idx=None):
     return (values[idx] * w).sum(1) / np.maximum(w.sum(1), 1e-12)
 
 
-def _resamples(n: int, seed: int, resamples: int):
+def resample_indices(n: int, seed: int, resamples: int):
+    """The bootstrap's task indices: ``resamples`` rows of ``n`` draws with replacement (seeded)."""
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
@@ -61,7 +62,7 @@ def bootstrap_interval(values, weights=None, *, seed: int = BOOTSTRAP_SEED,
     if len(values) < MIN_PAIRED_TASKS:
         return None
     weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
-    lo, hi = np.percentile(_weighted(values, weights, _resamples(len(values), seed, resamples)), [2.5, 97.5])
+    lo, hi = np.percentile(_weighted(values, weights, resample_indices(len(values), seed, resamples)), [2.5, 97.5])
     return round(float(lo), 4), round(float(hi), 4)
 
 
@@ -103,7 +104,7 @@ def paired_interval(candidate: list[dict], reference: list[dict], metric: str, *
            "rel": round((point_c - point_b) / point_b, 4) if point_b else None,
            "lo": None, "hi": None, "rel_lo": None, "rel_hi": None, "candidate_ci": None, "reference_ci": None}
     if len(triples) >= MIN_PAIRED_TASKS:
-        idx = _resamples(len(triples), seed, resamples)
+        idx = resample_indices(len(triples), seed, resamples)
         mc, mb = _weighted(c, w, idx), _weighted(r, w, idx)
         lo, hi = np.percentile(mc - mb, [2.5, 97.5])
         out.update(lo=round(float(lo), 4), hi=round(float(hi), 4),
