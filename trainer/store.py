@@ -25,7 +25,7 @@ from pathlib import Path
 import git
 
 from agent.errors import NothingPublished, SwespotError
-from agent.state import ADAPTERS_DIR, fsync_dir, read_json_object, write_atomic
+from agent.state import ADAPTERS_DIR, atomic_dir, fsync_dir, read_json_object, write_atomic
 
 # the state folder's contract lives in agent/state.py; these names stay importable from here for callers
 from agent.state import read_status as read_status
@@ -184,30 +184,23 @@ class AdapterStore:
 
     def publish(self, src: str | os.PathLike, *, make_current: bool = True, extra: dict | None = None) -> Version:
         """Copy a finished adapter folder into the store as a new version and (by default) make it
-        current. The copy is assembled in a hidden folder and renamed; ``current`` is replaced last."""
+        current. The copy is assembled in a hidden folder and renamed (``agent.state.atomic_dir``);
+        ``current`` is replaced last."""
         src = Path(src)
         manifest, why = check_version_dir(src)
         if manifest is None:
             raise SwespotError(f"cannot publish {src}: {why}")
         self.root.mkdir(parents=True, exist_ok=True)
         name = self.next_name()
-        incoming = self.root / f".incoming-{name}-{os.getpid()}"
-        shutil.rmtree(incoming, ignore_errors=True)
         try:
-            incoming.mkdir()
-            for item in src.iterdir():
-                if item.is_file() and not item.name.startswith("."):
-                    shutil.copy2(item, incoming / item.name)
-                    with open(incoming / item.name, "rb") as fh:
-                        os.fsync(fh.fileno())
-            manifest = {**manifest, **(extra or {}), "version": name, "published_at": time.time()}
-            write_atomic(incoming / "manifest.json", json.dumps(manifest, indent=2).encode())
-            os.replace(incoming, self.root / name)
-            fsync_dir(self.root)
+            with atomic_dir(self.root / name) as incoming:  # hidden until complete and on disk
+                for item in src.iterdir():
+                    if item.is_file() and not item.name.startswith("."):
+                        shutil.copy2(item, incoming / item.name)
+                manifest = {**manifest, **(extra or {}), "version": name, "published_at": time.time()}
+                (incoming / "manifest.json").write_text(json.dumps(manifest, indent=2))
         except OSError as exc:
             raise NothingPublished(f"could not publish into {self.root}: {exc}") from exc
-        finally:
-            shutil.rmtree(incoming, ignore_errors=True)
         if make_current:
             self.set_current(name)
             try:  # only an explanation: a failure to write it must not undo a publish
@@ -293,7 +286,8 @@ class AdapterStore:
         if keep < 1:
             raise SwespotError("keep at least one version")
         removed = []
-        for leftover in self.root.glob(".incoming-*") if self.root.is_dir() else []:
+        # atomic_dir's hidden folders (".v0003.<pid>-<thread>.tmp"; ".incoming-*" from older releases)
+        for leftover in [*self.root.glob(".*.tmp"), *self.root.glob(".incoming-*")] if self.root.is_dir() else []:
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover.name)
         current = self.current_name()
