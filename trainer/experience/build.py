@@ -301,7 +301,7 @@ class _Build:
             if self.full("evolution"):
                 break
             paths = touched.get(commit.hexsha, [])
-            if not U._FIX.search(commit.summary) or not paths or not all(p in self.allowed for p in paths if p in self.blobs):
+            if not U.FIX_SUBJECT.search(commit.summary) or not paths or not all(p in self.allowed for p in paths if p in self.blobs):
                 continue
             shard = self.claim("evolution", _digest(U.GENERATOR_VERSION, "bug", commit.hexsha, [self.blobs.get(p) for p in paths],
                                                     *_given(self.opts.teacher)))
@@ -332,7 +332,7 @@ class _Build:
             if episode is not None and not episode["meta"].get("teacher"):  # a teacher's change was put back
                 snap.advance(change.commit)  # the tree now is the child commit's (verified)
             else:
-                U._undo_files(snap.tree, change)
+                U.undo_files(snap.tree, change)
             ws.invalidate(touched_now)
             ws.forget_changes()
         completions = U.hunk_completions(change, self.stats["evolution"], self.allowed) if change is not None else []

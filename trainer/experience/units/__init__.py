@@ -25,8 +25,6 @@ from trainer.experience.units.evolution import (
 from trainer.experience.units.implementation import MAX_BODY_LINES, implementation_episodes
 from trainer.experience.units.software_design import RECALL_VERSION, design_episodes, recall_episodes, resolver_for
 
-_FIX, _undo_files = FIX_SUBJECT, undo_files  # the older names, until build.py (being edited by another helper) switches
-
 __all__ = [
     "GENERATOR_VERSION", "HONEST_UNITS", "MAX_BODY_LINES", "MAX_HUNK_LINES", "RECALL_VERSION", "WRONG_LOOK_RATE", "UnitStats", "FIX_SUBJECT",
     "edit_seen", "finish_episode", "first_changed_line", "locate", "undo_files", "bug_episode", "design_episodes",

@@ -60,9 +60,6 @@ def finish_episode(session: OracleSession, answer: str, unit: str, commit: str, 
     return episode
 
 
-_finish = finish_episode  # the older name, until software_design.py (being edited by another helper) switches
-
-
 def code_verifier(ws: Workspace, oracle: dict[str, str | None], start: dict[str, str | None], tests: list[str], same: dict,
                    fixed: dict[str, str] | None = None):
     """A teacher's code change verifies when it changed the files the oracle changes (and no other code

@@ -17,7 +17,7 @@ from trainer.experience import design as D
 from trainer.experience.heldout import is_heldout_fact
 from trainer.experience.oracle import OracleSession, say
 from trainer.experience.teacher import Teacher, taught
-from trainer.experience.units.base import WRONG_LOOK_RATE, UnitStats, _finish
+from trainer.experience.units.base import WRONG_LOOK_RATE, UnitStats, finish_episode
 
 _RESOLVERS: weakref.WeakKeyDictionary[RepoIndex, Resolver] = weakref.WeakKeyDictionary()
 _HELD: weakref.WeakKeyDictionary[RepoIndex, tuple[int, list[str]]] = weakref.WeakKeyDictionary()  # index -> its held-out names
@@ -170,7 +170,7 @@ def _submit_design(s: OracleSession, qa: D.DesignQA, thought: str, commit: str, 
         stats.rejected[rejected] += 1
         return None
     s.thought_before_submit = thought
-    return _finish(s, qa.answer, "design", commit, stats, _design_meta(qa), {"ok": True, "grounded_in": _grounding(qa)})
+    return finish_episode(s, qa.answer, "design", commit, stats, _design_meta(qa), {"ok": True, "grounded_in": _grounding(qa)})
 
 
 _TOP_LEVEL = r"(?m)^(async def|class|def) "
