@@ -1,6 +1,6 @@
 """Streaming generation, the half of ``LlamaRuntime`` (``agent.runtime``) that writes text: the prompt read in
-batches that a cancel or a deadline can interrupt (what was read stays in the KV cache for the next call),
-tokens until an end-of-generation token, a stop string, ``max_tokens``, a cancel or the deadline, text held
+batches that a cancel can interrupt (what was read stays in the KV cache for the next call), tokens until
+an end-of-generation token, a stop string, ``max_tokens``, a cancel or the deadline, text held
 back while it could still grow into a stop string, and the thread count re-chosen between generations.
 It calls llama.cpp only through the runtime's objects: ``agent.runtime`` stays the one module that imports it.
 """
@@ -22,8 +22,7 @@ from agent.threads import choose_threads
 
 log = logging.getLogger("agent.runtime")  # the runtime's own log, as before the split
 THREAD_REFIT_S = 5.0  # how often an automatic thread count is re-chosen (between generations)
-PROBE_BATCH = 32  # prompt tokens evaluated to learn the model's speed before a deadline's first batch is sized
-SPEED_WEIGHT = 0.3  # weight of the newest measurement in the running per-token times (prompt and generation)
+SPEED_WEIGHT = 0.3  # weight of the newest measurement in the running per-token time of generation
 clock = time.perf_counter  # what deadlines are measured with (a test may stand in a slower machine's)
 
 
@@ -58,9 +57,7 @@ class Generation:
         self.thread_setting = thread_setting
         self.n_threads = n_threads
         self._own_load, self._own_at, self._fitted_at = 0.0, time.monotonic(), time.monotonic()
-        # seconds per prompt token (batched) and per generated token, as measured lately: what a deadline plans with
-        self._prompt_token_s: float | None = None
-        self._token_s = 0.0
+        self._token_s = 0.0  # seconds per generated token, as measured lately: what a deadline plans with
 
     def generate(
         self,
@@ -72,7 +69,6 @@ class Generation:
         cancel: threading.Event | None = None,
         stats: dict | None = None,
         deadline: float | None = None,
-        read_by_deadline: bool = True,
     ) -> Generator[str, None, None]:
         """Stream the completion of ``prompt`` as text pieces. Stops at end-of-generation tokens, at
         any ``stop`` string (which is not returned), after ``max_tokens``, or when ``cancel`` is set
@@ -80,12 +76,11 @@ class Generation:
         filled with prompt_tokens, cached_tokens (reused from the KV cache), completion_tokens and
         finish_reason.
 
-        ``deadline``  is when the text is due: the prompt is evaluated
-        in batches sized to end before it, and no token is started that would come after it
-        (finish_reason "deadline"). A prompt that does not fit in time yields nothing, but what was
-        evaluated stays in the KV cache, so the next call with the same start goes on from there. With
-        ``read_by_deadline`` False the prompt is read whole whatever the time and its first token always
-        comes; only the tokens after it keep the deadline."""
+        ``deadline`` (``clock()`` time) is when the text is due: no token after the first is started that
+        would come after it (finish_reason "deadline"). The prompt is read whole whatever the time and its
+        first token always comes: reading a prompt only up to the deadline (the next call going on from what
+        was read) left an inline completion's next keystrokes without a suggestion and cost ~5% of the
+        characters saved on click (README); a caller keeps its prompts short enough instead."""
         tokens = self._prompt_tokens(prompt)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         stats = stats if stats is not None else {}
@@ -95,13 +90,9 @@ class Generation:
         hold = max((len(s) for s in stop), default=0)
         with self._lock, self._busy():
             stats["cached_tokens"] = self._cached_prefix(tokens[:-1])
-            prompt_deadline = deadline if read_by_deadline else None
-            if (cancel is not None or prompt_deadline is not None) and not self._prefill(tokens[:-1], cancel, prompt_deadline):
-                stats["finish_reason"] = "cancelled" if cancel is not None and cancel.is_set() else "deadline"
+            if cancel is not None and not self._prefill(tokens[:-1], cancel):
+                stats["finish_reason"] = "cancelled"
                 return
-            if read_by_deadline and deadline is not None and clock() + self._token_s > deadline:
-                stats["finish_reason"] = "deadline"
-                return  # (a prompt read whole past its deadline still gets its first token, as before)
             with contextlib.closing(self._sampled(tokens, temperature, cancel, deadline, stats)) as sampled:
                 for token in sampled:
                     stats["completion_tokens"] += 1
@@ -195,34 +186,34 @@ class Generation:
             keep += 1
         return keep
 
-    def _prefill(self, tokens: list[int], cancel: threading.Event | None, deadline: float | None = None) -> bool:
+    def prefill(self, prompt: str | Sequence[int], cancel: threading.Event, *, batch: int = 64) -> tuple[int, int, int]:
+        """Read ``prompt`` into the KV cache ahead of its generation (all but its last token, as ``generate``
+        reads it), in batches of ``batch`` tokens, checking ``cancel`` between them: a later ``generate``
+        of the same prompt, or of one that goes on from it, then reads only what is left. Returns the
+        prompt's tokens and how many of them were cached before and are after (a cancel keeps what was read)."""
+        tokens = self._prompt_tokens(prompt)
+        with self._lock, self._busy():
+            before = self._cached_prefix(tokens[:-1])
+            self._prefill(tokens[:-1], cancel, batch)
+            return len(tokens), before, self._cached_prefix(tokens[:-1])
+
+    def _prefill(self, tokens: list[int], cancel: threading.Event, batch: int | None = None) -> bool:
         """Evaluate a long prompt batch by batch, checking ``cancel`` between batches (llama.cpp's own
         generate evaluates the whole prompt before the first token, which on a cold 1,000-token prompt
         is seconds the user cannot interrupt). Reuses the cached prefix as generate does, and leaves the
-        cache consistent, so generate then evaluates only what is left. With a ``deadline``, each batch
-        is sized to end before it (leaving one token's time to generate), at the prompt speed measured
-        lately. False when cancelled or out of time (what was evaluated stays cached)."""
+        cache consistent, so generate then evaluates only what is left. False when cancelled (what was
+        evaluated stays cached). Without ``batch``, a prompt left to read in one batch is left to generate."""
         llm = self._llm
         keep = self._cached_prefix(tokens)
-        if deadline is None and len(tokens) - keep <= llm.n_batch:
-            return cancel is None or not cancel.is_set()  # one batch: nothing to interrupt
+        step = batch or llm.n_batch
+        if batch is None and len(tokens) - keep <= step:
+            return not cancel.is_set()  # one batch: nothing to interrupt
         llm.n_tokens = keep  # eval() drops the cache after n_tokens first
-        start = keep
-        while start < len(tokens):
-            if cancel is not None and cancel.is_set():
+        for start in range(keep, len(tokens), step):
+            if cancel.is_set():
                 return False
-            size = llm.n_batch
-            if deadline is not None:
-                left = deadline - clock() - self._token_s
-                size = min(size, PROBE_BATCH if self._prompt_token_s is None else int(left / self._prompt_token_s))
-                if left <= 0 or size < min(PROBE_BATCH, len(tokens) - start):
-                    return False  # a batch worth its overhead no longer fits: the next call goes on from here
-            begun = clock()
-            batch = tokens[start: start + size]
-            llm.eval(batch)
-            self._prompt_token_s = _running(self._prompt_token_s, (clock() - begun) / len(batch))
-            start += len(batch)
-        return cancel is None or not cancel.is_set()
+            llm.eval(tokens[start: start + step])
+        return not cancel.is_set()
 
     def complete(
         self,

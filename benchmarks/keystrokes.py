@@ -9,7 +9,12 @@ the answer (a typist who waits: a faster one sees fewer suggestions). When the s
 what comes next, the user accepts its longest matching prefix (``--granularity char``; ``word`` cuts
 that back to a word boundary, as accepting word by word would) with one keystroke (Tab), if it covers
 at least 2 characters; otherwise the user types the next character. Indentation is typed like any other
-character (no editor auto-indent).
+character (no editor auto-indent). Before the first keystroke at the task's place the cursor comes to
+rest there: the client asks for code actions at it, as VS Code does wherever the cursor stops (the
+server reads the completion prompt there meanwhile), and the user takes ``--think-ms`` (1,350 ms, the
+keystroke-level model's mental preparation M of Card, Moran & Newell, 1980; the pointing and the move
+of the hands to the keyboard that come before it in a mouse-placed cursor are not counted) before
+asking for the first suggestion; 0 asks at once, as a user who had never stopped would.
 
 Reported per model (the base, and an adapter side by side in the same run, in servers asked in turn
 task by task, so machine load hits all alike; with ``--context both`` the base also runs without the
@@ -28,7 +33,8 @@ The server serves the repository checked out at the cutoff (its snippets see no 
 adapter is published into a private store for that checkout. Nothing is downloaded.
 
     .venv/bin/python benchmarks/keystrokes.py --repo /tmp/click [--cutoff REV | --back 300] [--adapter current|PATH]
-        [--tasks 10] [--family all|body|line] [--max-chars 200] [--max-minutes 8] [--granularity char] [--context on|off|both] [--json out.json]
+        [--tasks 10] [--family all|body|line] [--max-chars 200] [--max-minutes 8] [--granularity char] [--think-ms 1350]
+        [--context on|off|both] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ from trainer.store import AdapterStore, check_version_dir, state_dir
 NO_CONTEXT = "base, no definitions"
 CALL_LINE = re.compile(r"completion: (?P<prompt>\d+) prompt tokens, (?P<generated>\d+) generated, (?P<ended>.+?) in (?P<call_ms>\d+) ms"
                        r"(?:, (?P<cached>\d+) cached, first text after (?P<first_ms>\d+) ms, waited (?P<waited_ms>\d+) ms)?, (?P<layout>[a-z -]+)$")
+WARM_LINE = re.compile(r"warm-up at the cursor: (?P<prompt>\d+) prompt tokens, (?P<cached_before>\d+) were cached, "
+                       r"(?P<cached_after>\d+) are now, in (?P<ms>\d+) ms")
 MIN_ACCEPT = 2  # accepting costs a keystroke: a 1-character acceptance saves nothing
 _WORD_CHAR = re.compile(r"\w")
 
@@ -234,7 +242,7 @@ class Server:
         text = path.read_text(errors="replace") if path.exists() else ""
         return [(int(n), float(ms)) for n, ms in re.findall(r"completion: (\d+) prompt tokens, .*? in (\d+(?:\.\d+)?) ms", text)]
 
-    async def replay(self, task: TypingTask, granularity: str, deadline: float = float("inf")) -> Replay | None:
+    async def replay(self, task: TypingTask, granularity: str, deadline: float = float("inf"), think_ms: float = 0) -> Replay | None:
         """Type ``task.target`` into the document, accepting what matches (see the module's text); None
         when ``deadline`` (time.monotonic) passes first."""
         lsp = self.lsp
@@ -245,6 +253,11 @@ class Server:
         self.version += 1
         self.client.text_document_did_open(lsp.DidOpenTextDocumentParams(
             lsp.TextDocumentItem(uri, "python", self.version, task.before + task.after)))
+        if think_ms > 0:  # the cursor comes to rest at the place; the user gets ready to type
+            at = lsp.Position(task.before.count("\n"), len(task.before.rsplit("\n", 1)[-1].encode("utf-16-le")) // 2)
+            await self.client.text_document_code_action_async(lsp.CodeActionParams(
+                lsp.TextDocumentIdentifier(uri), lsp.Range(at, at), lsp.CodeActionContext(diagnostics=[])))
+            await asyncio.sleep(think_ms / 1e3)
         typed = 0
         while True:
             before = task.before + task.target[:typed]
@@ -260,6 +273,8 @@ class Server:
                     request["call"] = {k: (v if k in ("ended", "layout") else float(v)) for k, v in m.groupdict().items() if v is not None}
                 elif "completion from the cache" in entry:
                     request["cached"] = True
+                elif m := WARM_LINE.search(entry):
+                    request["warm"] = {k: float(v) for k, v in m.groupdict().items()}
             out.requests.append(request)
             if typed >= len(task.target) or time.monotonic() > deadline:
                 break
@@ -402,7 +417,7 @@ async def run(args, tasks: list[TypingTask], checkout: Path, gguf: Path, work: P
             row: dict[str, Any] = {"task": task.id, "family": task.family, "path": task.path, "chars": len(task.target)}
             done = {}
             for server in order:
-                replay = await server.replay(task, args.granularity, hard_deadline)
+                replay = await server.replay(task, args.granularity, hard_deadline, args.think_ms)
                 if replay is None:
                     break
                 done[server.name] = replay
@@ -443,6 +458,9 @@ def main() -> int:
     parser.add_argument("--max-chars", type=int, default=200, help="characters typed per task at most")
     parser.add_argument("--max-minutes", type=float, default=8.0, help="start no task after this much time; a task still running a quarter later is dropped")
     parser.add_argument("--granularity", choices=("char", "word"), default="char")
+    parser.add_argument("--think-ms", type=float, default=1350.0,
+                        help="the user's pause between the cursor coming to rest at a task's place and the first suggestion asked "
+                             "(the keystroke-level model's M); 0: none")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-ms", type=int, default=700, help="the server's completionMaxMs")
@@ -484,7 +502,7 @@ def main() -> int:
         return 2
     report.update(repo=str(repo), cutoff=cutoff, family=args.family, model=str(gguf), granularity=args.granularity,
                   max_chars=args.max_chars, wall_s=round(time.perf_counter() - started, 1),
-                  settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
+                  think_ms=args.think_ms, settings={"threads": args.threads, "completionMaxTokens": args.max_tokens, "completionMaxMs": args.max_ms,
                             "context": args.context, "completionContextTokens": args.context_tokens},
                   cores=len(os.sched_getaffinity(0)), load_1min=round(os.getloadavg()[0], 2))
     print_rows(f"typing replay of {len(report['tasks'])} held-out tasks ({repo.name}, cutoff {cutoff[:10]}, {args.granularity}-granular acceptance)",

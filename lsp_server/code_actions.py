@@ -1,6 +1,8 @@
 """Code actions: "Explain this" (a chat), "Fix <diagnostic>" and "Write a test for <function>" (tasks).
 Listing them is cheap and runs nothing; the agent runs when an action is resolved
-(``codeAction/resolve``) or its command (``swespot.explain``, ``swespot.codeAction``) is executed."""
+(``codeAction/resolve``) or its command (``swespot.explain``, ``swespot.codeAction``) is executed.
+Asked at an empty range (the cursor at rest), listing them also warms inline completion there
+(``inline_completion.warm``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from agent.index import parse_file
 from lsp_server import protocol as P
 from lsp_server.chat import chat
 from lsp_server.documents import DocumentSnapshot
+from lsp_server.inline_completion import warm_soon
 from lsp_server.tasks import task
 
 if TYPE_CHECKING:
@@ -113,6 +116,8 @@ def register(server: SwespotServer) -> None:
     @server.feature(lsp.TEXT_DOCUMENT_CODE_ACTION, lsp.CodeActionOptions(
         code_action_kinds=[lsp.CodeActionKind.QuickFix, "refactor.swespot"], resolve_provider=True))
     async def on_code_action(ls: SwespotServer, params: lsp.CodeActionParams) -> list[lsp.CodeAction]:
+        if params.range.start == params.range.end:  # the cursor came to rest here
+            warm_soon(ls, params.text_document.uri, params.range.start)
         return await ls.serve(lsp.TEXT_DOCUMENT_CODE_ACTION, lambda: code_actions(ls, params))
 
     @server.feature(lsp.CODE_ACTION_RESOLVE)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lsp_server.server import SwespotServer
 
 log = logging.getLogger("swespot.lsp")
+ANSWER_MARGIN_S = 0.02  # kept from completionMaxMs for the answer's way back (trim, JSON-RPC, the pipe)
 
 
 class CompletionTicket:
@@ -109,26 +110,22 @@ def completion_context(ls: SwespotServer, doc: DocumentSnapshot, position: lsp.P
 def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event, arrived: float | None = None) -> str | None:
     """The model's suggestion (None when cancelled or out of time before any text), on the model thread.
     Generation stops at the stop rules (``stop_point``: the line's end mid-line, the indented block's end
-    otherwise) and by ``completionMaxMs`` after the request ``arrived`` (after its debounce), keeping what
-    came: waiting for the model and reading the prompt count, and no token is started that would come
-    later (as llama.vscode's t_max_predict_ms). A prompt is read whole even past the deadline (a new
-    file's cold prompt, ~2 s) and gets its first token, as before: reading it by the deadline instead
-    (the runtime can, ``read_by_deadline``) left the next 2-3 keystrokes without a suggestion, and on
-    click both that and dropping the first token cost ~5-7% of the characters saved (README)."""
+    otherwise) and by ``completionMaxMs`` after the request ``arrived`` (after its debounce), less
+    ANSWER_MARGIN_S for the answer's way back, keeping what came: waiting for the model and reading the
+    prompt count, and no token is started that would come later (as llama.vscode's t_max_predict_ms).
+    The prompt is read whole and gets its first token whatever the time (``generate``); a new place's
+    prompt (~900 tokens, 1.4-2.8 s on 2 cores) is read ahead while the cursor rests there (``warm``)."""
     started = time.perf_counter()
     arrived = arrived or started
     runtime = ls.runtime
     assert runtime is not None and ls.heartbeat is not None  # the model job loaded it (or raised)
-    served = ls.tracker.active if ls.tracker else None
-    fim = serving_fim(runtime, served.manifest if served else None)  # the layout follows the served adapter
-    snippets = ls.snippets.snippets(ctx, ls.read_for_snippet, ls.is_excluded, budget_tokens=ls.settings.completion_context_tokens,
-                                    count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if ls.snippets else []
+    prompt, fim = completion_prompt(ls, ctx)
     stats: dict = {}
     budget = ls.settings.completion_max_ms / 1e3
     text, ended, first_at = "", None, None
-    stream = runtime.generate(build_prompt(ctx, snippets, fim), max_tokens=ls.settings.completion_max_tokens,
-                              stop=stop_strings(fim), cancel=cancel, stats=stats, deadline=arrived + budget if budget else None,
-                              read_by_deadline=False)  # see the docstring
+    stream = runtime.generate(prompt, max_tokens=ls.settings.completion_max_tokens,
+                              stop=stop_strings(fim), cancel=cancel, stats=stats,
+                              deadline=arrived + budget - ANSWER_MARGIN_S if budget else None)
     try:
         for piece in stream:
             first_at = first_at or time.perf_counter()
@@ -151,6 +148,63 @@ def complete(ls: SwespotServer, ctx: CompletionContext, cancel: threading.Event,
     if stats.get("finish_reason") == "cancelled" or (ended == "time budget" and not text):
         return None  # nothing to show, and nothing to remember for this position: it was not the model's answer
     return trim_completion(fit_to_line_rest(text, ctx), ctx)
+
+
+def completion_prompt(ls: SwespotServer, ctx: CompletionContext) -> tuple[str, tuple[str, str, str] | None]:
+    """The prompt the model completes at ``ctx`` and its FIM markers (None: left to right), on the model thread."""
+    runtime = ls.runtime
+    assert runtime is not None
+    served = ls.tracker.active if ls.tracker else None
+    fim = serving_fim(runtime, served.manifest if served else None)  # the layout follows the served adapter
+    snippets = ls.snippets.snippets(ctx, ls.read_for_snippet, ls.is_excluded, budget_tokens=ls.settings.completion_context_tokens,
+                                    count_tokens=lambda text: len(runtime.tokenize(text, special=False))) if ls.snippets else []
+    return build_prompt(ctx, snippets, fim), fim
+
+
+_warming: set[asyncio.Task] = set()  # warm-ups under way (the loop keeps only weak references to tasks)
+
+
+def warm_soon(ls: SwespotServer, uri: str, position: lsp.Position) -> None:
+    """Start ``warm`` in the background (on the event loop's thread)."""
+    task = asyncio.get_running_loop().create_task(warm(ls, uri, position))
+    _warming.add(task)
+    task.add_done_callback(_warming.discard)
+
+
+async def warm(ls: SwespotServer, uri: str, position: lsp.Position) -> None:
+    """Read the completion prompt at the cursor into the model's cache while the user looks, before the
+    first keystroke there asks for a suggestion: a new place's prompt (~900 tokens) takes 1.4-2.8 s to
+    read on 2 cores, more than ``completionMaxMs``, while the keystrokes after it reuse it and take
+    ~100 ms. Asked for by a code action request at an empty range (the cursor): VS Code asks for code
+    actions wherever the cursor comes to rest. It is a completion request that shows nothing: any newer
+    request for the document supersedes it (cancelled between batches of 64 tokens; what was read
+    stays cached, and the completion at the same place goes on from there)."""
+    if ls.settings.completion_max_ms <= 0 or uri in ls.completion_tickets:
+        return  # no time budget to keep, or a completion of the document is already on its way
+    try:
+        ctx = completion_context(ls, ls.document(uri), position)
+    except SwespotError:
+        return  # a document the server does not hold (or a position outside it): nothing to warm
+    if worth_completing(ctx) or ls.suggestions.get(uri, ctx) is not None:
+        return  # no completion will be asked here, or its answer is cached
+    mine = CompletionTicket()
+    ls.completion_tickets[uri] = mine
+
+    def read(cancel: threading.Event) -> None:
+        assert ls.runtime is not None
+        started = time.perf_counter()
+        prompt, _ = completion_prompt(ls, ctx)
+        total, before, after = ls.runtime.prefill(prompt, cancel)
+        log.info("warm-up at the cursor: %d prompt tokens, %d were cached, %d are now, in %.0f ms%s", total, before,
+                 after, (time.perf_counter() - started) * 1e3, " (superseded)" if cancel.is_set() else "")
+
+    try:
+        await run_model_job(ls, read, mine.cancel)
+    except SwespotError as exc:  # (a model that cannot load says so to the request that needs it)
+        log.info("no warm-up: %s", exc)
+    finally:
+        if ls.completion_tickets.get(uri) is mine:
+            del ls.completion_tickets[uri]
 
 
 def register(server: SwespotServer) -> None:

@@ -36,8 +36,9 @@ class Settings:
     completion_max_ms: int = field(default=700, metadata={
         "help": "an inline completion is due this many milliseconds after its request (after the debounce): "
                 "waiting for the model, reading the prompt and generating all count, and generation stops before a "
-                "token that would come later, keeping what came (as llama.vscode's t_max_prompt_ms + t_max_predict_ms); "
-                "a prompt not read in time gives no suggestion and the next keystroke goes on reading it; 0: no limit",
+                "token that would come later, keeping what came (as llama.vscode's t_max_predict_ms); the prompt is "
+                "read whole and gets its first token whatever the time (a new place's prompt is read ahead while the "
+                "cursor rests there); 0: no limit",
         "min": 0})
     completion_context_tokens: int = field(default=0, metadata={
         "help": "tokens of repository context per inline completion: the signatures of the names used near the "

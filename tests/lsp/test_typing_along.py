@@ -9,6 +9,7 @@ import asyncio
 import re
 
 import pytest
+from lsprotocol import types as lsp
 
 from lsp_support import WAIT_S, model_calls, suggest
 
@@ -92,7 +93,41 @@ async def test_a_prompt_read_past_the_budget_gets_its_first_token_and_no_more(st
     assert generated <= 1 and ("time budget" in line or generated == 0), line
 
 
-def test_a_deadline_stops_reading_the_prompt_and_the_next_call_goes_on_from_there(tiny_gguf_q8, monkeypatch):
+@pytest.mark.asyncio
+async def test_the_cursor_at_rest_has_the_completion_prompt_read_before_the_first_keystroke_asks(start_server, state):
+    session = await start_server({"completionMaxTokens": 8, "completionMaxMs": 5000})
+    uri = session.open("calc/report.py", BODY + AFTER)
+    at = lsp.Position(BODY.count("\n"), len(BODY.rsplit("\n", 1)[-1]))
+
+    def code_actions(start: lsp.Position) -> lsp.CodeActionParams:
+        return lsp.CodeActionParams(lsp.TextDocumentIdentifier(uri), lsp.Range(start, at), lsp.CodeActionContext(diagnostics=[]))
+
+    await session.request(lsp.TEXT_DOCUMENT_CODE_ACTION, code_actions(lsp.Position(0, 0)))  # a selection: nothing read
+    # the cursor at rest (VS Code asks for code actions there): the prompt is read while the user looks
+    await session.request(lsp.TEXT_DOCUMENT_CODE_ACTION, code_actions(at))
+    warmed = await wait_for_log(state, "warm-up at the cursor")
+    assert len(warmed) == 1, warmed
+    total, before, after = map(int, re.search(r"(\d+) prompt tokens, (\d+) were cached, (\d+) are now", warmed[0]).groups())
+    assert before < after == total - 1
+    assert model_calls(state) == []  # a warm-up is no completion: nothing generated, nothing shown
+    await suggest(session, uri, BODY, AFTER, 2, msg_id="first")
+    call = model_calls(state, "#first")[0]
+    prompt, cached = int(re.search(r"(\d+) prompt tokens", call).group(1)), int(re.search(r"(\d+) cached", call).group(1))
+    assert (prompt, cached) == (total, total - 1), call  # the first keystroke read nothing again
+
+
+async def wait_for_log(state, text: str) -> list[str]:
+    for _ in range(int(WAIT_S / 0.05)):
+        lines = [line for line in (state / "serve.log").read_text().splitlines() if text in line]
+        if lines:
+            return lines
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the server's log")
+
+
+def test_a_prompt_read_past_the_deadline_gives_its_first_token_and_leaves_the_cache_consistent(tiny_gguf_q8, monkeypatch):
+    import threading
+
     import agent.generation as G
     import agent.runtime as R
 
@@ -100,14 +135,14 @@ def test_a_deadline_stops_reading_the_prompt_and_the_next_call_goes_on_from_ther
     prompt = "from calc.ops import add\n\n\ndef total(xs):\n    out = 0\n    for x in xs:\n" * 4
     expected = runtime.complete(prompt, max_tokens=8).text
     runtime.reset_cache()
-    # a slow machine: every token in llama.cpp's cache took 10 ms to read
+    # a slow machine: every token in llama.cpp's cache took 10 ms to read, so the prompt alone ends past 0.5 s
     monkeypatch.setattr(G, "clock", lambda: runtime.n_cached * 0.01)
     stats: dict = {}
-    assert "".join(runtime.generate(prompt, max_tokens=8, stats=stats, deadline=0.5)) == ""
-    assert stats["finish_reason"] == "deadline" and stats["completion_tokens"] == 0
-    assert stats["prompt_tokens"] > 2 * G.PROBE_BATCH
-    # the first batch (PROBE_BATCH tokens, 0.32 s) fitted; a second one worth its overhead did not (0.18 s left)
+    first = "".join(runtime.generate(prompt, max_tokens=8, stats=stats, deadline=0.5, cancel=threading.Event()))
+    assert stats["prompt_tokens"] * 0.01 > 0.5
+    assert stats["finish_reason"] == "deadline" and stats["completion_tokens"] == 1
+    assert first and expected.startswith(first)  # read whole, and its first token came: no more
     monkeypatch.setattr(G, "clock", G.time.perf_counter)
     again: dict = {}
     assert "".join(runtime.generate(prompt, max_tokens=8, stats=again)) == expected  # the cache stayed consistent
-    assert again["cached_tokens"] == G.PROBE_BATCH
+    assert again["cached_tokens"] == again["prompt_tokens"] - 1
