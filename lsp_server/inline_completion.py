@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("swespot.lsp")
 ANSWER_MARGIN_S = 0.02  # kept from completionMaxMs for the answer's way back (trim, JSON-RPC, the pipe)
+WARM_BATCH = 128  # prompt tokens a warm-up reads between checks for a newer request (~0.25 s on 2 cores)
 
 
 class CompletionTicket:
@@ -41,8 +42,9 @@ class CompletionTicket:
     once, whether it still waits out its debounce (it answers with no items) or already generates
     (``cancel`` stops the model between tokens)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, warm: bool = False) -> None:
         self.cancel = threading.Event()
+        self.warm = warm  # a warm-up (``warm``): it shows nothing, and a newer warm-up supersedes it too
         self._woken = asyncio.Event()
 
     def supersede(self) -> None:  # on the event loop's thread
@@ -177,9 +179,10 @@ async def warm(ls: SwespotServer, uri: str, position: lsp.Position) -> None:
     read on 2 cores, more than ``completionMaxMs``, while the keystrokes after it reuse it and take
     ~100 ms. Asked for by a code action request at an empty range (the cursor): VS Code asks for code
     actions wherever the cursor comes to rest. It is a completion request that shows nothing: any newer
-    request for the document supersedes it (cancelled between batches of 64 tokens; what was read
-    stays cached, and the completion at the same place goes on from there)."""
-    if ls.settings.completion_max_ms <= 0 or uri in ls.completion_tickets:
+    request for the document supersedes it (cancelled between batches of WARM_BATCH tokens; what was
+    read stays cached, and the completion at the same place goes on from there)."""
+    previous = ls.completion_tickets.get(uri)
+    if ls.settings.completion_max_ms <= 0 or (previous is not None and not previous.warm):
         return  # no time budget to keep, or a completion of the document is already on its way
     try:
         ctx = completion_context(ls, ls.document(uri), position)
@@ -187,14 +190,16 @@ async def warm(ls: SwespotServer, uri: str, position: lsp.Position) -> None:
         return  # a document the server does not hold (or a position outside it): nothing to warm
     if worth_completing(ctx) or ls.suggestions.get(uri, ctx) is not None:
         return  # no completion will be asked here, or its answer is cached
-    mine = CompletionTicket()
+    if previous is not None:
+        previous.supersede()  # the cursor moved on before the last place was read
+    mine = CompletionTicket(warm=True)
     ls.completion_tickets[uri] = mine
 
     def read(cancel: threading.Event) -> None:
         assert ls.runtime is not None
         started = time.perf_counter()
         prompt, _ = completion_prompt(ls, ctx)
-        total, before, after = ls.runtime.prefill(prompt, cancel)
+        total, before, after = ls.runtime.prefill(prompt, cancel, batch=WARM_BATCH)
         log.info("warm-up at the cursor: %d prompt tokens, %d were cached, %d are now, in %.0f ms%s", total, before,
                  after, (time.perf_counter() - started) * 1e3, " (superseded)" if cancel.is_set() else "")
 
