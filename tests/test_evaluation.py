@@ -147,19 +147,19 @@ def test_a_refused_candidate_is_not_published(geometry_repo, tiny_hf_dir, tmp_pa
 
 # ---- tasks: spread over the history ---------------------------------------------------------------
 def test_tasks_are_spread_over_all_commits_deterministically():
-    from trainer.evaluation import Task, _mark_generated, _spread
+    from trainer.evaluation.tasks import Task, mark_generated, spread_tasks
 
     # 50 commits; the first holds 200 tasks, the others 2 each
     tasks = [Task(f"t{c}-{i}", "line", f"c{c:02d}", "a.py", "", "") for c in range(50) for i in range(200 if c == 0 else 2)]
-    picked = _spread(tasks, 60)
-    assert len(picked) == 60 and picked == _spread(list(tasks), 60)
+    picked = spread_tasks(tasks, 60)
+    assert len(picked) == 60 and picked == spread_tasks(list(tasks), 60)
     per_commit = {c: sum(t.commit == c for t in picked) for c in {t.commit for t in tasks}}
     assert set(per_commit.values()) <= {1, 2}  # every commit first, then a second round: no commit crowds out the rest
     assert [tasks.index(t) for t in picked] == sorted(tasks.index(t) for t in picked)
-    few = _spread(tasks, 20)
+    few = spread_tasks(tasks, 20)
     commits = sorted({int(t.commit[1:]) for t in few})
     assert len(commits) == 20 and commits[0] <= 2 and commits[-1] >= 47  # evenly over the whole history
-    marked = _mark_generated(picked, 15)
+    marked = mark_generated(picked, 15)
     assert sum(t.meta["generate"] for t in marked) == 15
 
 

@@ -37,7 +37,7 @@ token-weighted loss the ratio is recomputed on each resample), and a verdict rea
 never from the point estimate: "better", "worse" or "no measurable change". The headline is the
 token-weighted per-token loss over the line and body tasks.
 
-Tasks are spread over all the commits after the cutoff (``_spread``: one task per commit in turn, so a
+Tasks are spread over all the commits after the cutoff (``spread_tasks``: one task per commit in turn, so a
 big commit cannot crowd out the rest). Loss is computed for every task (one decode pass); the greedy
 generation behind exact match and edit similarity costs several times more, so it runs on an evenly
 spread subset of the line and body tasks (``generate_line``, ``generate_body``).

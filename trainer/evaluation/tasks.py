@@ -1,5 +1,5 @@
 """The held-out tasks: every task comes from the commits after the cutoff (see the package docstring);
-``make_tasks`` builds a profile's set, each family spread over the commits (``_spread``)."""
+``make_tasks`` builds a profile's set, each family spread over the commits (``spread_tasks``)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def line_tasks(changes, limit: int, per_file: int = 3) -> list[Task]:
                                       "".join(lines[:j]), lines[j].rstrip("\n"), {"line": j + 1}))
                     taken += 1
                     break
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
 def body_tasks(changes, limit: int) -> list[Task]:
@@ -98,7 +98,7 @@ def body_tasks(changes, limit: int) -> list[Task]:
                     continue
                 tasks.append(Task(_task_id("body", change.commit, fc.path, sym.qualname), "body", change.commit, fc.path,
                                   "".join(lines[: start - 1]), body.rstrip("\n"), {"symbol": sym.qualname, "line": start}))
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
 def infill_tasks(changes, limit: int, per_file: int = 2) -> list[Task]:
@@ -115,7 +115,7 @@ def infill_tasks(changes, limit: int, per_file: int = 2) -> list[Task]:
             tasks.append(Task(_task_id("infill", change.commit, fc.path, j1), "infill", change.commit, fc.path,
                               "".join(lines[:j1]), middle, {"line": j1 + 1, "lines": end - j1, "suffix": "".join(after)}))
             taken += 1
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
 def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
@@ -153,7 +153,7 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
                 qa = D.calls_it(callee, sym)
                 tasks.append(Task(_task_id("caller", callee.path, callee.qualname), "design", "", callee.path, qa.question, qa.answer,
                                   {"question": "caller", "answer": sym.name, "accept": callers}))
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
 def _symbols_before(changes, files) -> set[tuple[str, str, str]]:
@@ -198,7 +198,7 @@ def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
                 accept = [qa.path] if qa.kind == "where" else list(qa.accept)  # "where": the right file
                 tasks.append(Task(_task_id("facts", qa.kind, sym.path, sym.qualname), "facts", commit, sym.path, qa.question,
                                   qa.answer, {"question": qa.kind, "symbol": sym.qualname, "accept": accept}))
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
 def replay_tasks(changes, limit: int) -> list[Task]:
@@ -210,10 +210,10 @@ def replay_tasks(changes, limit: int) -> list[Task]:
         tasks.append(Task(_task_id("replay", change.commit), "replay", change.commit, None, change.message.strip(),
                           change.subject, {"parent": change.parent, "tests": tests,
                                            "files": {fc.path: {"before": fc.before, "after": fc.after} for fc in change.files}}))
-    return _spread(tasks, limit)
+    return spread_tasks(tasks, limit)
 
 
-def _spread(tasks: list[Task], limit: int) -> list[Task]:
+def spread_tasks(tasks: list[Task], limit: int) -> list[Task]:
     """At most ``limit`` tasks spread over the commits (design questions: over their files): in rounds of
     one task per commit, the commits of the last, partial round evenly spaced over the history; a
     commit's tasks in a fixed shuffled order. Deterministic, and the input order is kept."""
@@ -238,7 +238,7 @@ def _spread(tasks: list[Task], limit: int) -> list[Task]:
     return [tasks[i] for i in sorted(chosen)]
 
 
-def _mark_generated(tasks: list[Task], count: int) -> list[Task]:
+def mark_generated(tasks: list[Task], count: int) -> list[Task]:
     """Mark an evenly spaced ``count`` of the tasks for greedy generation (the rest are scored by loss)."""
     picks = {(2 * k + 1) * len(tasks) // (2 * count) for k in range(count)} if count < len(tasks) else set(range(len(tasks)))
     for i, task in enumerate(tasks):
@@ -255,11 +255,11 @@ def make_tasks(repo_path: Path, cutoff: str, until: str = "HEAD", families=FAMIL
     changes = post_cutoff_changes(repo, cutoff, until)
     tasks: list[Task] = []
     if "line" in families:
-        tasks += _mark_generated(line_tasks(changes, sizes["line"]), sizes["generate_line"])
+        tasks += mark_generated(line_tasks(changes, sizes["line"]), sizes["generate_line"])
     if "body" in families:
-        tasks += _mark_generated(body_tasks(changes, sizes["body"]), sizes["generate_body"])
+        tasks += mark_generated(body_tasks(changes, sizes["body"]), sizes["generate_body"])
     if "infill" in families and sizes.get("infill"):
-        tasks += _mark_generated(infill_tasks(changes, sizes["infill"]), sizes.get("generate_infill", 0))
+        tasks += mark_generated(infill_tasks(changes, sizes["infill"]), sizes.get("generate_infill", 0))
     if "design" in families:
         tasks += design_tasks(repo, changes, until, sizes["design"])
     if "facts" in families:
