@@ -32,7 +32,7 @@ from trainer.experience import history as H
 from trainer.experience import runtime as R
 from trainer.experience import text as T
 from trainer.experience import units as U
-from trainer.experience.files import decode_text, ignored_paths, secret_reason, select_files, vendored_or_generated
+from trainer.experience.files import ignored_paths, scrub_unlearnable, select_files
 from trainer.experience.report import fit_report as fit_report  # re-exported: the CLI and tests import it from here
 from trainer.experience.report import format_table as format_table
 from trainer.experience.report import unit_table, why_none
@@ -105,18 +105,6 @@ def _file_facts(index: RepoIndex, path: str) -> list:
         callers = sorted((c.path, c.qualname, c.start_line) for c in index.callers(sym))
         facts.append([sym.qualname, sym.start_line, sym.end_line, callers[:20], index.tests_for(sym)])
     return facts
-
-
-def _scrub(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
-    """Remove, from a snapshot just moved to another commit, any changed file that may not be learned
-    from (secrets, binaries, vendored...): tools must not show it, even in a search result."""
-    for rel in paths or []:
-        path = tree / rel
-        if not path.is_file():
-            continue
-        text, _why = decode_text(path.read_bytes())
-        if rel in ignored or text is None or vendored_or_generated(rel, text) or secret_reason(rel, text):
-            path.unlink()
 
 
 def _episodes_in(shard: Path) -> int:
@@ -324,7 +312,7 @@ class _Build:
             # newest first: the snapshot steps back one commit at a time (a small diff each)
             ws, snap = self.ws, self.snap
             moved = snap.checkout(change.parent)
-            _scrub(snap.tree, moved, self.ignored)
+            scrub_unlearnable(snap.tree, moved, self.ignored)
             ws.invalidate(moved)
             ws.forget_changes()
             episode = U.replay_episode(ws, change, self.stats["evolution"], test_runner=self.runner, teacher=self.teacher)
@@ -349,7 +337,7 @@ class _Build:
         self.result.shards_reused += reused
         self.between("runtime", 1, 2)
         made, reused = R.repro_shards(ws, snap, self.repo, cutoff, self.out, wanted, stats, self.allowed, self.opts,
-                                      lambda tree, moved: _scrub(tree, moved, self.ignored), self.counts)
+                                      lambda tree, moved: scrub_unlearnable(tree, moved, self.ignored), self.counts)
         self.result.shards_made += made
         self.result.shards_reused += reused
 

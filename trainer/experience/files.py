@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from agent import gitsafe
 from agent.errors import SwespotError
@@ -170,3 +170,15 @@ def ignored_paths(repo, paths: list[str]) -> set[str]:
     if done.returncode not in (0, 1):
         raise SwespotError(f"git check-ignore failed: {done.stderr.decode(errors='replace').strip()}")
     return {p for p in done.stdout.decode("utf-8", errors="replace").split("\0") if p}
+
+
+def scrub_unlearnable(tree: Path, paths: list[str] | None, ignored: set[str]) -> None:
+    """Remove, from a snapshot just moved to another commit, any changed file that may not be learned
+    from (secrets, binaries, vendored...): tools must not show it, even in a search result."""
+    for rel in paths or []:
+        path = tree / rel
+        if not path.is_file():
+            continue
+        text, _why = decode_text(path.read_bytes())
+        if rel in ignored or text is None or vendored_or_generated(rel, text) or secret_reason(rel, text):
+            path.unlink()
