@@ -188,12 +188,12 @@ def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
     for profile in ("tiny", "quick", "full"):
         steps = PROFILES[profile]["steps"]
         assert config("--profile", profile) == train_config(profile, device="cpu", steps=steps, data="d", out="o", base="default")
-    quick = config()  # quick by default: its steps, learning rate and window
-    assert (quick.steps, quick.lr, quick.max_len) == (16, 2e-4, 2048)
+    quick, rate = config(), PROFILES["quick"]["train"]["lr"]  # quick by default: its steps, learning rate and window
+    assert (quick.steps, quick.lr, quick.max_len) == (PROFILES["quick"]["steps"], rate, 2048)
     assert config("--profile", "full").epochs == 1.0 and config("--profile", "full").steps == 0
-    assert (config("--profile", "full", "--steps", "7").steps, config("--steps", "7").lr) == (7, 2e-4)
+    assert (config("--profile", "full", "--steps", "7").steps, config("--steps", "7").lr) == (7, rate)
     longer = config("--epochs", "3")  # how long is the command line's when it says
-    assert (longer.steps, longer.epochs, longer.lr) == (0, 3.0, 2e-4)
+    assert (longer.steps, longer.epochs, longer.lr) == (0, 3.0, rate)
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps({"max_trained_tokens": 5000, "lr": 1e-4}))
     budget = config("--config", str(settings), "--lr", "3e-4")
