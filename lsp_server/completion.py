@@ -275,6 +275,12 @@ class SnippetIndex:
     def ready(self) -> bool:
         return self._index is not None
 
+    @property
+    def index(self):
+        """The repository index once built (``agent.index.RepoIndex``), else None."""
+        with self._lock:
+            return self._index
+
     def snippets(self, ctx: CompletionContext, read_text, excluded, *, budget_tokens: int = 0,
                  count_tokens=None) -> list[Snippet]:
         """With ``budget_tokens``: first the stubs (signature, docstring line) of the definitions of the

@@ -108,7 +108,7 @@ def test_the_definitions_of_the_names_near_the_cursor_come_first_within_the_toke
     from lsp_server.context import definition_stubs
 
     shown = ctx.prefix + ctx.suffix
-    found, used = definition_stubs(index._index, ctx.rel, "python", ctx.prefix, shown, 200, count, excluded)
+    found, used = definition_stubs(index.index, ctx.rel, "python", ctx.prefix, shown, 200, count, excluded)
     assert [(s.path, s.text) for s in got[:len(found)]] == found
     assert used <= 200 and sum(count(f"# Related code from {p}:\n{t}\n") for p, t in found) <= used + 2 * len(found)
     # the generic snippets (code bodies) follow the definitions and do not repeat them
@@ -117,7 +117,7 @@ def test_the_definitions_of_the_names_near_the_cursor_come_first_within_the_toke
     assert prompt.index("def frobnicate(widget") < prompt.index("File: shapes/report.py")
 
     # a smaller budget keeps the closest names that fit and stays within it
-    found, used = definition_stubs(index._index, ctx.rel, "python", ctx.prefix, shown, 60, count, excluded)
+    found, used = definition_stubs(index.index, ctx.rel, "python", ctx.prefix, shown, 60, count, excluded)
     assert [p for p, _ in found] == ["shapes/core.py"] and used <= 60
     assert "def frobnicate(" in found[0][1] and "Gizmo:" not in found[0][1]  # the name closest to the cursor first
     small = index.snippets(ctx, read, excluded, budget_tokens=60, count_tokens=count)
@@ -135,7 +135,7 @@ def test_a_definition_in_the_same_file_that_the_prompt_does_not_show_is_brought_
     count = lambda text: len(runtime.tokenize(text, special=False))  # noqa: E731
     text = REPORT.replace("    return later_helper(total)\n", "    return later_helper(total)\n    \n")
     at = text.index("    \n", text.index("return later_helper")) + 4
-    idx = index._index
+    idx = index.index
     shown_without = text[:at]  # the prompt shows the file only up to the cursor
     found, used = definition_stubs(idx, "shapes/report.py", "python", text[:at], shown_without, 300, count, lambda rel: False)
     assert any("def later_helper(value: int) -> str:" in t for _, t in found)
