@@ -243,3 +243,16 @@ def test_runtime_unit_predicts_observed_outputs_and_writes_passing_tests(shop, t
     assert written["verified"]["test_passed"] and "[exit code 0" in json.dumps(written["messages"])
     assert not list(root.glob("**/test_swespot_*.py"))  # the user's tree never saw the scratch tests
     assert result.stats["runtime"]["made"] == len(episodes)
+
+
+def test_a_commit_that_also_changes_a_files_mode_is_replayed(shop, tmp_path):
+    root, revs = shop
+    git(root, "update-index", "--chmod=+x", "shop/ops.py")  # its mode changes, its text does not
+    mixed = commit(root, "Bill in cents and make the ops script executable",
+                   {"shop/billing.py": BILLING.replace("return total(", "return 100 * total(")})
+    result = build_experience(root, tmp_path / "exp", BuildOptions(cutoff=mixed, units=("evolution",), progress=False))
+    replays = {e["meta"]["commit"]: e for e in all_episodes(tmp_path / "exp")["evolution"]
+               if "commit" in e["meta"] and e["meta"].get("format") != "completion"}
+    assert replays[mixed]["verified"]["reaches_child"]
+    assert "shop/ops.py" not in json.dumps(replays[mixed]["messages"][2:])  # nothing to edit there
+    assert result.stats["evolution"]["episodes_on_disk"] >= 3

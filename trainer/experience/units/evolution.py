@@ -83,6 +83,8 @@ def replay_episode(ws: Workspace, change, stats: UnitStats, *, index: RepoIndex 
         if script is None:
             stats.rejected["no unique edit script"] += 1
             return None
+        if not script:
+            continue  # the file's text did not change (its mode did): nothing to edit
         changed: list[str] = []
         if not edit_seen(s, ws, fc.old_path, fc.before, script, rng, stats, changed):
             return None
@@ -199,6 +201,9 @@ def edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: l
     """Read the lines each replacement changes (starting where an observation showed a line of the file,
     or at the enclosing definition an outline shows), then make the replacements. False when the edit
     could not be made; ``changed`` receives the qualified names of the definitions it changes."""
+    if not script:  # e.g. a change git reports with no text to replace (a mode or whitespace-only change)
+        stats.rejected["no text edit in the change"] += 1
+        return False
     spans = []
     for old, _new in script:
         at = before.find(old)
