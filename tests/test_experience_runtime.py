@@ -185,6 +185,23 @@ def test_runtime_unit_makes_episodes_on_a_src_layout_with_strict_warnings(shadow
     assert not list(root.glob("**/test_swespot_*.py"))  # the user's tree never saw the scratch tests
 
 
+def test_a_fix_that_also_changes_a_test_files_mode_is_still_reproduced(tmp_path):
+    (tmp_path / "conftest.py").write_text(HOSTILE_CONFTEST)
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(root, "Start the package", {"pyproject.toml": PYPROJECT, f"src/{PACKAGE}/__init__.py": INIT_BUGGY,
+                                       "tests/test_label.py": TESTS})
+    git(root, "update-index", "--chmod=+x", "tests/test_label.py")  # its mode changes, its text does not
+    fix = commit(root, "Fix scale: it added instead of multiplying",
+                 {f"src/{PACKAGE}/__init__.py": INIT_FIXED, "tests/test_scale.py": SCALE_TEST})
+    result = build_experience(root, tmp_path / "exp", BuildOptions(units=("runtime",), progress=False))
+    episodes = [e for shard in sorted((tmp_path / "exp" / "runtime").glob("*.jsonl")) for e in load_episodes(shard)]
+    repro = [e for e in episodes if e["meta"]["form"] == "fail-to-pass reproduction"]
+    assert [e["meta"]["fix_commit"] for e in repro] == [fix], result.stats["runtime"]["rejected"]
+    assert "tests/test_label.py" not in json.dumps([m for m in repro[0]["messages"] if m["role"] == "assistant"])
+
+
 def test_an_empty_trace_is_a_named_failure(tmp_path):
     root = tmp_path / "broken"
     root.mkdir()

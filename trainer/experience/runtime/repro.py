@@ -173,6 +173,8 @@ def _oracle_writes_tests(s: OracleSession, ws, change, tests: list, target, rng:
         if script is None:
             stats.rejected["no unique edit script"] += 1
             return False
+        if not script:
+            continue  # the test file's text did not change (its mode did): nothing to edit, as in the replay
         if not U.locate(s, ws, fc.new_path, change.task + " " + fc.new_path, rng):
             stats.rejected["file not reachable"] += 1
             return False

@@ -201,7 +201,7 @@ def edit_seen(s: OracleSession, ws: Workspace, path: str, before: str, script: l
     """Read the lines each replacement changes (starting where an observation showed a line of the file,
     or at the enclosing definition an outline shows), then make the replacements. False when the edit
     could not be made; ``changed`` receives the qualified names of the definitions it changes."""
-    if not script:  # a file whose mode changed but not its text (replay skips those; a reproduction gets here)
+    if not script:  # a file whose mode changed but not its text: the replay and the reproduction skip those before
         stats.rejected["no text edit in the change"] += 1
         return False
     spans = []
