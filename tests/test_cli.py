@@ -190,7 +190,7 @@ def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
         assert config("--profile", profile) == train_config(profile, device="cpu", steps=steps, data="d", out="o", base="default")
     quick, rate = config(), PROFILES["quick"]["train"]["lr"]  # quick by default: its steps, learning rate and window
     assert (quick.steps, quick.lr, quick.max_len) == (PROFILES["quick"]["steps"], rate, 2048)
-    assert config("--profile", "full").epochs == 1.0 and config("--profile", "full").steps == 0
+    assert config("--profile", "full").steps == PROFILES["full"]["steps"] > PROFILES["quick"]["steps"]  # full on a CPU: steps
     assert (config("--profile", "full", "--steps", "7").steps, config("--steps", "7").lr) == (7, rate)
     longer = config("--epochs", "3")  # how long is the command line's when it says
     assert (longer.steps, longer.epochs, longer.lr) == (0, 3.0, rate)
@@ -198,3 +198,20 @@ def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
     settings.write_text(json.dumps({"max_trained_tokens": 5000, "lr": 1e-4}))
     budget = config("--config", str(settings), "--lr", "3e-4")
     assert (budget.steps, budget.max_trained_tokens, budget.lr) == (0, 5000, 3e-4)
+
+
+def test_full_means_steps_on_a_cpu_and_every_unit_for_an_epoch_on_a_cuda_gpu(monkeypatch):
+    import torch
+
+    from trainer.pipeline import GPU_TRAIN_PROFILE, profile_settings, train_config
+
+    cpu = profile_settings("full", "cpu")
+    assert cpu["steps"] and "cuda" not in cpu and set(cpu["experience"]["units"]) == {"design", "text"}
+    where = {"data": "d", "out": "o"}
+    assert train_config("full", device="cpu", steps=cpu["steps"], **where).steps == cpu["steps"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the hardware boundary: no GPU here
+    gpu = profile_settings("full", "cuda")
+    assert gpu["steps"] is None and len(gpu["experience"]["units"]) == 5 and gpu["experience"]["run_tests"]
+    cfg = train_config("full", device="cuda", **where)
+    assert (cfg.steps, cfg.epochs, cfg.device, cfg.gradient_checkpointing) == (0, 1.0, "cuda", True)  # the GPU recipe
+    assert GPU_TRAIN_PROFILE == "real" and profile_settings("quick", "cuda") == profile_settings("quick", "cpu")

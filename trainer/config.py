@@ -15,7 +15,7 @@ from agent.errors import SwespotError
 UNITS = ("design", "implementation", "evolution", "runtime", "feedback", "text")
 # The profiles, one vocabulary for every command (specialize, experience build, train, eval, daemon):
 # "tiny" sizes everything for the test model, "quick" is minutes on a CPU with the embedded model,
-# "full" is every unit for epochs (a GPU helps). What each means for a refresh is trainer.pipeline.PROFILES,
+# "full" is under an hour on a CPU, every unit for an epoch on a GPU. What each means for a refresh is trainer.pipeline.PROFILES,
 # for an evaluation trainer.evaluation.EVAL_PROFILES; the training presets below are internal.
 PROFILE_NAMES = ("tiny", "quick", "full")
 # Once, ``swespot train --profile`` took the training presets; they are internal now.

@@ -48,7 +48,7 @@ OnPhase = Callable[[str, "float | None", dict], None]
 # ("train_profile", an internal trainer.config.TRAIN_PRESETS name; the key keeps its name so that stored
 # benchmark settings still compare equal), how long to train, and how much experience to synthesise.
 # "quick" is sized for the embedded 270M model on a 2-core CPU (the README's first command must finish
-# in under 15 minutes); "full" uses every unit and trains for epochs.
+# in under 15 minutes); "full" on 2 CPU cores in under 60, and on a CUDA GPU it uses every unit for an epoch.
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
@@ -73,10 +73,17 @@ PROFILES: dict[str, dict[str, Any]] = {
               # "text" is the repository itself as plain text (chunks of ~max_len tokens, every token trained)
               "experience": {"units": ("design", "text"), "per_file": 4, "text_chunk_tokens": 2048,
                              "targets": {"design": 24, "text": 64}}},
-    "full": {"train_profile": "cpu", "steps": None, "continue_steps": None, "train": {"epochs": 1.0},
-             "experience": {"units": ("design", "implementation", "evolution", "runtime", "text"), "run_tests": True,
-                            "targets": {"design": 2048, "implementation": 2048, "evolution": 2048, "runtime": 2048,
-                                        "text": 2048}}},
+    # full on a CPU: quick's mix and rate, five times the steps and four times the text, within 60 min on 2 cores
+    # with an evaluation three times quick's (~14 s a step: 140 steps ~33 min; evaluation ~15 min; README).
+    # On a CUDA device the "cuda" entries replace these: every unit, 2,048 episodes each, one epoch of the GPU recipe.
+    "full": {"train_profile": "cpu", "steps": 140, "continue_steps": 40,
+             "train": {"max_len": 2048, "batch_tokens": 2048, "gradient_checkpointing": False, "lr": 5e-4},
+             "experience": {"units": ("design", "text"), "per_file": 4, "text_chunk_tokens": 2048,
+                            "targets": {"design": 64, "text": 256}},
+             "cuda": {"steps": None, "continue_steps": None, "train": {"epochs": 1.0},
+                      "experience": {"units": ("design", "implementation", "evolution", "runtime", "text"), "run_tests": True,
+                                     "targets": {"design": 2048, "implementation": 2048, "evolution": 2048,
+                                                 "runtime": 2048, "text": 2048}}}},
 }
 GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe (a trainer.config.TRAIN_PRESETS name)
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
@@ -157,17 +164,22 @@ class _StepControl:
             self.phases.enter("export")
 
 
-def profile_settings(profile: str) -> dict:
+def profile_settings(profile: str, device: str = "auto") -> dict:
+    """What ``profile`` means on ``device``: its entry in ``PROFILES``, with its "cuda" entries in place of
+    the CPU ones when the device is a CUDA GPU."""
     if profile not in PROFILES:
         raise SwespotError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
-    return PROFILES[profile]
+    settings = {k: v for k, v in PROFILES[profile].items() if k != "cuda"}
+    if "cuda" in PROFILES[profile] and pick_device(device) == "cuda":
+        settings.update(PROFILES[profile]["cuda"])
+    return settings
 
 
 def train_config(profile: str, *, device: str = "auto", steps: int | None = None, **values: Any) -> TrainConfig:
     """What ``profile`` trains with, for a refresh and for ``swespot train --profile`` alike: its training
     preset (``trainer.config.TRAIN_PRESETS``; "full" on a CUDA device: the GPU recipe), its ``train``
     settings, ``steps`` instead of its epochs when given, then ``values`` (None values ignored)."""
-    settings = profile_settings(profile)
+    settings = profile_settings(profile, device)
     preset = settings["train_profile"]
     if profile == "full" and pick_device(device) == "cuda":
         preset = GPU_TRAIN_PROFILE
@@ -231,10 +243,11 @@ class _BuildControl:
             self.phases.report(None, unit=unit, done=done, total=total)
 
 
-def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: str, progress: bool = True, control=None):
-    """The experience phase: the incremental build of the static (and, in "full", runtime) units;
-    ``control``: see ``build_experience``."""
-    settings = dict(profile_settings(profile)["experience"])
+def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: str, progress: bool = True, control=None,
+                          device: str = "auto"):
+    """The experience phase: the incremental build of the profile's units (on ``device``: "full" on a GPU
+    runs the tests for the runtime unit); ``control``: see ``build_experience``."""
+    settings = dict(profile_settings(profile, device)["experience"])
     if "units" in settings:
         settings["units"] = tuple(settings["units"])
     return build_experience(repo, experience, BuildOptions(cutoff=cutoff, progress=progress, **settings), control=control)
@@ -243,7 +256,7 @@ def build_repo_experience(repo: Path, experience: Path, cutoff: str, profile: st
 def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=None) -> RefreshResult:
     """Run one refresh; see the module docstring. Raises ``SwespotError`` on failure (nothing published)
     and ``Interrupted`` when ``control`` stops training (the checkpoint stays for the next refresh)."""
-    settings = profile_settings(opts.profile)
+    settings = profile_settings(opts.profile, opts.device)
     repo = Path(opts.repo).expanduser().resolve()
     if not repo.is_dir():
         raise SwespotError(f"repository not found: {repo} (was it moved or deleted?)")
@@ -295,7 +308,8 @@ def _experience(opts: RefreshOptions, repo: Path, state: Path, commit: str, phas
     what the user accepted in the editor (the language server's feedback.jsonl) as episodes; rejected
     completions are kept apart as contrast, never trained on. The build and the summary the manifest keeps."""
     experience = state / EXPERIENCE_DIR
-    built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress, control=_BuildControl(phases))
+    built = build_repo_experience(repo, experience, commit, opts.profile, opts.progress, control=_BuildControl(phases),
+                                  device=opts.device)
     exp_summary = {u: s.get("episodes_on_disk", 0) for u, s in built.stats.items()}
     feedback = build_feedback(state / FEEDBACK_FILE, repo, experience, commit)
     exp_summary["feedback"] = feedback.positives

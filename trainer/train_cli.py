@@ -84,6 +84,7 @@ def config_from_args(args) -> TrainConfig:
     )
     given = {**file_values, **{k: v for k, v in cli.items() if v is not None}}
     length_given = any(given.get(k) for k in ("steps", "epochs", "max_trained_tokens"))
-    steps = given.pop("steps", None) if length_given else profile_settings(args.profile)["steps"]
     file_device = given.pop("device", None)
-    return train_config(args.profile, device=args.device or file_device or "auto", steps=steps, **given)
+    device = args.device or file_device or "auto"
+    steps = given.pop("steps", None) if length_given else profile_settings(args.profile, device)["steps"]
+    return train_config(args.profile, device=device, steps=steps, **given)
