@@ -83,12 +83,19 @@ def _host_fixture():
 @pytest.fixture
 def shadow_repo(tmp_path):
     """A src-layout repository whose history holds a fix commit that came with its test."""
+    return _shadow_repo(tmp_path)
+
+
+def _shadow_repo(tmp_path, *fix_also: str) -> tuple[Path, str]:
+    """The shadow repository; ``fix_also``: git arguments run just before the fix commit (staged with it)."""
     (tmp_path / "conftest.py").write_text(HOSTILE_CONFTEST)
     root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
     commit(root, "Start the package", {"pyproject.toml": PYPROJECT, f"src/{PACKAGE}/__init__.py": INIT_BUGGY,
                                        "tests/test_label.py": TESTS})
+    if fix_also:
+        git(root, *fix_also)
     fix = commit(root, "Fix scale: it added instead of multiplying",
                  {f"src/{PACKAGE}/__init__.py": INIT_FIXED, "tests/test_scale.py": SCALE_TEST})
     return root, fix
@@ -186,15 +193,8 @@ def test_runtime_unit_makes_episodes_on_a_src_layout_with_strict_warnings(shadow
 
 
 def test_a_fix_that_also_changes_a_test_files_mode_is_still_reproduced(tmp_path):
-    (tmp_path / "conftest.py").write_text(HOSTILE_CONFTEST)
-    root = tmp_path / "repo"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    commit(root, "Start the package", {"pyproject.toml": PYPROJECT, f"src/{PACKAGE}/__init__.py": INIT_BUGGY,
-                                       "tests/test_label.py": TESTS})
-    git(root, "update-index", "--chmod=+x", "tests/test_label.py")  # its mode changes, its text does not
-    fix = commit(root, "Fix scale: it added instead of multiplying",
-                 {f"src/{PACKAGE}/__init__.py": INIT_FIXED, "tests/test_scale.py": SCALE_TEST})
+    # the fix also changes the mode of tests/test_label.py, not its text
+    root, fix = _shadow_repo(tmp_path, "update-index", "--chmod=+x", "tests/test_label.py")
     result = build_experience(root, tmp_path / "exp", BuildOptions(units=("runtime",), progress=False))
     episodes = [e for shard in sorted((tmp_path / "exp" / "runtime").glob("*.jsonl")) for e in load_episodes(shard)]
     repro = [e for e in episodes if e["meta"]["form"] == "fail-to-pass reproduction"]
