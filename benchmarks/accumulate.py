@@ -78,7 +78,8 @@ def refresh_at(k: int, commit: str, repo: Repo, work: Work, args, base_gguf: Pat
                      "reason": outcome["reason"], "version": version.name if version else None,
                      "continued_from": manifest.get("continued_from"), "shards": len(manifest.get("shards", [])),
                      "trained_steps": train.get("steps"), "trained_tokens": train.get("trained_tokens"),
-                     "episodes": (manifest.get("experience") or {}).get("episodes"), "phase_seconds": outcome["phase_seconds"],
+                     "lr": (manifest.get("config") or {}).get("lr"), "episodes": (manifest.get("experience") or {}).get("episodes"),
+                     "phase_seconds": outcome["phase_seconds"],
                      "families": family_scores(rows), "rows": rows,
                      "minutes": {"refresh": round(refresh_minutes, 3), "eval": round((time.perf_counter() - started) / 60, 3)}})
 
@@ -94,8 +95,8 @@ def summary(repo: Repo, commits: list[str], work: Work) -> dict:
         if rec is None:
             break
         cumulative += rec["trained_tokens"] or 0
-        row = {key: rec[key] for key in ("commit", "published", "reason", "version", "continued_from", "shards",
-                                         "trained_steps", "trained_tokens", "families", "minutes")}
+        row = {key: rec.get(key) for key in ("commit", "published", "reason", "version", "continued_from", "shards",
+                                             "trained_steps", "trained_tokens", "lr", "families", "minutes")}
         row["refresh"], row["cumulative_trained_tokens"] = k, cumulative
         row["vs_base"] = paired(rec["rows"], base["rows"]) if base else None
         row["vs_previous"] = paired(rec["rows"], previous["rows"]) if previous else None

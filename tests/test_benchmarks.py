@@ -136,10 +136,14 @@ def test_a_work_dir_refuses_other_settings_and_the_estimate_trains_nothing(repos
         bench.main([f"{ledger}@9", "--work", str(tmp_path / "w2"), "--estimate"])
 
 
-def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixed_tasks(repos, tiny_hf_dir, tmp_path, capsys):
+def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixed_tasks(repos, tiny_hf_dir, tmp_path, capsys, monkeypatch):
     from benchmarks import accumulate
+    from trainer.config import TRAIN_PRESETS
+    from trainer.pipeline import PROFILES
 
     ledger, _ = repos
+    # a continuation trains at the profile's continue_lr, the first refresh at the profile's rate
+    monkeypatch.setitem(PROFILES, "tiny", {**PROFILES["tiny"], "continue_lr": 3e-4})
     work, out_json = tmp_path / "acc", tmp_path / "acc.json"
     args = [str(ledger), "--work", str(work), "--last", "1", "--stride", "1", "--refreshes", "3", "--profile", "tiny",
             "--steps", "1", "--base", str(tiny_hf_dir), "--device", "cpu", "--quiet", "--json", str(out_json)]
@@ -151,6 +155,7 @@ def test_accumulation_continues_each_refresh_from_the_last_and_evaluates_on_fixe
     assert [r["refresh"] for r in steps] == [1, 2, 3] and [r["commit"] for r in steps] == commits
     assert [r["version"] for r in steps] == ["v0001", "v0002", "v0003"]
     assert [r["continued_from"] for r in steps] == [None, "v0001", "v0002"]  # each continued from the one before
+    assert [r["lr"] for r in steps] == [TRAIN_PRESETS["tiny"]["lr"], 3e-4, 3e-4]
     assert steps[-1]["cumulative_trained_tokens"] == sum(r["trained_tokens"] for r in steps) > 0
     assert steps[0]["vs_previous"] is None
     assert all(r["vs_previous"]["headline"]["tasks"] == r["vs_base"]["headline"]["tasks"] > 0 for r in steps[1:])

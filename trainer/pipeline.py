@@ -52,7 +52,12 @@ OnPhase = Callable[[str, "float | None", dict], None]
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
              "experience": {"per_file": 4, "implementations_per_file": 2, "max_commits": 60}},
-    "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 8,
+    # continue_lr: the learning rate of a refresh that continues from the served adapter (default: the
+    # profile's). A continuation starts a fresh optimizer, whose first Adam steps move every weight by about
+    # the rate; at 5e-4 the daemon's second refresh undid most of the first one's gain on click (line + body
+    # -6.7% -> -2.1%, +4.9% against the first; -5.5% at 1.5e-4, -6.3% at 5e-5). 5e-5 is where the first
+    # run's cosine ended (lr * min_lr_ratio); README, "Continued training".
+    "quick": {"train_profile": "cpu", "steps": 32, "continue_steps": 8, "continue_lr": 5e-5,
               # Chosen from the learning curve (README, benchmarks/specialize.py on click, cutoff 300
               # first-parent commits back, equal trained tokens): 48 steps of the four agentic units made
               # line+body loss worse (+1.2%, 95% CI +0.2 … +2.2) while helping design answers (-18%); 12 steps
@@ -77,11 +82,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # full on a CPU: quick's mix and rate, 140 steps (quick: 32) and four times the text, within 60 min on 2 cores
     # with an evaluation three times quick's (~14 s a step: 140 steps ~33 min; evaluation ~15 min; README).
     # On a CUDA device the "cuda" entries replace these: every unit, 2,048 episodes each, one epoch of the GPU recipe.
-    "full": {"train_profile": "cpu", "steps": 140, "continue_steps": 40,
+    "full": {"train_profile": "cpu", "steps": 140, "continue_steps": 40, "continue_lr": 5e-5,
              "train": {"max_len": 2048, "batch_tokens": 2048, "gradient_checkpointing": False, "lr": 5e-4},
              "experience": {"units": ("design", "text"), "per_file": 4, "text_chunk_tokens": 2048,
                             "targets": {"design": 64, "text": 256}},
-             "cuda": {"steps": None, "continue_steps": None, "train": {"epochs": 1.0},
+             # continue_lr None: the GPU recipe's own rate (a lower one is not measured there)
+             "cuda": {"steps": None, "continue_steps": None, "continue_lr": None, "train": {"epochs": 1.0},
                       "experience": {"units": ("design", "implementation", "evolution", "runtime", "text"), "run_tests": True,
                                      "targets": {"design": 2048, "implementation": 2048, "evolution": 2048,
                                                  "runtime": 2048, "text": 2048}}}},
@@ -334,6 +340,7 @@ class _Plan:
     heldout: list[Path]
     steps: int | None  # None: the profile's epochs or the trained-token budget decide
     run_dir: Path
+    lr: float | None = None  # the profile's continue_lr when continuing (None: the profile's rate)
 
     @property
     def views(self) -> Path:
@@ -362,10 +369,11 @@ def _plan(opts: RefreshOptions, settings: dict, store: AdapterStore, repo: Path,
     steps = opts.steps or settings["continue_steps" if continuing else "steps"]
     if opts.train_overrides.get("max_trained_tokens") and not opts.steps:
         steps = None  # the budget decides how long
+    lr = settings.get("continue_lr") if continuing and "lr" not in opts.train_overrides else None
     overridden = [sorted(opts.train_overrides.items())] if opts.train_overrides else []
-    key = _digest(commit, base.name, opts.profile, steps, *overridden, continuing and current is not None and current.name,
+    key = _digest(commit, base.name, opts.profile, steps, lr, *overridden, continuing and current is not None and current.name,
                   sorted(s.name for s in new), sorted(s.name for s in replay))
-    return _Plan(base, current, continuing, trainable, new, replay, heldout, steps, state / WORK_DIR / f"run-{key}")
+    return _Plan(base, current, continuing, trainable, new, replay, heldout, steps, state / WORK_DIR / f"run-{key}", lr)
 
 
 def _train(plan: _Plan, opts: RefreshOptions, state: Path, commit: str, control: _StepControl):
@@ -383,7 +391,8 @@ def _train(plan: _Plan, opts: RefreshOptions, state: Path, commit: str, control:
     if plan.heldout:
         _link_view(views / "heldout", plan.heldout, experience)
     init = str(plan.current.path) if plan.continuing and plan.current is not None else ""
-    cfg = train_config(opts.profile, device=opts.device, steps=plan.steps, **opts.train_overrides, data=str(views / "train"),
+    overrides = {"lr": plan.lr, **opts.train_overrides} if plan.lr else opts.train_overrides
+    cfg = train_config(opts.profile, device=opts.device, steps=plan.steps, **overrides, data=str(views / "train"),
                        base=opts.base, out=str(plan.run_dir / "adapter"), init_adapter=init,
                        replay_data=str(views / "replay") if plan.replay else "")
     try:
