@@ -23,6 +23,9 @@ stopped by ``--max-minutes``, continues where it stopped when the same command i
 piece names all the repositories (they make the task-centric control) with the same cutoffs, base,
 profile and families; ``--repos``, ``--conditions``, ``--steps`` and ``--max-minutes`` may change from
 one piece to the next. The plan and its estimated duration are printed first; ``--estimate`` stops there.
+The intervals cover the choice of tasks, not the training run's own chance: ``--seed N`` in another work
+dir (its experience and base results may be copied over) trains every condition again with another
+LoRA initialisation and data order.
 
     .venv/bin/python -m benchmarks.specialize /tmp/click /tmp/requests@500 /tmp/attrs@v22.2.0 \\
         --work /tmp/bench-spec --steps 32,128,512 --json spec.json --plot spec.png [--repos click]
@@ -244,7 +247,7 @@ def train_condition(data: Path, out: Path, args, steps: int, max_trained_tokens:
         overrides.update(steps=STEP_CAP * steps, max_trained_tokens=max_trained_tokens)
     else:
         overrides["steps"] = steps
-    cfg = config_for(args.train_profile, **overrides, data=str(data), out=str(out), base=args.base, device=args.device)
+    cfg = config_for(args.train_profile, **overrides, data=str(data), out=str(out), base=args.base, device=args.device, seed=args.seed)
     result = train(cfg, progress=args.progress)
     r = result.report
     return {"adapter": str(out / "adapter.gguf"), "trained_steps": r["steps"], "tokens": r["tokens"],
@@ -511,6 +514,8 @@ def parse_args(argv: list[str] | None):
                     "(a condition whose unit runs out of episodes repeats them to reach the token budget)")
     ap.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M) or a local HF folder")
     ap.add_argument("--profile", default="quick", help="pipeline profile: experience settings, training settings, the mix")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (LoRA init and data order): a second seed in its own --work "
+                    "shows how much of a difference is the training run's own chance, which the intervals over tasks do not cover")
     ap.add_argument("--gpu-recipe", action="store_true", help="train with the GPU recipe (needs CUDA)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     ap.add_argument("--eval-profile", default=None, help="evaluation sizes (default: the profile's, quick or full)")
@@ -569,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_profile": args.train_profile, "eval_profile": args.eval_profile, "families": list(args.families),
         "units": list(args.units), "targets": args.targets, "reference": args.reference,
         # what the profile meant when the results were made: a later change of the profile is other settings
-        "profile_settings": json.loads(json.dumps(settings, default=str))})
+        "profile_settings": json.loads(json.dumps(settings, default=str)),
+        **({"seed": args.seed} if args.seed else {})})  # seed 0 (the default) is left out: older work dirs stay valid
     pools = list(repos)
     if "task-centric" in args.conditions and len(repos) == 1:
         control = work.root / "control-repo"

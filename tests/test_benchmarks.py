@@ -132,6 +132,8 @@ def test_a_work_dir_refuses_other_settings_and_the_estimate_trains_nothing(repos
     assert not (work / "results.jsonl").exists()
     with pytest.raises(SwespotError, match="other settings"):
         bench.main([a if a != f"{ledger}@2" else f"{ledger}@3" for a in args])
+    with pytest.raises(SwespotError, match=r"other settings \(seed\)"):  # another seed needs its own work dir
+        bench.main(args + ["--seed", "1"])
     with pytest.raises(SwespotError, match="leaves nothing"):
         bench.main([f"{ledger}@9", "--work", str(tmp_path / "w2"), "--estimate"])
 
