@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -56,7 +55,7 @@ class Generation:
         # 0: the thread count follows the machine's load (re-chosen between generations); >0: fixed
         self.thread_setting = thread_setting
         self.n_threads = n_threads
-        self._own_load, self._own_at, self._fitted_at = 0.0, time.monotonic(), time.monotonic()
+        self._fitted_at = time.monotonic()
         self._token_s = 0.0  # seconds per generated token, as measured lately: what a deadline plans with
 
     def generate(
@@ -151,22 +150,14 @@ class Generation:
 
     @contextlib.contextmanager
     def _busy(self):
-        """Around one generation: re-choose the thread count first (at most every THREAD_REFIT_S, and
-        only when no count was set), and afterwards count the time spent into this process's own share
-        of the load average (decayed like the kernel's 1-minute average)."""
+        """Around one generation: re-choose the thread count first (at most every THREAD_REFIT_S, and only
+        when no count was set; this process's own part of the load is measured from its CPU time,
+        ``agent.threads.own_load``, so its own generation does not push it down)."""
         now = time.monotonic()
         if not self.thread_setting and now - self._fitted_at >= THREAD_REFIT_S:
             self._fitted_at = now
-            self.set_threads(choose_threads(own=self._own_share(now)))
-        try:
-            yield
-        finally:
-            end = time.monotonic()
-            self._own_load = self._own_share(end) + self.n_threads * (1 - math.exp(-(end - now) / 60))
-            self._own_at = end
-
-    def _own_share(self, now: float) -> float:
-        return self._own_load * math.exp(-(now - self._own_at) / 60)
+            self.set_threads(choose_threads())
+        yield
 
     def set_threads(self, n: int) -> None:
         """Use ``n`` threads for generation and prompt batches from the next token on."""
