@@ -136,6 +136,7 @@ def test_evaluation_scores_models_through_llama_cpp_and_writes_the_report(geomet
         assert 0 < entry["loss"] < 20 and 0 <= entry["similarity"] <= 1 and 0 <= entry["exact"] <= 1
     rows = [r for r in report["rows"] if r["family"] == "line"]
     assert rows and all(r["completion_tokens"] <= 48 and "\n" not in r["completion"] for r in rows)
+    assert all(r["threads"] >= 1 for r in report["rows"])  # the thread count each task ran with (load shows there)
     saved = json.loads((out / "report.json").read_text())
     assert saved["cutoff"] == revs["cutoff"] and saved["tasks"]["line"] == len(rows)
     page = (out / "report.html").read_text()
@@ -202,11 +203,13 @@ def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_pa
 
     root, revs = geometry
     monkeypatch.setenv("SWESPOT_STATE_DIR", str(tmp_path / "state"))
-    assert main(["specialize", "--repo", str(root), "--base", str(tiny_hf_dir), "--profile", "tiny", "--holdout", "3", "--steps", "3"]) == 0
+    assert main(["specialize", "--repo", str(root), "--base", str(tiny_hf_dir), "--profile", "tiny", "--holdout", "3", "--steps", "3",
+                 "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "published v0001" in out and "report: " in out
     version = AdapterStore.for_repo(root).current()
     manifest = version.manifest
+    assert manifest["config"]["seed"] == 3 and manifest["specialize"]["seed"] == 3  # a second seed is told apart
     assert manifest["commit"] == revs["cutoff"]  # trained up to the cutoff; the held-out commits stayed unseen
     assert manifest["gate"]["kind"] == "eval" and set(manifest["gate"]["scores"]) == {"base", "adapter"}
     report_html = Path(out.split("report: ")[1].split()[0])

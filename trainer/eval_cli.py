@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "that give the profile's number of line tasks, at most "
                    f"{MAX_HOLDOUT['quick']} quick, {MAX_HOLDOUT['full']} full, and at most half the history)")
     s.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    s.add_argument("--seed", type=int, default=0, help="training seed: the LoRA initialisation and the data order; "
+                   "the experience, cutoff and tasks stay the same, so a second seed shows how much of a result is the "
+                   "run's own chance (default: 0)")
     s.add_argument("--no-eval", action="store_true", help="train up to HEAD and publish without evaluating")
     s.add_argument("--force", action="store_true", help="publish even if the adapter evaluates worse than the base")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -119,7 +122,8 @@ def specialize_options(args):
         raise SwespotError(f"two repositories given ({args.path} and --repo {args.repo}): give one, with --repo")
     repo = (args.repo or args.path or Path(".")).expanduser().resolve()
     return SpecializeOptions(repo=repo, base=args.base, profile=args.profile, cutoff=args.cutoff, holdout=args.holdout,
-                             steps=args.steps, evaluate=not args.no_eval, force=args.force, device=args.device)
+                             steps=args.steps, seed=args.seed, evaluate=not args.no_eval, force=args.force,
+                             device=args.device)
 
 
 def cmd_specialize(args) -> int:

@@ -84,6 +84,7 @@ class SpecializeOptions:
     cutoff: str | None = None  # None: hold out the newest history (auto_cutoff)
     holdout: int | None = None  # first-parent commits held out (None: as many as the profile's line tasks need)
     steps: int | None = None  # training steps (None: the profile's)
+    seed: int = 0  # training seed (LoRA initialisation, data order); experience and tasks do not depend on it
     evaluate: bool = True  # False: train up to HEAD and publish without evaluating
     force: bool = False  # publish even if the adapter evaluates worse than the base
     device: str = "auto"
@@ -151,7 +152,9 @@ def specialize(opts: SpecializeOptions, cutoff: str, *, on_phase: OnPhase | None
     refresh_opts = RefreshOptions(repo=repo, base=opts.base, profile=opts.profile, cutoff=cutoff, continue_training=False,
                                   gate=held_out_gate(opts, cutoff, report_dir, evaluation) if opts.evaluate else "none",
                                   steps=opts.steps, device=opts.device,
-                                  extra_manifest={"specialize": {"cutoff": cutoff, "profile": opts.profile}})
+                                  train_overrides={"seed": opts.seed} if opts.seed else {},
+                                  extra_manifest={"specialize": {"cutoff": cutoff, "profile": opts.profile}
+                                                  | ({"seed": opts.seed} if opts.seed else {})})
     lock = DaemonLock(state_dir(repo))
     lock.acquire(repo, who="swespot specialize")
     try:

@@ -97,7 +97,8 @@ class Evaluator:
                         started = time.perf_counter()
                         row = self._text_task(rt, task, renderer)
                         results.append({"model": spec.name, "task": task.id, "family": task.family, "commit": task.commit,
-                                        "path": task.path, "seconds": round(time.perf_counter() - started, 3), **row})
+                                        "path": task.path, "seconds": round(time.perf_counter() - started, 3),
+                                        "threads": rt.n_threads, **row})
                         bar.update(1)
         if agent_tasks:
             if repo_path is None:
@@ -111,7 +112,8 @@ class Evaluator:
                         started = time.perf_counter()
                         row = self._replay_task(rt, task, repo_path)
                         results.append({"model": spec.name, "task": task.id, "family": "replay", "commit": task.commit,
-                                        "path": None, "seconds": round(time.perf_counter() - started, 3), **row})
+                                        "path": None, "seconds": round(time.perf_counter() - started, 3),
+                                        "threads": rt.n_threads, **row})
                         bar.update(1)
         return results
 
