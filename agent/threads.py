@@ -88,11 +88,12 @@ def choose_threads(setting: int = 0, *, cores: int | None = None, load: float | 
     load leaves free, at least one: llama.cpp's threads spin-wait for each other, so a thread that
     shares its core with another busy process stalls every token (on a loaded 2-core machine 2 threads
     fell to 1-6 tokens/s while 1 thread held 13-48). ``load`` is the 1-minute load average; ``own`` is
-    the part of it that is this process's own work (counted back, or it would starve itself; default:
-    ``own_load()``, measured from its CPU time)."""
+    the part of it that is this process's own work (counted back, or it would starve itself; default: with
+    the load read from the machine, ``own_load()``, measured from its CPU time; with a given load, none)."""
     cores = usable_cores() if cores is None else max(1, cores)
     if setting > 0:
         return min(setting, cores)
+    if own is None:
+        own = own_load() if load is None else 0.0
     load = recent_load() if load is None else load
-    own = own_load() if own is None else own
     return max(1, min(cores, int(cores - max(0.0, load - own) + 0.5)))
