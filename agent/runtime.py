@@ -224,7 +224,8 @@ class LlamaRuntime(Generation):
         """Log-probability of each of ``tokens[first:]`` given everything before it (numpy float64
         array). One decode pass in batches, asking llama.cpp for logits only at the positions that
         predict a target token: on a 262k vocabulary the full logits would cost more than the model.
-        Needs no ``logits_all``; starts from and leaves an empty cache."""
+        Needs no ``logits_all``; starts from an empty cache and leaves ``tokens[:first]`` cached (llama-cpp-python's
+        bookkeeping too), so a completion of that prefix, as the evaluation's next call, reads only its last token."""
         tokens = list(tokens)
         if not 1 <= first < len(tokens):
             raise SwespotError(f"target start {first} is outside 1..{len(tokens) - 1}")
@@ -243,8 +244,15 @@ class LlamaRuntime(Generation):
                     for at in range(0, len(rows), LOGPROB_ROWS):
                         part = rows[at: at + LOGPROB_ROWS]
                         out.extend(self._row_logprobs(part, [tokens[start + i + 1] for i in part]))
-            finally:
+            except BaseException:
                 self.reset_cache()
+                raise
+            memory = self._llama_cpp.llama_get_memory(llm.ctx)
+            if memory is None or not self._llama_cpp.llama_memory_seq_rm(memory, 0, first, -1):
+                self.reset_cache()  # the targets cannot be dropped from this cache: leave it empty
+            else:  # reset_cache left llama-cpp-python's "requires eval" set: it reads the prefix's last token again
+                llm.input_ids[:first] = tokens[:first]
+                llm.n_tokens = first
         return np.array(out)
 
     def _row_logprobs(self, rows: list[int], targets: list[int]):

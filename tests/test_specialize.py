@@ -162,7 +162,17 @@ def test_loss_is_the_mean_negative_log_likelihood_of_the_target(tiny_gguf_f32):
         # token by token too, across the groups of rows reduced together (float32 logits, float64 sums)
         assert len(target) > 2 * LOGPROB_ROWS
         np.testing.assert_allclose(-rt.target_logprobs(prefix + target, len(prefix)), expected, rtol=1e-5, atol=1e-5)
-        assert rt.complete(prefix, max_tokens=3).completion_tokens >= 1  # the cache was left usable
+        # the prefix stays cached: its completion reads only the last prefix token, and is the one a cold cache gives
+        stats: dict = {}
+        warm = "".join(rt.generate(prefix, max_tokens=6, stats=stats))
+        assert stats["cached_tokens"] == len(prefix) - 1 and stats["completion_tokens"] >= 1
+        rt.reset_cache()
+        assert rt.complete(prefix, max_tokens=6).text == warm
+        target_loss(rt, prefix, target)
+        other = rt.tokenize("class Square:\n", add_bos=True)  # another prompt after it starts afresh
+        stats = {}
+        assert "".join(rt.generate(other, max_tokens=6, stats=stats)) == rt.complete(other, max_tokens=6).text
+        assert stats["cached_tokens"] <= 1  # at most a shared BOS
 
 
 def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geometry, tiny_hf_dir, tmp_path, monkeypatch):
