@@ -35,7 +35,6 @@ __all__ = ["Completion", "LlamaRuntime", "LoadedAdapter", "choose_threads", "def
 log = logging.getLogger(__name__)
 
 GGML_TYPE_F32 = 0  # ggml_type enum value; f32 KV cache makes logits comparable to transformers
-LOGPROB_ROWS = 64  # logit rows reduced together by target_logprobs (64 rows of a 262k vocabulary: 64 MB)
 
 
 @dataclass
@@ -240,10 +239,11 @@ class LlamaRuntime(Generation):
                     chunk = tokens[start: start + step]
                     wanted = [first - 1 <= start + i < len(tokens) - 1 for i in range(len(chunk))]
                     self._decode(chunk, start, wanted)
-                    rows = [i for i, flag in enumerate(wanted) if flag]
-                    for at in range(0, len(rows), LOGPROB_ROWS):
-                        part = rows[at: at + LOGPROB_ROWS]
-                        out.extend(self._row_logprobs(part, [tokens[start + i + 1] for i in part]))
+                    for i in (i for i, flag in enumerate(wanted) if flag):
+                        row = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm.ctx, i),
+                                                    shape=(self.n_vocab,)).astype(np.float64)
+                        peak = row.max()
+                        out.append(row[tokens[start + i + 1]] - peak - np.log(np.exp(row - peak).sum()))
             except BaseException:
                 self.reset_cache()
                 raise
@@ -254,17 +254,6 @@ class LlamaRuntime(Generation):
                 llm.input_ids[:first] = tokens[:first]
                 llm.n_tokens = first
         return np.array(out)
-
-    def _row_logprobs(self, rows: list[int], targets: list[int]):
-        """Log-softmax at ``targets`` of the last batch's logit rows ``rows``, all rows at once: float32
-        logits, their exponentials summed in float64 (a row at a time in float64 cost 7 ms on a 262k
-        vocabulary, ~11% of an evaluation)."""
-        logits = np.stack([np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self._llm.ctx, i), shape=(self.n_vocab,))
-                           for i in rows])
-        peak = logits.max(axis=1, keepdims=True)
-        total = np.exp(logits - peak).sum(axis=1, dtype=np.float64)
-        picked = logits[np.arange(len(rows)), targets].astype(np.float64)
-        return picked - peak[:, 0] - np.log(total)
 
     def _decode(self, tokens: Sequence[int], n_past: int, want_logits: Sequence[bool]) -> None:
         """Evaluate ``tokens`` at positions ``n_past``... into the cache, with logits only where

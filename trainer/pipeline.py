@@ -69,9 +69,10 @@ PROFILES: dict[str, dict[str, Any]] = {
               # at lr 2e-4 -3.5%, at 1e-3 -3.6%, at 5e-4 -4.6%; 28 steps at 5e-4 -5.7% (CI -7.6 … -4.1), 32
               # steps -6.1% (CI -8.0 … -4.5; 28 steps left requests at -4.97%). A text step (2,048 trained
               # positions) takes ~14 s on 2 cores, so 32 steps keep the whole run under 15 min with the
-              # evaluation of base and adapter (click, the slowest: 14 min 3 s). Design recall episodes
-              # (targets["recall"]) are left out: 200 of them cut design/facts loss by a third but took the
-              # line + body gain from -5.7% to -4.7% and still answered no question exactly.
+              # evaluation of base and adapter (click, the slowest: 14 min 3 s;
+              # on a slower 2-vCPU AMD EPYC with AVX2 only, 33.6 s a step and 32 min 55 s: README).
+              # Design recall episodes (targets["recall"]) are left out: 200 of them cut design/facts loss by a
+              # third but took the line + body gain from -5.7% to -4.7% and still answered no question exactly.
               "train": {"max_len": 2048, "batch_tokens": 2048, "gradient_checkpointing": False, "lr": 5e-4,
                         "unit_weights": {"design": 1.0, "implementation": 1.0, "evolution": 1.0, "runtime": 1.0,
                                          "feedback": 1.0, "text": 1.0}},
