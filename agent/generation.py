@@ -87,7 +87,8 @@ class Generation:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted = "", 0
         hold = max((len(s) for s in stop), default=0)
-        with self._lock, self._busy():
+        with self._lock:
+            self._refit_threads()
             stats["cached_tokens"] = self._cached_prefix(tokens[:-1])
             if cancel is not None and not self._prefill(tokens[:-1], cancel):
                 stats["finish_reason"] = "cancelled"
@@ -148,16 +149,14 @@ class Generation:
         finally:
             gen.close()
 
-    @contextlib.contextmanager
-    def _busy(self):
-        """Around one generation: re-choose the thread count first (at most every THREAD_REFIT_S, and only
-        when no count was set; this process's own part of the load is measured from its CPU time,
+    def _refit_threads(self) -> None:
+        """Before one generation: re-choose the thread count (at most every THREAD_REFIT_S, and only when no
+        count was set; this process's own part of the load is measured from its CPU time,
         ``agent.threads.own_load``, so its own generation does not push it down)."""
         now = time.monotonic()
         if not self.thread_setting and now - self._fitted_at >= THREAD_REFIT_S:
             self._fitted_at = now
             self.set_threads(choose_threads())
-        yield
 
     def set_threads(self, n: int) -> None:
         """Use ``n`` threads for generation and prompt batches from the next token on."""
@@ -183,7 +182,8 @@ class Generation:
         of the same prompt, or of one that goes on from it, then reads only what is left. Returns the
         prompt's tokens and how many of them were cached before and are after (a cancel keeps what was read)."""
         tokens = self._prompt_tokens(prompt)
-        with self._lock, self._busy():
+        with self._lock:
+            self._refit_threads()
             before = self._cached_prefix(tokens[:-1])
             self._prefill(tokens[:-1], cancel, batch)
             return len(tokens), before, self._cached_prefix(tokens[:-1])

@@ -67,11 +67,12 @@ class LlamaRuntime(Generation):
 
         self._llama_cpp = llama_cpp
         LOG_BRIDGE.install(llama_cpp)
+        threads = choose_threads(n_threads or 0)  # one reading of the load for generation and prompt batches
         kwargs: dict = dict(
             model_path=str(self.model_path),
             n_ctx=n_ctx,
-            n_threads=choose_threads(n_threads or 0),
-            n_threads_batch=choose_threads(n_threads or 0),
+            n_threads=threads,
+            n_threads_batch=threads,
             n_gpu_layers=n_gpu_layers,
             logits_all=logits_all,
             seed=seed,

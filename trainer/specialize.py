@@ -149,12 +149,12 @@ def specialize(opts: SpecializeOptions, cutoff: str, *, on_phase: OnPhase | None
     repo = opts.repo
     report_dir = state_dir(repo) / "reports" / time.strftime("%Y%m%d-%H%M%S")
     evaluation: dict = {}
+    seeded = {"seed": opts.seed} if opts.seed else {}  # the default seed is left out, as before there was one
     refresh_opts = RefreshOptions(repo=repo, base=opts.base, profile=opts.profile, cutoff=cutoff, continue_training=False,
                                   gate=held_out_gate(opts, cutoff, report_dir, evaluation) if opts.evaluate else "none",
                                   steps=opts.steps, device=opts.device,
-                                  train_overrides={"seed": opts.seed} if opts.seed else {},
-                                  extra_manifest={"specialize": {"cutoff": cutoff, "profile": opts.profile}
-                                                  | ({"seed": opts.seed} if opts.seed else {})})
+                                  train_overrides=seeded,
+                                  extra_manifest={"specialize": {"cutoff": cutoff, "profile": opts.profile} | seeded})
     lock = DaemonLock(state_dir(repo))
     lock.acquire(repo, who="swespot specialize")
     try:
