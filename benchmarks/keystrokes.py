@@ -20,7 +20,9 @@ Reported per model (the base, and an adapter side by side in the same run, in se
 task by task, so machine load hits all alike; with ``--context both`` the base also runs without the
 definitions of the names near the cursor, lsp_server/context.py, to show whether they pay for their
 prompt tokens):
-- chars saved per char typed: (characters of the held-out code - keystrokes) / characters;
+- chars saved per char typed: (characters of the held-out code - keystrokes) / characters, and beside it
+  the ceiling, what a perfect model would save (its first suggestion the whole task, one Tab): a ratio of
+  two models' savings cannot exceed the ceiling over the base's;
 - the share of shown suggestions that were (partly) accepted;
 - per-keystroke latency as the user sees it (the change sent to the answer received), p50/p95;
 - model calls per keystroke (from the server's own log: the rest came from its cache or its rules),
@@ -104,6 +106,12 @@ class Replay:
     @property
     def ratio(self) -> float:
         return self.saved / self.chars if self.chars else 0.0
+
+    @property
+    def most_saved(self) -> int:
+        """What a perfect model could save here: its first suggestion is the whole held-out code, taken with one
+        keystroke (the user's rule: a suggestion needs at least ``MIN_ACCEPT`` characters to be worth a Tab)."""
+        return self.chars - 1 if self.chars >= MIN_ACCEPT else 0
 
 
 # ---- tasks --------------------------------------------------------------------------------------
@@ -341,7 +349,9 @@ def publish_into(state_root: Path, repo: Path, version_dir: Path) -> str:
 def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int = 2000) -> dict:
     """``cand``'s minus ``base``'s mean per-task chars-saved ratio, the ratio of their total characters
     saved, and the difference of their per-task median keystroke latency (ms), each with a 95%
-    percentile-bootstrap interval over tasks (paired resampling)."""
+    percentile-bootstrap interval over tasks (paired resampling). ``saved_ratio_ceiling``: the same ratio
+    for a perfect model (``Replay.most_saved``), the most any model can reach against this base on these
+    tasks: where the base already saves much, a goal stated as a ratio can lie beyond it."""
 
     b = np.array([r.ratio for r in base])
     c = np.array([r.ratio for r in cand])
@@ -349,8 +359,10 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
     cs = np.array([r.saved for r in cand], dtype=float)
     bl = np.array([np.median(r.latencies_ms) if r.latencies_ms else np.nan for r in base])
     cl = np.array([np.median(r.latencies_ms) if r.latencies_ms else np.nan for r in cand])
+    ms = np.array([r.most_saved for r in base], dtype=float)
     out: dict = {"tasks": len(b), "ratio_difference": round(float((c - b).mean()), 4) if len(b) else None,
                  "saved_ratio": round(float(cs.sum() / bs.sum()), 3) if bs.sum() > 0 else None,
+                 "saved_ratio_ceiling": round(float(ms.sum() / bs.sum()), 3) if bs.sum() > 0 else None,
                  "p50_ms_difference": round(float(np.nanmean(cl - bl)), 1) if len(b) and not np.isnan(cl - bl).all() else None}
     if len(b) < MIN_PAIRED_TASKS:
         out["note"] = f"fewer than {MIN_PAIRED_TASKS} paired tasks: no interval"
@@ -367,6 +379,8 @@ def paired(base: list[Replay], cand: list[Replay], seed: int = 0, resamples: int
         lo, hi = np.percentile(cs[idx].sum(1)[ok] / base_sums[ok], [2.5, 97.5])
         out["saved_ratio_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
         out["saved_ratio_resamples_without_base_savings"] = int((~ok).sum())
+        lo, hi = np.percentile(ms[idx].sum(1)[ok] / base_sums[ok], [2.5, 97.5])
+        out["saved_ratio_ceiling_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
     return out
 
 
@@ -380,6 +394,7 @@ def summary(name: str, replays: list[Replay]) -> dict:
     call_ms = [ms for r in replays for ms in r.call_ms]
     return {"model": name, "tasks": len(replays), "chars": chars, "keystrokes": keys,
             "chars_saved_per_char": round((chars - keys) / chars, 4) if chars else None,
+            "ceiling_per_char": round(sum(r.most_saved for r in replays) / chars, 4) if chars else None,
             "shown": shown, "accepted_share": round(sum(r.accepted for r in replays) / shown, 4) if shown else None,
             "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "requests": len(lat),
             "model_calls_per_request": round(calls / len(lat), 3) if lat else None,

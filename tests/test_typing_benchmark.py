@@ -47,6 +47,19 @@ def test_the_paired_interval_compares_the_same_tasks():
     assert "note" in bench.paired(base[:3], better[:3])  # too few tasks: no interval
 
 
+def test_the_ceiling_is_what_a_perfect_model_saves_against_the_base():
+    bench = load()
+    # a perfect model takes each task in one keystroke: 99 of 100 characters saved, 0 of a 1-character task
+    assert bench.Replay(chars=100, keystrokes=100).most_saved == 99 and bench.Replay(chars=1, keystrokes=1).most_saved == 0
+    base = [bench.Replay(chars=100, keystrokes=100 - s) for s in (60, 70, 66, 64, 70, 66)]  # saves 2/3 already
+    cand = [bench.Replay(chars=100, keystrokes=100 - s) for s in (70, 75, 70, 70, 72, 70)]
+    out = bench.paired(base, cand)
+    assert out["saved_ratio_ceiling"] == round(6 * 99 / 396, 3) == 1.5  # no model could save more than 1.5x this base
+    lo, hi = out["saved_ratio_ceiling_ci95"]
+    assert lo <= 1.5 <= hi and out["saved_ratio"] < out["saved_ratio_ceiling"]
+    assert bench.summary("base", base)["ceiling_per_char"] == 0.99
+
+
 def test_the_paired_comparison_also_gives_the_latency_difference_per_task():
     bench = load()
     base = [bench.Replay(chars=10, keystrokes=8, latencies_ms=[100.0, 200.0, 300.0]) for _ in range(6)]
