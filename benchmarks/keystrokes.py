@@ -476,7 +476,10 @@ def main() -> int:
     parser.add_argument("--think-ms", type=float, default=1350.0,
                         help="the user's pause between the cursor coming to rest at a task's place and the first suggestion asked "
                              "(the keystroke-level model's M); 0: none")
-    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: chosen from the cores and load)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="llama.cpp threads of every server (0: chosen once at the start from the cores and the load, as a "
+                             "lone server would choose them; the servers take turns, and each choosing from the load would "
+                             "count the other's typing as a foreign job and take one thread fewer)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-ms", type=int, default=700, help="the server's completionMaxMs")
     parser.add_argument("--context", choices=("on", "off", "both"), default="off",
@@ -501,6 +504,10 @@ def main() -> int:
 
             gguf = Path(ensure_default_gguf())
         tasks = make_typing_tasks(repo, cutoff, args.tasks, args.max_chars, args.family)
+        if not args.threads:
+            from agent.threads import choose_threads
+
+            args.threads = choose_threads()  # before any server runs: the machine as one server would find it
         if not tasks:
             raise SwespotError(f"no Python function or added line after the cutoff {cutoff[:10]} to type")
         with tempfile.TemporaryDirectory(prefix="swespot-typing-") as tmp:
