@@ -10,14 +10,17 @@ too. ``--dense-lengths`` adds the old rows: equal-length episodes whose every an
 Rows: ``ours`` (packed rows: common prefix once, no padding, each sequence cut after its last trained
 token, the vocabulary projection only where a target is predicted, in chunks of rows:
 ``losses.linear_cross_entropy``), ``ours_v1`` (the same packing with the full [targets, vocabulary]
-logits, as first built), ``ours_padded`` (length-grouped padded batches) and ``trainer``
+logits, as first built), ``ours_vocab`` (``ours`` with the CPU profiles' training softmax over part of the
+vocabulary: the data's tokens and the ``LOSS_VOCAB`` lowest ids; its loss is over that part, so its first
+loss is lower), ``ours_padded`` (length-grouped padded batches) and ``trainer``
 (``transformers.Trainer``, grouped by length, the model's own loss). ``--units text=5,design=3`` samples
 quick's mix (the repository as text, every token trained, and design episodes) instead of ``--episodes``.
 Each measurement runs in its own process; the rate is over the training loop only
 (model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
 
     .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48 | --units text=5,design=3]
-        [--max-len 1024] [--batch-tokens 4096] [--runs ours,ours_v1,ours_padded,trainer] [--dense-lengths 512] [--json out.json]
+        [--max-len 1024] [--batch-tokens 4096] [--runs ours,ours_v1,ours_vocab,ours_padded,trainer] [--dense-lengths 512]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ from trainer import attention as A
 from trainer import data as D
 from trainer.config import config_for
 from trainer.default_model import prepare_default
-from trainer.pipeline import build_repo_experience
+from trainer.pipeline import LOSS_VOCAB, build_repo_experience
 from trainer.train import make_renderer, peak_memory_mb
 
-WORKERS = ("ours", "ours_v1", "ours_padded", "trainer")
+WORKERS = ("ours", "ours_v1", "ours_vocab", "ours_padded", "trainer")
 
 
 def source_text() -> str:
@@ -120,7 +123,8 @@ def worker(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-"))
     cfg = config_for("cpu", data=str(args.data), base=hf, out=str(tmp / "out"), epochs=1.0, max_len=args.max_len,
                      batch_tokens=args.batch_tokens, export_gguf=False, checkpoint_every=1_000_000, lora_r=16, lora_alpha=32,
-                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker in ("ours", "ours_v1"))
+                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker.startswith("ours_v") or args.worker == "ours",
+                     loss_vocab=LOSS_VOCAB if args.worker == "ours_vocab" else 0)
     row = {"sequences": len(sequences), "tokens": tokens, "trained_tokens": trained,
            "after_last_target": sum(len(s.input_ids) - D.trained_end(s) for s in sequences)}
     if args.worker != "trainer":

@@ -262,6 +262,8 @@ def test_bad_inputs_fail_with_clear_messages(experience, tiny_hf_dir, tmp_path):
         train(tiny_config(experience, tmp_path / "o2", tmp_path / "no-such-model", steps=1), progress=False)
     with pytest.raises(SwespotError, match="unknown unit"):
         tiny_config(experience, tmp_path / "o3", tiny_hf_dir, steps=1, unit_weights={"gossip": 1.0})
+    with pytest.raises(SwespotError, match="loss_vocab must be"):
+        tiny_config(experience, tmp_path / "o3", tiny_hf_dir, steps=1, loss_vocab=-1)
     # a checkpoint made with one tokenizer must not be resumed with another
     out = tmp_path / "o4"
     train(tiny_config(experience, out, tiny_hf_dir, steps=4, export_gguf=False), progress=False, stop_after=2)
@@ -281,9 +283,13 @@ def test_continuing_from_an_adapter_mixes_in_replay_data(trained, experience, ti
 
     out, _ = trained
     cfg = tiny_config(experience, tmp_path / "continued", tiny_hf_dir, steps=3, export_gguf=False,
-                      init_adapter=str(out), replay_data=str(experience), replay_share=0.5)
+                      init_adapter=str(out), replay_data=str(experience), replay_share=0.5, loss_vocab=200)
     result = train(cfg, progress=False)
     assert result.report["steps"] == 3
+    # the softmax ran over the data's and replay's tokens and the 200 lowest ids, not the whole vocabulary
+    from transformers import AutoConfig
+
+    assert 200 < result.report["loss_vocab_size"] < AutoConfig.from_pretrained(tiny_hf_dir).vocab_size
     # the continued run starts from the trained adapter: its first loss is already low
     assert result.report["loss_curve"][0][1] < trained[1].report["loss_curve"][0][1] / 2
     # an epoch holds the unit's sequences plus as many replayed ones (share 0.5)
@@ -473,3 +479,42 @@ def test_blocked_attention_is_the_same_attention(experience, tiny_hf_dir, monkey
         assert len(scores) > layers and sum(scores) < most * layers * width * width, (model.config.model_type, sum(scores))
     eager = AutoModelForCausalLM.from_pretrained(tiny_hf_dir, dtype=torch.float32, attn_implementation="eager")
     assert not A.blocked_attention(eager) and eager.config._attn_implementation == "eager"
+
+
+def test_loss_vocabulary_is_the_softmax_over_its_part_of_the_vocabulary(experience, tiny_hf_dir):
+    """loss_vocab: the packed loss over the data's tokens and the lowest ids is the cross-entropy of the
+    logits at those ids only (targets renumbered); with every id kept it is the whole loss, with fewer it
+    is lower (less mass to share). Evaluation (no vocab) is untouched."""
+    import torch
+
+    import trainer.train as T
+    from trainer.losses import LossVocabulary
+    from trainer.model_io import load_model_and_tokenizer
+    from trainer.train import trained_token_loss
+
+    model, tokenizer = load_model_and_tokenizer(tiny_hf_dir)
+    assert not getattr(model.config, "final_logit_softcapping", None)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    rows = B.collate_packed(B.packed_batches(seqs, 4096, 2048, __import__("random").Random(0))[0], 2048)
+    size = model.config.vocab_size
+    used = {int(i) for s in seqs for i in s.input_ids}
+    assert len(used) < size // 2
+    full = trained_token_loss(model, rows)
+    assert trained_token_loss(model, rows, LossVocabulary(used, size, size)).item() == pytest.approx(full.item(), rel=1e-6)
+    vocab = LossVocabulary(used, 100, size)
+    assert set(range(100)) | used == set(vocab.ids.tolist())
+    part = trained_token_loss(model, rows, vocab)
+    with torch.no_grad():
+        config = model.config
+        masks = T.packed_attention_masks(config, rows["position_ids"], rows["segment_ids"], torch.float32)
+        out = model(input_ids=rows["input_ids"], position_ids=rows["position_ids"], attention_mask=masks,
+                    output_hidden_states=True)
+        hidden = out.hidden_states[-1][rows["predict_row"], rows["predict_at"]]
+        logits = model.get_output_embeddings()(hidden)[:, vocab.ids]
+        targets = torch.tensor([vocab.ids.tolist().index(int(t)) if t != D.IGNORE else D.IGNORE for t in rows["targets"]])
+        expected = torch.nn.functional.cross_entropy(logits, targets)
+    assert part.item() == pytest.approx(expected.item(), rel=1e-5) and part.item() < full.item()
+    part.backward()  # the LoRA-free tiny model: the gradient reaches the body through the narrowed head
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+    with pytest.raises(ValueError, match="outside the loss vocabulary"):
+        LossVocabulary(set(), 100, size).targets(torch.tensor([D.IGNORE, size - 1]))

@@ -73,15 +73,16 @@ def make_renderer(tokenizer):
 CHUNKED_LOSS = True  # packed_loss through losses.linear_cross_entropy (False: full logits, for comparisons)
 
 
-def trained_token_loss(model, tensors: dict):
+def trained_token_loss(model, tensors: dict, vocab=None):
     """Mean cross-entropy over the trained (assistant) tokens, projecting onto the vocabulary only at the
     positions that predict one. The system prompt, tool schemas and observations are most of every
     episode, and on a 262k vocabulary (Gemma) the projection costs more than the rest of the model; the
-    loss is the same as the model's own (shifted labels, mean over trained tokens)."""
+    loss is the same as the model's own (shifted labels, mean over trained tokens). ``vocab``
+    (``losses.LossVocabulary``, packed rows only): the softmax runs over that part of the vocabulary."""
     import torch
 
     if "predict_at" in tensors:  # a packed row
-        return packed_loss(model, tensors)
+        return packed_loss(model, tensors, vocab)
     targets = tensors["labels"][:, 1:]
     keep = (targets != D.IGNORE).any(dim=0).nonzero().squeeze(1)
     if keep.numel() == 0:
@@ -91,11 +92,12 @@ def trained_token_loss(model, tensors: dict):
                                              ignore_index=D.IGNORE)
 
 
-def packed_loss(model, tensors: dict):
+def packed_loss(model, tensors: dict, vocab=None):
     """``trained_token_loss`` of packed rows: the same mean over the trained tokens of their sequences.
     The vocabulary projection runs only on the final hidden states that predict a target (rows differ in
     where their targets are, so ``logits_to_keep`` cannot pick them), in fp32 chunk by chunk
-    (``losses.linear_cross_entropy``) so the [targets, vocabulary] logits are never held at once."""
+    (``losses.linear_cross_entropy``) so the [targets, vocabulary] logits are never held at once; with
+    ``vocab``, onto that part of the vocabulary only (training's ``loss_vocab``; evaluation never passes it)."""
     import torch
 
     config = model.config
@@ -105,16 +107,21 @@ def packed_loss(model, tensors: dict):
                 logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][tensors["predict_row"], tensors["predict_at"]]
     head = getattr(model, "module", model).get_output_embeddings()  # "module": under DDP
+    weight, bias, targets = head.weight, head.bias, tensors["targets"]
+    if vocab is not None:
+        ids = vocab.ids.to(weight.device)
+        weight, bias = weight[ids], None if bias is None else bias[ids]
+        targets = vocab.targets(targets.cpu()).to(targets.device)
     cap = getattr(config, "final_logit_softcapping", None)
-    if CHUNKED_LOSS and not cap and head.bias is None and hidden.dtype == head.weight.dtype == torch.float32 \
+    if CHUNKED_LOSS and not cap and bias is None and hidden.dtype == weight.dtype == torch.float32 \
             and not torch.is_autocast_enabled(hidden.device.type):
         from trainer.losses import linear_cross_entropy  # lazy: trainer.losses imports torch
 
-        return linear_cross_entropy(hidden, head.weight, tensors["targets"])
-    logits = head(hidden)
+        return linear_cross_entropy(hidden, weight, targets)
+    logits = torch.nn.functional.linear(hidden, weight, bias)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return torch.nn.functional.cross_entropy(logits.float(), tensors["targets"])
+    return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -169,11 +176,12 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    loop = _Loop(cfg, out, accelerator, model, optimizer, scheduler, params, state, total_steps, data, pad_id, progress)
+    vocab = data.loss_vocabulary(cfg, model.config.vocab_size) if cfg.packing else None
+    loop = _Loop(cfg, out, accelerator, model, optimizer, scheduler, params, state, total_steps, data, pad_id, progress, vocab)
     if loop.run(stop_after, control):
         return TrainResult(out, {"interrupted": True, "step": state["step"], "total_steps": total_steps})
 
-    report = _report(cfg, state, total_steps, data, device, precision, accelerator.num_processes)
+    report = _report(cfg, state, total_steps, data, device, precision, accelerator.num_processes, vocab)
     if not accelerator.is_main_process:
         return TrainResult(out, report)
     manifest = _save(cfg, out, base, accelerator.unwrap_model(model), data, state, report, commit, started_at)
@@ -201,6 +209,15 @@ class _Data:
         if cfg.replay_data:
             replay, _ = D.encode_all(D.read_episodes(Path(cfg.replay_data)), tokenizer, render, cfg.max_len, fim=cfg.fim)
         return cls(sequences, replay, stats, D.data_fingerprint(files), D.tokenizer_fingerprint(tokenizer))
+
+    def loss_vocabulary(self, cfg: TrainConfig, vocab_size: int):
+        """The part of the vocabulary the training softmax runs over (``cfg.loss_vocab``), None: all of it."""
+        if not cfg.loss_vocab or cfg.loss_vocab >= vocab_size:
+            return None
+        from trainer.losses import LossVocabulary  # lazy: trainer.losses imports torch
+
+        used = {int(i) for seq in (*self.sequences, *self.replay) for i in seq.input_ids}
+        return LossVocabulary(used, cfg.loss_vocab, vocab_size)
 
 
 def _with_lora(cfg: TrainConfig, model):
@@ -245,8 +262,8 @@ class _Loop:
     the two ways to stop early (``stop_after``, ``control``)."""
 
     def __init__(self, cfg: TrainConfig, out: Path, accelerator, model, optimizer, scheduler, params: list, state: dict,
-                 total_steps: int, data: _Data, pad_id: int, progress: bool) -> None:
-        self.cfg, self.out, self.accelerator, self.model = cfg, out, accelerator, model
+                 total_steps: int, data: _Data, pad_id: int, progress: bool, vocab=None) -> None:
+        self.cfg, self.out, self.accelerator, self.model, self.vocab = cfg, out, accelerator, model, vocab
         self.optimizer, self.scheduler, self.params, self.state = optimizer, scheduler, params, state
         self.total_steps, self.data, self.pad_id = total_steps, data, pad_id
         self.bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step",
@@ -295,7 +312,7 @@ class _Loop:
         collated = B.collate_packed(batch, cfg.max_len) if cfg.packing else D.collate(batch, self.pad_id)
         tensors = {k: v.to(accelerator.device) for k, v in collated.items()}
         with accelerator.accumulate(model):
-            loss = trained_token_loss(model, tensors)
+            loss = trained_token_loss(model, tensors, self.vocab)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.grad_clip:
                 accelerator.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -335,8 +352,10 @@ class _Loop:
                         self.cfg.keep_checkpoints)
 
 
-def _report(cfg: TrainConfig, state: dict, total_steps: int, data: _Data, device: str, precision: str, processes: int) -> dict:
-    """``train_report.json``: how much was trained, how fast, in how much memory, and the loss curve."""
+def _report(cfg: TrainConfig, state: dict, total_steps: int, data: _Data, device: str, precision: str, processes: int,
+            vocab=None) -> dict:
+    """``train_report.json``: how much was trained, how fast, in how much memory, and the loss curve (over
+    ``loss_vocab_size`` tokens of the vocabulary when ``loss_vocab`` narrowed the softmax)."""
     minutes = max(state["seconds"], 1e-9) / 60
     return {
         "steps": state["step"], "total_steps": total_steps, "max_trained_tokens": cfg.max_trained_tokens,
@@ -346,7 +365,8 @@ def _report(cfg: TrainConfig, state: dict, total_steps: int, data: _Data, device
         "tokens_per_min": round(state["tokens"] / minutes, 1),
         "trained_tokens_per_min": round(state["trained_tokens"] / minutes, 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1), "device": device, "precision": precision,
-        "processes": processes, "loss_curve": state["loss_curve"], "data": data.stats.to_dict(),
+        "processes": processes, "loss_vocab_size": len(vocab) if vocab is not None else None,
+        "loss_curve": state["loss_curve"], "data": data.stats.to_dict(),
     }
 
 
