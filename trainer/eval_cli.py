@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("path", nargs="?", type=Path, help=argparse.SUPPRESS)  # the older spelling of --repo (./scripts/run PATH)
     s.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")
     s.add_argument("--model", dest="base", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the older spelling of --base
-    add_profile_argument(s, "quick: ~15 min on a fast 2-core CPU (click: 14 min; 33 min on a slower one, README); "
+    add_profile_argument(s, "quick: ~15 min on a fast 2-core CPU (click: 14 min; 27 min on a slower one, README); "
                          "full: under an hour there, every unit on a GPU; tiny: tests")
     s.add_argument("--cutoff", help="knowledge cutoff (default: hold out the newest --holdout commits)")
     s.add_argument("--holdout", type=int, help="first-parent commits held out for evaluation (default: the newest ones "

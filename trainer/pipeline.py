@@ -76,7 +76,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               # steps -6.1% (CI -8.0 … -4.5; 28 steps left requests at -4.97%). A text step (2,048 trained
               # positions) takes ~14 s on 2 cores, so 32 steps keep the whole run under 15 min with the
               # evaluation of base and adapter (click, the slowest: 14 min 3 s;
-              # on a slower 2-vCPU AMD EPYC with AVX2 only, 33.6 s a step and 32 min 55 s: README).
+              # on a slower 2-vCPU AMD EPYC with AVX2 only, 33.6 s a step and 32 min 55 s; 23.0 s a step and
+              # 26 min 36 s with the narrowed softmax, LOSS_VOCAB: README).
               # Design recall episodes (targets["recall"]) are left out: 200 of them cut design/facts loss by a
               # third but took the line + body gain from -5.7% to -4.7% and still answered no question exactly.
               "train": {"max_len": 2048, "batch_tokens": 2048, "gradient_checkpointing": False, "lr": 5e-4,

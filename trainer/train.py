@@ -173,10 +173,11 @@ def train(cfg: TrainConfig, *, commit: str | None = None, progress: bool = True,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.lr_lambda(cfg, total_steps))
     state = _resume(out, cfg, base, data, model, optimizer, scheduler, total_steps)
 
+    # the rows of the output projection (under DDP, after prepare, the model no longer answers for itself)
+    vocab = data.loss_vocabulary(cfg, model.get_output_embeddings().weight.shape[0]) if cfg.packing else None
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    vocab = data.loss_vocabulary(cfg, model.config.vocab_size) if cfg.packing else None
     loop = _Loop(cfg, out, accelerator, model, optimizer, scheduler, params, state, total_steps, data, pad_id, progress, vocab)
     if loop.run(stop_after, control):
         return TrainResult(out, {"interrupted": True, "step": state["step"], "total_steps": total_steps})
