@@ -123,7 +123,7 @@ def worker(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-"))
     cfg = config_for("cpu", data=str(args.data), base=hf, out=str(tmp / "out"), epochs=1.0, max_len=args.max_len,
                      batch_tokens=args.batch_tokens, export_gguf=False, checkpoint_every=1_000_000, lora_r=16, lora_alpha=32,
-                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker.startswith("ours_v") or args.worker == "ours",
+                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker in ("ours", "ours_v1", "ours_vocab"),
                      loss_vocab=LOSS_VOCAB if args.worker == "ours_vocab" else 0)
     row = {"sequences": len(sequences), "tokens": tokens, "trained_tokens": trained,
            "after_last_target": sum(len(s.input_ids) - D.trained_end(s) for s in sequences)}
