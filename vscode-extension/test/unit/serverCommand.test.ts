@@ -4,9 +4,13 @@ import * as os from 'os';
 import * as path from 'path';
 import { LaunchError, LaunchInput, resolveLaunch } from '../../src/serverCommand';
 
-/** Real files in a temp dir: the file system is not mocked. */
+const roots: string[] = [];
+after(() => roots.splice(0).forEach((root) => fs.rmSync(root, { recursive: true, force: true })));
+
+/** Real files in a temp dir (removed after the tests): the file system is not mocked. */
 function sandbox() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'swespot-launch-'));
+  roots.push(root);
   const file = (rel: string, exec = false) => {
     const p = path.join(root, rel);
     fs.mkdirSync(path.dirname(p), { recursive: true });
