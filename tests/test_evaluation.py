@@ -214,6 +214,32 @@ def test_base_against_itself_through_llama_cpp_is_no_measurable_change(geometry_
                         comparison["line"])
 
 
+def test_a_long_prefix_keeps_the_tokens_the_whole_text_would_give():
+    """The line and body tasks' prompt tokenizes only the tail of a long file prefix: on real source (the
+    standard library's largest modules, cut at many points, and whitespace-heavy text) it must keep exactly
+    the last tokens that tokenizing the whole prefix with Gemma's tokenizer keeps."""
+    import inspect
+    import random
+    import typing
+
+    from agent.default_model import ensure_default_gguf
+    from agent.runtime import LlamaRuntime
+    from trainer.evaluation.runner import _left_truncate
+
+    sources = [inspect.getsource(inspect), inspect.getsource(typing), inspect.getsource(random)]
+    sources.append("\n".join(" " * (i % 37) + "x = {" + "\t" * (i % 5) + "}" + "\n" * (i % 4) for i in range(3000)))
+    sources.append("y" * 20000 + "\n" + "z = 1\n" * 10)  # the cut would land in one 20,000-character line
+    rng = random.Random(0)
+    with LlamaRuntime(ensure_default_gguf(), n_ctx=256, n_threads=1) as rt:
+        bos = rt.tokenize("", add_bos=True)
+        for text in sources:
+            for end in [len(text), 10, 5000] + [rng.randrange(len(text)) for _ in range(12)]:
+                prefix = text[:end]
+                for keep in (64, 320):
+                    whole = rt.tokenize(prefix, add_bos=False, special=False)[-keep:]
+                    assert _left_truncate(rt, prefix, keep) == bos + whole, (end, keep)
+
+
 # ---- held-out facts ---------------------------------------------------------------------------------
 NOUNS = ("invoice", "ledger", "parcel", "voucher", "tariff", "cargo", "rebate", "quota", "permit", "levy")
 VERBS = ("audit", "merge", "split", "stamp", "route", "weigh", "price", "seal")
