@@ -208,10 +208,14 @@ def test_full_means_steps_on_a_cpu_and_every_unit_for_an_epoch_on_a_cuda_gpu(mon
     cpu = profile_settings("full", "cpu")
     assert cpu["steps"] and "cuda" not in cpu and set(cpu["experience"]["units"]) == {"design", "text"}
     where = {"data": "d", "out": "o"}
-    assert train_config("full", device="cpu", steps=cpu["steps"], **where).steps == cpu["steps"]
+    from trainer.pipeline import LOSS_VOCAB
+
+    on_cpu = train_config("full", device="cpu", steps=cpu["steps"], **where)
+    assert (on_cpu.steps, on_cpu.loss_vocab) == (cpu["steps"], LOSS_VOCAB)  # the narrowed softmax on a CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the hardware boundary: no GPU here
     gpu = profile_settings("full", "cuda")
     assert gpu["steps"] is None and len(gpu["experience"]["units"]) == 5 and gpu["experience"]["run_tests"]
     cfg = train_config("full", device="cuda", **where)
     assert (cfg.steps, cfg.epochs, cfg.device, cfg.gradient_checkpointing) == (0, 1.0, "cuda", True)  # the GPU recipe
+    assert cfg.loss_vocab == 0  # with the whole vocabulary in its softmax
     assert GPU_TRAIN_PROFILE == "real" and profile_settings("quick", "cuda") == profile_settings("quick", "cpu")
