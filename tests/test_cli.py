@@ -203,13 +203,11 @@ def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
 def test_full_means_steps_on_a_cpu_and_every_unit_for_an_epoch_on_a_cuda_gpu(monkeypatch):
     import torch
 
-    from trainer.pipeline import GPU_TRAIN_PROFILE, profile_settings, train_config
+    from trainer.pipeline import GPU_TRAIN_PROFILE, LOSS_VOCAB, profile_settings, train_config
 
     cpu = profile_settings("full", "cpu")
     assert cpu["steps"] and "cuda" not in cpu and set(cpu["experience"]["units"]) == {"design", "text"}
     where = {"data": "d", "out": "o"}
-    from trainer.pipeline import LOSS_VOCAB
-
     on_cpu = train_config("full", device="cpu", steps=cpu["steps"], **where)
     assert (on_cpu.steps, on_cpu.loss_vocab) == (cpu["steps"], LOSS_VOCAB)  # the narrowed softmax on a CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the hardware boundary: no GPU here
