@@ -8,6 +8,7 @@ language server (``lsp_server/``), who talk through these files and nothing else
     <state>/retrain.request      the server asks the daemon to train now (swespot/retrain); the daemon consumes it
     <state>/adapters/            the adapter store (trainer/store.py): versions, ``current``, ``selection.json``
     <state>/experience/          episodes (trainer/experience)
+    <state>/experience-chat/     the chat adapter's episodes (design and recall), when a profile trains one
     <state>/work/                training scratch (checkpoints of an unfinished run)
     <state>/daemon.log, serve.log
 
@@ -47,6 +48,7 @@ FEEDBACK_FILE = "feedback.jsonl"
 RETRAIN_REQUEST = "retrain.request"
 ADAPTERS_DIR = "adapters"
 EXPERIENCE_DIR = "experience"
+CHAT_EXPERIENCE_DIR = "experience-chat"  # the chat adapter's episodes (trainer/pipeline.py: a profile's "chat")
 WORK_DIR = "work"
 DAEMON_LOG = "daemon.log"
 SERVER_LOG = "serve.log"
@@ -162,7 +164,7 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 # ---- status.json ----------------------------------------------------------------------------------------
-PHASES = ("experience", "train", "export", "gate", "publish")  # a refresh's phases, in order
+PHASES = ("experience", "train", "export", "chat", "gate", "publish")  # "chat": the chat adapter, when one is trained  # a refresh's phases, in order
 DAEMON_PHASES = ("starting", "waiting", "idle", "paused", "stopped", "error", *PHASES)  # status["phase"]
 
 

@@ -4,6 +4,11 @@ Checking is cheap (one read of the small ``current`` file), so the server checks
 job and from a watcher thread while idle; the swap itself runs on the model thread, between jobs, so a
 generation never sees two adapters. A version that fails to load (another base model, a damaged file)
 is remembered and not retried until ``current`` names something else.
+
+A version may hold a chat adapter beside its code adapter (``Version.chat_gguf``, trainer/pipeline.py):
+both are loaded, and ``use`` activates the one for the kind of request about to run — the chat adapter for
+the chat panel's questions, the code adapter for everything else. A chat adapter that fails to load is
+logged and the version is served with its code adapter alone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class AdapterTracker:
         self.store = store
         self.active: Version | None = None
         self.failed: dict[str, str] = {}  # version name -> why it could not be loaded
+        self.chat_name: str | None = None  # the active version's chat adapter, as loaded on the runtime
         self._status_mtime: float | None = None
 
     @property
@@ -68,14 +74,33 @@ class AdapterTracker:
             raise
         if previous is not None and (version is None or previous.name != version.name):
             runtime.unload_adapter(previous.name)  # its memory is freed; the store keeps the file
+            if self.chat_name is not None:
+                runtime.unload_adapter(self.chat_name)
+        self.chat_name = None
+        if version is not None and version.chat_gguf is not None:
+            try:
+                self.chat_name = runtime.load_adapter(version.chat_gguf, name=f"{version.name}:chat")
+            except SwespotError as exc:
+                log.warning("serving %s without its chat adapter: %s", version.name, exc)
         self.active = version
         seconds = time.perf_counter() - started
         log.info("now serving adapter %s (was %s) after %.1f ms", self.active_name, previous.name if previous else None, seconds * 1e3)
         return SwapResult(version, seconds, previous.name if previous else None)
 
+    def use(self, runtime, kind: str) -> None:
+        """Activate the served version's adapter for a request of ``kind``: "chat" gets the chat adapter when
+        the version has one; any other kind (and chat without one) the code adapter. A switch clears the
+        runtime's prompt cache, so it happens only when the kind changes."""
+        if self.active is None:
+            return
+        name = self.chat_name if kind == "chat" and self.chat_name else self.active.name
+        if runtime.active_adapters != [(name, 1.0)]:
+            runtime.set_adapters({name: 1.0})
+
     def reset(self) -> None:
         """The runtime was reloaded: no adapter is active on it any more."""
         self.active = None
+        self.chat_name = None
         self.failed.clear()
 
     def daemon_status_if_changed(self) -> Status | None:

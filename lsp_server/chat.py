@@ -60,7 +60,8 @@ async def chat(ls: SwespotServer, params: P.ChatParams) -> P.ChatResult:
     history = [{"role": m.role, "content": m.content} for m in params.history]
     max_steps = params.max_steps or ls.settings.chat_max_steps
     max_tokens = params.max_tokens or ls.settings.chat_max_tokens
-    result = await run_model_job(ls, lambda cancel: _chat_job(ls, params, question, history, max_steps, max_tokens, cancel))
+    result = await run_model_job(ls, lambda cancel: _chat_job(ls, params, question, history, max_steps, max_tokens, cancel),
+                                 kind="chat")
     if result is None:
         raise asyncio.CancelledError()
     ls.served.remember(params.chat_id, {"kind": "chat", "prompt": params.prompt, "text": result.text,

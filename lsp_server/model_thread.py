@@ -30,12 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("swespot.lsp")
 
 
-def between_jobs(ls: SwespotServer) -> None:
-    """Before any model work: (re)load the runtime if its settings changed, and hot-swap to the
-    store's current adapter if it moved. Runs on the model thread only."""
+def between_jobs(ls: SwespotServer, kind: str = "code") -> None:
+    """Before any model work: (re)load the runtime if its settings changed, hot-swap to the store's
+    current adapter if it moved, and activate that version's adapter for ``kind`` of work ("chat": its
+    chat adapter when it has one). Runs on the model thread only."""
     ls.swap_pending.clear()
     if ls.runtime is None or ls.settings.model_key not in (ls.runtime_key, ls.failed_key):
         load_runtime(ls)
+    assert ls.tracker is not None
+    try:
+        _swap(ls)
+    finally:
+        ls.tracker.use(ls.runtime, kind)
+
+
+def _swap(ls: SwespotServer) -> None:
     assert ls.tracker is not None
     if not ls.tracker.needs_swap():
         return
@@ -53,7 +62,7 @@ def between_jobs(ls: SwespotServer) -> None:
     else:
         commit = (swap.version.commit or "")[:12]
         ls.publish_status(message=f"switched to adapter {swap.version.name}" + (f" (commit {commit})" if commit else "")
-                                  + f" in {ls.swap_ms:.0f} ms")
+                                  + (" with its chat adapter" if ls.tracker.chat_name else "") + f" in {ls.swap_ms:.0f} ms")
 
 
 def load_runtime(ls: SwespotServer) -> None:
@@ -89,14 +98,15 @@ def load_runtime(ls: SwespotServer) -> None:
     ls.set_state("ready", message=f"loaded {Path(path).name}")
 
 
-def model_job(ls: SwespotServer, tag: str, fn: Callable[[threading.Event], Any], cancel: threading.Event) -> Any:
-    """One request's model work on the model thread: tagged logs, runtime and adapter brought up to
-    date first, heartbeat while it runs. A job cancelled while it waited does not start."""
+def model_job(ls: SwespotServer, tag: str, fn: Callable[[threading.Event], Any], cancel: threading.Event,
+              kind: str = "code") -> Any:
+    """One request's model work on the model thread: tagged logs, runtime and adapter (for ``kind``)
+    brought up to date first, heartbeat while it runs. A job cancelled while it waited does not start."""
     REQUEST_TAG.set(tag)
     if cancel.is_set():
         log.info("cancelled before it started")
         return None
-    between_jobs(ls)
+    between_jobs(ls, kind)
     assert ls.heartbeat is not None
     ls.heartbeat.start()
     try:
@@ -126,13 +136,14 @@ def request_swap(ls: SwespotServer, tag: str) -> None:
 
 
 async def run_model_job(ls: SwespotServer, fn: Callable[[threading.Event], Any],
-                        cancel: threading.Event | None = None) -> Any:
-    """Run ``fn(cancel)`` on the model thread. If the request is cancelled ($/cancelRequest, shutdown)
+                        cancel: threading.Event | None = None, kind: str = "code") -> Any:
+    """Run ``fn(cancel)`` on the model thread, with the served version's adapter for ``kind`` ("chat": the
+    chat panel's questions; "code": the rest). If the request is cancelled ($/cancelRequest, shutdown)
     while it waits in the queue, it never runs; while it runs, ``cancel`` is set so the model stops
     between tokens, and the answer waits for it to stop, so the next request finds the model free."""
     cancel = cancel or threading.Event()
     ls.cancels.add(cancel)
-    job = ls.model_pool.submit(model_job, ls, REQUEST_TAG.get(), fn, cancel)
+    job = ls.model_pool.submit(model_job, ls, REQUEST_TAG.get(), fn, cancel, kind)
     try:
         return await asyncio.shield(asyncio.wrap_future(job))
     except asyncio.CancelledError:

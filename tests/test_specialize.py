@@ -207,6 +207,47 @@ def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geome
     assert not (state / "work").exists() or not list((state / "work").glob("run-*"))
 
 
+def test_a_chat_adapter_is_trained_beside_the_code_adapter_answers_the_questions_and_is_carried_over(geometry, tiny_hf_dir, tmp_path):
+    """A refresh asked for the chat adapter trains it on its own experience (design and recall episodes) and
+    publishes it in the same version; the evaluation scores questions with it and code with the code adapter;
+    the next refresh, continuing without one, carries it over."""
+    from trainer.evaluation import ModelSpec, evaluate
+    from trainer.pipeline import RefreshOptions, refresh
+    from trainer.store import CHAT_GGUF, AdapterStore
+
+    root, revs = geometry
+    state = tmp_path / "state"
+    phases = []
+    opts = RefreshOptions(repo=root, base=str(tiny_hf_dir), profile="tiny", cutoff=revs["cutoff"], steps=2, chat=True,
+                          chat_steps=2, gate="none", state=state, progress=False, continue_training=False)
+    result = refresh(opts, on_phase=lambda phase, fraction, detail: phases.append((phase, fraction)))
+    assert result.published and [p for p, f in phases if f == 0.0] == ["experience", "train", "export", "chat", "gate", "publish"]
+    version = AdapterStore(state).current()
+    chat = version.manifest["chat"]
+    assert version.chat_gguf == version.path / CHAT_GGUF and version.chat_gguf.is_file()
+    assert chat["episodes"]["recall"] > 0 and chat["steps"] == 2 and chat["trained_tokens"] > 0 and chat["commit"] == revs["cutoff"]
+    chat_shards = {p.name for p in (state / "experience-chat").glob("*/*.jsonl")}
+    assert chat_shards and not chat_shards & set(version.manifest["shards"])  # the code adapter never trained on them
+
+    base = version.manifest["export"]["base_gguf"]
+    models = [ModelSpec("pair", version.gguf, version.chat_gguf), ModelSpec("code", version.gguf), ModelSpec("chat", version.chat_gguf)]
+    report = evaluate(root, revs["cutoff"], base, models, families=("line", "design"), profile="tiny", progress=False)
+    loss = {(r["model"], r["task"]): r["loss"] for r in report["rows"]}
+    for row in report["rows"]:
+        if row["model"] == "pair":
+            other = "chat" if row["family"] == "design" else "code"
+            assert row["loss"] == pytest.approx(loss[(other, row["task"])], abs=1e-6), row["family"]
+    design = [r["task"] for r in report["rows"] if r["model"] == "pair" and r["family"] == "design"]
+    assert design and any(abs(loss[("code", t)] - loss[("chat", t)]) > 1e-4 for t in design)  # the two adapters differ
+    assert report["models"]["pair"]["chat_adapter"] == str(version.chat_gguf)
+
+    again = refresh(RefreshOptions(repo=root, base=str(tiny_hf_dir), profile="tiny", cutoff=revs["cutoff"], steps=1, gate="none",
+                                   state=state, progress=False))
+    carried = AdapterStore(state).current()
+    assert again.published and carried.name != version.name and carried.manifest["chat"]["carried_from"] == version.name
+    assert carried.chat_gguf.read_bytes() == version.chat_gguf.read_bytes()
+
+
 @pytest.mark.slow
 def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_path, monkeypatch, capsys):
     from agent.runtime import LlamaRuntime

@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M) or a .gguf to serve")
     p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]ADAPTER",
                    help="an adapter.gguf, a published version folder, or a version name of the repository's "
-                   "store (v0003, current); repeatable")
+                   "store (v0003, current; with its chat adapter, if it has one); repeatable")
+    p.add_argument("--chat-adapter", action="append", default=[], metavar="NAME=ADAPTER",
+                   help="a chat adapter (GGUF) that answers the design and facts tasks for the --adapter named NAME, as "
+                   "the server's chat panel would; repeatable")
     p.add_argument("--no-base", action="store_true", help="do not evaluate the base model itself")
     p.add_argument("--tasks", default="line,body,infill,design,facts,replay", help="task families, comma-separated")
     add_profile_argument(p, "how many tasks and how long (trainer.evaluation.EVAL_PROFILES)")
@@ -53,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0, help="training seed: the LoRA initialisation and the data order; "
                    "the experience, cutoff and tasks stay the same, so a second seed shows how much of a result is the "
                    "run's own chance (default: 0)")
+    s.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the chat adapter that answers the chat panel's questions (design and recall "
+                   "episodes; ~14 min more on a slow 2-core CPU); default: full does, quick does not")
     s.add_argument("--no-eval", action="store_true", help="train up to HEAD and publish without evaluating")
     s.add_argument("--force", action="store_true", help="publish even if the adapter evaluates worse than the base")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -99,7 +105,7 @@ def cmd_eval(args) -> int:
     from trainer.store import state_dir
 
     repo = args.repo.resolve()
-    models = ([] if args.no_base else [ModelSpec("base", None)]) + resolve_adapters(args.adapter, repo)
+    models = ([] if args.no_base else [ModelSpec("base", None)]) + resolve_adapters(args.adapter, repo, args.chat_adapter)
     if not models:
         raise SwespotError("nothing to evaluate: give --adapter or drop --no-base")
     out = args.out or state_dir(repo) / "reports" / time.strftime("%Y%m%d-%H%M%S")
@@ -124,7 +130,7 @@ def specialize_options(args):
     repo = (args.repo or args.path or Path(".")).expanduser().resolve()
     return SpecializeOptions(repo=repo, base=args.base, profile=args.profile, cutoff=args.cutoff, holdout=args.holdout,
                              steps=args.steps, seed=args.seed, evaluate=not args.no_eval, force=args.force,
-                             device=args.device)
+                             device=args.device, chat=args.chat)
 
 
 def cmd_specialize(args) -> int:
@@ -154,6 +160,11 @@ def cmd_specialize(args) -> int:
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in result.phase_seconds.items())
     if result.gate.get("line"):
         print(f"held-out {result.gate['line']}")  # the headline with its interval and verdict
+    facts = ((result.gate.get("families") or {}).get("facts") or {}).get("exact")
+    if facts:  # the held-out facts' accuracy, answered by the chat adapter when there is one
+        print(f"held-out facts accuracy {facts['reference']:.1%} -> {facts['candidate']:.1%} "
+              f"({100 * facts['lo']:+.1f} ... {100 * facts['hi']:+.1f} points, {facts['tasks']} questions): {facts['verdict']}"
+              + (" (chat adapter)" if result.gate.get("chat") else ""))
     if result.published:
         print(f"published {result.version} for {opts.repo} (knows commit {result.commit[:10]}) in {done.seconds:.0f} s ({phases})")
         if cutoff != "HEAD":

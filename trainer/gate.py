@@ -27,6 +27,7 @@ class GateInput:
     base: Any
     commit: str
     heldout: Path | None  # folder of held-out episodes (the "loss" gate)
+    chat: Path | None = None  # the candidate's chat adapter (GGUF), when it has one
 
 
 def heldout_losses(base_hf_dir: Path, adapters: dict[str, Path | None], episodes_dir: Path, max_len: int,

@@ -27,7 +27,7 @@ from typing import Any
 import git
 
 from agent.errors import NothingPublished, SwespotError
-from agent.state import EXPERIENCE_DIR, WORK_DIR
+from agent.state import CHAT_EXPERIENCE_DIR, EXPERIENCE_DIR, WORK_DIR
 from agent.state import PHASES as PHASES  # a refresh's phases, as status.json names them
 from trainer.config import TrainConfig, config_for
 from trainer.experience import history as H
@@ -36,7 +36,7 @@ from trainer.experience.feedback import FEEDBACK_FILE, build_feedback
 from trainer.gate import GateInput as GateInput  # re-exported: a callable gate takes one
 from trainer.gate import loss_gate
 from trainer.model_io import pick_device, resolve_base
-from trainer.store import AdapterStore, state_dir
+from trainer.store import CHAT_GGUF, AdapterStore, state_dir
 from trainer.train import Interrupted as Interrupted  # re-exported: callers stop a refresh with it
 from trainer.train import train
 
@@ -106,6 +106,18 @@ PROFILES: dict[str, dict[str, Any]] = {
                                      "targets": {"design": 2048, "implementation": 2048, "evolution": 2048,
                                                  "runtime": 2048, "text": 2048}}}},
 }
+# The chat adapter: a second LoRA, trained from the base on the design unit's agentic and recall episodes (its
+# own experience folder, CHAT_EXPERIENCE_DIR), published beside the code adapter in the same version and served
+# for the chat panel's questions only (lsp_server/adapters.py); completion and tasks keep the code adapter. One
+# set of weights for both failed three ways on requests (README, "One adapter per kind of request"): recall
+# episodes beside the text, after it, or trained apart and added in took line + body from -5.8% to between -0.4%
+# and +14.8%; apart, the recall adapter took the held-out facts from 0 to 45.8% (+25.0 ... +66.7) while the
+# code adapter kept its -5.8%. 48 steps of quick's recipe: ~14 min on the slower 2-vCPU CPU, so "full" trains
+# one by default and "quick" when asked (``RefreshOptions.chat``); the daemon's refreshes carry the served one over.
+CHAT = {"steps": 48, "experience": {"units": ("design",), "per_file": 4, "targets": {"design": 24, "recall": 2000}}}
+PROFILES["tiny"]["chat"] = {"steps": 4, "experience": {"units": ("design",), "per_file": 2, "targets": {"design": 4, "recall": 24}}}
+PROFILES["quick"]["chat"] = CHAT
+PROFILES["full"]["chat"] = {**CHAT, "default": True}
 GPU_TRAIN_PROFILE = "real"  # "full" on a CUDA machine trains with the GPU recipe (a trainer.config.TRAIN_PRESETS name)
 HELDOUT_SHARE = 0.1  # share of shards the "loss" gate holds out of training
 MIN_HELDOUT_SHARDS = 4
@@ -128,6 +140,10 @@ class RefreshOptions:
     # TrainConfig settings that win over the profile's (e.g. {"max_trained_tokens": 20000}: a budget in
     # trained tokens; it then replaces the profile's step count, unless ``steps`` is given too)
     train_overrides: dict = field(default_factory=dict)
+    # train the profile's chat adapter too (None: the profile's default; CHAT); without one, a refresh that
+    # continues from the served version carries that version's chat adapter over
+    chat: bool | None = None
+    chat_steps: int | None = None  # the chat adapter's training steps (None: the profile's)
 
 
 @dataclass
@@ -174,15 +190,15 @@ class _Phases:
 class _StepControl:
     """Turns training steps into ``train``/``export`` progress and delegates to the caller's control."""
 
-    def __init__(self, phases: _Phases, inner) -> None:
-        self.phases, self.inner = phases, inner
+    def __init__(self, phases: _Phases, inner, then: str | None = "export") -> None:
+        self.phases, self.inner, self.then = phases, inner, then
 
     def between_steps(self, step: int, total: int) -> None:
         self.phases.report(step / max(total, 1), step=step, total=total)
         if self.inner is not None:
             self.inner.between_steps(step, total)
-        if step >= total:  # train() exports and verifies the GGUF next
-            self.phases.enter("export")
+        if step >= total and self.then:  # train() exports and verifies the GGUF next
+            self.phases.enter(self.then)
 
 
 def profile_settings(profile: str, device: str = "auto") -> dict:
@@ -301,10 +317,14 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     # dropped by length / trained tokens / rendered lengths
     exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
 
+    # ---- chat: the chat adapter, trained (or carried over from the served version) into the candidate
+    chat = _chat(opts, settings, plan, state, commit, result.out, phases, control)
+
     # ---- gate: the candidate must not be worse than what is served now
     phases.enter("gate")
     verdict = _gate(opts, GateInput(result.out, plan.current.path if plan.current is not None else None, plan.base, commit,
-                                    plan.views / "heldout" if plan.heldout else None), cfg.max_len)
+                                    plan.views / "heldout" if plan.heldout else None,
+                                    result.out / CHAT_GGUF if chat else None), cfg.max_len)
     if not verdict.get("ok"):
         phases.leave()
         return RefreshResult(False, None, commit, f"gate refused the candidate: {verdict.get('why')}", verdict,
@@ -315,6 +335,8 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     extra = {"profile": opts.profile, "experience": exp_info, "shards": sorted(s.name for s in plan.trainable),
              "continued_from": plan.current.name if plan.continuing and plan.current is not None else None, "gate": verdict,
              **opts.extra_manifest}
+    if chat:
+        extra["chat"] = chat
     if "eval" in verdict:
         extra["eval"] = verdict["eval"]
     version = store.publish(result.out, extra=extra)
@@ -385,8 +407,9 @@ def _plan(opts: RefreshOptions, settings: dict, store: AdapterStore, repo: Path,
         steps = None  # the budget decides how long
     lr = settings.get("continue_lr") if continuing and "lr" not in opts.train_overrides else None
     overridden = [sorted(opts.train_overrides.items())] if opts.train_overrides else []
+    chat = [("chat", opts.chat_steps or settings["chat"]["steps"])] if chat_wanted(opts, settings) else []
     key = _digest(commit, base.name, opts.profile, steps, lr, *overridden, continuing and current is not None and current.name,
-                  sorted(s.name for s in new), sorted(s.name for s in replay))
+                  sorted(s.name for s in new), sorted(s.name for s in replay), *chat)
     return _Plan(base, current, continuing, trainable, new, replay, heldout, steps, state / WORK_DIR / f"run-{key}", lr)
 
 
@@ -413,6 +436,56 @@ def _train(plan: _Plan, opts: RefreshOptions, state: Path, commit: str, control:
         return cfg, train(cfg, commit=commit, progress=opts.progress, control=control)
     except OSError as exc:
         raise NothingPublished(f"training failed writing to {plan.run_dir}: {exc} (is the disk full?)") from exc
+
+
+def chat_wanted(opts: RefreshOptions, settings: dict) -> bool:
+    """Whether this refresh trains a chat adapter: asked for, else the profile's default."""
+    if "chat" not in settings:
+        if opts.chat:
+            raise SwespotError(f"the {opts.profile} profile has no chat adapter recipe")
+        return False
+    return settings["chat"].get("default", False) if opts.chat is None else opts.chat
+
+
+def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, state: Path, commit: str, out: Path, phases: _Phases,
+          control) -> dict | None:
+    """The chat phase: build the chat experience (design and recall episodes, incremental like the code
+    adapter's) and train the chat adapter from the base into the plan's work folder (resumable), then put
+    its GGUF into the candidate folder ``out`` as CHAT_GGUF. Without a chat adapter to train, a refresh that
+    continues from a version with one carries that one over. The manifest's "chat" entry, or None."""
+    if not chat_wanted(opts, settings):
+        carried = plan.current.chat_gguf if plan.continuing and plan.current is not None else None
+        if carried is None or not carried.is_file():
+            return None
+        shutil.copy2(carried, out / CHAT_GGUF)
+        return {**plan.current.manifest["chat"], "gguf": CHAT_GGUF, "carried_from": plan.current.name}
+    recipe = settings["chat"]
+    phases.enter("chat", commit=commit)
+    experience = state / CHAT_EXPERIENCE_DIR
+    exp = dict(recipe["experience"])
+    exp["units"] = tuple(exp.get("units", ("design",)))
+    built = build_experience(opts.repo, experience, BuildOptions(cutoff=commit, progress=opts.progress, **exp),
+                             control=_BuildControl(phases))
+    shards = all_shards(experience)
+    if not shards:
+        raise SwespotError(f"the chat experience of {opts.repo} holds no episodes: nothing to train the chat adapter on")
+    view = plan.run_dir / "views" / "chat"
+    shutil.rmtree(view, ignore_errors=True)
+    _link_view(view, shards, experience)
+    seeded = {k: v for k, v in opts.train_overrides.items() if k == "seed"}  # a budget is the code adapter's
+    cfg = train_config(opts.profile, device=opts.device, steps=opts.chat_steps or recipe["steps"], **seeded, data=str(view),
+                       base=opts.base, out=str(plan.run_dir / "chat"))
+    try:
+        trained = train(cfg, commit=commit, progress=opts.progress, control=_StepControl(phases, control, then=None))
+    except OSError as exc:
+        raise NothingPublished(f"training the chat adapter failed writing to {plan.run_dir}: {exc} (is the disk full?)") from exc
+    shutil.copy2(trained.out / "adapter.gguf", out / CHAT_GGUF)
+    report = trained.report or {}
+    return {"gguf": CHAT_GGUF, "commit": commit, "steps": cfg.steps,
+            "trained_tokens": report.get("trained_tokens"), "seconds": report.get("seconds"),
+            "episodes": {u: st.get("episodes_on_disk", 0) for u, st in built.stats.items()}
+                        | {"recall": built.stats.get("design", {}).get("recall", 0)},
+            "shards": sorted(s.name for s in shards)}
 
 
 def _gate(opts: RefreshOptions, gate_input: GateInput, max_len: int) -> dict:

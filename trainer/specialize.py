@@ -23,17 +23,19 @@ from trainer.config import MAX_HOLDOUT
 from trainer.evaluation import EVAL_PROFILES, ModelSpec, compare, evaluate, line_tasks, post_cutoff_changes
 from trainer.export_check import serving_base as serving_base  # re-exported: the eval commands take it from here
 from trainer.pipeline import OnPhase, RefreshOptions, RefreshResult, refresh
-from trainer.store import AdapterStore
+from trainer.store import AdapterStore, chat_file
 
 
-def resolve_adapters(values: list[str], repo: Path) -> list:
+def resolve_adapters(values: list[str], repo: Path, chat: list[str] | None = None) -> list:
     """``[NAME=]ADAPTER`` references (an adapter.gguf, a published version folder, or a version name of
-    the repository's store: v0003, current) as evaluation ``ModelSpec``s."""
+    the repository's store: v0003, current) as evaluation ``ModelSpec``s; a version brings its chat adapter.
+    ``chat``: ``NAME=ADAPTER`` chat adapters for the adapters so named."""
     specs = []
     store = None
     for value in values:
         name, _, ref = value.rpartition("=") if "=" in value else ("", "", value)
         path = Path(ref).expanduser()
+        chat_gguf = None
         if path.is_dir() and (path / "adapter.gguf").is_file():
             path = path / "adapter.gguf"
         elif not path.exists():
@@ -42,9 +44,23 @@ def resolve_adapters(values: list[str], repo: Path) -> list:
             if version is None:
                 raise SwespotError(f"no adapter is published for {repo} yet")
             name, path = name or version.name, version.gguf
+        if path.name == "adapter.gguf" and (path.parent / "manifest.json").is_file():
+            try:
+                chat_gguf = chat_file(path.parent, json.loads((path.parent / "manifest.json").read_text()))
+            except (OSError, ValueError) as exc:
+                raise SwespotError(f"cannot read {path.parent / 'manifest.json'}: {exc}") from exc
         if not path.is_file():
             raise SwespotError(f"adapter not found: {ref}")
-        specs.append(ModelSpec(name or (path.parent.name if path.name == "adapter.gguf" else path.stem), path.resolve()))
+        specs.append(ModelSpec(name or (path.parent.name if path.name == "adapter.gguf" else path.stem), path.resolve(),
+                               chat_gguf.resolve() if chat_gguf is not None and chat_gguf.is_file() else None))
+    by_name = {s.name: s for s in specs}
+    for value in chat or []:
+        name, sep, ref = value.partition("=")
+        if not sep or name not in by_name:
+            raise SwespotError(f"--chat-adapter {value!r}: give NAME=ADAPTER with the NAME of an --adapter ({', '.join(by_name) or 'none'})")
+        if not Path(ref).expanduser().is_file():
+            raise SwespotError(f"chat adapter not found: {ref}")
+        by_name[name].chat_adapter = Path(ref).expanduser().resolve()
     return specs
 
 
@@ -88,6 +104,7 @@ class SpecializeOptions:
     evaluate: bool = True  # False: train up to HEAD and publish without evaluating
     force: bool = False  # publish even if the adapter evaluates worse than the base
     device: str = "auto"
+    chat: bool | None = None  # train the chat adapter too (None: the profile's default; trainer.pipeline.CHAT)
 
 
 @dataclass
@@ -122,7 +139,8 @@ def held_out_gate(opts: SpecializeOptions, cutoff: str, report_dir: Path, evalua
             return {"ok": True, "why": "not evaluated (no held-out history)"}
         manifest = json.loads((gi.candidate / "manifest.json").read_text())
         base_gguf = Path(manifest["export"]["base_gguf"])
-        report = evaluate(opts.repo, cutoff, base_gguf, [ModelSpec("base", None), ModelSpec("adapter", gi.candidate / "adapter.gguf")],
+        adapter = ModelSpec("adapter", gi.candidate / "adapter.gguf", gi.chat)  # questions go to its chat adapter, if any
+        report = evaluate(opts.repo, cutoff, base_gguf, [ModelSpec("base", None), adapter],
                           profile=opts.profile, out=report_dir)
         evaluation["report"] = report
         verdict = compare(report, "adapter", "base")
@@ -132,6 +150,7 @@ def held_out_gate(opts: SpecializeOptions, cutoff: str, report_dir: Path, evalua
                            "families": {f: e["verdict"] for f, e in verdict.get("families", {}).items()},
                            "loss": verdict.get("losses"), "seconds": report["seconds"]}
         verdict["report"] = str(report_dir / "report.html")
+        verdict["chat"] = gi.chat is not None  # design and facts were answered by the candidate's chat adapter
         verdict["scores"] = {m: {f: {k: v for k, v in s.items() if k in ("loss", "exact", "similarity", "resolved")}
                                  for f, s in entry["families"].items()} for m, entry in report["models"].items()}
         if not verdict["ok"] and opts.force:
@@ -152,7 +171,7 @@ def specialize(opts: SpecializeOptions, cutoff: str, *, on_phase: OnPhase | None
     seeded = {"seed": opts.seed} if opts.seed else {}  # the default seed is left out, as before there was one
     refresh_opts = RefreshOptions(repo=repo, base=opts.base, profile=opts.profile, cutoff=cutoff, continue_training=False,
                                   gate=held_out_gate(opts, cutoff, report_dir, evaluation) if opts.evaluate else "none",
-                                  steps=opts.steps, device=opts.device,
+                                  steps=opts.steps, device=opts.device, chat=opts.chat,
                                   train_overrides=seeded,
                                   extra_manifest={"specialize": {"cutoff": cutoff, "profile": opts.profile} | seeded})
     lock = DaemonLock(state_dir(repo))

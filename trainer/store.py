@@ -37,6 +37,7 @@ from agent.state import write_status as write_status
 log = logging.getLogger(__name__)
 
 REQUIRED_FILES = ("adapter.gguf", "manifest.json")
+CHAT_GGUF = "chat.gguf"  # the chat adapter beside the code adapter, when the manifest's "chat" names it (trainer/pipeline.py)
 SELECTION = "selection.json"  # why ``current`` names what it names (branch-aware serving, rollback)
 _VERSION = re.compile(r"^v(\d{4,})$")
 
@@ -60,6 +61,18 @@ class Version:
     def commit(self) -> str | None:
         return self.manifest.get("commit")
 
+    @property
+    def chat_gguf(self) -> Path | None:
+        """The chat adapter served for the chat panel's questions, when the version has one."""
+        return chat_file(self.path, self.manifest)
+
+
+def chat_file(path: Path, manifest: dict) -> Path | None:
+    """The chat adapter a version folder's manifest names (a file in the folder itself), or None."""
+    chat = manifest.get("chat")
+    name = chat.get("gguf") if isinstance(chat, dict) else None
+    return path / Path(name).name if isinstance(name, str) and name else None
+
 
 def check_version_dir(path: Path) -> tuple[dict | None, str | None]:
     """(manifest, None) for a whole published version, else (None, why not)."""
@@ -72,9 +85,15 @@ def check_version_dir(path: Path) -> tuple[dict | None, str | None]:
         return None, f"manifest.json is unreadable: {exc}"
     if not isinstance(manifest, dict):
         return None, "manifest.json is not an object"
-    with open(path / "adapter.gguf", "rb") as fh:
-        if fh.read(4) != b"GGUF":
-            return None, "adapter.gguf is not a GGUF file"
+    for gguf in (path / "adapter.gguf", chat_file(path, manifest)):
+        if gguf is None:
+            continue
+        try:
+            with open(gguf, "rb") as fh:
+                if fh.read(4) != b"GGUF":
+                    return None, f"{gguf.name} is not a GGUF file"
+        except OSError:
+            return None, f"{gguf.name} is missing (the manifest names it)"
     return manifest, None
 
 

@@ -112,3 +112,50 @@ async def test_the_server_completes_in_the_layout_of_the_adapter_it_serves(start
         shown = await suggest(session, uri, before, after, version)
         assert model_calls(state)[-1].endswith(layout)
         assert "return out" not in shown and not re.search(r"<think>|</think>|<tool_call>", shown)
+
+
+def test_a_version_with_a_chat_adapter_serves_it_to_chat_and_its_code_adapter_to_the_rest(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
+    """trainer/pipeline.py publishes the chat adapter beside the code adapter; the tracker loads both and
+    activates the one for the kind of request; a version without one serves its code adapter to chat too."""
+    import shutil
+
+    from agent.runtime import LlamaRuntime
+    from lsp_server.adapters import AdapterTracker
+    from trainer.store import CHAT_GGUF, AdapterStore
+
+    both = tmp_path / "both"
+    shutil.copytree(tiny_adapter_dir, both)
+    shutil.copy2(tiny_adapter_dir / "adapter.gguf", both / CHAT_GGUF)
+    store = AdapterStore(tmp_path / "state")
+    store.publish(both, extra={"chat": {"gguf": CHAT_GGUF}})
+    tracker = AdapterTracker(store)
+    with LlamaRuntime(tiny_gguf_q8, n_ctx=512, n_threads=1) as runtime:
+        tracker.swap(runtime)
+        assert tracker.chat_name == "v0001:chat"
+        tracker.use(runtime, "chat")
+        assert runtime.active_adapters == [("v0001:chat", 1.0)]
+        tracker.use(runtime, "code")
+        assert runtime.active_adapters == [("v0001", 1.0)]
+        store.publish(tiny_adapter_dir)  # the next version has no chat adapter
+        tracker.swap(runtime)
+        tracker.use(runtime, "chat")
+        assert tracker.chat_name is None and runtime.active_adapters == [("v0002", 1.0)]
+        assert "v0001:chat" not in runtime._adapters  # the old version's chat adapter was freed with it
+
+
+def test_a_version_whose_chat_adapter_is_not_a_gguf_is_not_served(tmp_path, tiny_adapter_dir):
+    import shutil
+
+    from agent.errors import SwespotError
+    from trainer.store import CHAT_GGUF, AdapterStore
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_adapter_dir, bad)
+    (bad / CHAT_GGUF).write_text("not a model")
+    store = AdapterStore(tmp_path / "state")
+    with pytest.raises(SwespotError, match="chat.gguf is not a GGUF file"):
+        store.publish(bad, extra={"chat": {"gguf": CHAT_GGUF}})
+    (bad / CHAT_GGUF).unlink()
+    with pytest.raises(SwespotError, match="chat.gguf is missing"):  # named by the manifest but absent
+        store.publish(bad, extra={"chat": {"gguf": CHAT_GGUF}})
+    assert store.current() is None  # neither was ever served

@@ -15,7 +15,7 @@ from agent.state import PHASES, Status, write_status
 log = logging.getLogger(__name__)
 
 # share of a run's time per phase before a run has been measured (then the last run's times are used)
-DEFAULT_PHASE_SECONDS = {"experience": 10.0, "train": 60.0, "export": 10.0, "gate": 10.0, "publish": 1.0}
+DEFAULT_PHASE_SECONDS = {"experience": 10.0, "train": 60.0, "export": 10.0, "chat": 0.0, "gate": 10.0, "publish": 1.0}
 
 
 def expected_seconds(previous: Status) -> dict[str, float]:

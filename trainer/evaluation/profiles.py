@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAMILIES = ("line", "body", "infill", "design", "facts", "replay")
+CHAT_FAMILIES = ("design", "facts")  # questions, as the chat panel asks them: a model's chat adapter answers them
 
 # Sizes per profile. "quick" gives intervals worth reading (on the order of 100 line and 20 body tasks)
 # and fits the embedded model on a 2-core CPU in a few minutes per model; replay is left out there: an
@@ -41,3 +42,4 @@ class Task:
 class ModelSpec:
     name: str
     adapter: Path | None  # an adapter.gguf; None: the base model
+    chat_adapter: Path | None = None  # the chat adapter that answers the CHAT_FAMILIES tasks in its place, if any

@@ -27,7 +27,7 @@ from agent.render import Renderer
 from agent.runtime import LlamaRuntime
 from agent.tools import CommandPolicy, Workspace, call_tool, make_tools
 from trainer.eval_report import write_report
-from trainer.evaluation.profiles import EVAL_PROFILES, FAMILIES, ModelSpec, Task
+from trainer.evaluation.profiles import CHAT_FAMILIES, EVAL_PROFILES, FAMILIES, ModelSpec, Task
 from trainer.evaluation.statistics import layout_comparison, paired_comparison, summarize
 from trainer.evaluation.tasks import make_tasks
 from trainer.experience import history as H
@@ -91,10 +91,15 @@ class Evaluator:
         for spec in self.models:
             if spec.adapter is not None:
                 names[spec.name] = rt.load_adapter(spec.adapter, name=spec.name)
+            if spec.chat_adapter is not None:
+                names[spec.name + ":chat"] = rt.load_adapter(spec.chat_adapter, name=spec.name + ":chat")
         return rt, names
 
-    def _select(self, rt, names: dict, spec: ModelSpec) -> None:
-        rt.set_adapters({names[spec.name]: 1.0} if spec.adapter is not None else None)
+    def _select(self, rt, names: dict, spec: ModelSpec, chat: bool = False) -> None:
+        """Serve ``spec`` as the server would: its chat adapter for questions (``chat``) when it has one, else
+        its adapter, else the base."""
+        name = spec.name + ":chat" if chat and spec.chat_adapter is not None else spec.name
+        rt.set_adapters({names[name]: 1.0} if name in names else None)
         from lsp_server.completion import serving_fim  # upward, hence here (module docstring)
 
         self._fim = serving_fim(rt, adapter_manifest(spec))  # the layout the server would use with this model
@@ -110,14 +115,18 @@ class Evaluator:
             renderer = Renderer.for_template(rt.chat_template, bos_token=rt.bos_token, eos_token=rt.eos_token)
             with rt, tqdm(total=total, desc="eval: completion/design", unit="task", disable=not self.progress, file=sys.stderr) as bar:
                 for spec in self.models:
-                    self._select(rt, names, spec)
-                    for task in text_tasks:
-                        started = time.perf_counter()
-                        row = self._text_task(rt, task, renderer)
-                        results.append({"model": spec.name, "task": task.id, "family": task.family, "commit": task.commit,
-                                        "path": task.path, "seconds": round(time.perf_counter() - started, 3),
-                                        "threads": rt.n_threads, **row})
-                        bar.update(1)
+                    # code tasks with the model's adapter, then the questions with its chat adapter (if it has one)
+                    for chat in (False, True):
+                        group = [t for t in text_tasks if (t.family in CHAT_FAMILIES) == chat]
+                        if group:
+                            self._select(rt, names, spec, chat)
+                        for task in group:
+                            started = time.perf_counter()
+                            row = self._text_task(rt, task, renderer)
+                            results.append({"model": spec.name, "task": task.id, "family": task.family, "commit": task.commit,
+                                            "path": task.path, "seconds": round(time.perf_counter() - started, 3),
+                                            "threads": rt.n_threads, **row})
+                            bar.update(1)
         if agent_tasks:
             if repo_path is None:
                 raise SwespotError("replay tasks need the repository")

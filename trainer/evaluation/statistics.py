@@ -214,7 +214,8 @@ def summarize(rows: list[dict], models: list[ModelSpec]) -> dict:
                 if metric != "loss":
                     entry[f"{metric}_tasks"] = len(scored)
             fams[fam] = entry
-        out[spec.name] = {"adapter": str(spec.adapter) if spec.adapter else None, "families": fams,
+        out[spec.name] = {"adapter": str(spec.adapter) if spec.adapter else None,
+                          "chat_adapter": str(spec.chat_adapter) if spec.chat_adapter else None, "families": fams,
                           "seconds": round(sum(r["seconds"] for r in mine), 2)}
     return out
 
