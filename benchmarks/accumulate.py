@@ -65,7 +65,7 @@ def refresh_at(k: int, commit: str, repo: Repo, work: Work, args, base_gguf: Pat
     else:
         opts = RefreshOptions(repo=repo.path, base=args.base, profile=args.profile, cutoff=commit, continue_training=True,
                               gate=args.gate, keep=args.refreshes + 1, steps=args.steps, state=state, progress=args.progress,
-                              device=args.device)
+                              device=args.device, chat=False)  # the code adapter's accumulation, as the daemon refreshes
         outcome = refresh(opts).to_dict()
     refresh_minutes = (time.perf_counter() - started) / 60
     version = store.current()

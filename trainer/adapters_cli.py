@@ -88,7 +88,9 @@ def cmd_list(args) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.get("published_at", 0)))
         commit = (m.get("commit") or "?")[:10]
         scores = m.get("eval") or {}
+        chat = m.get("chat") if isinstance(m.get("chat"), dict) else None
         print(f"{mark} {row['version']}  {when}  commit {commit}  base {m.get('base', {}).get('name', '?')}"
+              + (f"  + chat adapter (commit {(chat.get('commit') or '?')[:10]})" if chat else "")
               + (f"  eval {json.dumps(scores)}" if scores else "") + (f"  [{row['why']}]" if row["why"] else ""))
     print()
     print(f"serving: {current.name if current else 'the base model (no adapter)'}"
