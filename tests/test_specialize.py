@@ -231,7 +231,9 @@ def test_a_chat_adapter_is_trained_beside_the_code_adapter_answers_the_questions
 
     base = version.manifest["export"]["base_gguf"]
     models = [ModelSpec("pair", version.gguf, version.chat_gguf), ModelSpec("code", version.gguf), ModelSpec("chat", version.chat_gguf)]
-    report = evaluate(root, revs["cutoff"], base, models, families=("line", "design"), profile="tiny", progress=False)
+    report = evaluate(root, revs["cutoff"], base, models, families=("line", "design"), profile="tiny", progress=False,
+                      out=tmp_path / "report")
+    assert "answered by the chat adapter of pair" in (tmp_path / "report" / "report.html").read_text()
     loss = {(r["model"], r["task"]): r["loss"] for r in report["rows"]}
     for row in report["rows"]:
         if row["model"] == "pair":

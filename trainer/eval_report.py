@@ -199,6 +199,10 @@ def render_html(report: dict) -> str:
         f"({html.escape(counts)}{'; ' + html.escape(gen) if gen else ''}); profile {html.escape(report['profile'])}; "
         f"{when}; {report['seconds']:.0f} s.</p>"
     )
+    chats = [m for m, entry in (report.get("models") or {}).items() if entry.get("chat_adapter")]
+    if chats:
+        body += (f"<p>Design and facts questions were answered by the chat adapter of {html.escape(', '.join(chats))} "
+                 "(as the chat panel is served); code tasks by its code adapter.</p>")
     if not report["models"]:
         body += "<p><b>No held-out tasks:</b> no commit after the cutoff changed code this evaluation can use.</p>"
     else:

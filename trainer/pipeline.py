@@ -318,7 +318,7 @@ def refresh(opts: RefreshOptions, *, on_phase: OnPhase | None = None, control=No
     exp_info["table"] = unit_table(built.stats, (result.report.get("data") or {}).get("units"))
 
     # ---- chat: the chat adapter, trained (or carried over from the served version) into the candidate
-    chat = _chat(opts, settings, plan, state, commit, result.out, phases, control)
+    chat = _chat(opts, settings, plan, repo, state, commit, result.out, phases, control)
 
     # ---- gate: the candidate must not be worse than what is served now
     phases.enter("gate")
@@ -447,7 +447,7 @@ def chat_wanted(opts: RefreshOptions, settings: dict) -> bool:
     return settings["chat"].get("default", False) if opts.chat is None else opts.chat
 
 
-def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, state: Path, commit: str, out: Path, phases: _Phases,
+def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, repo: Path, state: Path, commit: str, out: Path, phases: _Phases,
           control) -> dict | None:
     """The chat phase: build the chat experience (design and recall episodes, incremental like the code
     adapter's) and train the chat adapter from the base into the plan's work folder (resumable), then put
@@ -464,11 +464,11 @@ def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, state: Path, commit
     experience = state / CHAT_EXPERIENCE_DIR
     exp = dict(recipe["experience"])
     exp["units"] = tuple(exp.get("units", ("design",)))
-    built = build_experience(opts.repo, experience, BuildOptions(cutoff=commit, progress=opts.progress, **exp),
+    built = build_experience(repo, experience, BuildOptions(cutoff=commit, progress=opts.progress, **exp),
                              control=_BuildControl(phases))
     shards = all_shards(experience)
     if not shards:
-        raise SwespotError(f"the chat experience of {opts.repo} holds no episodes: nothing to train the chat adapter on")
+        raise SwespotError(f"the chat experience of {repo} holds no episodes: nothing to train the chat adapter on")
     view = plan.run_dir / "views" / "chat"
     shutil.rmtree(view, ignore_errors=True)
     _link_view(view, shards, experience)
@@ -481,10 +481,11 @@ def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, state: Path, commit
         raise NothingPublished(f"training the chat adapter failed writing to {plan.run_dir}: {exc} (is the disk full?)") from exc
     shutil.copy2(trained.out / "adapter.gguf", out / CHAT_GGUF)
     report = trained.report or {}
+    episodes = [json.loads(line) for shard in shards for line in shard.read_text(encoding="utf-8").splitlines() if line.strip()]
+    recall = sum(bool(e.get("meta", {}).get("recall")) for e in episodes)
     return {"gguf": CHAT_GGUF, "commit": commit, "steps": cfg.steps,
             "trained_tokens": report.get("trained_tokens"), "seconds": report.get("seconds"),
-            "episodes": {u: st.get("episodes_on_disk", 0) for u, st in built.stats.items()}
-                        | {"recall": built.stats.get("design", {}).get("recall", 0)},
+            "episodes": {"agentic": len(episodes) - recall, "recall": recall, "shards_made": built.shards_made},
             "shards": sorted(s.name for s in shards)}
 
 
