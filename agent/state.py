@@ -164,7 +164,7 @@ def read_json_object(path: str | os.PathLike) -> dict:
 
 
 # ---- status.json ----------------------------------------------------------------------------------------
-PHASES = ("experience", "train", "export", "chat", "gate", "publish")  # "chat": the chat adapter, when one is trained  # a refresh's phases, in order
+PHASES = ("experience", "train", "export", "chat", "gate", "publish")  # a refresh's phases, in order ("chat": when one is trained)
 DAEMON_PHASES = ("starting", "waiting", "idle", "paused", "stopped", "error", *PHASES)  # status["phase"]
 
 
