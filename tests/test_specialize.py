@@ -291,6 +291,26 @@ def test_heldout_shards_are_stable_and_a_small_repository_is_gated_too(tmp_path)
     assert heldout_shards(shards[:5]) == []  # too few to hold any out
 
 
+def test_an_evaluated_version_brings_its_chat_adapter_and_a_damaged_one_is_refused(tmp_path):
+    """`swespot eval --adapter` on a version folder answers the questions with the chat adapter its manifest
+    names; a version whose named chat adapter is missing is refused, not evaluated with the code adapter alone."""
+    from trainer.specialize import resolve_adapters
+    from trainer.store import CHAT_GGUF
+
+    version = tmp_path / "v0001"
+    version.mkdir()
+    (version / "adapter.gguf").write_bytes(b"GGUF" + b"\0" * 60)
+    (version / CHAT_GGUF).write_bytes(b"GGUF" + b"\0" * 60)
+    (version / "manifest.json").write_text(json.dumps({"commit": "c1", "chat": {"gguf": CHAT_GGUF}}))
+    [spec] = resolve_adapters([f"mine={version}"], tmp_path)
+    assert (spec.name, spec.adapter, spec.chat_adapter) == ("mine", (version / "adapter.gguf").resolve(), (version / CHAT_GGUF).resolve())
+    (version / CHAT_GGUF).unlink()
+    with pytest.raises(SwespotError, match=f"cannot evaluate .*v0001: {CHAT_GGUF} is missing"):
+        resolve_adapters([str(version)], tmp_path)
+    (version / "manifest.json").write_text(json.dumps({"commit": "c1"}))  # a version without one: the code adapter answers
+    assert resolve_adapters([str(version / "adapter.gguf")], tmp_path)[0].chat_adapter is None
+
+
 def test_specialize_refuses_while_a_daemon_trains_the_same_repository(geometry, tmp_path, monkeypatch):
     from swespot.cli import main
     from trainer.daemon import DaemonLock

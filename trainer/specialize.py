@@ -23,7 +23,7 @@ from trainer.config import MAX_HOLDOUT
 from trainer.evaluation import EVAL_PROFILES, ModelSpec, compare, evaluate, line_tasks, post_cutoff_changes
 from trainer.export_check import serving_base as serving_base  # re-exported: the eval commands take it from here
 from trainer.pipeline import OnPhase, RefreshOptions, RefreshResult, refresh
-from trainer.store import AdapterStore, chat_file
+from trainer.store import AdapterStore, chat_file, check_version_dir
 
 
 def resolve_adapters(values: list[str], repo: Path, chat: list[str] | None = None) -> list:
@@ -45,14 +45,17 @@ def resolve_adapters(values: list[str], repo: Path, chat: list[str] | None = Non
                 raise SwespotError(f"no adapter is published for {repo} yet")
             name, path = name or version.name, version.gguf
         if path.name == "adapter.gguf" and (path.parent / "manifest.json").is_file():
-            try:
-                chat_gguf = chat_file(path.parent, json.loads((path.parent / "manifest.json").read_text()))
-            except (OSError, ValueError) as exc:
-                raise SwespotError(f"cannot read {path.parent / 'manifest.json'}: {exc}") from exc
+            # a version folder (or a training output): the store's own check reads its manifest and
+            # refuses a chat adapter the manifest names but the folder lacks, rather than let the
+            # code adapter answer the questions in its place unnoticed
+            manifest, why = check_version_dir(path.parent)
+            if manifest is None:
+                raise SwespotError(f"cannot evaluate {path.parent}: {why}")
+            chat_gguf = chat_file(path.parent, manifest)
         if not path.is_file():
             raise SwespotError(f"adapter not found: {ref}")
         specs.append(ModelSpec(name or (path.parent.name if path.name == "adapter.gguf" else path.stem), path.resolve(),
-                               chat_gguf.resolve() if chat_gguf is not None and chat_gguf.is_file() else None))
+                               chat_gguf.resolve() if chat_gguf is not None else None))
     by_name = {s.name: s for s in specs}
     for value in chat or []:
         name, sep, ref = value.partition("=")
