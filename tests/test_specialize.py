@@ -207,14 +207,18 @@ def test_an_interrupted_refresh_publishes_nothing_and_the_next_one_resumes(geome
     assert not (state / "work").exists() or not list((state / "work").glob("run-*"))
 
 
-def test_a_chat_adapter_is_trained_beside_the_code_adapter_answers_the_questions_and_is_carried_over(geometry, tiny_hf_dir, tmp_path):
-    """A refresh asked for the chat adapter trains it on its own experience (design and recall episodes) and
-    publishes it in the same version; the evaluation scores questions with it and code with the code adapter;
-    the next refresh, continuing without one, carries it over."""
+def test_a_chat_adapter_is_trained_beside_the_code_adapter_answers_the_questions_and_is_carried_over(geometry, tiny_hf_dir, tmp_path,
+                                                                                                   monkeypatch):
+    """A refresh asked for the chat adapter trains it on its own experience (design and recall episodes), with
+    its recipe's own learning rate, and publishes it in the same version; the evaluation scores questions with it
+    and code with the code adapter; the next refresh, continuing without one, carries it over."""
+    from trainer.config import TRAIN_PRESETS
     from trainer.evaluation import ModelSpec, evaluate
-    from trainer.pipeline import RefreshOptions, refresh
+    from trainer.pipeline import PROFILES, RefreshOptions, refresh
     from trainer.store import CHAT_GGUF, AdapterStore
 
+    assert TRAIN_PRESETS["tiny"]["lr"] != 1e-3
+    monkeypatch.setitem(PROFILES["tiny"], "chat", {**PROFILES["tiny"]["chat"], "train": {"lr": 1e-3}})  # as quick's CHAT
     root, revs = geometry
     state = tmp_path / "state"
     phases = []
@@ -226,6 +230,7 @@ def test_a_chat_adapter_is_trained_beside_the_code_adapter_answers_the_questions
     chat = version.manifest["chat"]
     assert version.chat_gguf == version.path / CHAT_GGUF and version.chat_gguf.is_file()
     assert chat["episodes"]["recall"] > 0 and chat["steps"] == 2 and chat["trained_tokens"] > 0 and chat["commit"] == revs["cutoff"]
+    assert chat["lr"] == 1e-3 and version.manifest["config"]["lr"] == TRAIN_PRESETS["tiny"]["lr"]  # the code adapter keeps its own
     chat_shards = {p.name for p in (state / "experience-chat").glob("*/*.jsonl")}
     assert chat_shards and not chat_shards & set(version.manifest["shards"])  # the code adapter never trained on them
 
