@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "run's own chance (default: 0)")
     s.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the chat adapter that answers the chat panel's questions (design and recall "
-                   "episodes; ~20 min more on a slow 2-core CPU); default: full does, quick does not")
+                   "episodes; ~20 min more on 2 cores, ~35 on a slow CPU); default: full does, quick does not")
     s.add_argument("--no-eval", action="store_true", help="train up to HEAD and publish without evaluating")
     s.add_argument("--force", action="store_true", help="publish even if the adapter evaluates worse than the base")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

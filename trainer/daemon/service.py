@@ -250,7 +250,7 @@ class Daemon:
         return RefreshOptions(repo=self.repo, base=o.base, profile=o.profile, cutoff=pending.head,
                               continue_training=o.continue_training, gate=o.gate, keep=o.keep, steps=o.steps, state=self.state,
                               progress=False, device=o.device,
-                              chat=False,  # ~20 min a refresh on a slow CPU: the served chat adapter is carried over
+                              chat=False,  # 20-35 min a refresh on 2 cores: the served chat adapter is carried over
                               extra_manifest={"trigger": pending.reason, "branch": self.git.branch if self.git else None,
                                               "daemon": True})
 
