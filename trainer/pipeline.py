@@ -480,7 +480,7 @@ def _chat(opts: RefreshOptions, settings: dict, plan: _Plan, repo: Path, state: 
     shutil.rmtree(view, ignore_errors=True)
     _link_view(view, shards, experience)
     seeded = {k: v for k, v in opts.train_overrides.items() if k == "seed"}
-    tuned = {**recipe.get("train", {}), **seeded}  # the recipe's own rate; a step budget is the code adapter's
+    tuned = {**recipe.get("train", {}), **seeded}  # the recipe's own rate; a trained-token budget is the code adapter's
     cfg = train_config(opts.profile, device=opts.device, steps=opts.chat_steps or recipe["steps"], **tuned, data=str(view),
                        base=opts.base, out=str(plan.run_dir / "chat"))
     try:
