@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,28 @@ __all__ = ["Completion", "LlamaRuntime", "LoadedAdapter", "choose_threads", "def
 log = logging.getLogger(__name__)
 
 GGML_TYPE_F32 = 0  # ggml_type enum value; f32 KV cache makes logits comparable to transformers
+
+# llama.cpp's AMX kernels crash (SIGSEGV at ldtilecfg in ggml_backend_amx_mul_mat, llama.cpp issue #20824) on AMX CPUs
+# such as this project's 2-core Xeon VM; ./scripts/setup builds llama-cpp-python without them there. A build installed
+# some other way still has them, and llama-cpp-python 0.3.36 cannot turn them off at run time (its Llama does not
+# pass use_extra_bufts), so the user gets one warning line naming the cause before the crash can happen.
+AMX_WARNING = ("this llama.cpp build uses its AMX kernels, which crash (SIGSEGV) on some AMX CPUs (llama.cpp issue "
+               "#20824); if swespot dies with a segmentation fault, reinstall with ./scripts/setup, which builds it without them")
+_amx_checked = False
+
+
+def uses_amx_kernels(system_info: str) -> bool:
+    """Whether llama.cpp's ``llama_print_system_info()`` text says its AMX kernels are built in (and so in use)."""
+    return re.search(r"(?<!\w)AMX_INT8 = 1(?!\d)", system_info) is not None
+
+
+def _warn_once_about_amx(llama_cpp) -> None:
+    global _amx_checked
+    if _amx_checked:
+        return
+    _amx_checked = True
+    if uses_amx_kernels(llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")):
+        log.warning(AMX_WARNING)
 
 
 @dataclass
@@ -67,6 +90,7 @@ class LlamaRuntime(Generation):
 
         self._llama_cpp = llama_cpp
         LOG_BRIDGE.install(llama_cpp)
+        _warn_once_about_amx(llama_cpp)
         threads = choose_threads(n_threads or 0)  # one reading of the load for generation and prompt batches
         kwargs: dict = dict(
             model_path=str(self.model_path),

@@ -154,3 +154,34 @@ def test_the_runtime_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_a_llama_cpp_build_with_amx_kernels_is_named_in_one_warning(monkeypatch, caplog):
+    import types
+
+    import llama_cpp
+
+    from agent import runtime
+
+    # the text llama.cpp prints: this machine's build (setup leaves AMX out on AMX CPUs), and an AMX build's
+    own = llama_cpp.llama_print_system_info().decode()
+    assert "AVX" in own
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and " amx_int8" in cpuinfo.read_text():
+        assert not runtime.uses_amx_kernels(own), "./scripts/setup should have built llama.cpp without AMX on this CPU"
+    amx = "CPU : SSE3 = 1 | AVX512 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+    assert runtime.uses_amx_kernels(amx)
+    assert not runtime.uses_amx_kernels(amx.replace("AMX_INT8 = 1", "AMX_INT8 = 0"))
+    assert not runtime.uses_amx_kernels("CPU : AVX512 = 1 | REPACK = 1 | ")
+    fake = types.SimpleNamespace(llama_print_system_info=lambda: amx.encode())
+    monkeypatch.setattr(runtime, "_amx_checked", False)
+    with caplog.at_level("WARNING", logger="agent.runtime"):
+        runtime._warn_once_about_amx(fake)
+        runtime._warn_once_about_amx(fake)  # once per process, not per model load
+    assert [r.getMessage() for r in caplog.records] == [runtime.AMX_WARNING]
+    # the real build and the real load: a warning exactly when the build has the kernels
+    monkeypatch.setattr(runtime, "_amx_checked", False)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agent.runtime"):
+        LlamaRuntime(ensure_default_gguf(), n_ctx=256, n_threads=1).close()
+    assert (runtime.AMX_WARNING in caplog.messages) == runtime.uses_amx_kernels(own)
