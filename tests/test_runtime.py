@@ -165,7 +165,7 @@ def test_a_llama_cpp_build_with_amx_kernels_is_named_in_one_warning(monkeypatch,
 
     # the text llama.cpp prints: this machine's build (setup leaves AMX out on AMX CPUs), and an AMX build's
     own = llama_cpp.llama_print_system_info().decode()
-    assert "AVX" in own
+    assert own.strip(), "llama.cpp printed no system information"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file() and " amx_int8" in cpuinfo.read_text():
         assert not runtime.uses_amx_kernels(own), "./scripts/setup should have built llama.cpp without AMX on this CPU"
