@@ -154,9 +154,13 @@ describe('SWE-Spot in VS Code', () => {
     await vscode.commands.executeCommand('undo');
     assert.strictEqual(doc.getText(), before, 'one undo takes the whole change back');
     await vscode.commands.executeCommand('redo');
+    const accepted = before.replace('return a - b', 'return a + b');
+    // the redo reaches this host's copy of the document a moment later; an edit made before it arrives
+    // is refused (edit() answers false) for a stale version, and the save then saves nothing new
+    await until('the redo', () => doc.getText() === accepted);
     const editor = await vscode.window.showTextDocument(doc);
-    await editor.edit((e) => e.insert(new vscode.Position(0, 0), '# reviewed\n'));
-    await doc.save();
+    await until('the edit after the accept', async () => await editor.edit((e) => e.insert(new vscode.Position(0, 0), '# reviewed\n')));
+    assert.ok(await doc.save(), 'the edited file could not be saved');
     const entry = await until('editedAfterAccept in feedback.jsonl', () => feedbackJournal().find((e) => e.id === pending.taskId && e.action === 'editedAfterAccept'));
     assert.ok((entry as { finalText?: string }).finalText?.startsWith('# reviewed\n'));
     await vscode.workspace.getConfiguration('swespot').update('agentModel', undefined, vscode.ConfigurationTarget.Workspace);
