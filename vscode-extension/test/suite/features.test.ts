@@ -145,16 +145,16 @@ describe('SWE-Spot in VS Code', () => {
     const ops = vscode.Uri.joinPath(root, 'calc', 'ops.py');
     const doc = await vscode.workspace.openTextDocument(ops);
     const before = doc.getText();
+    const accepted = before.replace('return a - b', 'return a + b');
     const decided = api.reviewer.runTask('Make add return the sum');
     const pending = await until('the change under review', () => api.reviewer.pending);
     await vscode.commands.executeCommand('swespot.acceptChange');
     assert.strictEqual(await decided, 'accepted');
-    assert.strictEqual(doc.getText(), before.replace('return a - b', 'return a + b'));
+    assert.strictEqual(doc.getText(), accepted);
     await vscode.window.showTextDocument(doc);
     await vscode.commands.executeCommand('undo');
     assert.strictEqual(doc.getText(), before, 'one undo takes the whole change back');
     await vscode.commands.executeCommand('redo');
-    const accepted = before.replace('return a - b', 'return a + b');
     // the redo reaches this host's copy of the document a moment later; an edit made before it arrives
     // is refused (edit() answers false) for a stale version, and the save then saves nothing new
     await until('the redo', () => doc.getText() === accepted);
