@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
 
+from agent.errors import SwespotError
 from daemon_support import commit, git  # real git in a test repository
 
 
@@ -212,6 +214,49 @@ def test_base_against_itself_through_llama_cpp_is_no_measurable_change(geometry_
     assert saved["comparisons"]["again"]["line"] == comparison["line"]
     assert re.fullmatch(r"line\+body loss \d\.\d{3} → \d\.\d{3} \(\+0\.0%, 95% CI \+0\.0% … \+0\.0%; \d+ tasks\): no measurable change",
                         comparison["line"])
+
+
+def test_runtimes_side_by_side_give_one_runtimes_rows_in_its_order(geometry_repo, tiny_gguf_f32):
+    from trainer.evaluation import ModelSpec
+    from trainer.evaluation.runner import Evaluator
+    from trainer.evaluation.tasks import make_tasks
+
+    root, revs = geometry_repo
+    tasks = make_tasks(root, revs["cutoff"], "HEAD", ("line", "body", "design"), "tiny")
+    models = [ModelSpec("base", None), ModelSpec("again", None)]
+    one = Evaluator(tiny_gguf_f32, models, "tiny", progress=False, threads=1, workers=1).run(tasks)
+    two = Evaluator(tiny_gguf_f32, models, "tiny", progress=False, threads=1, workers=2).run(tasks)
+    assert len(one) == 2 * len(tasks) >= 20
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in one]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in two] == strip  # same scores, same order
+    assert [(r["model"], r["task"]) for r in two] == [(m.name, t.id) for m in models for t in sorted(
+        tasks, key=lambda t: t.family in ("design", "facts"))]
+
+
+def test_an_error_in_one_runtime_stops_the_others_and_reaches_the_caller(geometry_repo, tiny_gguf_f32, monkeypatch):
+    from trainer.evaluation import ModelSpec
+    from trainer.evaluation.runner import Evaluator
+    from trainer.evaluation.tasks import make_tasks
+
+    root, revs = geometry_repo
+    tasks = make_tasks(root, revs["cutoff"], "HEAD", ("line", "body"), "tiny")
+    done, failed = [], []
+    real = Evaluator._text_task
+
+    def failing(self, rt, task, renderer, fim):
+        if task.id == tasks[1].id and not failed:  # once: the base model's second task
+            failed.append(task.id)
+            raise SwespotError("the model file went away")
+        done.append(task.id)
+        time.sleep(0.05)  # slower than the failure reaches the other runtime
+        return real(self, rt, task, renderer, fim)
+
+    monkeypatch.setattr(Evaluator, "_text_task", failing)
+    evaluator = Evaluator(tiny_gguf_f32, [ModelSpec("base", None), ModelSpec("again", None)], "tiny", progress=False,
+                          threads=1, workers=2)
+    with pytest.raises(SwespotError, match="went away"):
+        evaluator.run(tasks)
+    assert len(tasks) >= 5 and len(done) <= 3  # the other runtime stopped instead of scoring the other 2 × tasks - 1
 
 
 def test_a_long_prefix_keeps_the_tokens_the_whole_text_would_give():
