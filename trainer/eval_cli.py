@@ -86,7 +86,7 @@ def print_summary(report: dict, file=None) -> None:
         entries = [report["models"][m]["families"].get(fam, {}) for m in models]
         if any(e.get(key) is not None for e in entries):
             table.add_row(label + (" ↓" if lower else " ↑"), *(cell(e, key) for e in entries))
-    table.add_row("seconds", *(f"{report['models'][m]['seconds']:.0f}" for m in models))
+    table.add_row("task seconds (summed)", *(f"{report['models'][m]['seconds']:.0f}" for m in models))
     console.print(table)
     for name, comparison in (report.get("comparisons") or {}).items():
         console.print(f"[bold]{name} vs {comparison['reference']}[/] (paired, bootstrap 95% intervals over tasks):", highlight=False)
