@@ -150,7 +150,8 @@ def _table(report: dict) -> str:
         values = [report["models"][m]["families"].get("replay", {}).get(key) for m in models]
         if any(v is not None for v in values):
             rows.append(f"<tr><td>{label}</td>" + "".join(f"<td>{'–' if v is None else f'{v:.1f}'}</td>" for v in values) + "</tr>")
-    rows.append("<tr><td>task time (s, summed; runtimes run side by side)</td>" + "".join(f"<td>{report['models'][m]['seconds']:.1f}</td>" for m in models) + "</tr>")
+    rows.append("<tr><td>task time (s, summed; runtimes run side by side)</td>"
+                + "".join(f"<td>{report['models'][m]['seconds']:.1f}</td>" for m in models) + "</tr>")
     return f"<table><tr><th>metric (mean [95% interval])</th>{head}</tr>{''.join(rows)}</table>"
 
 
