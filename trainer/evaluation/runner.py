@@ -111,7 +111,7 @@ class Evaluator:
 
     def _workers(self, items: int) -> tuple[int, int]:
         """How many runtimes score the text tasks side by side, and llama.cpp threads for each. A small model
-        uses a second core poorly within one runtime (llama.cpp's threads meet after every operation): on 2
+        uses a second core poorly within one runtime (most likely: llama.cpp's threads meet after every operation): on 2
         cores, 335 tokens of click took 1.0 s with 2 threads and 1.57 s with 1, and two 1-thread runtimes side by
         side 1.55 s each, 1.3 times the tasks per second (README). Every thread count gives the same logits."""
         total = choose_threads(self.threads or 0)
