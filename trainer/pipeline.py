@@ -58,11 +58,11 @@ OnPhase = Callable[[str, "float | None", dict], None]
 # answer loss +1.2% (+0.6 ... +1.8) (README). Both CPU profiles use it; the GPU recipe keeps the whole vocabulary.
 LOSS_VOCAB = 65536
 # The CPU profiles' code adapters train without LoRA dropout (TrainConfig's default is 0.05). They see their
-# experience about once, so dropout has nothing to regularise, and on 2 cores its random masks (one per LoRA
-# module and step, 216 M draws at 2,048 tokens) were 16% of a text step in a profile. On click (the same
-# experience, seed, cutoff and 392 task rows; README): 32 steps trained in 510 s without it against 652 s with it
-# (one after the other), line + body -6.3% against -6.2%, the two adapters -0.1% (-0.4 ... +0.2) apart: no measurable
-# change on any family. The chat adapter keeps 0.05 (CHAT): its recipe is not measured without it.
+# experience about once, so dropout has little to regularise, and on 2 cores its random masks (one per LoRA
+# module and step, ~230 M draws at 2,048 tokens) were 15-16% of a step in a profile. On click (the same
+# experience, seed, cutoff and 196 tasks; README): six steps in 81 s without it against 102 s with it
+# (interleaved, three runs each), line + body -6.3% against -6.2%, the two adapters -0.1% (-0.4 ... +0.2) apart: no
+# measurable change on any family. The chat adapter keeps 0.05 (CHAT): its recipe is not measured without it.
 LORA_DROPOUT = 0.0
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny": {"train_profile": "tiny", "steps": 12, "continue_steps": 6,
