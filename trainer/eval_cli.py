@@ -96,6 +96,8 @@ def print_summary(report: dict, file=None) -> None:
         console.print(f"  [bold]{comparison['line']}[/]", highlight=False, soft_wrap=True)
     for name, layout in (report.get("layouts") or {}).items():  # an adapter that declares FIM: the layout's own effect
         console.print(f"{name}: {layout['line']}", highlight=False, markup=False, soft_wrap=True)
+    for family, why in (report.get("left_out") or {}).items():
+        console.print(f"{family} left out: {why}", highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- swespot eval -----------------------------------------------------------------------------------

@@ -200,6 +200,8 @@ def render_html(report: dict) -> str:
         f"({html.escape(counts)}{'; ' + html.escape(gen) if gen else ''}); profile {html.escape(report['profile'])}; "
         f"{when}; {report['seconds']:.0f} s.</p>"
     )
+    for family, why in (report.get("left_out") or {}).items():
+        body += f"<p>The {html.escape(family)} family is left out: {html.escape(why)}.</p>"
     chats = [m for m, entry in (report.get("models") or {}).items() if entry.get("chat_adapter")]
     if chats:
         body += (f"<p>Design and facts questions were answered by the chat adapter of {html.escape(', '.join(chats))} "

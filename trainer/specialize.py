@@ -143,8 +143,9 @@ def held_out_gate(opts: SpecializeOptions, cutoff: str, report_dir: Path, evalua
         manifest = json.loads((gi.candidate / "manifest.json").read_text())
         base_gguf = Path(manifest["export"]["base_gguf"])
         adapter = ModelSpec("adapter", gi.candidate / "adapter.gguf", gi.chat)  # questions go to its chat adapter, if any
+        # the infill family only where it measures a layout (INFILL_LEFT_OUT): quick's 15 minutes (README)
         report = evaluate(opts.repo, cutoff, base_gguf, [ModelSpec("base", None), adapter],
-                          profile=opts.profile, out=report_dir)
+                          profile=opts.profile, out=report_dir, infill_only_with_fim=True)
         evaluation["report"] = report
         verdict = compare(report, "adapter", "base")
         # the manifest records the verdict with its interval (the gate's full result goes there too)

@@ -50,11 +50,11 @@ def _git(root, *args) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
-def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left_to_right(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
+def _calc_repo_and_fim_adapter(tmp_path, tiny_adapter_dir):
+    """A repository whose commits after the cutoff each add a function between two others, and a copy of
+    the tiny adapter whose manifest declares FIM markers. Returns (repo, cutoff, adapter folder)."""
     import json
     import shutil
-
-    from trainer.evaluation import ModelSpec, evaluate
 
     root = tmp_path / "calc"
     root.mkdir()
@@ -74,7 +74,13 @@ def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left
     manifest = json.loads((adapter / "manifest.json").read_text())
     manifest["fim"] = {"prefix": "<think>", "suffix": "</think>", "middle": "<tool_call>", "source": "reserved"}
     (adapter / "manifest.json").write_text(json.dumps(manifest))
+    return root, cutoff, adapter
 
+
+def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left_to_right(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
+    from trainer.evaluation import ModelSpec, evaluate
+
+    root, cutoff, adapter = _calc_repo_and_fim_adapter(tmp_path, tiny_adapter_dir)
     report = evaluate(root, cutoff, tiny_gguf_q8, [ModelSpec("base", None), ModelSpec("adapter", adapter / "adapter.gguf")],
                       families=("infill",), profile="tiny", progress=False)
     rows = report["rows"]
@@ -88,6 +94,30 @@ def test_infill_tasks_score_the_adapter_in_its_declared_layout_and_the_base_left
     assert "infill" in report["comparisons"]["adapter"]["families"]
     assert report["layouts"]["adapter"]["tasks"] == 4 and "FIM layout vs left to right" in report["layouts"]["adapter"]["line"]
     assert "base" not in report["layouts"]
+
+
+def test_specialize_leaves_the_infill_family_out_only_when_no_model_serves_a_fim_layout(tmp_path, tiny_gguf_q8, tiny_adapter_dir):
+    """infill_only_with_fim (specialize's gate): with an adapter that declares FIM the infill tasks are
+    scored; with models that all complete left to right they are left out, and the report says why."""
+    from trainer.eval_report import render_html
+    from trainer.evaluation import INFILL_LEFT_OUT, ModelSpec, evaluate, serving_layouts
+
+    root, cutoff, fim_adapter = _calc_repo_and_fim_adapter(tmp_path, tiny_adapter_dir)
+    both = [ModelSpec("base", None), ModelSpec("adapter", fim_adapter / "adapter.gguf")]
+    ltr = [ModelSpec("base", None), ModelSpec("adapter", tiny_adapter_dir / "adapter.gguf")]  # its manifest declares none
+    assert serving_layouts(tiny_gguf_q8, both) == {"base": "ltr", "adapter": "fim"}
+    assert serving_layouts(tiny_gguf_q8, ltr) == {"base": "ltr", "adapter": "ltr"}
+    kept = evaluate(root, cutoff, tiny_gguf_q8, both, families=("line", "infill"), profile="tiny", progress=False,
+                    infill_only_with_fim=True)
+    assert kept["tasks"]["infill"] == 4 and kept["left_out"] == {}
+    dropped = evaluate(root, cutoff, tiny_gguf_q8, ltr, families=("line", "infill"), profile="tiny", progress=False,
+                       infill_only_with_fim=True, out=tmp_path / "report")
+    assert set(dropped["tasks"]) == {"line"} and dropped["tasks"]["line"] > 0
+    assert {r["family"] for r in dropped["rows"]} == {"line"}
+    assert dropped["left_out"] == {"infill": INFILL_LEFT_OUT}
+    assert "The infill family is left out: no model serves a fill-in-the-middle layout" in render_html(dropped)
+    # without the flag (swespot eval) the family is scored in either case
+    assert evaluate(root, cutoff, tiny_gguf_q8, ltr, families=("infill",), profile="tiny", progress=False)["tasks"] == {"infill": 4}
 
 
 @pytest.mark.asyncio

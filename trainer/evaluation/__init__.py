@@ -14,7 +14,8 @@ Everything up to the cutoff may be learned; every task comes from the commits af
   trained with (``serving_fim``), else left to right with the code after the cursor as a comment. Loss of
   the real middle; exact match and edit similarity of the greedy suggestion trimmed as the server trims
   it. A model scored in the FIM layout also gets ``ltr_loss``, the same tasks left to right, so the
-  layout's own effect can be read off (``layout_comparison``).
+  layout's own effect can be read off (``layout_comparison``). Specialize's gate asks for it only when some
+  model serves a FIM layout (``evaluate(infill_only_with_fim=True)``, ``INFILL_LEFT_OUT``).
 - **design** (QA): questions about symbols defined after the cutoff, answered from the index of the
   newest commit (where is it defined, who calls it); accuracy of the generated answer and loss of the
   grounded answer. Asked without tools: it measures what the weights know.
@@ -50,12 +51,14 @@ paired intervals, verdicts, the gate's ``compare``). Everything is importable fr
 from trainer.evaluation.profiles import EVAL_PROFILES, FAMILIES, ModelSpec, Task
 from trainer.evaluation.runner import (
     DESIGN_SYSTEM,
+    INFILL_LEFT_OUT,
     PROMPT_CHARS,
     Evaluator,
     adapter_manifest,
     edit_similarity,
     evaluate,
     names_any,
+    serving_layouts,
     target_loss,
 )
 from trainer.evaluation.statistics import (
@@ -95,10 +98,10 @@ from trainer.evaluation.tasks import (
 
 __all__ = [
     "BETTER", "BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "CODE_SUFFIXES", "DESIGN_SYSTEM", "EVAL_PROFILES", "FAMILIES",
-    "HEADLINE_FAMILIES", "INFILL_MAX_LINES", "INFILL_SUFFIX_LINES", "MAX_BODY_LINES", "MIN_LINE_CHARS",
+    "HEADLINE_FAMILIES", "INFILL_LEFT_OUT", "INFILL_MAX_LINES", "INFILL_SUFFIX_LINES", "MAX_BODY_LINES", "MIN_LINE_CHARS",
     "MIN_PAIRED_TASKS", "NO_CHANGE", "PAIRED_METRICS", "PROMPT_CHARS", "WORSE", "Evaluator", "ModelSpec", "Task",
     "adapter_manifest", "body_tasks", "bootstrap_interval", "compare", "describe", "design_tasks", "edit_similarity",
     "evaluate", "facts_tasks", "infill_tasks", "layout_comparison", "line_tasks", "make_tasks", "names_any",
-    "paired_comparison", "paired_interval", "post_cutoff_changes", "replay_tasks", "resample_indices", "summarize", "target_loss",
+    "paired_comparison", "paired_interval", "post_cutoff_changes", "replay_tasks", "resample_indices", "serving_layouts", "summarize", "target_loss",
     "verdict_of",
 ]

@@ -286,6 +286,22 @@ class Evaluator:
                 "format_errors": result.format_errors}
 
 
+def serving_layouts(base_gguf: Path, models: list[ModelSpec]) -> dict[str, str]:
+    """The completion layout the language server would use with each model, by name: "fim" or "ltr"
+    (left to right), read from one runtime holding the base and every adapter (``Evaluator._select``)."""
+    evaluator = Evaluator(base_gguf, models, progress=False, threads=1)
+    rt, names = evaluator._runtime(n_ctx=256)
+    with rt:
+        return {spec.name: "fim" if evaluator._select(rt, names, spec) else "ltr" for spec in models}
+
+
+# Why ``evaluate(infill_only_with_fim=True)`` (specialize's gate) leaves the infill family out when every model
+# completes left to right: what the family adds to the line and body tasks is the layout, FIM against left
+# to right. On click its 40 tasks were 27% of quick's evaluation (293 of 1,081 seconds of rows; README).
+INFILL_LEFT_OUT = ("no model serves a fill-in-the-middle layout, so the infill family would measure no layout "
+                   "(`swespot eval --tasks infill` scores it)")
+
+
 def adapter_manifest(spec: ModelSpec) -> dict | None:
     """The manifest.json next to a model's adapter.gguf (the store's and the trainer's layout), if any."""
     path = spec.adapter.parent / "manifest.json" if spec.adapter is not None else None
@@ -312,10 +328,11 @@ def _run_tests(ws, tests: list[str]) -> bool:
 
 def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSpec], *, until: str = "HEAD",
              families=FAMILIES, profile: str = "quick", progress: bool = True, out: Path | None = None,
-             reference: str | None = None) -> dict:
+             reference: str | None = None, infill_only_with_fim: bool = False) -> dict:
     """Build the tasks, run every model on them, compare every other model with ``reference`` (default:
     the first model) in ``report["comparisons"][name]`` (``paired_comparison``), and (with ``out``) write
-    report.json and report.html."""
+    report.json and report.html. With ``infill_only_with_fim`` the infill family is left out unless some
+    model serves a FIM layout (``serving_layouts``); ``report["left_out"]`` says so."""
 
     started = time.perf_counter()
     repo_path = Path(repo_path).resolve()
@@ -328,6 +345,10 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
     reference = reference or (names[0] if names else None)
     if reference is not None and reference not in names:
         raise SwespotError(f"the reference {reference!r} is not one of the models {names}")
+    left_out = {}
+    if infill_only_with_fim and "infill" in families and "fim" not in serving_layouts(base_gguf, models).values():
+        families = tuple(f for f in families if f != "infill")
+        left_out["infill"] = INFILL_LEFT_OUT
     tasks = make_tasks(repo_path, cutoff, until, families, profile)
     task_seconds = round(time.perf_counter() - started, 2)
     repo = git.Repo(repo_path)
@@ -338,6 +359,7 @@ def evaluate(repo_path: Path, cutoff: str, base_gguf: Path, models: list[ModelSp
         "generated": {fam: sum(t.family == fam and t.meta.get("generate", True) for t in tasks) for fam in ("line", "body", "infill")
                       if fam in families},
         "models": {}, "comparisons": {}, "rows": [], "reference": reference, "task_seconds": task_seconds,
+        "left_out": left_out,
     }
     if tasks:
         rows = Evaluator(base_gguf, models, profile, progress).run(tasks, repo_path)
