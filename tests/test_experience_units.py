@@ -149,6 +149,19 @@ def test_callers_of_a_method_name_only_the_class_that_defines_it(store):
     assert resolver.seconds > 0 and resolver.files_resolved >= 2
 
 
+def test_the_resolver_resolves_only_the_calls_of_the_name_asked_and_each_name_alike_in_any_order(store):
+    ws, index = _index(store)
+    reader_load = _sym(index, "src/store/core.py", "Reader.load")
+    use_writer = _sym(index, "src/store/core.py", "use_writer")
+    resolver = Resolver(store, index)
+    first = resolver.callers(reader_load)
+    # core.py calls other names too (Writer's, use_reader's ...); only `load` was resolved in it
+    assert set(resolver._sites["src/store/core.py"].by_name) == {"load"}
+    then = resolver.callers(use_writer)
+    alone = Resolver(store, index)
+    assert alone.callers(use_writer) == then and alone.callers(reader_load) == first  # the other order
+
+
 def test_module_attribute_call_resolves_through_an_import_alias(store):
     ws, index = _index(store)
     resolver = Resolver(store, index)
