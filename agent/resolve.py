@@ -13,10 +13,11 @@ no call of the repository's own ``get``. The resolver confirms each candidate ca
 
 Jedi is slow next to tree-sitter, so the resolver works lazily and caches per file (by content) and
 name: only the calls of a name somebody asks about are ever resolved, each name's with a fresh
-``jedi.Script``. Fresh, because Jedi's answers depend on what the same Script inferred before (its caches
-keep what an earlier ``goto`` found under a recursion limit): resolving every call of a file in one Script
-left ``shell_complete``'s call in click's ``shell_completion.py`` unresolved, asked alone it resolves. Per
-name, the held-out facts of click, requests and attrs took 122, 130 and 13 ``goto`` calls instead of 1,893,
+``jedi.Script``. Fresh, because Jedi's answers can depend on what the same Script inferred before (most likely
+through its caches, which keep what an earlier ``goto`` inferred, also under a recursion limit): in a one-off check on click, the call
+``obj.shell_complete(...)`` in ``shell_completion.py`` resolved one way after every other call of that file in
+the same Script and another way asked alone. So a name's answer no longer depends on which names were asked
+before it. Per name, the held-out facts of click, requests and attrs took 122, 130 and 13 ``goto`` calls instead of 1,893,
 907 and 539 (the same questions and answers). ``seconds`` counts the time spent in Jedi.
 """
 
