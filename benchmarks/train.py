@@ -13,14 +13,16 @@ token, the vocabulary projection only where a target is predicted, in chunks of 
 logits, as first built), ``ours_vocab`` (``ours`` with the CPU profiles' training softmax over part of the
 vocabulary: the data's tokens and the ``LOSS_VOCAB`` lowest ids; its loss is over that part, so its first
 loss is lower), ``ours_cpu`` (``ours_vocab`` without LoRA dropout: how quick and full train on a CPU,
-``LORA_DROPOUT``; the other rows keep the default 0.05), ``ours_padded`` (length-grouped padded batches) and ``trainer``
+``LORA_DROPOUT``; the other rows keep the default 0.05), ``ours_bf16`` (``ours_cpu`` with the frozen base's weights in bf16,
+``precision="bf16-base"``: how they train on a CPU with bf16 matrix instructions; the other rows of ours train in fp32
+on a CPU), ``ours_padded`` (length-grouped padded batches) and ``trainer``
 (``transformers.Trainer``, grouped by length, the model's own loss). ``--units text=5,design=3`` samples
 quick's mix (the repository as text, every token trained, and design episodes) instead of ``--episodes``.
 Each measurement runs in its own process; the rate is over the training loop only
 (model loading and tokenisation excluded). Works unchanged on a GPU (device auto-selection, bf16).
 
     .venv/bin/python -m benchmarks.train [--models tiny,gemma] [--data DIR | --repo PATH] [--episodes 48 | --units text=5,design=3]
-        [--max-len 1024] [--batch-tokens 4096] [--runs ours,ours_v1,ours_vocab,ours_cpu,ours_padded,trainer] [--dense-lengths 512]
+        [--max-len 1024] [--batch-tokens 4096] [--runs ours,ours_v1,ours_vocab,ours_cpu,ours_bf16,ours_padded,trainer] [--dense-lengths 512]
         [--json out.json]
 """
 
@@ -46,10 +48,12 @@ from trainer import attention as A
 from trainer import data as D
 from trainer.config import config_for
 from trainer.default_model import prepare_default
+from trainer.model_io import pick_device
 from trainer.pipeline import LORA_DROPOUT, LOSS_VOCAB, build_repo_experience
 from trainer.train import make_renderer, peak_memory_mb
 
-WORKERS = ("ours", "ours_v1", "ours_vocab", "ours_cpu", "ours_padded", "trainer")
+WORKERS = ("ours", "ours_v1", "ours_vocab", "ours_cpu", "ours_bf16", "ours_padded", "trainer")
+PACKED = ("ours", "ours_v1", "ours_vocab", "ours_cpu", "ours_bf16")
 
 
 def source_text() -> str:
@@ -124,9 +128,11 @@ def worker(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="swespot-bench-"))
     cfg = config_for("cpu", data=str(args.data), base=hf, out=str(tmp / "out"), epochs=1.0, max_len=args.max_len,
                      batch_tokens=args.batch_tokens, export_gguf=False, checkpoint_every=1_000_000, lora_r=16, lora_alpha=32,
-                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker in ("ours", "ours_v1", "ours_vocab", "ours_cpu"),
-                     loss_vocab=LOSS_VOCAB if args.worker in ("ours_vocab", "ours_cpu") else 0,
-                     lora_dropout=LORA_DROPOUT if args.worker == "ours_cpu" else None)
+                     warmup_ratio=0.0, gradient_checkpointing=False, packing=args.worker in PACKED,
+                     loss_vocab=LOSS_VOCAB if args.worker in ("ours_vocab", "ours_cpu", "ours_bf16") else 0,
+                     lora_dropout=LORA_DROPOUT if args.worker in ("ours_cpu", "ours_bf16") else None,
+                     # on a CPU, fp32 unless the row says otherwise ("auto" picks bf16-base where the CPU has bf16 instructions)
+                     precision="bf16-base" if args.worker == "ours_bf16" else "fp32" if pick_device() == "cpu" else None)
     row = {"sequences": len(sequences), "tokens": tokens, "trained_tokens": trained,
            "after_last_target": sum(len(s.input_ids) - D.trained_end(s) for s in sequences)}
     if args.worker != "trainer":

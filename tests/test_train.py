@@ -518,3 +518,70 @@ def test_loss_vocabulary_is_the_softmax_over_its_part_of_the_vocabulary(experien
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
     with pytest.raises(ValueError, match="outside the loss vocabulary"):
         LossVocabulary(set(), 100, size).targets(torch.tensor([D.IGNORE, size - 1]))
+
+
+def test_bf16_base_trains_fp32_lora_on_a_bf16_base_and_exports_against_the_base_as_loaded(experience, tiny_hf_dir, tmp_path):
+    """precision "bf16-base": the frozen base's weights in bf16 while training (the LoRA weights, the
+    optimizer and the softmax stay fp32), the base's own fp32 weights back before the export, whose
+    llama.cpp check then compares the same model as with fp32 training."""
+    import torch
+
+    from trainer.model_io import load_model_and_tokenizer
+    from trainer.train import _with_lora, frozen_in_bf16, restore_fp32
+
+    cfg = tiny_config(experience, tmp_path / "unused", tiny_hf_dir, steps=1)
+    model = _with_lora(cfg, load_model_and_tokenizer(tiny_hf_dir)[0])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    kept = frozen_in_bf16(model)
+    params = dict(model.named_parameters())
+    assert kept and all(params[n].dtype == (torch.float32 if params[n].requires_grad else torch.bfloat16) for n in params)
+    restore_fp32(kept)
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+    runs = {}
+    for precision in ("fp32", "bf16-base"):
+        out = tmp_path / precision
+        runs[precision] = train(tiny_config(experience, out, tiny_hf_dir, steps=4, precision=precision), progress=False)
+    half, full = runs["bf16-base"], runs["fp32"]
+    assert (half.report["precision"], full.report["precision"]) == ("bf16-base", "fp32")
+    first = [run.report["loss_curve"][0][1] for run in (half, full)]
+    assert first[0] == pytest.approx(first[1], rel=2e-2)  # the same model, its weights rounded to bf16
+    assert half.report["loss_curve"][-1][1] < first[0]
+    export = half.manifest["export"]
+    assert export["verified"] == "exact" and export["max_logit_diff"] < 1e-3
+
+
+def test_the_loss_vocabularys_head_rows_are_kept_while_the_frozen_head_is_unchanged():
+    """LossVocabulary.head slices (and casts) a frozen head once and reuses the rows until the weight
+    changes in place or is replaced; a trained head is sliced afresh every time."""
+    import torch
+
+    from trainer.losses import LossVocabulary
+
+    weight = torch.nn.Parameter(torch.randn(50, 8), requires_grad=False)
+    vocab = LossVocabulary({40, 45}, 10, 50)
+    rows, _ = vocab.head(weight, None, torch.float64)
+    assert rows.dtype == torch.float64 and torch.equal(rows, weight[vocab.ids].double())
+    assert vocab.head(weight, None, torch.float64)[0] is rows
+    with torch.no_grad():
+        weight.add_(1.0)  # an in-place change
+    changed, _ = vocab.head(weight, None, torch.float64)
+    assert changed is not rows and torch.equal(changed, weight[vocab.ids].double())
+    weight.data = torch.zeros(50, 8)  # replaced, as restore_fp32 does
+    assert bool((vocab.head(weight, None, torch.float64)[0] == 0).all())
+    trained = torch.nn.Parameter(torch.randn(50, 8))
+    assert vocab.head(trained, None)[0] is not vocab.head(trained, None)[0]
+
+
+def test_auto_precision_uses_a_bf16_base_only_on_a_cpu_with_bf16_matrix_instructions(monkeypatch):
+    import torch
+
+    from trainer.model_io import pick_precision
+
+    for avx512_bf16, amx, expected in ((False, False, "fp32"), (True, False, "bf16-base"), (False, True, "bf16-base")):
+        # the hardware boundary: what the CPU offers
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert pick_precision("auto", "cpu") == expected
+        assert (pick_precision("fp32", "cpu"), pick_precision("bf16-base", "cpu")) == ("fp32", "bf16-base")
+    assert config_for("tiny", data="d", out="o").precision == "fp32"  # the test model: exact comparisons

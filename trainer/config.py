@@ -18,6 +18,7 @@ UNITS = ("design", "implementation", "evolution", "runtime", "feedback", "text")
 # "full" is under an hour on a CPU, every unit for an epoch on a GPU. What each means for a refresh is trainer.pipeline.PROFILES,
 # for an evaluation trainer.evaluation.EVAL_PROFILES; the training presets below are internal.
 PROFILE_NAMES = ("tiny", "quick", "full")
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-base")
 # Once, ``swespot train --profile`` took the training presets; they are internal now.
 _OLD_TRAIN_PROFILES = {"cpu": "quick (or full)", "real": "full (the GPU recipe on a CUDA device)"}
 # Without ``holdout``, specialize holds out the newest first-parent commits that give the evaluation
@@ -72,7 +73,9 @@ class TrainConfig:
                 "N lowest ids only (packed batches; on a CPU, Gemma's 262k-token projection is half of a text step; "
                 "evaluation and the gate always use the whole vocabulary)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, mps"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), fp32, bf16"})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 on a GPU that has it; bf16-base on a CPU with bf16 matrix instructions; else fp32), fp32, "
+                "bf16 (mixed precision, autocast), bf16-base (the frozen base's weights in bf16; LoRA, optimizer and loss in fp32)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "trade compute for memory"})
     checkpoint_every: int = field(default=50, metadata={"help": "save a resumable checkpoint every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept"})
@@ -102,8 +105,8 @@ class TrainConfig:
             raise SwespotError("replay data only makes sense when continuing from an adapter (--init-adapter)")
         if not 0 <= self.replay_share < 1:
             raise SwespotError("replay_share must be in [0, 1)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise SwespotError(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+        if self.precision not in PRECISIONS:
+            raise SwespotError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise SwespotError(f"unknown device {self.device!r} (auto, cpu, cuda, mps)")
         return self
@@ -134,7 +137,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "real": {},
     # max_len 2,048 holds a typical agentic episode in Gemma tokens (README, "Fitting the window")
     "cpu": dict(lora_r=16, lora_alpha=32, max_len=2048, batch_tokens=2048, lr=5e-4, checkpoint_every=25),
-    "tiny": dict(lora_r=8, lora_alpha=16, max_len=2048, batch_tokens=4096, lr=2e-3, lora_dropout=0.0,
+    # the test model trains in fp32 everywhere (its tests compare losses across ways of computing them)
+    "tiny": dict(lora_r=8, lora_alpha=16, max_len=2048, batch_tokens=4096, lr=2e-3, lora_dropout=0.0, precision="fp32",
                  gradient_checkpointing=False, checkpoint_every=10, warmup_ratio=0.0),
 }
 

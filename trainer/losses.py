@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from trainer.data import IGNORE
@@ -26,8 +28,24 @@ class LossVocabulary:
         self.remap = torch.full((vocab_size,), -1, dtype=torch.long)
         self.remap[self.ids] = torch.arange(len(self.ids))
 
+        self._head: tuple | None = None  # (weak reference to the source weight, its version and storage, dtype, rows)
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    def head(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None = None):
+        """The output projection's rows (and bias) of this part of the vocabulary, in ``dtype`` (None: as they
+        are). A frozen weight (the base's; LoRA does not train the head) is sliced and cast once and the
+        copy kept while it is unchanged: sliced every step, it cost ~0.5 s of a step on 2 cores."""
+        source = (weight._version, weight.data_ptr(), dtype)
+        if self._head is not None and self._head[0]() is weight and self._head[1] == source:
+            return self._head[2]
+        ids = self.ids.to(weight.device)
+        rows, part = weight[ids], None if bias is None else bias[ids]
+        if dtype is not None:
+            rows, part = rows.to(dtype), None if part is None else part.to(dtype)
+        self._head = (weakref.ref(weight), source, (rows, part)) if not weight.requires_grad else None
+        return rows, part
 
     def targets(self, targets: torch.Tensor) -> torch.Tensor:
         """``targets`` as places in ``ids`` (``IGNORE`` stays); a target outside the kept part is an error."""
@@ -63,12 +81,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h, t, ok = hidden[start : start + rows], targets[start : start + rows], valid[start : start + rows]
             safe = torch.where(ok, t, 0)
             logits = h @ weight.T
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, safe[:, None]).squeeze(1)
-            total += ((lse - picked) * ok).sum(dtype=torch.float64)
+            # logsumexp by hand, in place: torch.logsumexp allocates a shifted copy of the chunk's logits and
+            # exponentiates it, then the softmax did both again (on 2 cores ~1 s of a 2,048-row step)
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(1, safe[:, None]).squeeze(1) - top.squeeze(1)
+            sums = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # the logits become exp(logit - max)
+            total += ((sums.squeeze(1).log() - picked) * ok).sum(dtype=torch.float64)
             if not (want_h or want_w):
                 continue
-            probs = logits.sub_(lse[:, None]).exp_()  # the softmax, in place of the logits
+            probs = logits.div_(sums)  # the softmax, in place
             probs[torch.arange(len(t)), safe] -= 1
             if not bool(ok.all()):
                 probs *= ok[:, None]

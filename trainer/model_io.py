@@ -51,18 +51,30 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def pick_precision(requested: str, device: str) -> str:
-    """bf16 on a GPU that has it; fp32 on CPU (bf16 matmuls are slow on most CPUs and less exact)."""
+    """``auto``: bf16 mixed precision on a GPU that has it; on a CPU with bf16 matrix instructions
+    (AVX512-BF16 or AMX) the frozen base in bf16 ("bf16-base", ``train.frozen_in_bf16``), else fp32 (bf16
+    matrix products are emulated, and slow, on other CPUs)."""
     import torch
 
     if requested == "bf16":
         if device == "cuda" and not torch.cuda.is_bf16_supported():
             raise SwespotError("bf16 requested but this GPU does not support it")
         return "bf16"
-    if requested == "fp32":
-        return "fp32"
+    if requested in ("fp32", "bf16-base"):
+        return requested
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
+    if device == "cpu" and cpu_has_bf16():
+        return "bf16-base"
     return "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX tiles), as torch sees it."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def load_model_and_tokenizer(hf_dir: Path):

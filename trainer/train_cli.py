@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.config import TrainConfig, add_profile_argument
+from trainer.config import PRECISIONS, TrainConfig, add_profile_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-tokens", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--init-adapter", help="continue from this peft adapter folder")
     p.add_argument("--replay-data", help="earlier experience to mix in when continuing")
     p.add_argument("--seed", type=int)
