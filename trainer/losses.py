@@ -27,8 +27,7 @@ class LossVocabulary:
         self.ids = keep.nonzero().squeeze(1)
         self.remap = torch.full((vocab_size,), -1, dtype=torch.long)
         self.remap[self.ids] = torch.arange(len(self.ids))
-
-        self._head: tuple | None = None  # (weak reference to the source weight, its version and storage, dtype, rows)
+        self._head: tuple | None = None  # (weak reference to the source weight, (version, storage, dtype), (rows, bias))
 
     def __len__(self) -> int:
         return len(self.ids)
