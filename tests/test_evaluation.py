@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from agent.errors import SwespotError
+from agent.index import RepoIndex
 from daemon_support import commit, git  # real git in a test repository
 
 
@@ -301,10 +302,19 @@ def _facts_caller(noun: str) -> str:
     return f'"""Entry points for {noun} requests."""\nfrom ledgerapp import {noun}s\n' + calls
 
 
+def _facts_stub(noun: str) -> str:
+    """What a typed library ships beside each module: the same functions again, declared in a ``.pyi``."""
+    return "".join(f"def {verb}_{noun}(item: object) -> dict[str, object]: ...\n" for verb in VERBS)
+
+
 @pytest.fixture
 def facts_repo(tmp_path):
+    return _facts_repo(tmp_path)
+
+
+def _facts_repo(tmp_path, stubs: bool = False):
     """80 documented functions, each called from one entry point in another module: about one in ten is
-    a held-out fact."""
+    a held-out fact. With ``stubs``, every module has its type stub beside it."""
     root = tmp_path / "ledgerapp-repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
@@ -312,6 +322,8 @@ def facts_repo(tmp_path):
     for noun in NOUNS:
         files[f"ledgerapp/{noun}s.py"] = _facts_module(noun)
         files[f"ledgerapp/api_{noun}.py"] = _facts_caller(noun)
+        if stubs:
+            files[f"ledgerapp/{noun}s.pyi"] = _facts_stub(noun)
     cutoff = commit(root, "Ledger operations and their entry points", files)
     commit(root, "Later work", {"ledgerapp/extra.py": '"""Later."""\n\n\ndef later_thing(x):\n    """Done after the cutoff."""\n    return x\n'})
     held = {(f"ledgerapp/{noun}s.py", f"{verb}_{noun}") for noun in NOUNS for verb in VERBS}
@@ -344,6 +356,35 @@ def test_facts_are_exactly_the_heldout_symbols_asked_in_the_training_words(facts
     trained = _design_qa(tmp_path / "all")
     for task in tasks:
         assert trained.get(task.prompt) == task.target
+
+
+def test_a_type_stub_beside_its_module_is_not_a_second_definition_and_is_held_out_with_it(tmp_path):
+    """attrs ships a ``.pyi`` for every module: counted as a second definition, its every public name was
+    "defined twice", and the held-out facts and the design family lost them (3 facts questions at full's
+    cutoff). The stub's declaration is the module's definition again; its held-out symbols stay held out."""
+    from trainer.evaluation import facts_tasks
+    from trainer.experience.build import BuildOptions, build_experience
+    from trainer.experience.design import defined_once
+
+    root, cutoff, held = _facts_repo(tmp_path, stubs=True)
+    tasks = facts_tasks(root, cutoff, limit=1000)
+    assert {(t.path, t.meta["symbol"]) for t in tasks} == held  # the same facts as without the stubs, about the module
+    assert {t.meta["question"] for t in tasks} >= {"where"}
+    files = [(p.relative_to(root).as_posix(), p.read_text()) for p in root.glob("ledgerapp/*.py*")]
+    index = RepoIndex.build(files)
+    module, stub = sorted(index.definitions("audit_invoice"), key=lambda s: s.path)
+    assert (module.path, stub.path) == ("ledgerapp/invoices.py", "ledgerapp/invoices.pyi")
+    assert defined_once(index, module) and not defined_once(index, stub)
+    again = RepoIndex.build(files + [("ledgerapp/legacy.py", "def audit_invoice(item):\n    return item\n")])
+    assert not defined_once(again, next(s for s in again.definitions("audit_invoice") if s.path == module.path))  # a real second one counts
+
+    from trainer.experience.heldout import is_heldout_fact
+
+    assert all(is_heldout_fact(path + "i", qualname) for path, qualname in held)  # the stub's declaration too
+    build_experience(root, tmp_path / "exp", BuildOptions(cutoff=cutoff, units=("design",), per_file=50, progress=False))
+    names = {qualname for _, qualname in held}
+    for question in _design_qa(tmp_path / "exp"):  # not through the stub either
+        assert not any(re.search(rf"\b{n}\b", question) for n in names), question
 
 
 def test_heldout_facts_never_appear_in_the_training_episodes(facts_repo, tmp_path):

@@ -134,7 +134,7 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
         for sym in index.files[path].symbols if path in index.files else []:
             if (path, sym.qualname, "\n".join(lines[sym.start_line - 1: sym.end_line])) not in known:
                 fresh.append(sym)
-    unique = lambda sym: len(index.definitions(sym.name)) == 1 and not sym.name.startswith("_")  # noqa: E731
+    unique = lambda sym: D.defined_once(index, sym) and not sym.name.startswith("_")  # noqa: E731
     tasks, asked = [], set()
     for sym in fresh:
         if not unique(sym):
@@ -177,7 +177,7 @@ def _symbols_before(changes, files) -> set[tuple[str, str, str]]:
 
 def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
     """The held-out facts: the design questions about the pre-cutoff symbols ``is_heldout_fact`` picks
-    (names defined once in the repository), in the training episodes' words (``design_questions``),
+    (names defined once in the repository, ``defined_once``), in the training episodes' words (``design_questions``),
     grounded in the index and resolver of the cutoff's learnable files, as the experience sees them."""
 
     repo = git.Repo(repo_path)
@@ -192,7 +192,7 @@ def facts_tasks(repo_path: Path, cutoff: str, limit: int) -> list[Task]:
         index = Workspace(snap.tree, policy=CommandPolicy(approve=lambda _cmd: False)).index()
         resolver = Resolver(snap.tree, index)
         for sym in index.symbols():
-            if sym.path not in allowed or not is_heldout_fact(sym.path, sym.qualname) or len(index.definitions(sym.name)) != 1:
+            if sym.path not in allowed or not is_heldout_fact(sym.path, sym.qualname) or not D.defined_once(index, sym):
                 continue
             for qa in D.design_questions(index, sym, resolver):
                 accept = [qa.path] if qa.kind == "where" else list(qa.accept)  # "where": the right file

@@ -54,6 +54,16 @@ def public(sym: Symbol) -> bool:
     return not sym.name.startswith("_") or sym.name == "__init__"
 
 
+def defined_once(index: RepoIndex, sym: Symbol) -> bool:
+    """Whether ``sym`` is the only definition of its name in the repository. A type stub's declaration of
+    what its own module defines (``x.pyi`` beside ``x.py``, the same qualified name: typed libraries ship
+    one per module) is that definition again, not a second one; the module's is the one that counts."""
+    defs = index.definitions(sym.name)
+    defined = {(d.path, d.qualname) for d in defs if not d.path.endswith(".pyi")}
+    counted = [d for d in defs if not (d.path.endswith(".pyi") and (d.path[:-1], d.qualname) in defined)]
+    return len(counted) == 1 and counted[0].path == sym.path and counted[0].qualname == sym.qualname
+
+
 # ---- module summaries ---------------------------------------------------------------------------
 def top_level_definitions(index: RepoIndex, path: str) -> list[Symbol]:
     """Every public top-level definition of a file, in file order."""

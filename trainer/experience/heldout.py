@@ -5,7 +5,9 @@ other units (the symbol's code is still seen there) without the question itself 
 The experience's design unit skips every symbol for which ``is_heldout_fact`` is true; the evaluation's
 held-out-facts family asks exactly those, in the words the training episodes use. The share is fixed and
 the choice depends only on the symbol's path and qualified name, so it is stable across commits, runs and
-machines.
+machines. A type stub (``x.pyi``) declares its module's symbols again: its symbols are keyed by the
+module's ``x.py``, so a held-out symbol's stub is held out with it (else training would ask about the stub
+what the evaluation asks about the module).
 """
 
 from __future__ import annotations
@@ -16,5 +18,6 @@ HELDOUT_FACT_SHARE = 0.1  # one symbol in ten is never asked about in training
 
 
 def is_heldout_fact(path: str, qualname: str, share: float = HELDOUT_FACT_SHARE) -> bool:
-    digest = hashlib.sha256(f"{path}::{qualname}".encode()).digest()
+    module = path[:-1] if path.endswith(".pyi") else path
+    digest = hashlib.sha256(f"{module}::{qualname}".encode()).digest()
     return int.from_bytes(digest[:4], "big") < share * 2**32

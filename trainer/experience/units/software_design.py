@@ -83,7 +83,7 @@ def recall_episodes(ws: Workspace, index: RepoIndex, path: str, commit: str, sta
             continue
         asked = D.design_questions(index, sym, resolver)
         questions += asked
-        if len(index.definitions(sym.name)) == 1:  # the evaluation's design family asks only names defined once
+        if D.defined_once(index, sym):  # the evaluation's design family asks only names defined once
             questions.append(D.defined_in(sym))
             callers = next((qa for qa in asked if qa.kind == "callers"), None)
             if callers is not None:
