@@ -111,11 +111,10 @@ def packed_loss(model, tensors: dict, vocab=None):
     hidden = out.hidden_states[-1][tensors["predict_row"], tensors["predict_at"]]
     head = getattr(model, "module", model).get_output_embeddings()  # "module": under DDP
     targets = tensors["targets"]
-    if vocab is not None:
-        targets = vocab.targets(targets.cpu()).to(targets.device)
     # with the frozen base in bf16 ("bf16-base"), the softmax and its gradient run in fp32 on the bf16 head's values
     to_fp32 = head.weight.dtype != torch.float32 and not torch.is_autocast_enabled(hidden.device.type)
-    if vocab is not None:
+    if vocab is not None:  # the narrowed head's rows, kept (and cast) once while the frozen weight is unchanged
+        targets = vocab.targets(targets.cpu()).to(targets.device)
         weight, bias = vocab.head(head.weight, head.bias, torch.float32 if to_fp32 else None)
     else:
         weight, bias = head.weight, head.bias
