@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from agent.index import RepoIndex, Symbol, is_test_file
 from agent.resolve import CallSite, Resolver
 from agent.tools import MAX_SEARCH_RESULTS
+from trainer.experience.heldout import stub_module
 
 MAX_CALLERS = 8
 CHAIN_DEPTH = 4
@@ -59,8 +60,8 @@ def defined_once(index: RepoIndex, sym: Symbol) -> bool:
     what its own module defines (``x.pyi`` beside ``x.py``, the same qualified name: typed libraries ship
     one per module) is that definition again, not a second one; the module's is the one that counts."""
     defs = index.definitions(sym.name)
-    defined = {(d.path, d.qualname) for d in defs if not d.path.endswith(".pyi")}
-    counted = [d for d in defs if not (d.path.endswith(".pyi") and (d.path[:-1], d.qualname) in defined)]
+    defined = {(d.path, d.qualname) for d in defs}
+    counted = [d for d in defs if (stub_module(d.path), d.qualname) not in defined]
     return len(counted) == 1 and counted[0].path == sym.path and counted[0].qualname == sym.qualname
 
 

@@ -17,7 +17,11 @@ import hashlib
 HELDOUT_FACT_SHARE = 0.1  # one symbol in ten is never asked about in training
 
 
+def stub_module(path: str) -> str | None:
+    """The module a type stub declares (``x.pyi`` → ``x.py``); None for any other file."""
+    return path[:-1] if path.endswith(".pyi") else None
+
+
 def is_heldout_fact(path: str, qualname: str, share: float = HELDOUT_FACT_SHARE) -> bool:
-    module = path[:-1] if path.endswith(".pyi") else path
-    digest = hashlib.sha256(f"{module}::{qualname}".encode()).digest()
+    digest = hashlib.sha256(f"{stub_module(path) or path}::{qualname}".encode()).digest()
     return int.from_bytes(digest[:4], "big") < share * 2**32
