@@ -166,6 +166,33 @@ def test_tasks_are_spread_over_all_commits_deterministically():
     assert sum(t.meta["generate"] for t in marked) == 15
 
 
+def test_a_design_caller_question_names_the_method_that_calls_and_answers_are_scored_by_names_written_as_code(tmp_path):
+    import git as gitpython
+
+    from trainer.evaluation import answer_names, design_tasks, post_cutoff_changes
+
+    root = tmp_path / "shop"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    commit(root, "Prices", {"shop/prices.py": 'def net_price(gross, rate):\n    """Net of tax."""\n    return gross / (1 + rate)\n'})
+    cutoff = commit(root, "Readme", {"README.md": "# Shop\n"})
+    commit(root, "Invoices", {"shop/invoice.py": "from shop.prices import net_price\n\n\nclass Invoice:\n    def __init__(self, lines):\n"
+                                                 "        self.lines = lines\n\n    def totals(self, rate):\n"
+                                                 "        return [net_price(g, rate) for g in self.lines]\n"})
+    repo = gitpython.Repo(root)
+    [task] = [t for t in design_tasks(repo, post_cutoff_changes(repo, cutoff), "HEAD", 50) if t.meta["question"] == "caller"]
+    # the walk met the class Invoice first, but the one that calls is its method, named as the episodes name it
+    assert task.meta["answer"] == "Invoice.totals" and task.meta["accept"] == ["Invoice.totals"]
+    assert "`Invoice.totals`" in task.target and answer_names(task.target, task.meta["accept"])
+    assert not answer_names("It is `totals`.", task.meta["accept"])  # another class's totals would read the same
+    # a name that reads as a plain word counts only written as code
+    for text, named in [("I would describe the shapes first.", False), ("`describe`", True), ("describe(shapes)", True),
+                        ("describe (geometry/report.py:5)", True), ("describe (and print) them", False),
+                        ("geometry.describe_all", False)]:
+        assert answer_names(text, ["describe"]) is named, text
+    assert answer_names("call total_area first", ["total_area"]) and not answer_names("total_areas", ["total_area"])
+
+
 # ---- on a real repository with the tiny model -------------------------------------------------------
 SHAPES = '''"""Plane shapes."""
 

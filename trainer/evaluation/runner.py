@@ -52,6 +52,23 @@ def names_any(text: str, accept: list[str]) -> bool:
     return any(re.search(rf"(?<![\w./]){re.escape(a)}(?![\w/]|\.\w)", text) for a in accept if a)
 
 
+WORD = re.compile(r"[A-Za-z][a-z]*")  # a name that reads as an English word: `create`, `Flask`, `send`
+
+
+def answer_names(text: str, accept: list[str]) -> bool:
+    """Whether a model's answer names one of ``accept``. A name that reads as a plain word counts only
+    written as code: in backticks, called (``create(``), or followed by where it is (``create (src/...``);
+    else "I'm trying to create a database" would name the function ``create``. Other names (paths,
+    qualified, snake_case or CamelCase names) count wherever they stand whole (``names_any``)."""
+    for a in accept:
+        if a and WORD.fullmatch(a):
+            if re.search(rf"`{a}`|`{a}\(|(?<![\w./]){a}\(|(?<![\w./]){a} \([\w.-]*[/.]", text):
+                return True
+        elif names_any(text, [a]):
+            return True
+    return False
+
+
 def target_loss(runtime, prefix_ids: list[int], target_ids: list[int]) -> float:
     """Mean negative log-likelihood (nats per token) of ``target_ids`` following ``prefix_ids``."""
     return float(-runtime.target_logprobs(prefix_ids + target_ids, len(prefix_ids)).mean())
@@ -223,7 +240,7 @@ class Evaluator:
         loss = target_loss(rt, prompt_ids, target)
         out = rt.complete(prompt_ids, max_tokens=48, stop=list(renderer.stop) + ["\n\n"])
         accept = task.meta.get("accept") or [task.meta["answer"]]
-        return {"loss": loss, "tokens": len(target), "exact": names_any(out.text, accept),
+        return {"loss": loss, "tokens": len(target), "exact": answer_names(out.text, accept),
                 "similarity": edit_similarity(out.text.strip(), task.target), "completion": out.text,
                 "completion_tokens": out.completion_tokens}
 

@@ -148,11 +148,14 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
             if not unique(callee) or callee.qualname in asked or callee.name == sym.name:
                 continue
             asked.add(callee.qualname)
-            callers = sorted({c.name for c in index.callers(callee) if c in fresh and c.name != callee.name})
+            # the answer is a fresh function or method that calls it (``sym`` itself when it does: a class
+            # calls through its methods), named as the training episodes name it, by its qualified name
+            callers = sorted({c for c in index.callers(callee) if c in fresh and c.name != callee.name}, key=lambda c: c.qualname)
             if callers:
-                qa = D.calls_it(callee, sym)
+                caller = sym if sym in callers else callers[0]
+                qa = D.calls_it(callee, caller)
                 tasks.append(Task(_task_id("caller", callee.path, callee.qualname), "design", "", callee.path, qa.question, qa.answer,
-                                  {"question": "caller", "answer": sym.name, "accept": callers}))
+                                  {"question": "caller", "answer": caller.qualname, "accept": [c.qualname for c in callers]}))
     return spread_tasks(tasks, limit)
 
 
