@@ -62,7 +62,7 @@ def answer_names(text: str, accept: list[str]) -> bool:
     qualified, snake_case or CamelCase names) count wherever they stand whole (``names_any``)."""
     for a in accept:
         if a and WORD.fullmatch(a):
-            if re.search(rf"`{a}`|`{a}\(|(?<![\w./]){a}\(|(?<![\w./]){a} \([\w.-]*[/.]", text):
+            if re.search(rf"`{a}`|(?<![\w./]){a}\(|(?<![\w./]){a} \([\w.-]*[/.]", text):
                 return True
         elif names_any(text, [a]):
             return True

@@ -148,8 +148,8 @@ def design_tasks(repo, changes, until: str, limit: int) -> list[Task]:
             if not unique(callee) or callee.qualname in asked or callee.name == sym.name:
                 continue
             asked.add(callee.qualname)
-            # the answer is a fresh function or method that calls it (``sym`` itself when it does: a class
-            # calls through its methods), named as the training episodes name it, by its qualified name
+            # the answer is a fresh definition that calls it: ``sym`` when the call is in its own body, else the
+            # innermost one that holds the call (the method, not the class around it), by its qualified name
             callers = sorted({c for c in index.callers(callee) if c in fresh and c.name != callee.name}, key=lambda c: c.qualname)
             if callers:
                 caller = sym if sym in callers else callers[0]
