@@ -185,6 +185,12 @@ def test_a_design_caller_question_names_the_method_that_calls_and_answers_are_sc
     assert task.meta["answer"] == "Invoice.totals" and task.meta["accept"] == ["Invoice.totals"]
     assert "`Invoice.totals`" in task.target and answer_names(task.target, task.meta["accept"])
     assert not answer_names("It is `totals`.", task.meta["accept"])  # another class's totals would read the same
+    # the training episode (design.calls_it) answers and accepts in the same words
+    from trainer.experience import design as D
+
+    index = RepoIndex.build([(p, (root / p).read_text()) for p in ("shop/prices.py", "shop/invoice.py")])
+    qa = D.calls_it(*index.definitions("net_price"), *index.definitions("totals"))
+    assert (qa.question, qa.answer, qa.accept) == (task.prompt, task.target, ["Invoice.totals"])
     # a name that reads as a plain word counts only written as code
     for text, named in [("I would describe the shapes first.", False), ("`describe`", True), ("describe(shapes)", True),
                         ("describe (geometry/report.py:5)", True), ("describe (and print) them", False),

@@ -205,7 +205,7 @@ def defined_in(sym: Symbol) -> DesignQA:
 def calls_it(callee: Symbol, caller: Symbol) -> DesignQA:
     """A function that calls ``callee``: ``caller``, in the words of the evaluation's design family."""
     return DesignQA("caller", f"Name a function of this repository that calls `{callee.qualname}`.",
-                    f"`{caller.qualname}` in `{caller.path}` calls `{callee.qualname}`.", [caller.name], callee.qualname, callee.path,
+                    f"`{caller.qualname}` in `{caller.path}` calls `{callee.qualname}`.", [caller.qualname], callee.qualname, callee.path,
                     {"caller": caller})
 
 
