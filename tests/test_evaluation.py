@@ -346,7 +346,7 @@ def facts_repo(tmp_path):
 
 
 def _facts_repo(tmp_path, stubs: bool = False):
-    """80 documented functions, each called from one entry point in another module: about one in ten is
+    """80 documented functions, each called from one entry point in another module: about one in four is
     a held-out fact. With ``stubs``, every module has its type stub beside it."""
     root = tmp_path / "ledgerapp-repo"
     root.mkdir()

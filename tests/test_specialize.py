@@ -88,12 +88,14 @@ def test_tasks_come_only_from_commits_after_the_cutoff(geometry):
     root, revs = geometry
     tasks = make_tasks(root, revs["cutoff"], profile="tiny")
     families = {t.family for t in tasks}
-    # no held-out fact among these few symbols; infill: middle lines of post-cutoff hunks (checked below)
-    assert families == {"line", "body", "infill", "design", "replay"}
+    # infill: middle lines of post-cutoff hunks (checked below); facts: questions about the cutoff's held-out symbols
+    assert families == {"line", "body", "infill", "design", "facts", "replay"}
     after = {revs["circle"], revs["report"], revs["secret"]}
     for task in tasks:
         assert SECRET not in task.prompt + task.target and task.path != "deploy/keys.py"
-        if task.family != "design":
+        if task.family == "facts":
+            assert task.commit == revs["cutoff"]
+        elif task.family != "design":
             assert task.commit in after
     # the body of a function written after the cutoff, completed from the code above it
     bodies = {t.meta["symbol"]: t for t in tasks if t.family == "body"}
@@ -120,7 +122,8 @@ def test_a_cutoff_that_is_not_an_ancestor_is_refused(geometry):
     side = commit(root, "Side work", {"geometry/other.py": "X = 1\n"})
     with pytest.raises(SwespotError, match="not an ancestor"):
         make_tasks(root, side, until="main")
-    assert make_tasks(root, "HEAD") == []  # nothing after HEAD
+    # nothing after HEAD: only the held-out facts, which ask about the cutoff itself (here Square, by hash)
+    assert {t.family for t in make_tasks(root, "HEAD")} == {"facts"}
 
 
 def test_evaluation_scores_models_through_llama_cpp_and_writes_the_report(geometry, tiny_gguf_f32, tmp_path):
@@ -267,6 +270,8 @@ def test_specialize_trains_evaluates_and_publishes(geometry, tiny_hf_dir, tmp_pa
                  "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "published v0001" in out and "report: " in out
+    # one held-out fact (Square, by hash): too few questions for an interval, and the line says so
+    assert "(too few for an interval, 1 question): no measurable change" in out
     version = AdapterStore.for_repo(root).current()
     manifest = version.manifest
     assert manifest["config"]["seed"] == 3 and manifest["specialize"]["seed"] == 3  # a second seed is told apart

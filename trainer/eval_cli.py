@@ -164,8 +164,10 @@ def cmd_specialize(args) -> int:
         print(f"held-out {result.gate['line']}")  # the headline with its interval and verdict
     facts = ((result.gate.get("families") or {}).get("facts") or {}).get("exact")
     if facts:  # the held-out facts' accuracy, answered by the chat adapter when there is one
+        interval = (f"{100 * facts['lo']:+.1f} ... {100 * facts['hi']:+.1f} points" if facts["lo"] is not None
+                    else "too few for an interval")  # under MIN_PAIRED_TASKS questions
         print(f"held-out facts accuracy {facts['reference']:.1%} -> {facts['candidate']:.1%} "
-              f"({100 * facts['lo']:+.1f} ... {100 * facts['hi']:+.1f} points, {facts['tasks']} questions): {facts['verdict']}"
+              f"({interval}, {facts['tasks']} question{'' if facts['tasks'] == 1 else 's'}): {facts['verdict']}"
               + (" (chat adapter)" if result.gate.get("chat") else ""))
     if result.published:
         print(f"published {result.version} for {opts.repo} (knows commit {result.commit[:10]}) in {done.seconds:.0f} s ({phases})")

@@ -20,9 +20,9 @@ CHAT_FAMILIES = ("design", "facts")  # questions, as the chat panel asks them: a
 EVAL_PROFILES = {
     "tiny": dict(line=8, body=3, infill=4, design=6, facts=6, replay=1, generate_line=8, generate_body=3, generate_infill=4,
                  context_tokens=192, max_steps=3, replay_tokens=6000, n_ctx=2048),
-    "quick": dict(line=100, body=20, infill=40, design=12, facts=24, replay=0, generate_line=20, generate_body=6, generate_infill=4,
+    "quick": dict(line=100, body=20, infill=40, design=12, facts=48, replay=0, generate_line=20, generate_body=6, generate_infill=4,
                   context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
-    "full": dict(line=300, body=60, infill=80, design=24, facts=48, replay=0, generate_line=20, generate_body=6, generate_infill=4,
+    "full": dict(line=300, body=60, infill=80, design=24, facts=96, replay=0, generate_line=20, generate_body=6, generate_infill=4,
                  context_tokens=320, max_steps=4, replay_tokens=10000, n_ctx=4096),
 }
 
