@@ -394,7 +394,8 @@ def test_facts_are_exactly_the_heldout_symbols_asked_in_the_training_words(facts
 def test_a_type_stub_beside_its_module_is_not_a_second_definition_and_is_held_out_with_it(tmp_path):
     """attrs ships a ``.pyi`` for every module: counted as a second definition, its every public name was
     "defined twice", and the held-out facts and the design family lost them (3 facts questions at full's
-    cutoff). The stub's declaration is the module's definition again; its held-out symbols stay held out."""
+    cutoff). The stub's declaration is the module's definition again; its held-out symbols stay held out.
+    So is a package stub's declaration of a name a private module defines (attrs: 8 → 13 held-out symbols)."""
     from trainer.evaluation import facts_tasks
     from trainer.experience.build import BuildOptions, build_experience
     from trainer.experience.design import defined_once
@@ -410,6 +411,13 @@ def test_a_type_stub_beside_its_module_is_not_a_second_definition_and_is_held_ou
     assert defined_once(index, module) and not defined_once(index, stub)
     again = RepoIndex.build(files + [("ledgerapp/legacy.py", "def audit_invoice(item):\n    return item\n")])
     assert not defined_once(again, next(s for s in again.definitions("audit_invoice") if s.path == module.path))  # a real second one counts
+    # a package stub re-declaring what a private module defines (attrs' attr/__init__.pyi for attr/_make.py)
+    package = RepoIndex.build(files + [("ledgerapp/__init__.pyi", "def audit_invoice(item: object) -> dict[str, object]: ...\n")])
+    redeclared = sorted(package.definitions("audit_invoice"), key=lambda s: s.path)
+    assert [s.path for s in redeclared] == ["ledgerapp/__init__.pyi", "ledgerapp/invoices.py", "ledgerapp/invoices.pyi"]
+    assert [defined_once(package, s) for s in redeclared] == [False, True, False]
+    only_stubs = RepoIndex.build([("ext/_speedups.pyi", "def crc(data: bytes) -> int: ...\n")])  # an extension module's
+    assert defined_once(only_stubs, only_stubs.definitions("crc")[0])
 
     from trainer.experience.heldout import is_heldout_fact
 

@@ -56,13 +56,16 @@ def public(sym: Symbol) -> bool:
 
 
 def defined_once(index: RepoIndex, sym: Symbol) -> bool:
-    """Whether ``sym`` is the only definition of its name in the repository. A type stub's declaration of
-    what its own module defines (``x.pyi`` beside ``x.py``, the same qualified name: typed libraries ship
-    one per module) is that definition again, not a second one; the module's is the one that counts."""
+    """Whether ``sym`` is the only definition of its name in the repository. A type stub (``.pyi``) declares
+    names that a module defines: beside its own module (``x.pyi`` for ``x.py``, as typed libraries ship one per
+    module) or for a package that re-exports them (attrs' ``attr/__init__.pyi`` declares ``attrib``, defined in
+    ``attr/_make.py``). Such a declaration is that definition again, not a second one: when any module defines
+    the name, only the modules' definitions count; a name only stubs declare (an extension module's) counts
+    theirs (once per stub: overloads declare a name several times). A module that defines it twice (a
+    conditional redefinition) defines it twice."""
     defs = index.definitions(sym.name)
-    defined = {(d.path, d.qualname) for d in defs}
-    counted = [d for d in defs if (stub_module(d.path), d.qualname) not in defined]
-    return len(counted) == 1 and counted[0].path == sym.path and counted[0].qualname == sym.qualname
+    counted = [(d.path, d.qualname) for d in defs if stub_module(d.path) is None] or sorted({(d.path, d.qualname) for d in defs})
+    return counted == [(sym.path, sym.qualname)]
 
 
 # ---- module summaries ---------------------------------------------------------------------------
