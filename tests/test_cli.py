@@ -190,8 +190,11 @@ def test_swespot_train_trains_as_the_profiles_refresh_does(tmp_path):
         assert config("--profile", profile) == train_config(profile, device="cpu", steps=steps, data="d", out="o", base="default")
     quick, rate = config(), PROFILES["quick"]["train"]["lr"]  # quick by default: its steps, learning rate and window
     assert (quick.steps, quick.lr, quick.max_len) == (PROFILES["quick"]["steps"], rate, 2048)
-    assert config("--profile", "full").steps == PROFILES["full"]["steps"] > PROFILES["quick"]["steps"]  # full on a CPU: steps
+    full = config("--profile", "full")  # full on a CPU: one pass over the data, within a floor and a cap of steps
+    assert (full.steps, full.epochs) == (0, 1.0) and PROFILES["quick"]["steps"] < full.min_steps < full.max_steps
     assert (config("--profile", "full", "--steps", "7").steps, config("--steps", "7").lr) == (7, rate)
+    longer = config("--profile", "full", "--epochs", "3")  # the command line's length, without the profile's floor and cap
+    assert (longer.steps, longer.epochs, longer.min_steps, longer.max_steps) == (0, 3.0, 0, 0)
     longer = config("--epochs", "3")  # how long is the command line's when it says
     assert (longer.steps, longer.epochs, longer.lr) == (0, 3.0, rate)
     settings = tmp_path / "settings.json"
@@ -206,14 +209,16 @@ def test_full_means_steps_on_a_cpu_and_every_unit_for_an_epoch_on_a_cuda_gpu(mon
     from trainer.pipeline import GPU_TRAIN_PROFILE, LOSS_VOCAB, profile_settings, train_config
 
     cpu = profile_settings("full", "cpu")
-    assert cpu["steps"] and "cuda" not in cpu and set(cpu["experience"]["units"]) == {"design", "text"}
+    assert cpu["steps"] is None and "cuda" not in cpu and set(cpu["experience"]["units"]) == {"design", "text"}
     where = {"data": "d", "out": "o"}
     on_cpu = train_config("full", device="cpu", steps=cpu["steps"], **where)
-    assert (on_cpu.steps, on_cpu.loss_vocab) == (cpu["steps"], LOSS_VOCAB)  # the narrowed softmax on a CPU
+    assert (on_cpu.steps, on_cpu.epochs, on_cpu.loss_vocab) == (0, 1.0, LOSS_VOCAB)  # the narrowed softmax on a CPU
+    assert (on_cpu.min_steps, on_cpu.max_steps) == (140, 175)  # one pass, at least 140 steps and at most 175
+    assert train_config("full", device="cpu", steps=40, **where).steps == 40  # a refresh that continues: continue_steps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the hardware boundary: no GPU here
     gpu = profile_settings("full", "cuda")
     assert gpu["steps"] is None and len(gpu["experience"]["units"]) == 5 and gpu["experience"]["run_tests"]
     cfg = train_config("full", device="cuda", **where)
     assert (cfg.steps, cfg.epochs, cfg.device, cfg.gradient_checkpointing) == (0, 1.0, "cuda", True)  # the GPU recipe
-    assert cfg.loss_vocab == 0  # with the whole vocabulary in its softmax
+    assert cfg.loss_vocab == 0 and (cfg.min_steps, cfg.max_steps) == (0, 0)  # the whole vocabulary; the epoch, uncapped
     assert GPU_TRAIN_PROFILE == "real" and profile_settings("quick", "cuda") == profile_settings("quick", "cpu")

@@ -327,6 +327,31 @@ def test_max_trained_tokens_stops_at_the_budget_and_resumes_to_the_same_stop(exp
         tiny_config(experience, tmp_path / "bad", tiny_hf_dir, max_trained_tokens=0)
 
 
+def test_one_pass_within_a_floor_and_a_cap_of_steps(experience, tiny_hf_dir, tmp_path):
+    """full on a CPU trains one pass over its experience, but at least min_steps (a small experience is
+    repeated) and at most max_steps (a large one is cut for time); a given --steps wins over both."""
+    from transformers import AutoTokenizer
+
+    from trainer import schedule
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    seqs, _ = D.encode_all(D.read_episodes(experience), tokenizer, make_renderer(tokenizer), 2048)
+    cfg = tiny_config(experience, tmp_path / "o", tiny_hf_dir, epochs=1.0, batch_tokens=2048)
+    one_pass = len(B.epoch_batches(seqs, [], cfg, 0))
+    assert one_pass >= 2 and schedule.total_steps(cfg, seqs, [], 1) == one_pass
+    floor = tiny_config(experience, tmp_path / "o", tiny_hf_dir, epochs=1.0, batch_tokens=2048, min_steps=one_pass + 2)
+    cap = tiny_config(experience, tmp_path / "o", tiny_hf_dir, epochs=1.0, batch_tokens=2048, min_steps=1, max_steps=one_pass - 1)
+    assert (schedule.total_steps(floor, seqs, [], 1), schedule.total_steps(cap, seqs, [], 1)) == (one_pass + 2, one_pass - 1)
+    given = tiny_config(experience, tmp_path / "o", tiny_hf_dir, steps=5, min_steps=one_pass + 2, max_steps=one_pass + 2)
+    assert schedule.total_steps(given, seqs, [], 1) == 5
+    # the floor trains into a second pass, and the schedule decays to its last step
+    report = train(tiny_config(experience, tmp_path / "floor", tiny_hf_dir, epochs=1.0, batch_tokens=2048,
+                               min_steps=one_pass + 1, export_gguf=False), progress=False).report
+    assert report["steps"] == report["total_steps"] == one_pass + 1
+    with pytest.raises(SwespotError, match="the floor not above the cap"):
+        tiny_config(experience, tmp_path / "bad", tiny_hf_dir, min_steps=9, max_steps=3)
+
+
 def separate_and_packed(model, seqs):
     """The token-weighted loss of the sequences run one by one, the loss of their packed row, and the
     gradients of both."""

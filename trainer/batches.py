@@ -156,6 +156,10 @@ def epoch_batches(sequences, replay, cfg, epoch: int) -> list[list[Sequence]]:
 
 
 def steps_for(cfg, batches_per_epoch: int) -> int:
+    """``cfg.steps`` when given, else the epochs' steps, within ``cfg.min_steps`` … ``cfg.max_steps``."""
     if cfg.steps:
         return cfg.steps
-    return max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+    steps = max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    return max(steps, cfg.min_steps)

@@ -37,6 +37,8 @@ class TrainConfig:
     # --- how long ---
     steps: int = field(default=0, metadata={"help": "optimizer steps (0: use epochs)"})
     epochs: float = field(default=2.0, metadata={"help": "passes over the data when steps is 0"})
+    min_steps: int = field(default=0, metadata={"help": "when the epochs decide: train at least this many steps (0: no floor)"})
+    max_steps: int = field(default=0, metadata={"help": "when the epochs decide: train at most this many steps (0: no cap)"})
     max_trained_tokens: int | None = field(default=None, metadata={
         "help": "stop once this many target (trained) tokens were trained; replaces epochs, and with steps whichever comes first"})
     # --- optimisation (defaults: the LoRA recipe that matched full fine-tuning) ---
@@ -90,6 +92,8 @@ class TrainConfig:
             raise SwespotError("no output folder given (--out DIR)")
         if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
             raise SwespotError("give a positive --steps or --epochs")
+        if self.min_steps < 0 or self.max_steps < 0 or self.max_steps and self.min_steps > self.max_steps:
+            raise SwespotError(f"min_steps ({self.min_steps}) and max_steps ({self.max_steps}) must be >= 0, the floor not above the cap")
         if self.max_trained_tokens is not None and self.max_trained_tokens <= 0:
             raise SwespotError(f"max_trained_tokens must be positive (got {self.max_trained_tokens})")
         if self.loss_vocab < 0:

@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="experience folder")
     p.add_argument("--base", default="default", help="'default' (embedded Gemma 3 270M), a local HF folder, or a .gguf")
     p.add_argument("--out", type=Path, help="output folder (default: ./adapter-<timestamp>)")
-    add_profile_argument(p, "train as this profile's refresh does: its preset and settings, and its steps unless --steps, "
-                            "--epochs or --max-trained-tokens (or --config) say how long; full on a CUDA device: the GPU "
-                            "recipe for 4B models (default: quick)")
+    add_profile_argument(p, "train as this profile's refresh does: its preset and settings, and its steps (full on a CPU: one "
+                            "pass over the data, 140 to 175 steps) unless --steps, --epochs or --max-trained-tokens "
+                            "(or --config) say how long; full on a CUDA device: the GPU recipe for 4B models (default: quick)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps")
     length.add_argument("--epochs", type=float, help="passes over the data")
@@ -87,4 +87,6 @@ def config_from_args(args) -> TrainConfig:
     file_device = given.pop("device", None)
     device = args.device or file_device or "auto"
     steps = given.pop("steps", None) if length_given else profile_settings(args.profile, device)["steps"]
+    if length_given:  # the command line's length, not the profile's floor and cap on its epochs (full's)
+        given = {"min_steps": 0, "max_steps": 0, **given}
     return train_config(args.profile, device=device, steps=steps, **given)
